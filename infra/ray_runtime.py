@@ -1,0 +1,58 @@
+"""Joining the Ray cluster and pointing Ray Train's storage at the object store."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from infra.settings import Settings, get_settings
+from infra.stack import ray_env
+
+
+def is_local(settings: Settings) -> bool:
+    return settings.ray_address.startswith("127.")
+
+
+def connect(settings: Settings | None = None, namespace: str = "synthray") -> None:
+    """Join the configured cluster (the local head, or ``auto`` inside a pod); idempotent.
+
+    Driver-side environment (loopback node IP, auth mode) must match the head's, and the
+    worker processes inherit the S3 and MLflow settings through the runtime env.
+    """
+    import ray
+
+    settings = settings or get_settings()
+    if ray.is_initialized():
+        return
+    if is_local(settings):
+        os.environ.update(ray_env())
+    ray.init(
+        address=settings.ray_address,
+        namespace=namespace,
+        logging_level=logging.WARNING,
+        runtime_env={"env_vars": worker_env(settings)},
+    )
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """SYNTHRAY_* variables of this process, so workers see the same settings."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("SYNTHRAY_")}
+    env.setdefault("SYNTHRAY_STATE_DIR", str(settings.state_dir))
+    env["TORCH_HOME"] = str(settings.torch_home)
+    return env
+
+
+def storage(settings: Settings | None = None):
+    """(storage_path, filesystem) for ``RunConfig``: checkpoints go to the object store."""
+    import pyarrow.fs
+
+    settings = settings or get_settings()
+    kwargs = {
+        "access_key": settings.s3_access_key.get_secret_value(),
+        "secret_key": settings.s3_secret_key.get_secret_value(),
+        "region": settings.s3_region,
+    }
+    if settings.s3_endpoint_url:
+        scheme, _, host = settings.s3_endpoint_url.partition("://")
+        kwargs |= {"endpoint_override": host, "scheme": scheme}
+    return f"{settings.bucket}/{settings.ray_results_prefix}", pyarrow.fs.S3FileSystem(**kwargs)

@@ -1,0 +1,112 @@
+"""The one settings object of synthray.
+
+Every knob that differs between a laptop, CI and a cluster lives here and is read from
+environment variables prefixed ``SYNTHRAY_`` (or a ``.env`` file). The same code then runs
+against the local stack, AWS S3, MinIO or an in-cluster MLflow by changing variables only:
+
+    SYNTHRAY_S3_ENDPOINT_URL=https://s3.eu-central-1.amazonaws.com   # AWS
+    SYNTHRAY_S3_ENDPOINT_URL=http://minio.data:9000                   # MinIO
+    SYNTHRAY_MLFLOW_TRACKING_URI=http://mlflow.synthray:5000          # in-cluster MLflow
+    SYNTHRAY_RAY_ADDRESS=auto                                          # inside a Ray pod
+
+Local ports sit above Ray's default worker-port range (10002–19999) so the stack never
+collides with Ray's own workers; SeaweedFS also takes each HTTP port + 10000 for gRPC.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Typed configuration; see the module docstring for how it is set."""
+
+    model_config = SettingsConfigDict(env_prefix="SYNTHRAY_", env_file=".env", extra="ignore")
+
+    # Where the local stack keeps its data, logs and pid files (gitignored).
+    state_dir: Path = Field(default=PROJECT_ROOT / ".synthray")
+
+    # Object store (any S3-compatible endpoint). None means AWS's default endpoint.
+    s3_endpoint_url: str | None = "http://127.0.0.1:28333"
+    s3_access_key: SecretStr = SecretStr("synthray")
+    s3_secret_key: SecretStr = SecretStr("synthray-local-secret")
+    s3_region: str = "us-east-1"
+    bucket: str = "synthray"
+    s3_max_concurrency: int = Field(default=16, ge=1, le=256)
+
+    # MLflow tracking server and registry.
+    mlflow_tracking_uri: str = "http://127.0.0.1:25000"
+    mlflow_artifact_prefix: str = "mlflow"  # artifacts live in s3://{bucket}/{prefix}
+
+    # Ray. "127.0.0.1:PORT" joins the local head; "auto" inside a cluster pod.
+    ray_address: str = "127.0.0.1:26379"
+    ray_num_cpus: int = Field(default=2, ge=1)
+    ray_results_prefix: str = "ray-results"  # Train/Tune checkpoints in s3://{bucket}/{prefix}
+
+    # Ray Serve HTTP proxy. Loopback unless a deployment deliberately opens it.
+    serve_host: str = "127.0.0.1"
+    serve_port: int = Field(default=28000, ge=1, le=65535)
+
+    # Local SeaweedFS ports (HTTP; gRPC is +10000).
+    weed_master_port: int = Field(default=29333, ge=1024, le=55535)
+    weed_volume_port: int = Field(default=28080, ge=1024, le=55535)
+    weed_filer_port: int = Field(default=28888, ge=1024, le=55535)
+
+    # Bind address of every local service. Only loopback is accepted.
+    bind_host: str = "127.0.0.1"
+
+    @field_validator("bind_host")
+    @classmethod
+    def _loopback_only(cls, value: str) -> str:
+        if not value.startswith("127."):
+            raise ValueError(f"bind_host must be a loopback address (127.x.x.x), got {value!r}")
+        return value
+
+    @property
+    def s3_port(self) -> int:
+        """Port of the local S3 gateway, parsed from the endpoint URL."""
+        from urllib.parse import urlparse
+
+        return urlparse(self.s3_endpoint_url or "").port or 8333
+
+    @property
+    def mlflow_port(self) -> int:
+        from urllib.parse import urlparse
+
+        return urlparse(self.mlflow_tracking_uri).port or 5000
+
+    @property
+    def ray_port(self) -> int:
+        return int(self.ray_address.rsplit(":", 1)[-1]) if ":" in self.ray_address else 6379
+
+    @property
+    def torch_home(self) -> Path:
+        """TORCH_HOME for pytorch-fid's weights: inside the state dir, never site-packages."""
+        return self.state_dir / "torch"
+
+    @property
+    def mlflow_artifacts_destination(self) -> str:
+        return f"s3://{self.bucket}/{self.mlflow_artifact_prefix}"
+
+    def s3_env(self) -> dict[str, str]:
+        """Environment for tools that read AWS-style variables (MLflow server, pyarrow)."""
+        env = {
+            "AWS_ACCESS_KEY_ID": self.s3_access_key.get_secret_value(),
+            "AWS_SECRET_ACCESS_KEY": self.s3_secret_key.get_secret_value(),
+            "AWS_DEFAULT_REGION": self.s3_region,
+        }
+        if self.s3_endpoint_url:
+            env["MLFLOW_S3_ENDPOINT_URL"] = self.s3_endpoint_url
+        return env
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,51 @@
+"""A self-contained, deterministic sampler around a trained generator.
+
+This is what gets registered in MLflow and served: ``generate(n, seed)`` depends only on
+its arguments (z is drawn from a CPU ``torch.Generator`` seeded with ``seed``, the network
+is in eval mode), so the same request yields the same bytes on every replica.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class GeneratorSampler(nn.Module):
+    """Wraps a generator with its latent size and output conversion.
+
+    Args:
+        generator: maps z (N, latent_dim) to images in [-1, 1], shape (N, C, H, W).
+        latent_dim: size of z.
+        class_index: the class this unconditional generator was trained on, if any.
+        class_name: human-readable name of that class.
+    """
+
+    def __init__(self, generator: nn.Module, latent_dim: int, class_index: int | None = None, class_name: str | None = None) -> None:
+        super().__init__()
+        self.generator = generator.eval()
+        self.latent_dim = latent_dim
+        self.class_index = class_index
+        self.class_name = class_name
+
+    def latents(self, n: int, seed: int) -> torch.Tensor:
+        rng = torch.Generator(device="cpu").manual_seed(seed)
+        return torch.randn(n, self.latent_dim, generator=rng)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.generator(z)
+
+    @torch.inference_mode()
+    def generate(self, n: int, seed: int, batch_size: int = 64) -> np.ndarray:
+        """``n`` uint8 images (N, H, W) for grayscale or (N, H, W, C), reproducible from ``seed``."""
+        self.generator.eval()
+        z = self.latents(n, seed)
+        chunks = [self.generator(z[i : i + batch_size]) for i in range(0, n, batch_size)]
+        return to_uint8(torch.cat(chunks))
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[-1, 1] float (N, C, H, W) → uint8 (N, H, W[, C]) with round-half-to-even."""
+    arr = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return arr[..., 0] if arr.shape[-1] == 1 else arr
