@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from infra.settings import Settings, get_settings
 from infra.stack import ray_env
@@ -19,19 +20,33 @@ def connect(settings: Settings | None = None, namespace: str = "synthray") -> No
     Driver-side environment (loopback node IP, auth mode) must match the head's, and the
     worker processes inherit the S3 and MLflow settings through the runtime env.
     """
+    settings = settings or get_settings()
+    if is_local(settings):
+        use_loopback()
     import ray
 
-    settings = settings or get_settings()
     if ray.is_initialized():
         return
-    if is_local(settings):
-        os.environ.update(ray_env())
     ray.init(
         address=settings.ray_address,
         namespace=namespace,
         logging_level=logging.WARNING,
         runtime_env={"env_vars": worker_env(settings)},
     )
+
+
+def use_loopback() -> None:
+    """Make this process resolve Ray's node IP to 127.0.0.1, like the local head does.
+
+    Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once, at import; without it a driver
+    rewrites ``127.0.0.1:PORT`` to the host's external address and never reaches the
+    loopback-only head. When ray was imported before this call, the already-read constant
+    is set too (it is consulted on every address resolution).
+    """
+    os.environ.update(ray_env())
+    module = sys.modules.get("ray._private.ray_constants")
+    if module is not None:
+        module.ENABLE_RAY_CLUSTER = False
 
 
 def worker_env(settings: Settings) -> dict[str, str]:

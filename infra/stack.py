@@ -91,6 +91,8 @@ class LocalStack:
             f"-s3.port={s.s3_port}", f"-s3.config={s3_config}",
             f"-master.port={s.weed_master_port}", f"-volume.port={s.weed_volume_port}",
             f"-filer.port={s.weed_filer_port}", "-master.volumeSizeLimitMB=64",
+            # Fixed-port extras (Iceberg 8181, Lance 9101) are off so two stacks can coexist.
+            "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
             "-volume.max=16", f"-dir={data}",
         ]
         return Service(
@@ -127,11 +129,14 @@ class LocalStack:
             _venv_bin("ray"), "start", "--head", "--block",
             f"--node-ip-address={s.bind_host}", f"--port={s.ray_port}",
             f"--num-cpus={s.ray_num_cpus}", "--include-dashboard=false",
-            f"--temp-dir={self.state / 'ray'}", "--disable-usage-stats",
+            # Ray's fixed default ports (client 10001, agent 52365) move next to the GCS port.
+            f"--ray-client-server-port={s.ray_port + 1}",
+            f"--dashboard-agent-listen-port={s.ray_port + 2}",
+            f"--temp-dir={ray_temp_dir(self.state)}", "--disable-usage-stats",
             f"--object-store-memory={2 * 1024**3}",
         ]
         return Service(
-            name="ray", argv=argv, ports=[s.ray_port], url=f"ray://{s.ray_address}",
+            name="ray", argv=argv, ports=[s.ray_port, s.ray_port + 1, s.ray_port + 2], url=f"ray://{s.ray_address}",
             ready=self._ray_ready, env=ray_env(), stop_timeout_s=20.0,
         )
 
@@ -286,6 +291,22 @@ class LocalStack:
         tmp.write_text(json.dumps(config))
         tmp.chmod(0o600)
         os.replace(tmp, path)
+
+
+def ray_temp_dir(state: Path) -> Path:
+    """Ray's session directory: inside the state dir unless that path is too long.
+
+    Ray puts Unix sockets under ``{temp}/session_<timestamp>/sockets/``; a socket path over
+    107 bytes fails at bind time, so deep checkouts fall back to a short /tmp directory
+    keyed by the state dir's hash (still one directory per checkout).
+    """
+    preferred = state / "ray"
+    if len(str(preferred)) <= 40:
+        return preferred
+    import hashlib
+
+    digest = hashlib.sha256(str(state.resolve()).encode()).hexdigest()[:10]
+    return Path("/tmp") / f"synthray-ray-{os.getuid()}-{digest}"
 
 
 def ray_env() -> dict[str, str]:

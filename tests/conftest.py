@@ -1,0 +1,116 @@
+"""Shared fixtures. Integration tests run against a *real* local stack.
+
+The ``stack`` fixture starts SeaweedFS, an MLflow server and a Ray head in a private state
+directory on free loopback ports, exports the matching ``SYNTHRAY_*`` variables (so Ray
+workers and CLI subprocesses see the same stack) and tears it all down at the end. It never
+touches the developer's own stack under ``.synthray/``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from infra.settings import PROJECT_ROOT, Settings, get_settings
+from infra.stack import LocalStack, port_in_use
+
+
+def _free(port: int) -> bool:
+    return not port_in_use("127.0.0.1", port)
+
+
+_rng = random.Random(os.getpid())
+_taken: set[int] = set()
+
+
+def _free_ports(count: int, with_grpc: bool) -> list[int]:
+    """``count`` free ports in 20000–29999 (and port+10000 free too when ``with_grpc``).
+
+    Each port comes with two free neighbours (Ray uses port+1 and port+2).
+    """
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = _rng.randrange(20000, 29990)
+        block = [port, port + 1, port + 2]
+        if with_grpc:
+            block += [p + 10000 for p in block]
+        if all(_free(p) for p in block) and not set(block) & _taken:
+            chosen.append(port)
+            _taken.update(block)
+    return chosen
+
+
+def _stack_env(state: Path) -> dict[str, str]:
+    s3, master, volume, filer = _free_ports(4, with_grpc=True)
+    mlflow, ray = _free_ports(2, with_grpc=False)
+    serve = _free_ports(1, with_grpc=False)[0]
+    return {
+        "SYNTHRAY_STATE_DIR": str(state),
+        "SYNTHRAY_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3}",
+        "SYNTHRAY_WEED_MASTER_PORT": str(master),
+        "SYNTHRAY_WEED_VOLUME_PORT": str(volume),
+        "SYNTHRAY_WEED_FILER_PORT": str(filer),
+        "SYNTHRAY_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow}",
+        "SYNTHRAY_RAY_ADDRESS": f"127.0.0.1:{ray}",
+        "SYNTHRAY_SERVE_PORT": str(serve),
+        "SYNTHRAY_BUCKET": "synthray-test",
+    }
+
+
+@pytest.fixture(scope="session")
+def stack() -> Settings:
+    """Settings of a running, private local stack (started once per test session)."""
+    state = Path(tempfile.mkdtemp(prefix="srt-"))
+    env = _stack_env(state)
+    # FID weights are provisioned once per checkout (make setup); share them, read-only.
+    torch_home = state / "torch"
+    shared = PROJECT_ROOT / ".synthray" / "torch"
+    if shared.exists():
+        torch_home.symlink_to(shared, target_is_directory=True)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    get_settings.cache_clear()
+    settings = get_settings()
+    local = LocalStack(settings)
+    try:
+        local.up(progress=lambda msg: print(f"[test stack] {msg}"))
+        yield settings
+    finally:
+        _disconnect_ray()
+        local.down(progress=lambda msg: print(f"[test stack] {msg}"))
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        get_settings.cache_clear()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def _disconnect_ray() -> None:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except ImportError:
+        pass
+
+
+@pytest.fixture(scope="session")
+def store(stack: Settings):
+    from infra.object_store import ObjectStore
+
+    return ObjectStore(stack)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
