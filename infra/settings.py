@@ -16,6 +16,7 @@ collides with Ray's own workers; SeaweedFS also takes each HTTP port + 10000 for
 from __future__ import annotations
 
 import functools
+import ipaddress
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
@@ -64,7 +65,13 @@ class Settings(BaseSettings):
     @field_validator("bind_host")
     @classmethod
     def _loopback_only(cls, value: str) -> str:
-        if not value.startswith("127."):
+        # A literal IPv4 loopback address only: a prefix check would accept DNS names such
+        # as "127.0.0.1.example.com", which resolve to anything.
+        try:
+            loopback = ipaddress.IPv4Address(value).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
             raise ValueError(f"bind_host must be a loopback address (127.x.x.x), got {value!r}")
         return value
 

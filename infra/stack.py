@@ -128,15 +128,19 @@ class LocalStack:
         argv = [
             _venv_bin("ray"), "start", "--head", "--block",
             f"--node-ip-address={s.bind_host}", f"--port={s.ray_port}",
-            f"--num-cpus={s.ray_num_cpus}", "--include-dashboard=false",
-            # Ray's fixed default ports (client 10001, agent 52365) move next to the GCS port.
+            f"--num-cpus={s.ray_num_cpus}",
+            # The dashboard serves Ray's State API, which Ray Train's placement-group cleaner
+            # and `ray list` need. Ray's fixed default ports (client 10001, agent 52365,
+            # dashboard 8265) move next to the GCS port so two stacks can coexist.
+            "--include-dashboard=true", f"--dashboard-host={s.bind_host}",
+            f"--dashboard-port={s.ray_port + 3}",
             f"--ray-client-server-port={s.ray_port + 1}",
             f"--dashboard-agent-listen-port={s.ray_port + 2}",
             f"--temp-dir={ray_temp_dir(self.state)}", "--disable-usage-stats",
             f"--object-store-memory={2 * 1024**3}",
         ]
         return Service(
-            name="ray", argv=argv, ports=[s.ray_port, s.ray_port + 1, s.ray_port + 2], url=f"ray://{s.ray_address}",
+            name="ray", argv=argv, ports=[s.ray_port + i for i in range(4)], url=f"ray://{s.ray_address}",
             ready=self._ray_ready, env=ray_env(), stop_timeout_s=20.0,
         )
 

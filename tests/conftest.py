@@ -32,12 +32,12 @@ _taken: set[int] = set()
 def _free_ports(count: int, with_grpc: bool) -> list[int]:
     """``count`` free ports in 20000–29999 (and port+10000 free too when ``with_grpc``).
 
-    Each port comes with two free neighbours (Ray uses port+1 and port+2).
+    Each port comes with three free neighbours (Ray uses port+1 … port+3).
     """
     chosen: list[int] = []
     while len(chosen) < count:
         port = _rng.randrange(20000, 29990)
-        block = [port, port + 1, port + 2]
+        block = [port + i for i in range(4)]
         if with_grpc:
             block += [p + 10000 for p in block]
         if all(_free(p) for p in block) and not set(block) & _taken:

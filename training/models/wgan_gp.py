@@ -26,6 +26,8 @@ class KneeGenerator(nn.Module):
             channel count and has no ELU (paper: 128, 128, 128, 1).
         crop: pixels cropped from each border at the end (paper: 7, 224 → 210).
         elu_alpha: ELU α (paper: 0.2).
+        bn_momentum: PyTorch BN momentum (Keras' default 0.99 is 0.01 here). Short runs
+            use a larger value so eval-mode running statistics catch up within few steps.
     """
 
     def __init__(
@@ -36,6 +38,7 @@ class KneeGenerator(nn.Module):
         widths: Sequence[int] = (128, 128, 128, 1),
         crop: int = 7,
         elu_alpha: float = 0.2,
+        bn_momentum: float = 0.01,
     ) -> None:
         super().__init__()
         self.latent_dim = latent_dim
@@ -43,7 +46,7 @@ class KneeGenerator(nn.Module):
         features = base_channels * base_size * base_size
         self.stem = nn.Sequential(
             nn.Linear(latent_dim, features, bias=False),
-            nn.BatchNorm1d(features, eps=1e-3, momentum=0.01),  # Keras BN defaults
+            nn.BatchNorm1d(features, eps=1e-3, momentum=bn_momentum),  # Keras BN eps
             nn.ELU(elu_alpha),
         )
         stages: list[nn.Module] = []
@@ -54,7 +57,7 @@ class KneeGenerator(nn.Module):
                 stages.append(nn.ELU(elu_alpha))
             in_ch = out_ch
         self.stages = nn.Sequential(*stages)
-        self.head = nn.Sequential(nn.BatchNorm2d(in_ch, eps=1e-3, momentum=0.01), nn.Tanh(), CenterCrop(crop))
+        self.head = nn.Sequential(nn.BatchNorm2d(in_ch, eps=1e-3, momentum=bn_momentum), nn.Tanh(), CenterCrop(crop))
         self.out_channels = in_ch
         self.image_size = base_size * 2 ** len(widths) - 2 * crop
 

