@@ -39,9 +39,12 @@ class GeneratorSampler(nn.Module):
     @torch.inference_mode()
     def generate(self, n: int, seed: int, batch_size: int = 64) -> np.ndarray:
         """``n`` uint8 images (N, H, W) for grayscale or (N, H, W, C), reproducible from ``seed``."""
+        if n < 0 or batch_size < 1:
+            raise ValueError(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
         self.generator.eval()
         z = self.latents(n, seed)
-        chunks = [self.generator(z[i : i + batch_size]) for i in range(0, n, batch_size)]
+        # n == 0 still runs the (empty) batch once, so the result has the right (0, H, W) shape.
+        chunks = [self.generator(z[i : i + batch_size]) for i in range(0, n, batch_size)] or [self.generator(z)]
         return to_uint8(torch.cat(chunks))
 
 
