@@ -28,6 +28,7 @@ from infra.object_store import ObjectNotFoundError, ObjectStore, sha256_bytes
 
 PREFIX = "catalog"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+_VERSION = re.compile(r"^[0-9a-f]{1,64}$")
 
 
 class CatalogError(ValueError):
@@ -47,6 +48,10 @@ class DatasetRef:
         if not _NAME.match(name):
             raise CatalogError(
                 f"dataset name {name!r} is invalid: use lowercase letters, digits, '.', '_' or '-' (e.g. phantom-knee@1a2b3c)"
+            )
+        if version and not _VERSION.match(version):
+            raise CatalogError(
+                f"dataset version {version!r} of {name!r} is invalid: versions are lowercase hex hashes"
             )
         return cls(name, version or None)
 
@@ -189,31 +194,60 @@ class Catalog:
         ref = DatasetRef.parse(ref) if isinstance(ref, str) else ref
         if ref.version:
             return ref
+        key = self.latest_key(ref.name)
         try:
-            latest = json.loads(self.store.get_bytes(self.latest_key(ref.name)))
+            version = json.loads(self.store.get_bytes(key))["version"]
+            if not isinstance(version, str) or not _VERSION.match(version):
+                raise ValueError(f"bad version {version!r}")
         except ObjectNotFoundError:
             raise CatalogError(f"dataset {ref.name!r} does not exist in the catalog") from None
-        return DatasetRef(ref.name, latest["version"])
+        except (ValueError, TypeError, KeyError) as exc:
+            raise CatalogError(f"latest pointer {self.store.uri(key)} of {ref.name!r} is corrupt: {exc}") from None
+        return DatasetRef(ref.name, version)
 
     def manifest(self, ref: DatasetRef | str) -> Manifest:
         ref = self.resolve(ref)
+        key = self.manifest_key(ref.name, ref.version)
         try:
-            raw = json.loads(self.store.get_bytes(self.manifest_key(ref.name, ref.version)))
+            raw = json.loads(self.store.get_bytes(key))
         except ObjectNotFoundError:
             raise CatalogError(f"dataset version {ref} does not exist in the catalog") from None
-        records = [ImageRecord(**r) for r in raw["records"]]
-        if _version_of(raw["name"], raw["classes"], records) != ref.version:
-            raise CatalogError(f"manifest of {ref} does not match its version hash (tampered?)")
-        return Manifest(raw["name"], raw["version"], records, raw["classes"], raw.get("description", ""))
+        except ValueError as exc:  # not JSON / not UTF-8
+            raise CatalogError(f"manifest {self.store.uri(key)} of {ref} is not valid JSON (tampered?): {exc}") from None
+        try:
+            records = [ImageRecord(**r) for r in raw["records"]]
+            name, version, classes = raw["name"], raw["version"], raw["classes"]
+            description = raw.get("description", "")
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise CatalogError(f"manifest {self.store.uri(key)} of {ref} is malformed (tampered?): {exc!r}") from None
+        # The hash covers name, classes and records; the stored version field and the
+        # dataset the manifest sits under are checked explicitly.
+        if (name, version) != (ref.name, ref.version) or _version_of(ref.name, classes, records) != ref.version:
+            raise CatalogError(
+                f"manifest {self.store.uri(key)} of {ref} does not match its version hash (tampered?)"
+            )
+        return Manifest(name, version, records, classes, description)
 
     def read_pixels(self, records: Sequence[ImageRecord]) -> np.ndarray:
         """Fetch, verify and decode images concurrently into one (N, H, W[, C]) array."""
         keys = [self.blob_key(r.sha256) for r in records]
         out = []
-        for record, (key, data) in zip(records, self.store.get_many(keys)):
-            if sha256_bytes(data) != record.sha256:
-                raise CatalogError(f"object {self.store.uri(key)} fails its sha256 check ({record.source_path})")
-            out.append(decode_png(data))
+        fetched = self.store.get_many(keys)
+        try:
+            for record in records:
+                try:
+                    key, data = next(fetched)
+                except ObjectNotFoundError as exc:
+                    # get_many raises in input order, so this is the record whose object is gone.
+                    raise CatalogError(
+                        f"object {self.store.uri(self.blob_key(record.sha256))} of {record.source_path} "
+                        f"is missing from the object store (deleted?)"
+                    ) from exc
+                if sha256_bytes(data) != record.sha256:
+                    raise CatalogError(f"object {self.store.uri(key)} fails its sha256 check ({record.source_path})")
+                out.append(decode_png(data))
+        finally:
+            fetched.close()  # stop the fetch pool now, also when a check fails midway
         return np.stack(out) if out else np.empty((0,), np.uint8)
 
     def datasets(self) -> list[str]:

@@ -26,9 +26,10 @@ HTTP contract (``/v1``)::
 
 The same request always returns the same bytes: generation is seeded on CPU and the
 containers are deterministic (see :mod:`services.packaging`).
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: Serve's ingress re-wraps the route methods,
+and FastAPI then cannot resolve string annotations (the body turns into a query param).
+"""
 
 import asyncio
 import re
@@ -43,24 +44,31 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
+from infra.settings import Settings, get_settings
+
 API_VERSION = "v1"
 BATCHES_PATH = f"/{API_VERSION}/batches"
 MODELS_PER_REPLICA = 3  # generators cached per Synthesizer replica (LRU)
 MEDIA_TYPES = {"png-zip": "application/zip", "npz": "application/x-npz"}
 EXTENSIONS = {"png-zip": "zip", "npz": "npz"}
 
-# NAME@alias or NAME/VERSION, optionally written as a full models:/ URI. MLflow names may
-# hold almost anything, but '@' and '/' would make the reference ambiguous.
-_MODEL_REF = re.compile(r"^(?:models:/)?(?P<name>[^@/\s]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>[1-9][0-9]*))$")
+# NAME@alias or NAME/VERSION, optionally written as a full models:/ URI. Names follow the
+# project's rule (training.model_registry.registered_name: letters, digits, "_.-"), which
+# also keeps them safe in response headers and file names.
+_MODEL_REF = re.compile(r"^(?:models:/)?(?P<name>[A-Za-z0-9_.-]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>[1-9][0-9]*))$")
 _MODEL_HELP = "'NAME@alias' (e.g. 'gan-phantom-knee-wgan-gp-knee-small@champion') or 'NAME/VERSION' (e.g. '…/3')"
 
 
-class ModelNotFound(LookupError):
-    """The registry has no such model, alias or version (HTTP 404)."""
+@dataclass(frozen=True)
+class LookupFailure:
+    """Why a model reference did not resolve, as an HTTP status and message.
 
+    Returned rather than raised: an unknown model is an ordinary client error, and a raised
+    exception would be logged by the replica as a failed request with a traceback.
+    """
 
-class RegistryUnavailable(RuntimeError):
-    """The MLflow registry could not be asked (HTTP 503)."""
+    status: int  # 404 unknown model/alias/version, 503 registry unreachable
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -70,7 +78,6 @@ class ModelRef:
     name: str
     version: str
     run_id: str | None
-    requested: str
 
     @property
     def uri(self) -> str:
@@ -161,12 +168,9 @@ class Api:
                 "input": body.n,
                 "ctx": {"le": self.max_sync_images},
             }])
-        try:
-            ref: ModelRef = await self.synthesizer.resolve.remote(body.model)
-        except ModelNotFound as exc:
-            raise HTTPException(status_code=404, detail=str(exc)) from None
-        except RegistryUnavailable as exc:
-            raise HTTPException(status_code=503, detail=str(exc)) from None
+        ref = await self.synthesizer.resolve.remote(body.model)
+        if isinstance(ref, LookupFailure):
+            raise HTTPException(status_code=ref.status, detail=ref.detail)
         data: bytes = await self.synthesizer.options(multiplexed_model_id=ref.uri).synthesize.remote(
             ref, body.n, body.seed, body.format
         )
@@ -189,21 +193,23 @@ class Api:
 class Synthesizer:
     """Registry lookups, generator cache and generation; torch and MLflow live here only."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
         # Settings (the MLflow URI) come from the SYNTHRAY_* variables that serve.up puts
         # into the application's runtime_env (a pod's environment in a cluster).
-        from infra.settings import get_settings
         from infra.tracking import configure
 
-        self._settings = get_settings()
+        self._settings = settings or get_settings()
         self._mlflow = configure(self._settings)
         self._client = self._mlflow.MlflowClient()
 
-    async def resolve(self, model: str) -> ModelRef:
-        """Alias or version → concrete version and run id, asked fresh on every request."""
+    async def resolve(self, model: str) -> ModelRef | LookupFailure:
+        """Alias or version → concrete version and run id, asked fresh on every request.
+
+        Not cached, so moving an alias takes effect on the next request.
+        """
         return await asyncio.to_thread(self._resolve, model)
 
-    def _resolve(self, model: str) -> ModelRef:
+    def _resolve(self, model: str) -> ModelRef | LookupFailure:
         from mlflow.exceptions import MlflowException, RestException
 
         name, alias, version = parse_model(model)
@@ -213,16 +219,15 @@ class Synthesizer:
             else:
                 found = self._client.get_model_version(name, version)
         except RestException as exc:
-            # The server answered: 404 RESOURCE_DOES_NOT_EXIST, or INVALID_PARAMETER_VALUE
-            # for an alias that is not set on an existing model.
+            # The server answered: RESOURCE_DOES_NOT_EXIST, or INVALID_PARAMETER_VALUE for
+            # an alias not set on an existing model. MLflow prefixes its message with the code.
+            reason = exc.message.removeprefix(f"{exc.error_code}: ")
             if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                raise ModelNotFound(f"model {model!r} not found in the registry: {exc.message}") from None
-            raise RegistryUnavailable(f"model registry error for {model!r}: {exc.message}") from None
+                return LookupFailure(404, f"model {model!r} not found in the registry: {reason}")
+            return LookupFailure(503, f"model registry error for {model!r}: {reason}")
         except MlflowException as exc:
-            raise RegistryUnavailable(
-                f"model registry at {self._settings.mlflow_tracking_uri} unreachable: {exc.message}"
-            ) from None
-        return ModelRef(name=found.name, version=str(found.version), run_id=found.run_id, requested=model)
+            return LookupFailure(503, f"model registry at {self._settings.mlflow_tracking_uri} unreachable: {exc.message}")
+        return ModelRef(name=found.name, version=str(found.version), run_id=found.run_id)
 
     @serve.multiplexed(max_num_models_per_replica=MODELS_PER_REPLICA)
     async def _generator(self, uri: str):

@@ -33,7 +33,10 @@ def serve_up() -> None:
     """Deploy the Serve application; prints its base URL."""
     from services import serve as serve_app
 
-    click.echo(serve_app.up(get_settings(), progress=click.echo))
+    try:
+        click.echo(serve_app.up(get_settings(), progress=click.echo))
+    except serve_app.ServeError as err:
+        raise click.ClickException(str(err)) from None
 
 
 @serve.command("down")
@@ -41,8 +44,10 @@ def serve_down() -> None:
     """Delete the application and stop Serve."""
     from services import serve as serve_app
 
-    serve_app.down(get_settings())
-    click.echo("serve: stopped")
+    try:
+        serve_app.down(get_settings(), progress=click.echo)
+    except serve_app.ServeError as err:
+        raise click.ClickException(str(err)) from None
 
 
 @serve.command("status")
@@ -50,7 +55,10 @@ def serve_status() -> None:
     """Application and deployment states as JSON."""
     from services import serve as serve_app
 
-    click.echo(json.dumps(serve_app.status(get_settings()), indent=2, default=str))
+    try:
+        click.echo(json.dumps(serve_app.status(get_settings()), indent=2, default=str))
+    except serve_app.ServeError as err:
+        raise click.ClickException(str(err)) from None
 
 
 @click.command("demo")
@@ -58,7 +66,7 @@ def serve_status() -> None:
 @click.option("--image-size", type=click.IntRange(32, 512), default=64, show_default=True)
 @click.option("--epochs", type=click.IntRange(1, 1000), default=5, show_default=True)
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
-@click.option("--fid-n", type=click.IntRange(2, 50_000), default=500, show_default=True)
+@click.option("--fid-n", type=click.IntRange(2, 50_000), default=300, show_default=True)
 @click.option("--batch-n", type=click.IntRange(1, 256), default=16, show_default=True)
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/demo"),

@@ -41,7 +41,7 @@ class DemoOptions:
     image_size: int = 64
     epochs: int = 5
     workers: int = 2
-    fid_n: int = 500
+    fid_n: int = 300
     batch_n: int = 16
     seed: int = 0
     arch: str = "wgan-gp-knee-small"

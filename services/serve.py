@@ -10,9 +10,11 @@ two things are added at deploy time, neither of which belongs in the shared file
   need the MLflow URI) plus a fingerprint of the project's source, so ``up`` after a code
   change rebuilds the app, while ``up`` with nothing changed leaves it running untouched.
 
-Quirk: Ray 2.60 has no public call that applies a config file without the dashboard's REST
-API (disabled on the local head), so ``_client()`` uses the controller client that
-``serve run config.yaml`` uses too (``ServeControllerClient.deploy_apps``).
+Quirk: Ray 2.60's only public way to apply a config file is the dashboard's REST API
+(``serve deploy``), which needs the dashboard and its port. ``_client()`` instead uses the
+controller client that ``serve run config.yaml`` itself uses
+(``ServeControllerClient.deploy_apps``, a private API): it works with or without the
+dashboard, over the same Ray connection as everything else.
 """
 
 from __future__ import annotations

@@ -199,6 +199,8 @@ def test_rejects_inputs_the_reference_cannot_see(model) -> None:
         features(np.zeros((2, 8, 8, 4), np.uint8), model)
     with pytest.raises(ValueError, match="batch_size"):
         features(np.zeros((2, 8, 8), np.uint8), model, batch_size=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        compute_fid(np.zeros((2, 8, 8), np.uint8), np.zeros((2, 8, 8), np.uint8), batch_size=0)
     with pytest.raises(ValueError, match=">= 2 images"):
         compute_fid(np.zeros((1, 8, 8), np.uint8), np.zeros((3, 8, 8), np.uint8))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -164,9 +165,9 @@ def test_ensure_bucket_creates_once_and_is_idempotent(stack: Settings) -> None:
 
 
 def test_unreachable_endpoint_is_an_object_store_error(stack: Settings) -> None:
-    from tests.conftest import free_port
-
-    endpoint = f"http://127.0.0.1:{free_port()}"
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
     dead = ObjectStore(stack.model_copy(update={"s3_endpoint_url": endpoint}))
     with pytest.raises(ObjectStoreError, match=f"cannot reach the object store at {endpoint}"):
         dead.get_bytes("anything")

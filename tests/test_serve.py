@@ -53,6 +53,61 @@ def test_deploy_config_carries_settings_and_code_version(tmp_path) -> None:
     assert env[serve_ops.CODE_VERSION_VAR] == serve_ops.code_version()
 
 
+@pytest.mark.parametrize(
+    ("model", "parsed"),
+    [
+        ("gan-x@champion", ("gan-x", "champion", None)),
+        ("gan-x/12", ("gan-x", None, "12")),
+        ("models:/gan-x@challenger", ("gan-x", "challenger", None)),
+    ],
+)
+def test_parse_model_accepts_alias_version_and_uri(model, parsed) -> None:
+    from services.app import parse_model
+
+    assert parse_model(model) == parsed
+
+
+@pytest.mark.parametrize("model", ["gan-x", "gan-x@", "gan-x/0", "gan-x/v2", "a/b@c", "@champion", "gan x@champion", 'q"x@champion'])
+def test_parse_model_rejects_ambiguous_references(model) -> None:
+    from services.app import parse_model
+
+    with pytest.raises(ValueError, match="NAME@alias"):
+        parse_model(model)
+
+
+def test_up_without_ray_names_the_fix(tmp_path) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{sock.getsockname()[1]}"
+    settings = Settings(ray_address=dead, state_dir=tmp_path)
+    with pytest.raises(serve_ops.ServeError, match=f"Ray is not running at {dead}; .*synthray stack up"):
+        serve_ops.up(settings, progress=lambda _: None)
+
+
+def test_unreachable_registry_is_a_503_not_a_crash(monkeypatch, tmp_path) -> None:
+    import socket
+
+    import mlflow
+
+    from services.app import LookupFailure, Synthesizer
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    try:
+        synthesizer = Synthesizer.func_or_class(Settings(mlflow_tracking_uri=uri, state_dir=tmp_path))
+        result = synthesizer._resolve("gan-x@champion")
+    finally:  # Synthesizer points the process-wide MLflow client at the dead URI
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+    assert isinstance(result, LookupFailure)
+    assert result.status == 503 and uri in result.detail
+
+
 # -- over HTTP -------------------------------------------------------------------------------
 def _register(seed: int, stack: Settings):
     from training.model_registry import register_generator

@@ -320,6 +320,8 @@ def compute_fid(
     the weights are published (see :func:`publish_weights`) and ``weights_uri`` is filled.
     """
     settings = settings or get_settings()
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     real, fake = _check_images(real), _check_images(fake)
     if real.shape[0] < 2 or fake.shape[0] < 2:
         raise ValueError(f"FID needs >= 2 images per set, got {real.shape[0]} and {fake.shape[0]}")
