@@ -18,7 +18,7 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -94,10 +94,22 @@ class Manifest:
         ]
 
 
-def encode_png(pixels: np.ndarray) -> bytes:
-    """Deterministic PNG bytes of a uint8/uint16 grayscale or RGB array."""
+def encode_png(pixels: np.ndarray, text: Mapping[str, str] | None = None) -> bytes:
+    """Deterministic PNG bytes of a uint8/uint16 grayscale or RGB array.
+
+    Args:
+        pixels: the image.
+        text: optional ``tEXt`` chunks (key → Latin-1 value), written in sorted key order.
+    """
+    from PIL.PngImagePlugin import PngInfo
+
+    info = None
+    if text:
+        info = PngInfo()
+        for key in sorted(text):
+            info.add_text(key, str(text[key]))
     buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG", optimize=False)
+    Image.fromarray(pixels).save(buf, format="PNG", optimize=False, pnginfo=info)
     return buf.getvalue()
 
 

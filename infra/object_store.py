@@ -163,10 +163,17 @@ class ObjectStore:
         keys = list(self.list_keys(prefix))
         for start in range(0, len(keys), 1000):
             chunk = [{"Key": k} for k in keys[start : start + 1000]]
-            self._call(
+            response = self._call(
                 "delete", prefix, self.client.delete_objects, Bucket=self.bucket,
                 Delete={"Objects": chunk, "Quiet": True},
             )
+            # DeleteObjects answers 200 even when single keys fail; those come back here.
+            if errors := response.get("Errors"):
+                first = errors[0]
+                raise ObjectStoreError(
+                    f"could not delete {len(errors)} object(s) under {self.uri(prefix)}, e.g. "
+                    f"{self.uri(first.get('Key', ''))}: {first.get('Code')} {first.get('Message')}"
+                )
         return len(keys)
 
     def presign_get(self, key: str, expires_s: int = 3600) -> str:

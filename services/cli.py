@@ -80,3 +80,7 @@ def demo(**kwargs) -> None:
 
 for command in (stack, fid_weights, catalog, train, serve, demo):
     main.add_command(command)
+
+
+if __name__ == "__main__":
+    main()

@@ -96,7 +96,10 @@ def run_demo(opts: DemoOptions = DemoOptions(), settings: Settings | None = None
 
         real = load_uint8(dataset, split="train", limit=opts.fid_n, settings=settings)
         fake = result.sampler.generate(len(real), seed=10_000 + opts.seed)
-        fid = compute_fid(real, fake, settings=settings, store=ObjectStore(settings), progress=echo)
+        fid = compute_fid(
+            real, fake, settings=settings, store=ObjectStore(settings),
+            progress=lambda done, total, rate: echo(f"fid: {done}/{total} images through Inception, {rate:.1f} img/s"),
+        )
         mlflow = configure(settings)
         with mlflow.start_run(run_id=result.run_id):
             mlflow.log_metric("fid", fid.fid)

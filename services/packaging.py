@@ -15,9 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import struct
 import zipfile
-import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,23 +73,6 @@ def manifest(images: np.ndarray, meta: Mapping[str, Any], files: list[str] | Non
     }
 
 
-def png_text_chunks(png: bytes, text: Mapping[str, str]) -> bytes:
-    """``png`` with ``tEXt`` chunks inserted after IHDR (keys in sorted order, Latin-1).
-
-    Splicing chunks into :func:`infra.catalog.encode_png`'s output keeps one PNG encoder in
-    the project; Pillow reads them back as ``Image.open(...).text``.
-    """
-    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length+type, IHDR data, CRC
-    if png[:8] != b"\x89PNG\r\n\x1a\n" or png[12:16] != b"IHDR":
-        raise ValueError("not a PNG")
-    chunks = []
-    for key in sorted(text):
-        data = key.encode("latin-1") + b"\x00" + str(text[key]).encode("latin-1")
-        body = b"tEXt" + data
-        chunks.append(struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body)))
-    return png[:ihdr_end] + b"".join(chunks) + png[ihdr_end:]
-
-
 def _png_text(meta: Mapping[str, Any], index: int) -> dict[str, str]:
     text = {"Synthetic": "true", "Comment": SYNTHETIC_NOTICE, "Index": str(index)}
     for key in ("model", "version", "run_id", "seed"):
@@ -113,7 +94,7 @@ def to_png_zip(images: np.ndarray, meta: Mapping[str, Any]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for i, (name, image) in enumerate(zip(names, images, strict=True)):
-            png = png_text_chunks(encode_png(image), _png_text(meta, i))
+            png = encode_png(image, text=_png_text(meta, i))
             # PNG data is already deflated; storing it again costs CPU for nothing.
             info = _entry(name)
             info.compress_type = zipfile.ZIP_STORED

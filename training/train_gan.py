@@ -209,7 +209,7 @@ def train_loop(loop_config: dict) -> None:
             opt_g.step()
             sched_g.step()
             for key, value in (("loss_d", loss_d), ("loss_g", loss_g), ("gp", gp), ("wasserstein", w_gap)):
-                sums[key] += float(value)
+                sums[key] += value.item()
         elapsed = time.perf_counter() - started
         metrics = _mean_across_workers({k: v / steps for k, v in sums.items()}, world)
         metrics |= {
