@@ -18,6 +18,7 @@ code base builds on): one pass over the training shard in real batches; for each
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,6 +38,9 @@ from training.models.sampler import GeneratorSampler, to_uint8
 from training.models.wgan_gp import gradient_penalty
 
 CHECKPOINT_FILE = "gan.pt"
+# Worker progress goes through logging: Ray Train forwards the worker's INFO records to the
+# driver console once (its patched print() would emit each line twice here).
+log = logging.getLogger("synthray.train")
 
 
 class GanTrainConfig(BaseModel):
@@ -182,8 +186,8 @@ def train_loop(loop_config: dict) -> None:
     configure(get_settings())  # workers get SYNTHRAY_* through the job's runtime env
     tracker = MlflowClient() if rank == 0 else None
     if rank == 0:
-        print(f"[train] {world} worker(s) x {batch} images/batch, {steps} steps/epoch, "
-              f"{len(data)} images in shard 0, device {device}", flush=True)
+        log.info(f"[train] {world} worker(s) x {batch} images/batch, {steps} steps/epoch, "
+                 f"{len(data)} images in shard 0, device {device}")
 
     for epoch in range(start_epoch, cfg.epochs):
         gen.train(), critic.train()
@@ -218,9 +222,9 @@ def train_loop(loop_config: dict) -> None:
             "lr_g": sched_g.get_last_lr()[0],
         }
         if rank == 0:
-            print(f"[train] epoch {epoch + 1}/{cfg.epochs}  loss_d {metrics['loss_d']:+.3f}  "
-                  f"loss_g {metrics['loss_g']:+.3f}  W {metrics['wasserstein']:.3f}  "
-                  f"{metrics['images_per_s']:.0f} real img/s  ({elapsed:.1f} s)", flush=True)
+            log.info(f"[train] epoch {epoch + 1}/{cfg.epochs}  loss_d {metrics['loss_d']:+.3f}  "
+                     f"loss_g {metrics['loss_g']:+.3f}  W {metrics['wasserstein']:.3f}  "
+                     f"{metrics['images_per_s']:.0f} real img/s  ({elapsed:.1f} s)")
             for key, value in metrics.items():
                 tracker.log_metric(run_id, key, float(value), step=epoch + 1)
             tracker.log_image(run_id, sample_grid(gen, fixed_z), key="samples", step=epoch + 1)
