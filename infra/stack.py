@@ -146,11 +146,11 @@ class LocalStack:
 
     # -- readiness probes ---------------------------------------------------------------
     def _s3_ready(self) -> bool:
-        from infra.object_store import ObjectStore, ObjectStoreError
+        from infra.object_store import ObjectStore
 
         try:
             ObjectStore(self.settings).ensure_bucket()
-        except (ObjectStoreError, Exception):  # noqa: BLE001 - not ready yet, probe again
+        except Exception:  # noqa: BLE001 - any failure means "not ready yet": probe again
             return False
         return True
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
@@ -108,9 +107,3 @@ def store(stack: Settings):
     from infra.object_store import ObjectStore
 
     return ObjectStore(stack)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 from infra.settings import Settings, get_settings
-from infra.tracking import configure
+from infra.tracking import configure, model_uri
 from training.models.sampler import GeneratorSampler
 
 # Explicit requirements: MLflow would otherwise infer them by re-importing the model in a
@@ -38,7 +38,7 @@ class RegisteredGenerator:
 
     @property
     def uri(self) -> str:
-        return f"models:/{self.name}@{self.alias}"
+        return model_uri(self.name, self.alias)
 
 
 def register_generator(
