@@ -3,13 +3,17 @@
 Layout under ``s3://{bucket}/catalog/``::
 
     blobs/sha256/ab/abcdef….png              one object per distinct image (content hash)
-    datasets/{name}/versions/{version}.json  the manifest: one record per image
+    datasets/{name}/reports/{version}/…      ingest report, contact sheets (written before the manifest)
+    datasets/{name}/versions/{version}.json  the manifest: one record per image, plus named subsets
     datasets/{name}/latest                   pointer to the newest version
 
-A version is the hash of its records, so re-publishing the same content gives the same
-``name@version`` (idempotent). Publishing writes blobs first, then the manifest, then the
-pointer: a reader never sees a version whose objects are not all there, and an
-interrupted publish leaves nothing visible. Every read re-hashes what it fetched.
+A version is the hash of the whole manifest (name, classes, records, subsets, dataset-level
+preprocessing, description), so re-publishing the same content gives the same
+``name@version`` (idempotent) and any edit to a stored manifest is detected. Publishing
+writes blobs (skipping those already stored with the right hash), then attachments, then
+the manifest, then the pointer: a reader never sees a version whose objects are not all
+there, and an interrupted publish leaves nothing visible. Every read re-hashes what it
+fetched.
 """
 
 from __future__ import annotations
@@ -17,9 +21,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -29,6 +36,8 @@ from infra.object_store import ObjectNotFoundError, ObjectStore, sha256_bytes
 PREFIX = "catalog"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 _VERSION = re.compile(r"^[0-9a-f]{1,64}$")
+_SUBSET = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+Progress = Callable[[int, int], None]
 
 
 class CatalogError(ValueError):
@@ -73,25 +82,47 @@ class ImageRecord:
     height: int
     patient_id: str | None = None
     preprocessing: list[dict] = field(default_factory=list)
+    attributes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Manifest:
+    """A dataset version.
+
+    ``subsets`` are named, stored selections (e.g. ``rejected``, ``gan-train``), each a
+    sorted list of image hashes; ``preprocessing`` describes the pipeline once per dataset
+    while each record keeps what its steps did.
+    """
+
     name: str
     version: str
     records: list[ImageRecord]
     classes: list[str]
     description: str = ""
+    subsets: dict[str, list[str]] = field(default_factory=dict)
+    preprocessing: list[dict] = field(default_factory=list)
 
     @property
     def ref(self) -> DatasetRef:
         return DatasetRef(self.name, self.version)
 
-    def select(self, split: str | None = None, labels: Sequence[int] | None = None) -> list[ImageRecord]:
+    def select(
+        self, split: str | None = None, labels: Sequence[int] | None = None, subset: str | None = None
+    ) -> list[ImageRecord]:
+        """Records of one split, label set and named subset (None = no filter)."""
+        members = None if subset is None else set(self.subset(subset))
         return [
             r for r in self.records
             if (split is None or r.split == split) and (labels is None or r.label in labels)
+            and (members is None or r.sha256 in members)
         ]
+
+    def subset(self, name: str) -> list[str]:
+        try:
+            return self.subsets[name]
+        except KeyError:
+            known = ", ".join(sorted(self.subsets)) or "none"
+            raise CatalogError(f"dataset {self.ref} has no subset {name!r} (subsets: {known})") from None
 
 
 def encode_png(pixels: np.ndarray, text: Mapping[str, str] | None = None) -> bytes:
@@ -118,12 +149,31 @@ def decode_png(data: bytes) -> np.ndarray:
         return np.asarray(img)
 
 
-def _version_of(name: str, classes: list[str], records: list[ImageRecord]) -> str:
-    canonical = json.dumps(
-        {"name": name, "classes": classes, "records": [asdict(r) for r in records]},
-        sort_keys=True, separators=(",", ":"),
-    )
+def _version_of(body: Mapping) -> str:
+    """Hash of everything in a manifest except its own version field."""
+    content = {k: v for k, v in body.items() if k != "version"}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A file published with a version (ingest report, contact sheet)."""
+
+    name: str
+    data: bytes
+    content_type: str = "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    ref: DatasetRef
+    checked: int
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
 
 
 class Catalog:
@@ -149,6 +199,10 @@ class Catalog:
     def latest_key(name: str) -> str:
         return f"{PREFIX}/datasets/{name}/latest"
 
+    @staticmethod
+    def attachment_key(name: str, version: str, filename: str) -> str:
+        return f"{PREFIX}/datasets/{name}/reports/{version}/{filename}"
+
     # -- write -------------------------------------------------------------------------
     def publish(
         self,
@@ -156,7 +210,10 @@ class Catalog:
         items: Iterable[tuple[bytes, dict]],
         classes: list[str],
         description: str = "",
-        progress=None,
+        progress: Progress | None = None,
+        subsets: Mapping[str, Iterable[str]] | None = None,
+        preprocessing: list[dict] | None = None,
+        attachments: Sequence[Attachment] = (),
     ) -> Manifest:
         """Publish PNG blobs plus their record fields as a new (or existing) version.
 
@@ -165,38 +222,91 @@ class Catalog:
             items: (png_bytes, record fields without sha256) pairs.
             classes: label names, index = label.
             description: free text stored in the manifest.
-            progress: optional callable(done, total) for ingest counts.
+            progress: optional callable(done, total) for blob upload counts.
+            subsets: named selections as image hashes; each must name images of this version.
+            preprocessing: dataset-level description of the pipeline that made the blobs.
+            attachments: files stored under the version's report prefix before the manifest.
         """
         DatasetRef.parse(name)
-        items = list(items)
         records, blobs = [], {}
         for data, fields in items:
             sha = sha256_bytes(data)
             blobs[sha] = data
             records.append(ImageRecord(sha256=sha, **fields))
-        records.sort(key=lambda r: (r.split, r.label, r.source_path))
-        version = _version_of(name, classes, records)
-        manifest = Manifest(name, version, records, classes, description)
+        return self.publish_records(
+            name, records, classes, description=description, subsets=subsets,
+            preprocessing=preprocessing, attachments=attachments, blobs=blobs, progress=progress,
+        )
+
+    def publish_records(
+        self,
+        name: str,
+        records: Iterable[ImageRecord],
+        classes: list[str],
+        description: str = "",
+        subsets: Mapping[str, Iterable[str]] | None = None,
+        preprocessing: list[dict] | None = None,
+        attachments: Sequence[Attachment] = (),
+        blobs: Mapping[str, bytes] | None = None,
+        progress: Progress | None = None,
+    ) -> Manifest:
+        """Publish a version from records; blobs not passed in must already be stored.
+
+        This is how derived versions (new splits, new subsets) reuse the images of an
+        existing version without downloading them.
+        """
+        DatasetRef.parse(name)
+        blobs = dict(blobs or {})
+        records = sorted(records, key=lambda r: (r.split, r.label, r.source_path))
+        shas = {r.sha256 for r in records}
+        subsets = {k: sorted(set(v)) for k, v in sorted((subsets or {}).items())}
+        for subset, members in subsets.items():
+            if not _SUBSET.match(subset):
+                raise CatalogError(f"subset name {subset!r} is invalid: use lowercase letters, digits, '.', '_' or '-'")
+            if stray := set(members) - shas:
+                raise CatalogError(f"subset {subset!r} names {len(stray)} image(s) that are not in the dataset")
+        body = asdict(Manifest(name, "", records, list(classes), description, subsets, list(preprocessing or [])))
+        version = _version_of(body)
+        manifest = Manifest(**{**body, "records": records, "version": version})
         if self.store.exists(self.manifest_key(name, version)):
             self._point_latest(name, version)  # idempotent re-publish
             return manifest
         self._put_blobs(blobs, progress)
-        body = json.dumps({**asdict(manifest), "records": [asdict(r) for r in records]}, sort_keys=True)
+        self._require_blobs(shas - blobs.keys())
+        for item in attachments:
+            self.store.put_bytes(self.attachment_key(name, version, item.name), item.data, content_type=item.content_type)
+        body = json.dumps({**body, "version": version}, sort_keys=True)
         self.store.put_bytes(self.manifest_key(name, version), body.encode(), content_type="application/json")
         self._point_latest(name, version)
         return manifest
 
-    def _put_blobs(self, blobs: dict[str, bytes], progress) -> None:
-        from concurrent.futures import ThreadPoolExecutor
+    def _require_blobs(self, shas: Iterable[str]) -> None:
+        def check(sha: str) -> None:
+            if self.store.head(self.blob_key(sha)).get("Metadata", {}).get("sha256") != sha:
+                raise CatalogError(f"object {self.store.uri(self.blob_key(sha))} does not carry its sha256")
+
+        try:
+            list(self._map(check, sorted(shas)))
+        except ObjectNotFoundError as exc:
+            raise CatalogError(f"cannot publish: {exc} (a version may only reference stored images)") from None
+
+    def _put_blobs(self, blobs: dict[str, bytes], progress: Progress | None) -> None:
+        """Upload blobs not already stored; an existing blob counts only if its recorded hash matches."""
 
         def put(item: tuple[str, bytes]) -> None:
             sha, data = item
-            self.store.put_bytes(self.blob_key(sha), data, content_type="image/png", metadata={"sha256": sha})
+            key = self.blob_key(sha)
+            try:
+                if self.store.head(key).get("Metadata", {}).get("sha256") == sha:
+                    return
+            except ObjectNotFoundError:
+                pass
+            self.store.put_bytes(key, data, content_type="image/png", metadata={"sha256": sha})
 
-        with ThreadPoolExecutor(self.store.settings.s3_max_concurrency) as pool:
-            for done, _ in enumerate(pool.map(put, blobs.items()), 1):
-                if progress and (done % 500 == 0 or done == len(blobs)):
-                    progress(done, len(blobs))
+        step = max(1, len(blobs) // 20)
+        for done, _ in enumerate(self._map(put, list(blobs.items())), 1):
+            if progress and (done % step == 0 or done == len(blobs)):
+                progress(done, len(blobs))
 
     def _point_latest(self, name: str, version: str) -> None:
         self.store.put_bytes(self.latest_key(name), json.dumps({"version": version}).encode(), content_type="application/json")
@@ -227,41 +337,117 @@ class Catalog:
         except ValueError as exc:  # not JSON / not UTF-8
             raise CatalogError(f"manifest {self.store.uri(key)} of {ref} is not valid JSON (tampered?): {exc}") from None
         try:
-            records = [ImageRecord(**r) for r in raw["records"]]
-            name, version, classes = raw["name"], raw["version"], raw["classes"]
-            description = raw.get("description", "")
+            manifest = Manifest(**{**raw, "records": [ImageRecord(**r) for r in raw["records"]]})
         except (TypeError, KeyError, AttributeError) as exc:
             raise CatalogError(f"manifest {self.store.uri(key)} of {ref} is malformed (tampered?): {exc!r}") from None
-        # The hash covers name, classes and records; the stored version field and the
-        # dataset the manifest sits under are checked explicitly.
-        if (name, version) != (ref.name, ref.version) or _version_of(ref.name, classes, records) != ref.version:
+        # The hash covers everything but the version field; that field and the dataset the
+        # manifest sits under are checked explicitly.
+        if (manifest.name, manifest.version) != (ref.name, ref.version) or _version_of(raw) != ref.version:
             raise CatalogError(
                 f"manifest {self.store.uri(key)} of {ref} does not match its version hash (tampered?)"
             )
-        return Manifest(name, version, records, classes, description)
+        return manifest
+
+    def versions(self, name: str) -> list[str]:
+        DatasetRef.parse(name)
+        prefix = f"{PREFIX}/datasets/{name}/versions/"
+        return sorted(k[len(prefix) : -len(".json")] for k in self.store.list_keys(prefix) if k.endswith(".json"))
+
+    def attachment(self, ref: DatasetRef | str, filename: str) -> bytes:
+        ref = self.resolve(ref)
+        return self.store.get_bytes(self.attachment_key(ref.name, ref.version, filename))
+
+    def fetch(self, record: ImageRecord) -> bytes:
+        """The PNG bytes of one record, verified against its hash."""
+        key = self.blob_key(record.sha256)
+        try:
+            data = self.store.get_bytes(key)
+        except ObjectNotFoundError:
+            raise CatalogError(
+                f"object {self.store.uri(key)} of {record.source_path} is missing from the object store (deleted?)"
+            ) from None
+        if sha256_bytes(data) != record.sha256:
+            raise CatalogError(f"object {self.store.uri(key)} fails its sha256 check ({record.source_path})")
+        return data
+
+    def _map(self, fn: Callable, items: Sequence) -> Iterator:
+        """``fn`` over items on a pool as wide as the S3 connection pool, results in input order.
+
+        The first error cancels everything not yet started, so a dead object store fails an
+        upload after the in-flight requests, not after every queued one has run its retries.
+        """
+        with ThreadPoolExecutor(self.store.settings.s3_max_concurrency) as pool:
+            results = pool.map(fn, items)
+            try:
+                yield from results
+            finally:
+                pool.shutdown(cancel_futures=True)
 
     def read_pixels(self, records: Sequence[ImageRecord]) -> np.ndarray:
-        """Fetch, verify and decode images concurrently into one (N, H, W[, C]) array."""
-        keys = [self.blob_key(r.sha256) for r in records]
-        out = []
-        fetched = self.store.get_many(keys)
-        try:
-            for record in records:
-                try:
-                    key, data = next(fetched)
-                except ObjectNotFoundError as exc:
-                    # get_many raises in input order, so this is the record whose object is gone.
-                    raise CatalogError(
-                        f"object {self.store.uri(self.blob_key(record.sha256))} of {record.source_path} "
-                        f"is missing from the object store (deleted?)"
-                    ) from exc
-                if sha256_bytes(data) != record.sha256:
-                    raise CatalogError(f"object {self.store.uri(key)} fails its sha256 check ({record.source_path})")
-                out.append(decode_png(data))
-        finally:
-            fetched.close()  # stop the fetch pool now, also when a check fails midway
+        """Fetch, verify and decode images into one (N, H, W[, C]) array.
+
+        Fetch, hash and PNG decode run together on a thread pool (zlib and hashlib release
+        the GIL), so a bulk read is bound by the network and the decode, not by round trips.
+        """
+        out = list(self._map(lambda r: decode_png(self.fetch(r)), records))
         return np.stack(out) if out else np.empty((0,), np.uint8)
+
+    def verify(self, ref: DatasetRef | str, progress: Progress | None = None) -> VerifyReport:
+        """Re-hash every object of a version and list every problem (not just the first)."""
+        manifest = self.manifest(ref)
+        records = list({r.sha256: r for r in manifest.records}.values())
+
+        def check(record: ImageRecord) -> str | None:
+            try:
+                decode_png(self.fetch(record))
+            except CatalogError as exc:
+                return str(exc)
+            except (OSError, ValueError) as exc:  # hash matches but the PNG does not decode
+                return f"object {self.store.uri(self.blob_key(record.sha256))} does not decode: {exc}"
+            return None
+
+        problems = []
+        step = max(1, len(records) // 20)
+        for done, problem in enumerate(self._map(check, records), 1):
+            if problem:
+                problems.append(problem)
+            if progress and (done % step == 0 or done == len(records)):
+                progress(done, len(records))
+        return VerifyReport(manifest.ref, len(records), problems)
+
+    def export(
+        self, ref: DatasetRef | str, directory: Path, records: Sequence[ImageRecord] | None = None,
+        progress: Progress | None = None,
+    ) -> Path:
+        """Write verified PNGs as ``DIR/{split}/{label_name}/{sha256}.png`` plus ``manifest.json``.
+
+        Each file is written to a temporary name and renamed, so an interrupted export never
+        leaves a truncated image; the manifest goes last.
+        """
+        manifest = self.manifest(ref)
+        records = manifest.records if records is None else records
+        directory = Path(directory)
+
+        def write(record: ImageRecord) -> None:
+            path = directory / record.split / record.label_name / f"{record.sha256}.png"
+            if path.exists() and sha256_bytes(path.read_bytes()) == record.sha256:
+                return  # a retried export skips what it already wrote
+            _write_atomic(path, self.fetch(record))
+
+        step = max(1, len(records) // 20)
+        for done, _ in enumerate(self._map(write, records), 1):
+            if progress and (done % step == 0 or done == len(records)):
+                progress(done, len(records))
+        _write_atomic(directory / "manifest.json", json.dumps(asdict(manifest), indent=1, sort_keys=True).encode())
+        return directory
 
     def datasets(self) -> list[str]:
         names = {k.split("/")[2] for k in self.store.list_keys(f"{PREFIX}/datasets/")}
         return sorted(names)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -73,10 +73,13 @@ class ObjectStore:
                 raise ObjectNotFoundError(f"object not found: {self.uri(key)}") from None
             raise ObjectStoreError(f"{what} {self.uri(key)} failed: {code or exc}") from exc
         except EndpointConnectionError as exc:
-            raise ObjectStoreError(
-                f"cannot reach the object store at {self.settings.s3_endpoint_url} "
-                f"(is the local stack up? run 'synthray stack up')"
-            ) from exc
+            raise self._unreachable() from exc
+
+    def _unreachable(self) -> ObjectStoreError:
+        return ObjectStoreError(
+            f"cannot reach the object store at {self.settings.s3_endpoint_url} "
+            f"(is the local stack up? run 'synthray stack up')"
+        )
 
     # -- bucket -----------------------------------------------------------------------
     def ensure_bucket(self) -> None:
@@ -86,9 +89,7 @@ class ObjectStore:
         except ClientError:
             self._call("create bucket", "", self.client.create_bucket, Bucket=self.bucket)
         except EndpointConnectionError as exc:
-            raise ObjectStoreError(
-                f"cannot reach the object store at {self.settings.s3_endpoint_url}"
-            ) from exc
+            raise self._unreachable() from exc
 
     # -- objects ----------------------------------------------------------------------
     def put_bytes(
@@ -158,6 +159,8 @@ class ObjectStore:
                     yield item["Key"]
         except ClientError as exc:
             raise ObjectStoreError(f"list {self.uri(prefix)} failed: {exc}") from exc
+        except EndpointConnectionError as exc:
+            raise self._unreachable() from exc
 
     def delete_prefix(self, prefix: str) -> int:
         keys = list(self.list_keys(prefix))

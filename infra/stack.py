@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,12 +189,18 @@ class LocalStack:
         os.replace(tmp, self._pidfile(name))
 
     # -- lifecycle ------------------------------------------------------------------------
-    def up(self, progress: Progress = print) -> None:
-        """Start every service that is not already running; wait until each is ready."""
+    def _selected(self, only: Sequence[str] | None) -> list[Service]:
+        services = self.services()
+        if unknown := set(only or ()) - {svc.name for svc in services}:
+            raise StackError(f"unknown service(s) {sorted(unknown)}; known: {[svc.name for svc in services]}")
+        return [svc for svc in services if only is None or svc.name in only]
+
+    def up(self, progress: Progress = print, only: Sequence[str] | None = None) -> None:
+        """Start every (or each ``only``) service that is not already running; wait until each is ready."""
         for d in (self.run_dir, self.log_dir, self.state / "mlflow", self.state / "seaweedfs"):
             d.mkdir(parents=True, exist_ok=True)
         self._write_s3_config()
-        for svc in self.services():
+        for svc in self._selected(only):
             if self.process(svc.name):
                 progress(f"{svc.name}: already running at {svc.url}")
                 continue
@@ -235,9 +241,9 @@ class LocalStack:
             time.sleep(0.5)
         progress(f"{svc.name}: ready in {time.monotonic() - started:.1f} s")
 
-    def down(self, progress: Progress = print) -> None:
-        """Stop exactly the processes this stack started, newest first."""
-        for svc in reversed(self.services()):
+    def down(self, progress: Progress = print, only: Sequence[str] | None = None) -> None:
+        """Stop exactly the processes this stack started (or each ``only`` one), newest first."""
+        for svc in reversed(self._selected(only)):
             if self._stop(svc.name, svc.stop_timeout_s):
                 progress(f"{svc.name}: stopped")
             else:

@@ -14,7 +14,8 @@ import click
 
 from infra.cli import fid_weights, stack
 from infra.settings import get_settings
-from training.cli import catalog, train
+from training.catalog_cli import catalog
+from training.cli import train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import psutil
 import pytest
 
 from infra.settings import PROJECT_ROOT, Settings, get_settings
@@ -107,3 +108,25 @@ def store(stack: Settings):
     from infra.object_store import ObjectStore
 
     return ObjectStore(stack)
+
+
+@pytest.fixture
+def s3_only():
+    """A throwaway SeaweedFS (nothing else) that a test may kill: settings, env, stack."""
+    from infra.settings import Settings as Fresh
+
+    state = Path(tempfile.mkdtemp(prefix="srt-s3-"))
+    env = _stack_env(state)
+    settings = Fresh(**{k.removeprefix("SYNTHRAY_").lower(): v for k, v in env.items()})
+    local = LocalStack(settings)
+    try:
+        local.up(progress=lambda msg: print(f"[s3-only] {msg}"), only=["seaweedfs"])
+        yield settings, env, local
+    finally:
+        # Throwaway data: a hard kill skips SeaweedFS's graceful (~25 s) shutdown.
+        if proc := local.process("seaweedfs"):
+            procs = [proc, *proc.children(recursive=True)]
+            for p in procs:
+                p.kill()
+            psutil.wait_procs(procs, timeout=30)
+        shutil.rmtree(state, ignore_errors=True)

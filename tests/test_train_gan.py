@@ -7,18 +7,11 @@ import pytest
 import torch
 
 from infra.settings import Settings
-from training.datasets import load_tensors, patient_split, publish_phantom
+from training.datasets import load_tensors, publish_phantom
 from training.models.registry import get_preset
 from training.model_registry import load_generator, register_generator, registered_name
 from training.phantom import PhantomSpec
 from training.train_gan import GanTrainConfig, _inverse_time, train_gan
-
-
-def test_patient_split_is_deterministic_and_roughly_proportional() -> None:
-    splits = [patient_split(f"P{i:05d}") for i in range(4000)]
-    assert splits == [patient_split(f"P{i:05d}") for i in range(4000)]
-    share = {s: splits.count(s) / len(splits) for s in ("train", "val", "test")}
-    assert 0.77 < share["train"] < 0.83 and 0.08 < share["val"] < 0.12 and 0.08 < share["test"] < 0.12
 
 
 def test_inverse_time_decay_matches_keras_formula() -> None:

@@ -1,62 +1,10 @@
-"""``synthray catalog …`` and ``synthray train …``."""
+"""``synthray train …``."""
 
 from __future__ import annotations
 
 import click
 
 from infra.catalog import CatalogError
-from infra.settings import get_settings
-
-
-@click.group("catalog")
-def catalog() -> None:
-    """Datasets in the object store, addressed as name@version."""
-
-
-@catalog.command("phantom")
-@click.option("--n", "n", type=click.IntRange(1, 1_000_000), default=1000, show_default=True, help="images")
-@click.option("--size", type=click.IntRange(32, 1024), default=210, show_default=True, help="side in pixels")
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
-@click.option("--name", default="phantom-knee", show_default=True, help="dataset name")
-def catalog_phantom(n: int, size: int, seed: int, name: str) -> None:
-    """Publish the procedural knee-radiograph PHANTOM (not medical data) as a dataset."""
-    from training.datasets import publish_phantom
-    from training.phantom import PhantomSpec
-
-    try:
-        manifest = publish_phantom(n, PhantomSpec(size=size, seed=seed), name=name, progress=click.echo)
-    except (CatalogError, ValueError) as err:
-        raise click.ClickException(str(err)) from None
-    click.echo(str(manifest.ref))
-
-
-@catalog.command("list")
-def catalog_list() -> None:
-    """Every dataset with its latest version and image count."""
-    from training.datasets import catalog as open_catalog
-
-    cat = open_catalog(get_settings())
-    for name in cat.datasets():
-        manifest = cat.manifest(name)
-        click.echo(f"{manifest.ref}  {len(manifest.records)} images  classes={','.join(manifest.classes)}")
-
-
-@catalog.command("show")
-@click.argument("ref")
-def catalog_show(ref: str) -> None:
-    """Counts per split and class of REF (name@version or name)."""
-    from collections import Counter
-
-    from training.datasets import catalog as open_catalog
-
-    try:
-        manifest = open_catalog(get_settings()).manifest(ref)
-    except CatalogError as err:
-        raise click.ClickException(str(err)) from None
-    click.echo(f"{manifest.ref}: {manifest.description}")
-    counts = Counter((r.split, r.label_name) for r in manifest.records)
-    for (split, label), count in sorted(counts.items()):
-        click.echo(f"  {split:<6} {label:<8} {count}")
 
 
 @click.group("train")
