@@ -130,3 +130,14 @@ def s3_only():
                 p.kill()
             psutil.wait_procs(procs, timeout=30)
         shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture
+def catalog(stack: Settings):
+    """A catalog on its own ObjectStore instance, so fault injection stays test-local."""
+    from infra.catalog import Catalog
+    from infra.object_store import ObjectStore
+
+    store = ObjectStore(stack)
+    store.ensure_bucket()
+    return Catalog(store)

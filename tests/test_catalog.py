@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 
 from infra.catalog import PREFIX, Catalog, CatalogError, DatasetRef, ImageRecord, Manifest, decode_png, encode_png
-from infra.object_store import ObjectStore, ObjectStoreError, sha256_bytes
-from infra.settings import Settings
+from infra.object_store import ObjectStoreError, sha256_bytes
 from training.phantom import KL_NAMES, PhantomImage, PhantomSpec, make_phantom
 
 SIZE = 32
@@ -48,14 +47,6 @@ def phantom(n: int) -> tuple[list[PhantomImage], list[tuple[bytes, dict]]]:
 
 def unique_name() -> str:
     return f"test-{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
-def catalog(stack: Settings) -> Catalog:
-    """A catalog on its own ObjectStore instance, so fault injection stays test-local."""
-    store = ObjectStore(stack)
-    store.ensure_bucket()
-    return Catalog(store)
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ from PIL import Image
 
 from infra.catalog import PREFIX, Catalog, CatalogError, decode_png
 from infra.object_store import ObjectStore
-from infra.settings import Settings
 from services.cli import main
 from training.ingest import BadFile, IngestOptions, ingest, parse_merge, read_image, resolve_merges
 from training.phantom import PhantomSpec, make_phantom
@@ -50,10 +49,8 @@ def unique_name() -> str:
 
 
 @pytest.fixture
-def cat(stack: Settings) -> Catalog:
-    store = ObjectStore(stack)
-    store.ensure_bucket()
-    return Catalog(store)
+def cat(catalog: Catalog) -> Catalog:
+    return catalog
 
 
 def quiet(_: str) -> None:
@@ -217,6 +214,17 @@ def test_chen_kl_with_merges_and_the_knee_preprocessing(tmp_path: Path, cat: Cat
     assert set(result.sheets) == {"focus-0-175", "focus-175-350", "focus-350-525", "focus-525-up"}
     sheet = decode_png(cat.attachment(manifest.ref, "focus-525-up.png"))
     assert sheet.ndim == 2 and sheet.shape[0] > 96
+
+
+@pytest.mark.stack
+def test_ray_data_engine_gives_the_same_version(tmp_path: Path, cat: Catalog) -> None:
+    imagefolder_with_bad_files(tmp_path)
+    options = IngestOptions(name=unique_name(), layout="imagefolder", preset="knee", size=24, focus_threshold=100,
+                            fractions={"train": 0.5, "test": 0.5})
+    local = ingest(tmp_path, options, cat, quiet)
+    on_ray = ingest(tmp_path, IngestOptions(**{**options.__dict__, "engine": "ray"}), cat, quiet)
+    assert on_ray.manifest == local.manifest
+    assert on_ray.report["problems"] == local.report["problems"]
 
 
 @pytest.mark.stack

@@ -109,6 +109,8 @@ def _preprocess_options(fn):
         click.option("--flip-detector", default="fibula", show_default=True, help="lateral-side detector"),
         click.option("--negative-detector", default="border", show_default=True, help="negative-image detector"),
         click.option("--focus-sweep", is_flag=True, help="contact sheets of the focus bands 0/175/350/525"),
+        click.option("--engine", type=click.Choice(("threads", "ray")), default="threads", show_default=True,
+                     help="read + preprocess in this process, or with Ray Data on the cluster"),
         click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="also write report.json and contact sheets here"),
     ]):
@@ -129,7 +131,7 @@ def catalog() -> None:
 @_preprocess_options
 @_errors
 def catalog_phantom(n, phantom_size, seed, name, preset, size, focus_threshold, flip_detector, negative_detector,
-                    focus_sweep, report_dir) -> None:
+                    focus_sweep, engine, report_dir) -> None:
     """Publish the procedural knee-radiograph PHANTOM (not medical data), scored against its ground truth."""
     from training.datasets import ingest_phantom
     from training.ingest import IngestOptions
@@ -138,6 +140,7 @@ def catalog_phantom(n, phantom_size, seed, name, preset, size, focus_threshold, 
     options = IngestOptions(
         name=name, layout="csv", preset=preset, size=size or phantom_size, focus_threshold=focus_threshold,
         flip_detector=flip_detector, negative_detector=negative_detector, seed=seed, focus_sweep=focus_sweep,
+        engine=engine,
     )
     cat = _open()
     result = ingest_phantom(n, PhantomSpec(size=phantom_size, seed=seed), options, cat, click.echo)
@@ -163,13 +166,13 @@ def catalog_phantom(n, phantom_size, seed, name, preset, size, focus_threshold, 
               help="CSV with path + mirrored/inverted/blurred (0/1) to score the detectors")
 @_errors
 def catalog_ingest(src, name, layout, preset, size, focus_threshold, flip_detector, negative_detector, focus_sweep,
-                   report_dir, merges, classes, fractions, resplit, seed, patient_regex, truth) -> None:
+                   engine, report_dir, merges, classes, fractions, resplit, seed, patient_regex, truth) -> None:
     """Ingest SRC (a directory, or a CSV file for --layout csv) as a new version of --name."""
     from training.ingest import IngestOptions, ingest, parse_merge
 
     options = IngestOptions(
         name=name, layout=layout, preset=preset, size=size or 210, focus_threshold=focus_threshold,
-        flip_detector=flip_detector, negative_detector=negative_detector, focus_sweep=focus_sweep,
+        flip_detector=flip_detector, negative_detector=negative_detector, focus_sweep=focus_sweep, engine=engine,
         merges=dict(parse_merge(m) for m in merges), classes=classes.split(",") if classes else None,
         fractions=fractions, resplit=resplit, seed=seed, patient_regex=patient_regex, truth=truth,
     )
@@ -184,9 +187,15 @@ def catalog_ingest(src, name, layout, preset, size, focus_threshold, flip_detect
 @_errors
 def catalog_list() -> None:
     """Every dataset with its latest version, version count and image count."""
+    from infra.catalog import CatalogError
+
     cat = _open()
     for name in cat.datasets():
-        manifest = cat.manifest(name)
+        try:
+            manifest = cat.manifest(name)
+        except CatalogError as err:  # one bad dataset must not hide the others
+            click.echo(f"{name}  UNREADABLE: {err}")
+            continue
         click.echo(
             f"{manifest.ref}  {len(manifest.records)} images  {len(cat.versions(name))} version(s)  "
             f"classes={','.join(manifest.classes)}"

@@ -13,18 +13,20 @@ from __future__ import annotations
 import csv
 import io
 import json
+import pickle
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from infra.catalog import Attachment, Catalog, DatasetRef, ImageRecord, Manifest, decode_png, encode_png
 from infra.object_store import sha256_bytes
+from infra.settings import Settings
 from training.layouts import Problem, SourceItem, scan
 from training.preprocess import FOCUS_SWEEP_EDGES, Pipeline, contact_sheet, focus_bands, pipeline
 from training.splits import DEFAULT_FRACTIONS, assign_splits, fold_plan, split_overlap
@@ -61,6 +63,8 @@ class IngestOptions:
         patient_regex: pulls patient ids from file stems where the layout allows.
         truth: optional CSV (``path`` + ``mirrored``/``inverted``/``blurred`` as 0/1) to score the detectors.
         focus_sweep: write contact sheets of the focus bands 0/175/350/525.
+        engine: ``threads`` (this process) or ``ray`` (Ray Data over the cluster) for read +
+            preprocess; the result is the same either way (outputs are sorted by path).
     """
 
     name: str
@@ -78,6 +82,7 @@ class IngestOptions:
     patient_regex: str | None = None
     truth: Path | None = None
     focus_sweep: bool = False
+    engine: str = "threads"
 
     def pipeline(self) -> Pipeline:
         if self.preset == "none":
@@ -120,6 +125,8 @@ def read_image(data: bytes, what: str) -> tuple[np.ndarray, int, str]:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             mode, pixels = img.mode, np.asarray(img)
+    except UnidentifiedImageError:
+        raise BadFile("unreadable", f"{what} is not a PNG or JPEG image") from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise BadFile("unreadable", f"{what} cannot be decoded: {exc}") from None
     if mode == "L":
@@ -144,23 +151,48 @@ def _prepare(item: SourceItem, pipe: Pipeline) -> Prepared:
     return Prepared(item, sha256_bytes(data), encode_png(np.ascontiguousarray(out)), depth, width, height, steps, mode)
 
 
-def _read_all(items: Sequence[SourceItem], pipe: Pipeline, progress: Callable[[str], None]) -> tuple[list[Prepared], list[Problem]]:
-    """Read and preprocess every file on a thread pool (decode, resize and zlib release the GIL)."""
+def _vet(item: SourceItem, pipe: Pipeline) -> Prepared | Problem:
+    try:
+        return _prepare(item, pipe)
+    except BadFile as bad:
+        return Problem(item.rel_path, bad.kind, bad.reason)
+
+
+def _vet_locally(items: Sequence[SourceItem], pipe: Pipeline) -> Iterator[Prepared | Problem]:
+    """Read and preprocess on a thread pool (decode, resize and zlib release the GIL)."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        yield from pool.map(lambda item: _vet(item, pipe), items)
+
+
+def _vet_on_ray(items: Sequence[SourceItem], pipe: Pipeline, settings: Settings) -> Iterator[Prepared | Problem]:
+    """Read and preprocess with Ray Data across the cluster (SRC must be visible to every node)."""
+    import ray
+
+    from infra.ray_runtime import connect
+
+    connect(settings)
+    rows = ray.data.from_items([{"item": pickle.dumps(item)} for item in items])
+    # Results travel pickled: they are our own objects between our own processes, and a
+    # binary column spares Ray Data a failed Arrow conversion per block.
+    vetted = rows.map(lambda row: {"result": pickle.dumps(_vet(pickle.loads(row["item"]), pipe))})
+    for row in vetted.iter_rows():
+        yield pickle.loads(row["result"])
+
+
+ENGINES = ("threads", "ray")
+
+
+def _read_all(
+    items: Sequence[SourceItem], pipe: Pipeline, progress: Callable[[str], None], engine: str, settings: Settings
+) -> tuple[list[Prepared], list[Problem]]:
     prepared, problems = [], []
     start, step = time.perf_counter(), max(1, len(items) // 20)
-
-    def one(item: SourceItem) -> Prepared | Problem:
-        try:
-            return _prepare(item, pipe)
-        except BadFile as bad:
-            return Problem(item.rel_path, bad.kind, bad.reason)
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        for done, result in enumerate(pool.map(one, items), 1):
-            (problems if isinstance(result, Problem) else prepared).append(result)
-            if done % step == 0 or done == len(items):
-                rate = done / max(time.perf_counter() - start, 1e-9)
-                progress(f"ingest: read {done}/{len(items)} files ({rate:.0f} img/s, {len(problems)} bad)")
+    results = _vet_on_ray(items, pipe, settings) if engine == "ray" else _vet_locally(items, pipe)
+    for done, result in enumerate(results, 1):
+        (problems if isinstance(result, Problem) else prepared).append(result)
+        if done % step == 0 or done == len(items):
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            progress(f"ingest: read {done}/{len(items)} files ({rate:.0f} img/s, {len(problems)} bad)")
     return prepared, problems
 
 
@@ -264,7 +296,7 @@ def ingest(
 
     excluded = Counter(i.label_name for i in found.items if i.label_name not in mapping)
     items = [i for i in found.items if i.label_name in mapping]
-    prepared, bad = _read_all(items, pipe, progress)
+    prepared, bad = _read_all(items, pipe, progress, options.engine, catalog.store.settings)
     prepared, dupes = _drop_duplicates(prepared)
     problems = sorted([*found.problems, *bad, *dupes], key=lambda p: (p.kind, p.rel_path))
 
