@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -160,7 +161,7 @@ def test_reingest_is_idempotent(tmp_path: Path, cat: Catalog, monkeypatch: pytes
     again = ingest(tmp_path, options, cat, quiet).manifest
     assert again == first
     assert written == [cat.latest_key(options.name)]  # no blob, no report, no manifest
-    reseeded = ingest(tmp_path, IngestOptions(**{**options.__dict__, "seed": 5}), cat, quiet).manifest
+    reseeded = ingest(tmp_path, replace(options, seed=5), cat, quiet).manifest
     assert reseeded.version != first.version or [r.split for r in reseeded.records] == [r.split for r in first.records]
 
 
@@ -222,7 +223,7 @@ def test_ray_data_engine_gives_the_same_version(tmp_path: Path, cat: Catalog) ->
     options = IngestOptions(name=unique_name(), layout="imagefolder", preset="knee", size=24, focus_threshold=100,
                             fractions={"train": 0.5, "test": 0.5})
     local = ingest(tmp_path, options, cat, quiet)
-    on_ray = ingest(tmp_path, IngestOptions(**{**options.__dict__, "engine": "ray"}), cat, quiet)
+    on_ray = ingest(tmp_path, replace(options, engine="ray"), cat, quiet)
     assert on_ray.manifest == local.manifest
     assert on_ray.report["problems"] == local.report["problems"]
 

@@ -98,6 +98,7 @@ class Prepared:
     item: SourceItem
     source_sha256: str
     png: bytes
+    sha256: str  # of ``png``: the blob's key, hashed once here
     bit_depth: int
     width: int
     height: int
@@ -148,7 +149,8 @@ def _prepare(item: SourceItem, pipe: Pipeline) -> Prepared:
     pixels, depth, mode = read_image(data, item.rel_path)
     height, width = pixels.shape[:2]
     out, steps = pipe.run(pixels)
-    return Prepared(item, sha256_bytes(data), encode_png(np.ascontiguousarray(out)), depth, width, height, steps, mode)
+    png = encode_png(np.ascontiguousarray(out))
+    return Prepared(item, sha256_bytes(data), png, sha256_bytes(png), depth, width, height, steps, mode)
 
 
 def _vet(item: SourceItem, pipe: Pipeline) -> Prepared | Problem:
@@ -202,7 +204,7 @@ def _drop_duplicates(prepared: list[Prepared]) -> tuple[list[Prepared], list[Pro
     seen_blob: dict[str, str] = {}
     kept, problems = [], []
     for p in sorted(prepared, key=lambda p: p.item.rel_path):
-        blob = sha256_bytes(p.png)
+        blob = p.sha256
         if first := seen_source.get(p.source_sha256):
             problems.append(Problem(p.item.rel_path, "duplicate", f"same bytes as {first}"))
         elif first := seen_blob.get(blob):
@@ -319,7 +321,7 @@ def ingest(
             "patient_id": p.item.patient_id, "preprocessing": p.steps, "attributes": attributes,
         }
         items_out.append((p.png, fields))
-    records = [ImageRecord(sha256=sha256_bytes(png), **fields) for png, fields in items_out]
+    records = [ImageRecord(sha256=p.sha256, **fields) for p, (_, fields) in zip(prepared, items_out)]
 
     report = {
         "source": str(found.root), "layout": options.layout, "scanned": len(found.items),
@@ -329,7 +331,7 @@ def ingest(
         "problems": [{"path": p.rel_path, "kind": p.kind, "reason": p.reason} for p in problems],
         "detectors": detector_scores(records, truth) if truth else {},
     }
-    sheets = focus_sheets(records, {sha256_bytes(png): png for png, _ in items_out}) if options.focus_sweep else {}
+    sheets = focus_sheets(records, {p.sha256: p.png for p in prepared}) if options.focus_sweep else {}
     attachments = [Attachment("report.json", json.dumps(report, indent=1, sort_keys=True).encode(), "application/json")]
     attachments += [Attachment(f"{name}.png", encode_png(img), "image/png") for name, img in sheets.items()]
     description = (
