@@ -16,6 +16,7 @@ from infra.cli import fid_weights, stack
 from infra.settings import get_settings
 from training.catalog_cli import catalog
 from training.cli import train
+from training.eval_cli import eval_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,7 +80,7 @@ def demo(**kwargs) -> None:
     run_demo(DemoOptions(**kwargs), get_settings(), echo=click.echo)
 
 
-for command in (stack, fid_weights, catalog, train, serve, demo):
+for command in (stack, fid_weights, catalog, train, eval_group, serve, demo):
     main.add_command(command)
 
 

@@ -67,7 +67,7 @@ def _step(report: DemoReport, number: int, title: str, echo: Echo) -> Iterator[N
 def run_demo(opts: DemoOptions = DemoOptions(), settings: Settings | None = None, echo: Echo = print) -> DemoReport:
     """Run the seven steps of the walking skeleton against the local stack."""
     from training.datasets import load_uint8, publish_phantom
-    from training.fid import compute_fid
+    from training.metrics import compute_fid
     from training.model_registry import register_generator, registered_name
     from training.phantom import PhantomSpec
     from training.train_gan import GanTrainConfig, train_gan
