@@ -65,7 +65,7 @@ def _to_rgb_tensor(images: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
         pil = Image.fromarray(img).convert("RGB")
         if pil.size != (size[1], size[0]):
             pil = pil.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-        out.append(torch.from_numpy(np.asarray(pil)).permute(2, 0, 1))
+        out.append(torch.from_numpy(np.array(pil)).permute(2, 0, 1))
     return torch.stack(out)
 
 
