@@ -17,7 +17,8 @@ from torch import nn
 from training.models import PRESETS, GanPreset, build_gan, get_preset
 from training.models.layers import CenterCrop, SamePad2d, conv_same, count_parameters, same_size
 from training.models.sampler import GeneratorSampler, to_uint8
-from training.models.wgan_gp import KneeCritic, KneeGenerator, gradient_penalty
+from training.models.losses import gradient_penalty
+from training.models.wgan_gp import KneeCritic, KneeGenerator
 
 
 @pytest.fixture(scope="module")
@@ -97,14 +98,35 @@ def test_small_preset_shapes(small) -> None:
 def test_every_preset_builds_consistently() -> None:
     for name, preset in PRESETS.items():
         assert preset.name == name
-        gen, _ = preset.build()
+        gen, critic = preset.build()
         assert gen.image_size == preset.image_size
         assert gen.latent_dim == preset.latent_dim
+        z = torch.randn(3, preset.latent_dim)
+        gen.eval(), critic.eval()
+        with torch.no_grad():
+            images = gen(z, torch.tensor([0, 1, 2]) % preset.num_classes) if preset.conditional else gen(z)
+            out = critic(images)
+        assert images.shape == (3, 1, preset.image_size, preset.image_size), name
+        assert images.min() >= -1 and images.max() <= 1, name  # tanh range
+        source = out[0] if preset.conditional else out
+        assert source.shape == (3,) and torch.isfinite(source).all(), name
+
+
+def test_every_paper_preset_has_a_small_sibling_of_the_same_family() -> None:
+    papers = [name for name in PRESETS if not name.endswith("-small")]
+    assert sorted(papers) == ["acgan-spine", "dcgan-fracture", "wgan-gp-knee"]
+    for name in papers:
+        small, paper = get_preset(f"{name}-small"), get_preset(name)
+        assert (small.family, small.loss, small.latent_dim) == (paper.family, paper.loss, paper.latent_dim)
+        g_small, d_small = small.build()
+        g_paper, d_paper = paper.build()
+        assert type(g_small) is type(g_paper) and type(d_small) is type(d_paper)
+        assert count_parameters(g_small) < count_parameters(g_paper) / 4
 
 
 def test_preset_with_inconsistent_image_size_is_refused() -> None:
     bad = GanPreset(
-        name="bad", loss="wgan-gp", image_size=60, latent_dim=8,
+        name="bad", family="knee", loss="wgan-gp", image_size=60, latent_dim=8,
         generator={"base_size": 4, "base_channels": 8, "widths": (8, 1), "crop": 0},
         critic={"widths": (8,), "dropouts": (0.0,)},
     )
@@ -256,3 +278,82 @@ def test_center_crop() -> None:
     x = torch.arange(36.0).view(1, 1, 6, 6)
     assert CenterCrop(0)(x) is x
     torch.testing.assert_close(CenterCrop(2)(x), x[..., 2:4, 2:4])
+
+
+# -- DCGAN of the fracture thesis (seed 004) ----------------------------------------------
+def test_dcgan_has_the_thesis_parameter_counts() -> None:
+    gen, disc = build_gan("dcgan-fracture")
+    assert count_parameters(gen) == 12_784_512
+    assert count_parameters(disc) == 2_795_776
+    # the table's layer list: ConvT widths 1024→64 with BN, then 1 channel; D 32→512, BN from 128
+    convt = [m.out_channels for m in gen.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert convt == [1024, 512, 256, 128, 64, 1]
+    bn_d = [m.num_features for m in disc.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bn_d == [128, 256, 512]
+
+
+def test_dcgan_maps_z100_to_128px_and_one_logit() -> None:
+    preset = get_preset("dcgan-fracture")
+    assert (preset.image_size, preset.latent_dim, preset.batch_size, preset.lr, preset.betas, preset.loss) == (
+        128, 100, 100, 3.4e-4, (0.5, 0.999), "bce")
+    torch.manual_seed(0)
+    gen, disc = preset.build()
+    gen.train()  # BN in batch mode, as in training
+    images = gen(torch.randn(2, 100))
+    assert images.shape == (2, 1, 128, 128) and images.min() >= -1 and images.max() <= 1
+    assert disc(images).shape == (2,)
+
+
+def test_dcgan_discriminator_checks_its_input_size() -> None:
+    from training.models.dcgan import DcganDiscriminator
+
+    with pytest.raises(ValueError, match="image_size 100"):
+        DcganDiscriminator(image_size=100)
+
+
+# -- AC-GAN of the spine paper (seed 002) -------------------------------------------------
+@pytest.mark.parametrize("name", ["acgan-spine", "acgan-spine-small"])
+def test_acgan_topology_follows_the_paper(name: str) -> None:
+    gen, disc = build_gan(name, num_classes=3)
+    convt = [m for m in gen.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert len(convt) == 3 and all(m.kernel_size == (5, 5) for m in convt)
+    assert [type(m) for m in gen.net][-2:] == [nn.BatchNorm2d, nn.Tanh]  # BN only before the output
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in gen.modules()) == 1
+    convs = [m for m in disc.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 4 and all(m.kernel_size == (3, 3) for m in convs)
+    assert [m.stride[0] for m in convs] == [2, 1, 2, 1]
+    widths = [m.out_channels for m in convs]
+    assert all(b == 2 * a for a, b in zip(widths, widths[1:]))  # filters doubling
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in disc.modules()) == 2  # not on first and last
+    assert disc.classes.out_features == 3 and disc.source.out_features == 1
+
+
+def test_acgan_generator_depends_on_the_label() -> None:
+    torch.manual_seed(0)
+    gen, disc = build_gan("acgan-spine-small", num_classes=3)
+    gen.eval(), disc.eval()
+    z = torch.randn(4, 100)
+    a = gen(z, torch.zeros(4, dtype=torch.long))
+    b = gen(z, torch.full((4,), 2))
+    assert a.shape == (4, 1, 64, 64) and not torch.allclose(a, b)
+    source, classes = disc(a)
+    assert source.shape == (4,) and classes.shape == (4, 3)
+
+
+def test_conditional_sampler_labels_and_reproducibility() -> None:
+    torch.manual_seed(0)
+    gen, _ = build_gan("acgan-spine-small", num_classes=3)
+    sampler = GeneratorSampler(gen, 100, num_classes=3)
+    assert sampler.conditional and sampler.labels(5).tolist() == [0, 1, 2, 0, 1]
+    first = sampler.generate(3, seed=1, label=2)
+    np.testing.assert_array_equal(first, sampler.generate(3, seed=1, label=2, batch_size=1))
+    assert not np.array_equal(first, sampler.generate(3, seed=1, label=0))
+    with pytest.raises(ValueError, match="label 3 is outside this generator's classes 0..2"):
+        sampler.generate(1, seed=1, label=3)
+    per_class = GeneratorSampler(gen, 100, class_index=1, num_classes=3)
+    assert per_class.labels(3).tolist() == [1, 1, 1]  # a per-class model defaults to its class
+
+
+def test_unconditional_sampler_refuses_a_label(sampler: GeneratorSampler) -> None:
+    with pytest.raises(ValueError, match="only for conditional generators"):
+        sampler.generate(1, seed=1, label=0)

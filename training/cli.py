@@ -1,10 +1,13 @@
-"""``synthray train …``."""
+"""``synthray train …``: GAN training on Ray Train, and the spine paper's four generation methods."""
 
 from __future__ import annotations
 
 import click
 
 from infra.catalog import CatalogError
+from training.models.registry import PRESETS
+
+ARCHS = click.Choice(sorted(PRESETS))
 
 
 @click.group("train")
@@ -12,36 +15,99 @@ def train() -> None:
     """Distributed training on Ray Train, tracked in MLflow."""
 
 
-@train.command("gan")
-@click.option("--dataset", required=True, help="catalog dataset, name@version or name")
-@click.option("--arch", default="wgan-gp-knee-small", show_default=True, help="GAN preset name")
-@click.option("--epochs", type=click.IntRange(1, 100_000), default=5, show_default=True)
-@click.option("--workers", type=click.IntRange(1, 1024), default=2, show_default=True)
-@click.option("--gpu/--cpu", "use_gpu", default=False, show_default=True)
-@click.option("--class", "class_label", type=click.IntRange(0), default=None, help="train on one class")
-@click.option("--limit", type=click.IntRange(1), default=None, help="use the first N training images")
-@click.option("--batch-size", type=click.IntRange(1), default=None, help="global batch (preset default)")
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
-@click.option("--register/--no-register", default=True, show_default=True,
-              help="register the generator and point alias champion at it")
-def train_gan_cmd(dataset, arch, epochs, workers, use_gpu, class_label, limit, batch_size, seed, register) -> None:
-    """Train a GAN preset on DATASET and (optionally) register the generator."""
+def _common(fn):
+    """Options shared by `train gan` and `train methods`."""
+    options = [
+        click.option("--dataset", required=True, help="catalog dataset, name@version or name (latest)"),
+        click.option("--arch", type=ARCHS, default="wgan-gp-knee-small", show_default=True, help="GAN preset"),
+        click.option("--epochs", type=click.IntRange(1, 100_000), default=5, show_default=True),
+        click.option("--workers", type=click.IntRange(1, 1024), default=2, show_default=True,
+                     help="Ray Train workers (one CPU, or one GPU with --gpu, each)"),
+        click.option("--gpu/--cpu", "use_gpu", default=False, show_default=True, help="NCCL + bf16 + channels_last"),
+        click.option("--split", default="train", show_default=True, help="catalog split to train on"),
+        click.option("--subset", default=None, help="catalog subset, e.g. gan-train"),
+        click.option("--limit", type=click.IntRange(1), default=None, help="use the first N selected images"),
+        click.option("--batch-size", type=click.IntRange(1), default=None, help="global batch (preset default)"),
+        click.option("--fid-every", type=click.IntRange(0), default=5, show_default=True,
+                     help="FID every k epochs and at the last; 0 disables"),
+        click.option("--fid-n", type=click.IntRange(2), default=None, help="cap n_real = n_fake (default: all)"),
+        click.option("--seed", type=click.IntRange(0), default=0, show_default=True),
+        click.option("--register/--no-register", default=True, show_default=True,
+                     help="register each generator, alias champion"),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _config(**kwargs):
+    from training.gan_config import GanTrainConfig
+
+    return GanTrainConfig(**kwargs)
+
+
+def _register(result, arch: str, class_label: int | None) -> None:
+    from training.model_registry import register_generator, registered_name
+
+    name = registered_name(result.dataset, arch, None if class_label is None else f"class{class_label}")
+    reg = register_generator(result.sampler, name, run_id=result.run_id,
+                             tags={"dataset": result.dataset, "epoch": str(result.metrics.get("epoch")),
+                                   "fid": str(result.metrics.get("fid")), "checkpoint": result.checkpoint_path})
+    click.echo(f"model: {reg.uri} (version {reg.version})")
+
+
+def _guard(fn):
+    """Bad input (unknown dataset, missing class, size mismatch, too many workers) → one line, exit 1."""
     from pydantic import ValidationError
 
-    from training.model_registry import register_generator, registered_name
-    from training.models.registry import get_preset
-    from training.train_gan import GanTrainConfig, train_gan
-
     try:
-        get_preset(arch)
-        cfg = GanTrainConfig(dataset=dataset, arch=arch, epochs=epochs, workers=workers, use_gpu=use_gpu,
-                             class_label=class_label, limit=limit, batch_size=batch_size, seed=seed)
-        result = train_gan(cfg, progress=click.echo)
+        return fn()
     except (CatalogError, ValueError, ValidationError) as err:
-        raise click.ClickException(str(err)) from None
-    click.echo(f"run: {result.run_url}\ncheckpoint: {result.checkpoint_path}")
+        raise click.ClickException(str(err).splitlines()[0] if isinstance(err, ValidationError) else str(err)) from None
+
+
+@train.command("gan")
+@_common
+@click.option("--class", "class_label", type=click.IntRange(0), default=None, help="train on one class (per-class mode)")
+@click.option("--balance", type=click.Choice(["none", "first", "random"]), default="none", show_default=True,
+              help="undersample every class to the smallest")
+@click.option("--init-from", default=None, help="warm start from a checkpoint URI (s3://…)")
+@click.option("--transfer-critic/--fresh-critic", default=False, show_default=True)
+def train_gan_cmd(register: bool, **kwargs) -> None:
+    """Train a GAN preset on DATASET and (optionally) register the generator."""
+    from training.train_gan import train_gan
+
+    result = _guard(lambda: train_gan(_config(**kwargs), progress=click.echo))
+    click.echo(f"run: {result.run_url}\ncheckpoint: {result.checkpoint_path} (epoch {result.metrics.get('epoch')})")
     if register:
-        name = registered_name(result.dataset, arch, None if class_label is None else f"class{class_label}")
-        reg = register_generator(result.sampler, name, run_id=result.run_id,
-                                 tags={"dataset": result.dataset, "epoch": str(epochs)})
-        click.echo(f"model: {reg.uri} (version {reg.version})")
+        _register(result, kwargs["arch"], kwargs["class_label"])
+
+
+@train.command("methods")
+@_common
+@click.option("--method", type=click.Choice(["I", "II", "III", "IV"]), required=True,
+              help="spine paper: I all classes, II balanced, III one model per class, IV pretrain + fine-tune")
+@click.option("--balance", type=click.Choice(["first", "random"]), default="first", show_default=True,
+              help="Method II undersampling")
+@click.option("--finetune-epochs", type=click.IntRange(1), default=None, help="Method IV fine-tune epochs")
+@click.option("--transfer-critic/--fresh-critic", default=False, show_default=True,
+              help="Method IV: also start each minority discriminator from the pretrained one")
+def train_methods_cmd(register: bool, method: str, balance: str, finetune_epochs, transfer_critic, **kwargs) -> None:
+    """Run one of the spine paper's generation methods (I–IV) as a sequence of training runs."""
+    from training.gan_methods import plan_method, run_plan
+    from training.datasets import catalog
+
+    def go():
+        base = _config(**kwargs)
+        manifest = catalog().manifest(base.dataset)
+        plan = plan_method(manifest, method, base, balance=balance, finetune_epochs=finetune_epochs,
+                           transfer_critic=transfer_critic)
+        for step in plan:
+            click.echo(f"plan: {step.describe()}")
+        return run_plan(plan, progress=click.echo)
+
+    results = _guard(go)
+    for name, result in results.items():
+        click.echo(f"{name}: run {result.run_url} checkpoint {result.checkpoint_path}")
+        if register:
+            _register(result, kwargs["arch"], result.sampler.class_index)

@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -83,17 +84,47 @@ class ImageTensors:
     ref: DatasetRef
 
 
+Balance = Literal["none", "first", "random"]
+
+
 def select_records(
     manifest: Manifest, split: str | None = "train", labels: Sequence[int] | None = None,
-    limit: int | None = None, subset: str | None = None,
+    limit: int | None = None, subset: str | None = None, balance: Balance = "none", seed: int = 0,
 ) -> list[ImageRecord]:
-    """Records of one split/class/subset selection, in manifest order, optionally the first ``limit``."""
+    """Records of one split/class/subset selection, in manifest order.
+
+    Args:
+        manifest: the dataset version.
+        split, labels, subset: the selection (None = no filter).
+        limit: keep the first ``limit`` records (after balancing).
+        balance: undersample every class to the smallest one, keeping its first records
+            (``first``, the spine paper's Method II) or a seeded random sample (``random``).
+        seed: seed of the ``random`` balance.
+    """
     records = manifest.select(split=split, labels=labels, subset=subset)
     if not records:
+        wanted = ", ".join(f"{manifest.classes[c] if c < len(manifest.classes) else '?'} ({c})" for c in labels or [])
+        what = f"of class {wanted}" if labels else "in the selection"
         raise ValueError(
-            f"dataset {manifest.ref} has no images with split={split!r} labels={labels!r} subset={subset!r}"
+            f"dataset {manifest.ref} has no images {what} (split={split!r}, subset={subset!r}); "
+            f"its classes are {list(manifest.classes)}"
         )
+    if balance != "none":
+        records = undersample(records, first=balance == "first", seed=seed)
     return records[:limit] if limit else records
+
+
+def undersample(records: Sequence[ImageRecord], first: bool = True, seed: int = 0) -> list[ImageRecord]:
+    """Every class cut to the size of the smallest, keeping manifest order (first-N or seeded random)."""
+    by_class: dict[int, list[int]] = {}
+    for i, r in enumerate(records):
+        by_class.setdefault(r.label, []).append(i)
+    smallest = min(len(idx) for idx in by_class.values())
+    rng = np.random.default_rng(seed)
+    keep = set()
+    for idx in by_class.values():
+        keep.update(idx[:smallest] if first else rng.choice(idx, smallest, replace=False).tolist())
+    return [r for i, r in enumerate(records) if i in keep]
 
 
 def load_tensors(
@@ -104,6 +135,9 @@ def load_tensors(
     shard: tuple[int, int] = (0, 1),
     limit: int | None = None,
     settings: Settings | None = None,
+    subset: str | None = None,
+    balance: Balance = "none",
+    seed: int = 0,
 ) -> ImageTensors:
     """Load (a shard of) a dataset subset, hash-verified, scaled to [-1, 1].
 
@@ -115,10 +149,11 @@ def load_tensors(
         shard: (index, count): this worker reads records[index::count].
         limit: cap on the number of records before sharding.
         settings: where the object store is.
+        subset, balance, seed: see :func:`select_records`.
     """
     cat = catalog(settings)
     manifest = cat.manifest(ref)
-    records = select_records(manifest, split, labels, limit)[shard[0] :: shard[1]]
+    records = select_records(manifest, split, labels, limit, subset, balance, seed)[shard[0] :: shard[1]]
     pixels = cat.read_pixels(records)
     x = torch.from_numpy(pixels.astype(np.float32))
     if x.ndim == 3:

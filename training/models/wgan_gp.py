@@ -108,10 +108,3 @@ class KneeCritic(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(1)
 
-
-def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """WGAN-GP penalty E[(‖∇D(x̂)‖₂ − 1)²] on random interpolates x̂ (Gulrajani et al. 2017)."""
-    eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
-    mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
-    return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()

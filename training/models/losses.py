@@ -1,0 +1,94 @@
+"""Adversarial losses, one small class per paper, all with the same two-call interface.
+
+``critic_loss`` and ``generator_loss`` return a dict of scalars whose ``"loss"`` entry is
+what gets back-propagated; the rest are logged (Wasserstein estimate, gradient penalty,
+D's accuracy…). Sigmoids live inside ``binary_cross_entropy_with_logits`` (the same function
+as the papers' sigmoid + BCE, numerically stable). Real and fake go through the critic in
+separate forward passes so BatchNorm in the DCGAN/AC-GAN discriminators sees pure batches,
+as in the reference DCGAN; DDP handles several forwards before one backward (tested).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Scalars = dict[str, torch.Tensor]
+
+
+def gradient_penalty(
+    critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor | None = None
+) -> torch.Tensor:
+    """WGAN-GP penalty E[(‖∇D(x̂)‖₂ − 1)²] on interpolates x̂ = ε·real + (1−ε)·fake (Gulrajani 2017).
+
+    ``eps`` (N, 1, 1, 1) defaults to U(0, 1) draws; passing it makes the penalty reproducible.
+    The norm is taken in float32 so a bf16 autocast forward does not round it.
+    """
+    if eps is None:
+        eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
+    mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
+    return ((grad.float().flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+
+
+class WganGpLoss:
+    """Critic: −(E[D(real)] − E[D(fake)]) + λ·GP; generator: −E[D(fake)]."""
+
+    def __init__(self, gp_lambda: float = 10.0) -> None:
+        self.gp_lambda = gp_lambda
+
+    def critic_loss(self, critic: nn.Module, real, fake, y_real=None, y_fake=None, eps=None) -> Scalars:
+        w = critic(real).float().mean() - critic(fake).float().mean()
+        gp = gradient_penalty(critic, real, fake, eps)
+        return {"loss": -w + self.gp_lambda * gp, "gp": gp, "wasserstein": w}
+
+    def generator_loss(self, critic: nn.Module, fake, y_fake=None) -> Scalars:
+        return {"loss": -critic(fake).float().mean()}
+
+
+def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    logits = logits.float()
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+class BceLoss:
+    """DCGAN: D minimises BCE(real→1) + BCE(fake→0); G the non-saturating BCE(fake→1)."""
+
+    def critic_loss(self, critic: nn.Module, real, fake, y_real=None, y_fake=None) -> Scalars:
+        lr, lf = critic(real), critic(fake)
+        return {"loss": _bce(lr, 1.0) + _bce(lf, 0.0),
+                "d_real": torch.sigmoid(lr.float()).mean(), "d_fake": torch.sigmoid(lf.float()).mean()}
+
+    def generator_loss(self, critic: nn.Module, fake, y_fake=None) -> Scalars:
+        return {"loss": _bce(critic(fake), 1.0)}
+
+
+class AcganLoss:
+    """Odena et al. 2017: source loss L_S (BCE) and class loss L_C (cross-entropy).
+
+    D maximises L_S + L_C (minimises the two BCE/CE terms on real and fake), G maximises
+    L_C − L_S (minimises non-saturating BCE(fake→1) + CE on its own labels).
+    """
+
+    def critic_loss(self, critic: nn.Module, real, fake, y_real=None, y_fake=None) -> Scalars:
+        (sr, cr), (sf, cf) = critic(real), critic(fake)
+        l_s = _bce(sr, 1.0) + _bce(sf, 0.0)
+        l_c = F.cross_entropy(cr.float(), y_real) + F.cross_entropy(cf.float(), y_fake)
+        return {"loss": l_s + l_c, "loss_source": l_s, "loss_class": l_c,
+                "class_acc_real": (cr.argmax(1) == y_real).float().mean()}
+
+    def generator_loss(self, critic: nn.Module, fake, y_fake=None) -> Scalars:
+        s, c = critic(fake)
+        return {"loss": _bce(s, 1.0) + F.cross_entropy(c.float(), y_fake)}
+
+
+def make_loss(kind: str, gp_lambda: float = 10.0) -> WganGpLoss | BceLoss | AcganLoss:
+    """The loss object of a preset's ``loss`` name."""
+    if kind == "wgan-gp":
+        return WganGpLoss(gp_lambda)
+    if kind == "bce":
+        return BceLoss()
+    if kind == "acgan":
+        return AcganLoss()
+    raise ValueError(f"unknown loss {kind!r}; choose wgan-gp, bce or acgan")
