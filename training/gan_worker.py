@@ -23,6 +23,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,63 @@ def _warm_start_state(uri: str) -> dict:
         return _load_state(path)
 
 
+@dataclass
+class GanPair:
+    """Generator and critic (possibly DDP-wrapped) with their optimizers and LR schedules."""
+
+    gen: nn.Module
+    critic: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    sched_g: torch.optim.lr_scheduler.LRScheduler
+    sched_d: torch.optim.lr_scheduler.LRScheduler
+    conditional: bool
+
+    def generate(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.gen(z, y) if self.conditional else self.gen(z)
+
+
+def train_step(pair: GanPair, loss, real: torch.Tensor, y: torch.Tensor, hp: dict,
+               autocast: Callable = contextlib.nullcontext) -> dict[str, torch.Tensor]:
+    """One generator update after ``critic_steps`` critic updates on fresh noise; the losses.
+
+    Fake labels follow the real batch's classes (conditional presets), so a class-imbalanced
+    run (spine Method I) generates in the data's proportions.
+    """
+    n, device = real.shape[0], real.device
+    for _ in range(hp["critic_steps"]):
+        with torch.no_grad(), autocast():
+            fake = pair.generate(torch.randn(n, hp["latent_dim"], device=device), y)
+        with autocast():
+            d_out = loss.critic_loss(pair.critic, real, fake, y, y)
+        pair.opt_d.zero_grad(set_to_none=True)
+        d_out["loss"].backward()
+        pair.opt_d.step()
+        pair.sched_d.step()
+    # G step through the bare critic with frozen weights: no critic gradients, no DDP sync.
+    critic = unwrap(pair.critic).requires_grad_(False)
+    try:
+        with autocast():
+            g_out = loss.generator_loss(critic, pair.generate(torch.randn(n, hp["latent_dim"], device=device), y), y)
+        pair.opt_g.zero_grad(set_to_none=True)
+        g_out["loss"].backward()
+        pair.opt_g.step()
+        pair.sched_g.step()
+    finally:
+        critic.requires_grad_(True)
+    return {"loss_d": d_out.pop("loss"), "loss_g": g_out.pop("loss"), **d_out, **g_out}
+
+
+def build_pair(preset, hp: dict, num_classes: int, prepare: Callable[[nn.Module], nn.Module] = lambda m: m) -> GanPair:
+    """Fresh G and D of ``preset`` (seed the RNG first), wrapped by ``prepare`` (DDP), with Adam + LR schedules."""
+    gen, critic = (prepare(m) for m in preset.build(num_classes))
+    opt_g = torch.optim.Adam(gen.parameters(), lr=hp["lr"], betas=tuple(hp["betas"]))
+    opt_d = torch.optim.Adam(critic.parameters(), lr=hp["lr"], betas=tuple(hp["betas"]))
+    schedule = lr_lambda(hp["decay_form"], hp["lr_decay"])
+    return GanPair(gen, critic, opt_g, opt_d, torch.optim.lr_scheduler.LambdaLR(opt_g, schedule),
+                   torch.optim.lr_scheduler.LambdaLR(opt_d, schedule), preset.conditional)
+
+
 class _Progress:
     """Console lines every ``every`` steps: epoch, step, losses, img/s and the last FID."""
 
@@ -160,29 +218,23 @@ def train_loop(loop_config: dict) -> None:
     memory_format = torch.channels_last if fast else torch.preserve_format
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every worker
-    gen, critic = preset.build(num_classes)
-    start_epoch, global_step, state = 0, 0, None
+    pair = build_pair(preset, hp, num_classes,
+                      lambda m: ray.train.torch.prepare_model(m.to(memory_format=memory_format)))
+    gen, critic = pair.gen, pair.critic
+    start_epoch, global_step = 0, 0
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint:  # resume after a worker failure
+    if checkpoint:  # resume after a worker failure: everything, so the replay is exact
         with checkpoint.as_directory() as ckpt_dir:
             state = _load_state(ckpt_dir)
-        gen.load_state_dict(state["generator"])
-        critic.load_state_dict(state["critic"])
+        for obj, key in ((unwrap(gen), "generator"), (unwrap(critic), "critic"), (pair.opt_g, "opt_g"),
+                         (pair.opt_d, "opt_d"), (pair.sched_g, "sched_g"), (pair.sched_d, "sched_d")):
+            obj.load_state_dict(state[key])
         start_epoch, global_step = state["epoch"], state["global_step"]
     elif cfg.init_from:  # warm start (spine Method IV): weights only, fresh optimizers
         warm = _warm_start_state(cfg.init_from)
-        gen.load_state_dict(warm["generator"])
+        unwrap(gen).load_state_dict(warm["generator"])
         if cfg.transfer_critic:
-            critic.load_state_dict(warm["critic"])
-    gen = ray.train.torch.prepare_model(gen.to(memory_format=memory_format))
-    critic = ray.train.torch.prepare_model(critic.to(memory_format=memory_format))
-    opt_g = torch.optim.Adam(gen.parameters(), lr=hp["lr"], betas=tuple(hp["betas"]))
-    opt_d = torch.optim.Adam(critic.parameters(), lr=hp["lr"], betas=tuple(hp["betas"]))
-    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, lr_lambda(hp["decay_form"], hp["lr_decay"]))
-    sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, lr_lambda(hp["decay_form"], hp["lr_decay"]))
-    if state is not None:
-        for obj, key in ((opt_g, "opt_g"), (opt_d, "opt_d"), (sched_g, "sched_g"), (sched_d, "sched_d")):
-            obj.load_state_dict(state[key])
+            unwrap(critic).load_state_dict(warm["critic"])
     loss = make_loss(hp["loss"], hp["gp_lambda"])
 
     data = load_tensors(cfg.dataset, shard=(rank, world), **cfg.selection())
@@ -192,9 +244,6 @@ def train_loop(loop_config: dict) -> None:
     steps = _min_across_workers(len(images) // batch, world)
     if steps == 0:
         raise ValueError(f"dataset {cfg.dataset} shard {rank} has {len(images)} images, fewer than one batch of {batch}")
-
-    def generate(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return gen(z, y) if preset.conditional else gen(z)
 
     reference, tracker, progress = None, None, None
     if rank == 0:
@@ -223,27 +272,8 @@ def train_loop(loop_config: dict) -> None:
         history: dict[str, list[torch.Tensor]] = {}
         for step in range(steps):
             idx = order[step * batch : (step + 1) * batch]
-            real, y = images[idx], labels[idx]  # fake labels follow the real batch's classes
-            for _ in range(hp["critic_steps"]):
-                with torch.no_grad(), autocast():
-                    fake = generate(torch.randn(batch, hp["latent_dim"], device=device), y)
-                with autocast():
-                    d_out = loss.critic_loss(critic, real, fake, y, y)
-                opt_d.zero_grad(set_to_none=True)
-                d_out["loss"].backward()
-                opt_d.step()
-                sched_d.step()
-            # G step through the bare critic with frozen weights: no critic gradients, no DDP sync.
-            critic_core = unwrap(critic).requires_grad_(False)
-            with autocast():
-                g_out = loss.generator_loss(critic_core, generate(torch.randn(batch, hp["latent_dim"], device=device), y), y)
-            opt_g.zero_grad(set_to_none=True)
-            g_out["loss"].backward()
-            opt_g.step()
-            sched_g.step()
-            critic_core.requires_grad_(True)
+            scalars = train_step(pair, loss, images[idx], labels[idx], hp, autocast)
             global_step += 1
-            scalars = {"loss_d": d_out.pop("loss"), "loss_g": g_out.pop("loss"), **d_out, **g_out}
             for key, value in scalars.items():
                 history.setdefault(key, []).append(value.detach().float())
             if progress is not None:
@@ -252,7 +282,7 @@ def train_loop(loop_config: dict) -> None:
         per_step = {k: torch.stack(v).cpu().numpy() for k, v in history.items()}
         metrics = _mean_across_workers({k: float(v.mean()) for k, v in per_step.items()}, world)
         metrics |= {"epoch": epoch + 1, "global_step": global_step,
-                    "images_per_s": world * steps * batch / elapsed, "lr_g": sched_g.get_last_lr()[0]}
+                    "images_per_s": world * steps * batch / elapsed, "lr_g": pair.sched_g.get_last_lr()[0]}
         if rank != 0:
             ray.train.report(metrics)
             continue
@@ -268,8 +298,8 @@ def train_loop(loop_config: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(
                 {"generator": unwrap(gen).state_dict(), "critic": unwrap(critic).state_dict(),
-                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                 "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict(),
+                 "opt_g": pair.opt_g.state_dict(), "opt_d": pair.opt_d.state_dict(),
+                 "sched_g": pair.sched_g.state_dict(), "sched_d": pair.sched_d.state_dict(),
                  "epoch": epoch + 1, "global_step": global_step, "num_classes": num_classes,
                  "config": cfg.model_dump(), "hyperparameters": hp, "metrics": metrics},
                 Path(tmp) / CHECKPOINT_FILE,

@@ -24,7 +24,7 @@ from infra.ray_runtime import connect, storage
 from infra.settings import PROJECT_ROOT, Settings, get_settings
 from infra.tracking import configure, run_url
 from training.gan_config import GanTrainConfig
-from training.gan_worker import CHECKPOINT_FILE, _load_state, train_loop
+from training.gan_worker import _load_state, train_loop
 from training.models.registry import get_preset
 from training.models.sampler import GeneratorSampler
 
