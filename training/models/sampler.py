@@ -37,7 +37,8 @@ class GeneratorSampler(nn.Module):
 
     @property
     def conditional(self) -> bool:
-        return self.num_classes is not None
+        # getattr: samplers pickled into the registry before conditional models existed lack it.
+        return getattr(self, "num_classes", None) is not None
 
     def labels(self, n: int, label: int | None = None) -> torch.Tensor:
         """Labels for ``n`` conditional samples: ``label``, else the trained class, else 0, 1, …, K−1 in turn."""
