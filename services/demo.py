@@ -66,8 +66,8 @@ def _step(report: DemoReport, number: int, title: str, echo: Echo) -> Iterator[N
 
 def run_demo(opts: DemoOptions = DemoOptions(), settings: Settings | None = None, echo: Echo = print) -> DemoReport:
     """Run the seven steps of the walking skeleton against the local stack."""
-    from training.datasets import load_uint8, publish_phantom
-    from training.metrics import compute_fid
+    from training.datasets import publish_phantom
+    from training.metrics import fid_to_reference, publish_weights, reference_statistics
     from training.model_registry import register_generator, registered_name
     from training.phantom import PhantomSpec
     from training.train_gan import GanTrainConfig, train_gan
@@ -87,24 +87,28 @@ def run_demo(opts: DemoOptions = DemoOptions(), settings: Settings | None = None
         dataset = str(manifest.ref)
 
     with _step(report, 3, f"train {opts.arch} on Ray Train ({opts.workers} workers, {opts.epochs} epochs)", echo):
-        cfg = GanTrainConfig(dataset=dataset, arch=opts.arch, epochs=opts.epochs, workers=opts.workers, seed=opts.seed)
+        # FID at the last epoch on the same reference step 4 uses, so step 4 finds it cached.
+        cfg = GanTrainConfig(dataset=dataset, arch=opts.arch, epochs=opts.epochs, workers=opts.workers,
+                             seed=opts.seed, fid_every=opts.epochs, fid_n=opts.fid_n)
         result = train_gan(cfg, settings=settings, progress=echo)
 
     with _step(report, 4, f"FID on the real Inception weights ({opts.fid_n} real vs {opts.fid_n} generated)", echo):
         from infra.object_store import ObjectStore
         from infra.tracking import configure
 
-        real = load_uint8(dataset, split="train", limit=opts.fid_n, settings=settings)
-        fake = result.sampler.generate(len(real), seed=10_000 + opts.seed)
-        fid = compute_fid(
-            real, fake, settings=settings, store=ObjectStore(settings),
-            progress=lambda done, total, rate: echo(f"fid: {done}/{total} images through Inception, {rate:.1f} img/s"),
-        )
+        def progress(done: int, total: int, rate: float) -> None:
+            echo(f"fid: {done}/{total} images through Inception, {rate:.1f} img/s")
+
+        publish_weights(ObjectStore(settings), settings)
+        ref = reference_statistics(dataset, split="train", n=opts.fid_n, settings=settings, progress=progress)
+        echo(f"fid: real statistics {'from the cache' if ref.cached else 'computed and cached'}: {ref.key}")
+        fake = result.sampler.generate(ref.n, seed=10_000 + opts.seed)
+        fid = fid_to_reference(fake, ref, settings=settings, progress=progress)
         mlflow = configure(settings)
         with mlflow.start_run(run_id=result.run_id):
             mlflow.log_metric("fid", fid.fid)
             mlflow.set_tags({"fid.n_real": fid.n_real, "fid.n_fake": fid.n_fake,
-                             "fid.weights_sha256": fid.weights_sha256})
+                             "fid.weights_sha256": fid.weights_sha256, "fid.reference_key": fid.reference_key})
         echo(f"FID {fid.fid:.2f} (n_real={fid.n_real}, n_fake={fid.n_fake}, weights sha256 {fid.weights_sha256[:12]}…)")
 
     with _step(report, 5, "register the generator in the MLflow Model Registry, alias champion", echo):

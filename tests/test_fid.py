@@ -36,6 +36,7 @@ from training.metrics.fid import (
     fid_weights,
     inception,
     publish_weights,
+    statistics,
     weights_key,
 )
 
@@ -174,6 +175,14 @@ def test_fid_matches_cli_at_several_sizes(
     assert abs(ours.fid - cli) <= 1e-4 * abs(cli)
 
 
+def test_fid_of_a_set_against_itself_is_zero(images: dict[str, np.ndarray], model) -> None:
+    """2048-d, 12 images (rank 11 of 2048): only the √(round-off) floor of the 2037 null
+    eigenvalues is left, ~1e-6 of 2 tr Σ (measured -1.47e-5 of 45; pytorch-fid's sqrtm: -1.50e-5)."""
+    result = compute_fid(images["gray64"], images["gray64"].copy(), batch_size=BATCH)
+    _, sigma = statistics(features(images["gray64"], model, batch_size=BATCH))
+    assert abs(result.fid) <= 1e-6 * 2 * np.trace(sigma)
+
+
 def test_result_fields(ours: tuple[FidResult, list], weights: FidWeights) -> None:
     result, _ = ours
     assert (result.n_real, result.n_fake, result.dims) == (12, 15, 2048)
@@ -229,6 +238,8 @@ def test_rejects_inputs_the_reference_cannot_see(model) -> None:
         compute_fid(np.zeros((2, 8, 8), np.uint8), np.zeros((2, 8, 8), np.uint8), batch_size=0)
     with pytest.raises(ValueError, match=">= 2 images"):
         compute_fid(np.zeros((1, 8, 8), np.uint8), np.zeros((3, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match="dims must be one of"):
+        inception(dims=100)
 
 
 # -- weights in the object store ----------------------------------------------------------------

@@ -77,7 +77,7 @@ def test_artifacts_are_stored_and_readable(audit, store: ObjectStore) -> None:
     for name, uri in sheets.items():
         sheet = Image.open(io.BytesIO(store.get_bytes(key(uri))))
         pairs = min(4, summary["per_class"][name.removeprefix("contact-").removesuffix(".png")]["n"])
-        assert sheet.height >= 64 + 16 and sheet.width >= 2 * 64 * min(pairs, 5)
+        assert sheet.height >= 16 + 64 and sheet.width >= 5 * 2 * 64 and pairs >= 1
         assert (out / name).read_bytes() == store.get_bytes(key(uri))
 
 
@@ -86,9 +86,10 @@ def test_contact_sheet_of_the_planted_class_starts_with_the_pair(audit, store: O
     cls = summary["closest"][0]["class"]
     sheet = np.asarray(Image.open(io.BytesIO(store.get_bytes(
         summary["artifacts"][f"contact-{cls}.png"].split("/", 3)[3]))).convert("L"))
-    # First tile (after the 16-px title and make_grid's 2-px padding): the synthetic copy, then its twin.
-    np.testing.assert_array_equal(sheet[18 : 18 + 64, 2 : 2 + 64], fake[PLANTED_AT])
-    np.testing.assert_array_equal(sheet[18 : 18 + 64, 68 : 68 + 64], reference_images(ref, [COPIED])[0])
+    # First pair (after the 16-px title, the 8-px margin and the pair's 1-px frame): the synthetic
+    # copy, then its twin one frame line to the right.
+    np.testing.assert_array_equal(sheet[17 : 17 + 64, 9 : 9 + 64], fake[PLANTED_AT])
+    np.testing.assert_array_equal(sheet[17 : 17 + 64, 74 : 74 + 64], reference_images(ref, [COPIED])[0])
 
 
 def test_bad_input_is_named(audit, stack: Settings) -> None:

@@ -7,6 +7,7 @@ path is the same code with another ``dims``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -145,11 +146,14 @@ def test_a_corrupted_cache_object_is_recomputed(
     dataset: str, stack: Settings, store: ObjectStore, counted_extract: list[int]
 ) -> None:
     ref = reference_statistics(dataset, split="train", n=12, dims=DIMS, settings=stack)
-    store.put_bytes(ref.key, b"not an npz", metadata={"sha256": "0" * 64})
-    counted_extract.clear()
-    again = reference_statistics(dataset, split="train", n=12, dims=DIMS, settings=stack)
-    assert not again.cached and sum(counted_extract) == 12
-    np.testing.assert_array_equal(again.mu, ref.mu)
+    garbage = b"not an npz"
+    # Bytes that fail their published hash, then bytes that match it but do not parse.
+    for sha in ("0" * 64, hashlib.sha256(garbage).hexdigest()):
+        store.put_bytes(ref.key, garbage, metadata={"sha256": sha})
+        counted_extract.clear()
+        again = reference_statistics(dataset, split="train", n=12, dims=DIMS, settings=stack)
+        assert not again.cached and sum(counted_extract) == 12
+        np.testing.assert_array_equal(again.mu, ref.mu)
     assert reference_statistics(dataset, split="train", n=12, dims=DIMS, settings=stack).cached
 
 

@@ -172,7 +172,12 @@ def eval_fid(reference, split, images, model, n, seed, dims, batch_size, as_json
 @_errors
 def eval_memorization(reference, split, images, model, n, seed, dims, batch_size, as_json, top_k, pixel_ssim,
                       out_dir) -> None:
-    """Nearest training image of each synthetic image, vs the training set's own NN distances."""
+    """Nearest training image of each synthetic image, vs the training set's own NN distances.
+
+    The reference is the whole selection (every training image is a candidate twin); --n caps
+    only the synthetic images. Class subfolders of --images named like the dataset's classes
+    label the synthetic images; otherwise each takes the class of its nearest training image.
+    """
     from training.metrics import memorization_audit
 
     stats = _load_reference(reference, split, None, int(dims), batch_size)

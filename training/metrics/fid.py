@@ -75,6 +75,7 @@ if TYPE_CHECKING:
     from pytorch_fid.inception import InceptionV3
 
 __all__ = [
+    "FID_DIMS",
     "RESIZE_RULE",
     "WEIGHTS_PREFIX",
     "FidResult",
@@ -100,6 +101,7 @@ RESIZE_RULE = (
     "InceptionV3 bilinear 299x299 align_corners=False, 2x-1"
 )
 WEIGHTS_PREFIX = "fid/weights/"
+FID_DIMS = (64, 192, 768, 2048)  # pytorch-fid's InceptionV3 output blocks; 2048 = FID
 
 #: ``progress(done, total, images_per_second)``, called after every batch.
 ProgressFn = Callable[[int, int, float], None]
@@ -171,6 +173,8 @@ def inception(
     Built through :func:`infra.fid_weights.load_fid_inception` (strict load of that exact file),
     so no process-wide TORCH_HOME change is needed and nothing is ever downloaded.
     """
+    if dims not in FID_DIMS:
+        raise ValueError(f"dims must be one of {FID_DIMS} (pytorch-fid's InceptionV3 blocks), got {dims}")
     weights = fid_weights(settings)
     key = (weights.sha256, dims, str(torch.device(device)))
     with _lock:

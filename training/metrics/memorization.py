@@ -48,6 +48,7 @@ __all__ = ["MEMORIZATION_PREFIX", "contact_sheet", "memorization_audit", "neares
 
 MEMORIZATION_PREFIX = "eval/memorization/"
 PAIRS_PER_ROW = 5
+TITLE, GAP, CAPTION = 16, 8, 12  # contact-sheet layout, px
 
 
 def nearest_neighbours(real: np.ndarray, fake: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -69,20 +70,31 @@ def _to_rgb_tensor(images: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     return torch.stack(out)
 
 
-def contact_sheet(fakes: np.ndarray, reals: np.ndarray, title: str) -> bytes:
-    """PNG of pairs in rank order, ``PAIRS_PER_ROW`` per row, each (synthetic | training)."""
+def contact_sheet(fakes: np.ndarray, reals: np.ndarray, title: str, captions: Sequence[str] = ()) -> bytes:
+    """PNG of pairs in rank order, ``PAIRS_PER_ROW`` per row, each (synthetic | training) with its
+    caption (e.g. rank and distance) underneath.
+
+    Layout: a 16-px title; each pair is torchvision's ``make_grid`` of the two images (1-px
+    white frame), pairs ``GAP`` px apart, so a reader never mistakes which two belong together.
+    """
     from infra.compat import ensure_torchvision
 
     ensure_torchvision()
     from torchvision.utils import make_grid
 
-    size = tuple(fakes.shape[1:3])
-    tiles = torch.stack([_to_rgb_tensor(fakes, size), _to_rgb_tensor(reals, size)], 1).flatten(0, 1)
-    grid = make_grid(tiles, nrow=2 * PAIRS_PER_ROW, padding=2, pad_value=255)
-    body = Image.fromarray(grid.permute(1, 2, 0).numpy())
-    sheet = Image.new("RGB", (body.width, body.height + 16), "white")
-    sheet.paste(body, (0, 16))
-    ImageDraw.Draw(sheet).text((2, 2), title, fill="black")
+    h, w = fakes.shape[1:3]
+    tiles = torch.stack([_to_rgb_tensor(fakes, (h, w)), _to_rgb_tensor(reals, (h, w))], 1)
+    cell_w, cell_h = 2 * w + 3 + GAP, h + 2 + CAPTION + GAP
+    rows = -(-len(tiles) // PAIRS_PER_ROW)
+    sheet = Image.new("RGB", (GAP + PAIRS_PER_ROW * cell_w, TITLE + rows * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((GAP, 2), title, fill="black")
+    for k, pair in enumerate(tiles):
+        x, y = GAP + (k % PAIRS_PER_ROW) * cell_w, TITLE + (k // PAIRS_PER_ROW) * cell_h
+        grid = make_grid(pair, nrow=2, padding=1, pad_value=255)
+        sheet.paste(Image.fromarray(grid.permute(1, 2, 0).numpy()), (x, y))
+        if k < len(captions):
+            draw.text((x + 1, y + h + 2), captions[k], fill="black")
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
     return buf.getvalue()
@@ -196,7 +208,8 @@ def memorization_audit(
         }
         sheets[name] = contact_sheet(
             fake[top], reference_images(ref, idx[top], settings),
-            f"{name}: {len(top)} closest pairs (synthetic | nearest training), d {dist[top[0]]:.2f}-{dist[top[-1]]:.2f}",
+            f"{name}: the {len(top)} closest pairs (synthetic | nearest training image), real-real p1 {real_p1:.2f}",
+            [f"#{int(np.flatnonzero(order == i)[0]) + 1} d={dist[i]:.2f}" for i in top],
         )
 
     options = {"top_k": top_k, "pixel_ssim": pixel_ssim,

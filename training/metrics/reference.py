@@ -29,6 +29,7 @@ import hashlib
 import io
 import json
 import logging
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -39,6 +40,7 @@ from infra.catalog import Catalog, ImageRecord, Manifest
 from infra.object_store import ObjectNotFoundError, ObjectStore
 from infra.settings import Settings, get_settings
 from training.metrics.fid import (
+    FID_DIMS,
     RESIZE_RULE,
     FidResult,
     ProgressFn,
@@ -179,26 +181,33 @@ def _encode(feats: np.ndarray, mu: np.ndarray, sigma: np.ndarray, records: Seque
     return buf.getvalue()
 
 
-def _load(store: ObjectStore, key: str, spec: dict, shas: Sequence[str]) -> ReferenceStats | None:
-    """The cached statistics, or None when absent or failing any check (logged)."""
+def _check_cached(data: bytes, published_sha: str | None, spec: dict, shas: Sequence[str]) -> tuple[dict, dict]:
+    """(arrays, meta) of a cached npz; ValueError saying what is wrong with it otherwise."""
+    if hashlib.sha256(data).hexdigest() != published_sha:
+        raise ValueError("its bytes do not match the sha256 it was published with")
     try:
-        head = store.head(key)
-    except ObjectNotFoundError:
-        return None
-    data = store.get_bytes(key)
-    problem = None
-    if hashlib.sha256(data).hexdigest() != head.get("Metadata", {}).get("sha256"):
-        problem = "its bytes do not match the sha256 it was published with"
-    else:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
         meta = json.loads(str(arrays["meta"]))
-        if meta["spec"] != spec:
-            problem = "its stored spec differs from the key's"
-        elif meta["images_sha256"] != _images_digest(shas) or list(arrays["image_sha256"]) != list(shas):
-            problem = "its image list differs from the selection"
-    if problem:
-        log.warning("reference cache %s ignored: %s; recomputing", store.uri(key), problem)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"it does not parse ({exc!r})") from None
+    if meta.get("spec") != spec:
+        raise ValueError("its stored spec differs from the key's")
+    if meta.get("images_sha256") != _images_digest(shas) or list(arrays["image_sha256"]) != list(shas):
+        raise ValueError("its image list differs from the selection")
+    return arrays, meta
+
+
+def _load(store: ObjectStore, key: str, spec: dict, shas: Sequence[str]) -> ReferenceStats | None:
+    """The cached statistics, or None when absent or failing any check (logged)."""
+    try:
+        published_sha = store.head(key).get("Metadata", {}).get("sha256")
+    except ObjectNotFoundError:
+        return None
+    try:
+        arrays, meta = _check_cached(store.get_bytes(key), published_sha, spec, shas)
+    except ValueError as exc:
+        log.warning("reference cache %s ignored: %s; recomputing", store.uri(key), exc)
         return None
     return ReferenceStats(
         mu=arrays["mu"], sigma=arrays["sigma"], n=len(shas), key=key,
@@ -237,6 +246,8 @@ def reference_statistics(
         batch_size: Inception batch size (does not change the numbers).
         device: torch device for Inception.
     """
+    if dims not in FID_DIMS:
+        raise ValueError(f"dims must be one of {FID_DIMS}, got {dims}")
     settings = settings or get_settings()
     cat = _catalog(settings)
     manifest = cat.manifest(dataset)
@@ -325,6 +336,9 @@ def fake_features(
         raise ValueError(f"need >= 2 synthetic images, got {fake.shape[0]}")
     if fake.shape[0] != ref.n:
         log.info("n_fake=%d != n_real=%d (FID is biased in n)", fake.shape[0], ref.n)
+    if tuple(fake.shape[1:3]) != tuple(ref.image_size):
+        log.warning("synthetic images are %s, the reference's %s: Inception resizes both to 299, but "
+                    "the resampling difference itself shows up in the FID", fake.shape[1:3], ref.image_size)
     return features(fake, inception(settings, dims=ref.dims, device=device), batch_size, progress=progress)
 
 
