@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.synthray-installed
 WEIGHTS := .synthray/torch/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-unit stack-up stack-down stack-status serve-up serve-down train-cluster bench-catalog bench-fid clean
+.PHONY: help setup demo test test-unit stack-up stack-down stack-status serve-up serve-down train-cluster bench-catalog bench-train bench-fid clean
 
 help:
 	@echo "make demo        set up, start the local stack, run the walking skeleton end to end"
@@ -58,6 +58,10 @@ serve-down: setup
 # Catalog read throughput vs. a raw concurrent S3 download; needs the local stack up.
 bench-catalog: setup
 	$(BIN)/python benchmarks/catalog_read.py
+
+# Training img/s: Ray Train (2 workers, DDP) vs a plain single-process loop; needs the local stack up.
+bench-train: setup
+	$(BIN)/python benchmarks/train_gan.py
 
 # FID time and value vs the pytorch-fid CLI on 2 x 2,000 PNGs (no stack needed); JSON in out/bench-fid.json.
 bench-fid: setup
