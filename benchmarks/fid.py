@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]

@@ -81,4 +81,5 @@ __all__ = [
     "reference_images",
     "reference_statistics",
     "ssim",
+    "statistics",
 ]
