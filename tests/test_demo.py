@@ -39,8 +39,9 @@ def test_demo_end_to_end(stack: Settings, tmp_path: Path) -> None:
     summary = dict(re.findall(r"^(dataset|model|FID|batch folder)\s+(.+)$", proc.stdout, re.M))
     assert re.fullmatch(r"phantom-knee@[0-9a-f]{16}", summary["dataset"])
     assert summary["model"].startswith("models:/gan-phantom-knee-wgan-gp-knee-small@champion")
-    fid = re.fullmatch(r"([\d.]+) with n_real=(\d+), n_fake=(\d+)", summary["FID"])
-    assert fid and float(fid[1]) > 0 and fid[2] == fid[3] != "0"
+    fid = re.fullmatch(r"([\d.]+) with n_real=(\d+), n_fake=(\d+) \(epoch (\d+)\)", summary["FID"])
+    assert fid and float(fid[1]) > 0 and fid[2] == fid[3] == "24" and fid[4] == "1"
+    assert "fid: reference statistics from the cache" in proc.stdout  # training computed it once
 
     pngs = sorted(out.glob("*/*.png"))
     assert len(pngs) == 4
