@@ -10,7 +10,6 @@ The worker loop is :mod:`training.gan_worker`.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -53,11 +52,10 @@ def load_sampler(checkpoint_dir: str | Path, arch: str | None = None) -> Generat
 
 
 def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
+    """The checkout's commit, found from the package (MLflow's own guess uses sys.argv[0])."""
+    from mlflow.utils.git_utils import get_git_commit
+
+    return get_git_commit(str(PROJECT_ROOT)) or "unknown"
 
 
 def _check_cluster(cfg: GanTrainConfig) -> None:
