@@ -103,10 +103,11 @@ def select_records(
     """
     records = manifest.select(split=split, labels=labels, subset=subset)
     if not records:
-        wanted = ", ".join(f"{manifest.classes[c] if c < len(manifest.classes) else '?'} ({c})" for c in labels or [])
-        what = f"of class {wanted}" if labels else "in the selection"
+        if not labels:
+            raise ValueError(f"dataset {manifest.ref} has no images with split={split!r} subset={subset!r}")
+        wanted = ", ".join(f"{manifest.classes[c] if c < len(manifest.classes) else '?'} ({c})" for c in labels)
         raise ValueError(
-            f"dataset {manifest.ref} has no images {what} (split={split!r}, subset={subset!r}); "
+            f"dataset {manifest.ref} has no images of class {wanted} (split={split!r}, subset={subset!r}); "
             f"its classes are {list(manifest.classes)}"
         )
     if balance != "none":

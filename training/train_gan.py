@@ -144,7 +144,7 @@ def train_gan(
     num_classes = len(manifest.classes) if preset.conditional else 1
     loop_config: dict = {"config": cfg.model_dump(), "num_classes": num_classes}
     if cfg.fid_every:
-        loop_config |= _prepare_reference(cfg, manifest, len(records), settings, progress)
+        loop_config |= _prepare_reference(cfg, len(records), settings, progress)
 
     mlflow = configure(settings)
     experiment = mlflow.set_experiment(cfg.experiment)
@@ -193,7 +193,7 @@ def train_gan(
     )
 
 
-def _prepare_reference(cfg: GanTrainConfig, manifest, n_train: int, settings: Settings, progress) -> dict:
+def _prepare_reference(cfg: GanTrainConfig, n_train: int, settings: Settings, progress) -> dict:
     """Compute (or find cached) reference statistics once, on the driver, before the workers start.
 
     The reference is the first n images of the training selection (split/subset/class), with
@@ -208,7 +208,5 @@ def _prepare_reference(cfg: GanTrainConfig, manifest, n_train: int, settings: Se
               "labels": selection["labels"], "n": n}
     ref = reference_statistics(**kwargs, settings=settings)
     progress(f"train: FID reference {ref.key} ({ref.n} real images, {'cached' if ref.cached else 'computed'})")
-    chosen = manifest.select(split=selection["split"], labels=selection["labels"], subset=selection["subset"])[:n]
-    counts = Counter(r.label for r in chosen)
-    label_counts = [counts.get(k, 0) for k in range(max(counts) + 1)]
+    label_counts = np.bincount(ref.labels).tolist()  # the reference's class mix, for conditional fakes
     return {"reference": kwargs, "reference_key": ref.key, "label_counts": label_counts}

@@ -109,12 +109,14 @@ def selected_records(
     labels: Sequence[int] | None = None,
     n: int | None = None,
 ) -> list[ImageRecord]:
-    """The first ``n`` records of a selection, in manifest order (deterministic), or all."""
-    records = manifest.select(split=split, labels=labels, subset=subset)
-    if not records:
-        raise ValueError(
-            f"dataset {manifest.ref} has no images with split={split!r} subset={subset!r} labels={labels!r}"
-        )
+    """The first ``n`` records of a selection, in manifest order (deterministic), or all.
+
+    The same selection training uses (:func:`training.datasets.select_records`), plus the
+    checks a covariance over exactly ``n`` images needs.
+    """
+    from training.datasets import select_records
+
+    records = select_records(manifest, split=split, labels=labels, subset=subset)
     if n is not None:
         if n < 2:
             raise ValueError(f"n must be >= 2 for a covariance, got {n}")
