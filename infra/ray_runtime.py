@@ -53,6 +53,10 @@ def worker_env(settings: Settings) -> dict[str, str]:
     """SYNTHRAY_* variables of this process, so workers see the same settings."""
     env = {k: v for k, v in os.environ.items() if k.startswith("SYNTHRAY_")}
     env.setdefault("SYNTHRAY_STATE_DIR", str(settings.state_dir))
+    # Ray's own helper actors call ray.init() without an address (Train V2's placement-group
+    # cleaner, for one); with two local clusters on one machine (a dev stack and the test
+    # stack) that guess fails and the stopped trial's CPUs are never released.
+    env["RAY_ADDRESS"] = settings.ray_address
     env["TORCH_HOME"] = str(settings.torch_home)
     return env
 

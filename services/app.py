@@ -32,7 +32,6 @@ and FastAPI then cannot resolve string annotations (the body turns into a query 
 """
 
 import asyncio
-import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -45,6 +44,7 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 from infra.settings import Settings, get_settings
+from training.model_registry import MODEL_REF_HELP, parse_model
 
 API_VERSION = "v1"
 BATCHES_PATH = f"/{API_VERSION}/batches"
@@ -52,11 +52,7 @@ MODELS_PER_REPLICA = 3  # generators cached per Synthesizer replica (LRU)
 MEDIA_TYPES = {"png-zip": "application/zip", "npz": "application/x-npz"}
 EXTENSIONS = {"png-zip": "zip", "npz": "npz"}
 
-# NAME@alias or NAME/VERSION, optionally written as a full models:/ URI. Names follow the
-# project's rule (training.model_registry.registered_name: letters, digits, "_.-"), which
-# also keeps them safe in response headers and file names.
-_MODEL_REF = re.compile(r"^(?:models:/)?(?P<name>[A-Za-z0-9_.-]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>[1-9][0-9]*))$")
-_MODEL_HELP = "'NAME@alias' (e.g. 'gan-phantom-knee-wgan-gp-knee-small@champion') or 'NAME/VERSION' (e.g. '…/3')"
+_MODEL_HELP = MODEL_REF_HELP
 
 
 @dataclass(frozen=True)
@@ -82,14 +78,6 @@ class ModelRef:
     @property
     def uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
-
-
-def parse_model(model: str) -> tuple[str, str | None, str | None]:
-    """``(name, alias, version)`` of a model reference; exactly one of alias/version is set."""
-    match = _MODEL_REF.match(model)
-    if match is None:
-        raise ValueError(f"model must be {_MODEL_HELP}, got {model!r}")
-    return match["name"], match["alias"], match["version"]
 
 
 class SynthesizeRequest(BaseModel):

@@ -15,8 +15,9 @@ import click
 from infra.cli import fid_weights, stack
 from infra.settings import get_settings
 from training.catalog_cli import catalog
-from training.cli import train
+from training.cli import sweep, train
 from training.eval_cli import eval_group
+from training.registry_cli import registry
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -73,6 +74,8 @@ def serve_status() -> None:
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/demo"),
               show_default=True)
+@click.option("--max-fid", type=click.FloatRange(min=0, min_open=True), default=1000.0, show_default=True,
+              help="the demo's FID promotion gate")
 def demo(**kwargs) -> None:
     """Stack up → phantom → Ray Train GAN → FID → registry → Serve batch, with a summary."""
     from services.demo import DemoOptions, run_demo
@@ -80,7 +83,7 @@ def demo(**kwargs) -> None:
     run_demo(DemoOptions(**kwargs), get_settings(), echo=click.echo)
 
 
-for command in (stack, fid_weights, catalog, train, eval_group, serve, demo):
+for command in (stack, fid_weights, catalog, train, sweep, registry, eval_group, serve, demo):
     main.add_command(command)
 
 

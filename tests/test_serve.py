@@ -110,14 +110,15 @@ def test_unreachable_registry_is_a_503_not_a_crash(monkeypatch, tmp_path) -> Non
 
 # -- over HTTP -------------------------------------------------------------------------------
 def _register(seed: int, stack: Settings):
-    from training.model_registry import register_generator
+    from training.model_registry import log_generator
     from training.models.registry import get_preset
     from training.models.sampler import GeneratorSampler
 
     torch.manual_seed(seed)
     preset = get_preset("wgan-gp-knee-small")
     generator, _ = preset.build()
-    return register_generator(GeneratorSampler(generator, preset.latent_dim), NAME, settings=stack)
+    # No training run behind these: log them directly, and set champion as a promotion would.
+    return log_generator(GeneratorSampler(generator, preset.latent_dim), NAME, alias="champion", settings=stack)
 
 
 @pytest.fixture(scope="module")

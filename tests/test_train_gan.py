@@ -26,7 +26,7 @@ from infra.settings import Settings
 from training.datasets import load_tensors, publish_phantom
 from training.gan_methods import PlanStep, run_plan
 from training.gan_worker import epoch_seed, lr_lambda
-from training.model_registry import load_generator, register_generator, registered_name
+from training.model_registry import load_generator, register_run, registered_name
 from training.models.registry import get_preset
 from training.phantom import PhantomSpec
 from training.train_gan import GanTrainConfig, train_gan
@@ -135,9 +135,12 @@ def test_checkpoints_live_in_s3_top_k_by_fid(run, stack: Settings) -> None:
 
 def test_registered_generator_reloads_identically(run, stack: Settings) -> None:
     result, _ = run
-    name = registered_name(result.dataset, "wgan-gp-knee-small")
-    reg = register_generator(result.sampler, name, run_id=result.run_id, settings=stack)
-    loaded = load_generator(reg.uri, settings=stack)
+    reg = register_run(result.run_id, settings=stack, progress=lambda _: None)
+    assert reg.name == registered_name(result.dataset, "wgan-gp-knee-small") == "gan-phantom-train-test-wgan-gp-knee-small"
+    # Registration re-scores the selected checkpoint with the training protocol: same FID.
+    assert float(reg.tags["fid"]) == pytest.approx(result.metrics["fid"], rel=1e-4)
+    assert reg.tags["epoch"] == str(int(result.metrics["epoch"])) and reg.tags["run_id"] == result.run_id
+    loaded = load_generator(reg.version_uri, settings=stack)
     expected = result.sampler.generate(8, seed=5)
     assert np.array_equal(loaded.generate(8, seed=5), expected)
     assert expected.dtype == np.uint8 and expected.shape == (8, 64, 64)

@@ -33,7 +33,7 @@ def _common(fn):
         click.option("--fid-n", type=click.IntRange(2), default=None, help="cap n_real = n_fake (default: all)"),
         click.option("--seed", type=click.IntRange(0), default=0, show_default=True),
         click.option("--register/--no-register", default=True, show_default=True,
-                     help="register each generator, alias champion"),
+                     help="evaluate and register each generator as the challenger"),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -46,14 +46,12 @@ def _config(**kwargs):
     return GanTrainConfig(**kwargs)
 
 
-def _register(result, arch: str, class_label: int | None) -> None:
-    from training.model_registry import register_generator, registered_name
+def _register(run_id: str, checkpoint: str | None = None) -> None:
+    from training.model_registry import register_run
 
-    name = registered_name(result.dataset, arch, None if class_label is None else f"class{class_label}")
-    reg = register_generator(result.sampler, name, run_id=result.run_id,
-                             tags={"dataset": result.dataset, "epoch": str(result.metrics.get("epoch")),
-                                   "fid": str(result.metrics.get("fid")), "checkpoint": result.checkpoint_path})
-    click.echo(f"model: {reg.uri} (version {reg.version})")
+    reg = _guard(lambda: register_run(run_id, checkpoint=checkpoint, progress=click.echo))
+    click.echo(f"model: {reg.version_uri} (alias {reg.alias}); promote with "
+               f"`synthray registry promote {reg.name} --version {reg.version}`")
 
 
 def _guard(fn):
@@ -80,7 +78,7 @@ def train_gan_cmd(register: bool, **kwargs) -> None:
     result = _guard(lambda: train_gan(_config(**kwargs), progress=click.echo))
     click.echo(f"run: {result.run_url}\ncheckpoint: {result.checkpoint_path} (epoch {result.metrics.get('epoch')})")
     if register:
-        _register(result, kwargs["arch"], kwargs["class_label"])
+        _register(result.run_id, result.checkpoint_path)
 
 
 @train.command("methods")
@@ -94,8 +92,8 @@ def train_gan_cmd(register: bool, **kwargs) -> None:
               help="Method IV: also start each minority discriminator from the pretrained one")
 def train_methods_cmd(register: bool, method: str, balance: str, finetune_epochs, transfer_critic, **kwargs) -> None:
     """Run one of the spine paper's generation methods (I–IV) as a sequence of training runs."""
-    from training.gan_methods import plan_method, run_plan
     from training.datasets import catalog
+    from training.gan_methods import plan_method, run_plan
 
     def go():
         base = _config(**kwargs)
@@ -110,4 +108,56 @@ def train_methods_cmd(register: bool, method: str, balance: str, finetune_epochs
     for name, result in results.items():
         click.echo(f"{name}: run {result.run_url} checkpoint {result.checkpoint_path}")
         if register:
-            _register(result, kwargs["arch"], result.sampler.class_index)
+            _register(result.run_id, result.checkpoint_path)
+
+
+@click.group("sweep")
+def sweep() -> None:
+    """Hyperparameter sweeps on Ray Tune (each trial a Ray Train run), tracked in MLflow."""
+
+
+@sweep.command("gan")
+@click.option("--dataset", required=True, help="catalog dataset, name@version or name (latest)")
+@click.option("--arch", type=ARCHS, default="wgan-gp-knee-small", show_default=True, help="GAN preset")
+@click.option("--trials", type=click.IntRange(1, 10_000), default=8, show_default=True)
+@click.option("--workers-per-trial", type=click.IntRange(1, 1024), default=1, show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 100_000), default=5, show_default=True, help="epochs per trial (max)")
+@click.option("--gpu/--cpu", "use_gpu", default=False, show_default=True)
+@click.option("--scheduler", type=click.Choice(["asha", "pbt"]), default="asha", show_default=True)
+@click.option("--space-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="search space YAML (default: training/sweep_space.yaml)")
+@click.option("--space", "space_flags", multiple=True, metavar="KEY=KIND:V1,V2",
+              help="override one key, e.g. lr_g=loguniform:1e-5,1e-3 or batch_size=choice:16,32")
+@click.option("--max-concurrent", type=click.IntRange(1), default=None, help="trials at a time (default: fits the cluster)")
+@click.option("--split", default="train", show_default=True)
+@click.option("--subset", default=None)
+@click.option("--class", "class_label", type=click.IntRange(0), default=None)
+@click.option("--limit", type=click.IntRange(1), default=None)
+@click.option("--fid-n", type=click.IntRange(2), default=None)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--register/--no-register", default=True, show_default=True,
+              help="register the best trial's best checkpoint as the challenger")
+def sweep_gan_cmd(trials, workers_per_trial, scheduler, space_file, space_flags, max_concurrent, register,
+                  **kwargs) -> None:
+    """Sweep a GAN preset's hyperparameters with ASHA (or PBT) on FID."""
+    from training.sweep import SearchSpace, SweepConfig, run_sweep, table_markdown
+
+    def go():
+        overrides = {}
+        for flag in space_flags:
+            key, sep, spec = flag.partition("=")
+            if not sep:
+                raise ValueError(f"--space {flag!r}: expected KEY=KIND:V1,V2")
+            overrides[key] = spec
+        space = SearchSpace.load(space_file, overrides)
+        cfg = SweepConfig(base=_config(workers=workers_per_trial, **kwargs), space=space, trials=trials,
+                          scheduler=scheduler, max_concurrent=max_concurrent)
+        return run_sweep(cfg, progress=click.echo)
+
+    result = _guard(go)
+    click.echo(table_markdown(result.trials))
+    best = result.best
+    click.echo(f"best: trial {best.trial_id} FID {best.best_fid:.3f} at epoch-checkpoint {best.checkpoint} "
+               f"(run {best.run_id})\nparent run: {result.run_url}")
+    if register and best.run_id:
+        _register(best.run_id, best.checkpoint)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from training.models.registry import get_preset
+from training.models.registry import GanPreset, get_preset
 
 
 class GanTrainConfig(BaseModel):
@@ -26,7 +27,9 @@ class GanTrainConfig(BaseModel):
     limit: int | None = Field(None, ge=1, description="use only the first N images")
     seed: int = Field(0, ge=0)
     batch_size: int | None = Field(None, ge=1, description="global batch size")
-    lr: float | None = Field(None, gt=0)
+    lr: float | None = Field(None, gt=0, description="learning rate of G (and of D unless lr_d is set)")
+    lr_d: float | None = Field(None, gt=0, description="learning rate of the critic/discriminator")
+    latent_dim: int | None = Field(None, ge=1, le=4096, description="size of z (preset default)")
     critic_steps: int | None = Field(None, ge=1)
     gp_lambda: float | None = Field(None, ge=0)
     lr_decay: float | None = Field(None, ge=0)
@@ -42,15 +45,21 @@ class GanTrainConfig(BaseModel):
     log_every: int = Field(0, ge=0, description="console progress every N steps; 0 = 4 per epoch")
     experiment: str = "synthray-gan"
 
+    def preset(self) -> GanPreset:
+        """The architecture preset with this run's latent size."""
+        preset = get_preset(self.arch)
+        return preset if self.latent_dim is None else dataclasses.replace(preset, latent_dim=self.latent_dim)
+
     def hyperparameters(self) -> dict:
         """Effective hyperparameters: preset values overridden by the set fields."""
-        preset = get_preset(self.arch)
+        preset = self.preset()
         hp = {
             "loss": preset.loss,
             "image_size": preset.image_size,
             "latent_dim": preset.latent_dim,
             "batch_size": preset.batch_size,
             "lr": preset.lr,
+            "lr_d": self.lr_d or self.lr or preset.lr,
             "betas": preset.betas,
             "critic_steps": preset.critic_steps,
             "gp_lambda": preset.gp_lambda,

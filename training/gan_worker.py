@@ -34,7 +34,6 @@ from infra.settings import get_settings
 from infra.tracking import configure
 from training.gan_config import GanTrainConfig
 from training.models.losses import make_loss
-from training.models.registry import get_preset
 from training.models.sampler import GeneratorSampler, to_uint8
 
 CHECKPOINT_FILE = "gan.pt"
@@ -108,8 +107,8 @@ def _load_state(path_dir: str | Path) -> dict:
     return torch.load(Path(path_dir) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
 
 
-def _warm_start_state(uri: str) -> dict:
-    """Checkpoint state of another run (``s3://bucket/path`` or a local directory)."""
+def checkpoint_state(uri: str) -> dict:
+    """Checkpoint state of a run (``s3://bucket/path`` or a local directory)."""
     import ray.train
 
     if uri.startswith("s3://"):
@@ -174,7 +173,7 @@ def build_pair(preset, hp: dict, num_classes: int, prepare: Callable[[nn.Module]
     """Fresh G and D of ``preset`` (seed the RNG first), wrapped by ``prepare`` (DDP), with Adam + LR schedules."""
     gen, critic = (prepare(m) for m in preset.build(num_classes))
     opt_g = torch.optim.Adam(gen.parameters(), lr=hp["lr"], betas=tuple(hp["betas"]))
-    opt_d = torch.optim.Adam(critic.parameters(), lr=hp["lr"], betas=tuple(hp["betas"]))
+    opt_d = torch.optim.Adam(critic.parameters(), lr=hp.get("lr_d", hp["lr"]), betas=tuple(hp["betas"]))
     schedule = lr_lambda(hp["decay_form"], hp["lr_decay"])
     return GanPair(gen, critic, opt_g, opt_d, torch.optim.lr_scheduler.LambdaLR(opt_g, schedule),
                    torch.optim.lr_scheduler.LambdaLR(opt_d, schedule), preset.conditional)
@@ -209,7 +208,7 @@ def train_loop(loop_config: dict) -> None:
     run_id: str = loop_config["run_id"]
     num_classes: int = loop_config["num_classes"]
     hp = cfg.hyperparameters()
-    preset = get_preset(cfg.arch)
+    preset = cfg.preset()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -231,7 +230,7 @@ def train_loop(loop_config: dict) -> None:
             obj.load_state_dict(state[key])
         start_epoch, global_step = state["epoch"], state["global_step"]
     elif cfg.init_from:  # warm start (spine Method IV): weights only, fresh optimizers
-        warm = _warm_start_state(cfg.init_from)
+        warm = checkpoint_state(cfg.init_from)
         unwrap(gen).load_state_dict(warm["generator"])
         if cfg.transfer_critic:
             unwrap(critic).load_state_dict(warm["critic"])
@@ -328,16 +327,12 @@ def _reference(loop_config: dict):
 
 def _fid(gen: nn.Module, preset, hp: dict, cfg: GanTrainConfig, reference, loop_config: dict) -> dict:
     """FID of n_fake = n_real samples (the knee paper's rule) against the cached reference."""
+    from training.gan_eval import fakes_like
     from training.metrics import fid_to_reference
 
     sampler = GeneratorSampler(gen, hp["latent_dim"], class_index=cfg.class_label,
                                num_classes=loop_config["num_classes"] if preset.conditional else None)
-    n = reference.n
-    if preset.conditional and cfg.class_label is None:  # the reference's class mix, in order
-        counts = loop_config["label_counts"]
-        fake = np.concatenate([sampler.generate(c, seed=cfg.seed + 1 + k, label=k) for k, c in enumerate(counts) if c])
-    else:
-        fake = sampler.generate(n, seed=cfg.seed + 1)
+    fake, _ = fakes_like(sampler, reference, seed=cfg.seed + 1)
     gen.train()
     result = fid_to_reference(fake, reference)
     return {"fid": result.fid, "fid_n_real": result.n_real, "fid_n_fake": result.n_fake}

@@ -55,6 +55,7 @@ _REFERENCE_SIZE = 210
 # Both draws use the same weights, so the marginal grade distribution is unchanged,
 # but images of one patient are correlated (which makes patient-disjoint splits matter).
 _SAME_GRADE_AS_PATIENT = 0.7
+PHANTOM_PATIENT_PREFIX = "phantom-"  # every phantom patient id starts with it (model cards check)
 
 # Per-grade appearance, in normalised units (image half-width == 1).
 _GAP_MEDIAL = (0.085, 0.072, 0.055, 0.030, 0.008)
@@ -378,7 +379,7 @@ def make_phantom_image(index: int, spec: PhantomSpec = PhantomSpec()) -> Phantom
         index=index,
         pixels=pixels,
         grade=grade,
-        patient_id=f"phantom-p{patient:05d}",
+        patient_id=f"{PHANTOM_PATIENT_PREFIX}p{patient:05d}",
         side="R" if mirrored else "L",
         mirrored=mirrored,
         inverted=inverted,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,6 @@ from infra.settings import PROJECT_ROOT, Settings, get_settings
 from infra.tracking import configure, run_url
 from training.gan_config import GanTrainConfig
 from training.gan_worker import _load_state, train_loop
-from training.models.registry import get_preset
 from training.models.sampler import GeneratorSampler
 
 __all__ = ["GanTrainConfig", "GanTrainResult", "load_sampler", "train_gan"]
@@ -42,12 +41,18 @@ class GanTrainResult:
 
 
 def load_sampler(checkpoint_dir: str | Path, arch: str | None = None) -> GeneratorSampler:
-    """Rebuild the generator of a checkpoint as a registrable sampler."""
-    state = _load_state(checkpoint_dir)
-    preset = get_preset(arch or state["config"]["arch"])
+    """Rebuild the generator of a checkpoint directory as a registrable sampler."""
+    return sampler_from_state(_load_state(checkpoint_dir), arch)
+
+
+def sampler_from_state(state: dict, arch: str | None = None, classes: list[str] | None = None) -> GeneratorSampler:
+    """The generator of a loaded checkpoint state; ``classes`` names the dataset's classes."""
+    preset = GanTrainConfig(**{**state["config"], **({"arch": arch} if arch else {})}).preset()
     gen, _ = preset.build(state.get("num_classes"))
     gen.load_state_dict(state["generator"])
-    return GeneratorSampler(gen, preset.latent_dim, class_index=state["config"].get("class_label"),
+    class_index = state["config"].get("class_label")
+    return GeneratorSampler(gen, preset.latent_dim, class_index=class_index,
+                            class_name=None if classes is None or class_index is None else classes[class_index],
                             num_classes=state.get("num_classes") if preset.conditional else None)
 
 
@@ -72,7 +77,7 @@ def _check_selection(cfg: GanTrainConfig, settings: Settings):
     """The selection's records, after checking class, size and batch against the architecture."""
     from training.datasets import catalog, select_records
 
-    preset = get_preset(cfg.arch)
+    preset = cfg.preset()
     manifest = catalog(settings).manifest(cfg.dataset)
     records = select_records(manifest, **cfg.selection())
     sizes = Counter((r.width, r.height) for r in records)
@@ -121,6 +126,11 @@ def train_gan(
     cfg: GanTrainConfig,
     settings: Settings | None = None,
     progress: Callable[[str], None] = print,
+    *,
+    parent_run_id: str | None = None,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+    callbacks: Sequence = (),
 ) -> GanTrainResult:
     """Train on Ray Train and return the run and its selected generator.
 
@@ -128,12 +138,16 @@ def train_gan(
         cfg: dataset, architecture, epochs, workers and hyperparameter overrides.
         settings: where Ray, MLflow and the object store are.
         progress: receives human-readable progress lines (workers log epochs too).
+        parent_run_id: MLflow run this one is a child of (a sweep's parent run).
+        run_name: MLflow run name (default: ``{arch}-{dataset}``).
+        tags: extra MLflow run tags.
+        callbacks: Ray Train ``UserCallback``s (a Tune trial passes ``TuneReportCallback``).
     """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     settings = settings or get_settings()
-    preset = get_preset(cfg.arch)
+    preset = cfg.preset()
     from training.datasets import catalog
 
     dataset = str(catalog(settings).resolve(cfg.dataset))  # pin the version for the run
@@ -149,7 +163,8 @@ def train_gan(
     mlflow = configure(settings)
     experiment = mlflow.set_experiment(cfg.experiment)
     storage_path, filesystem = storage(settings)
-    with mlflow.start_run(run_name=f"{cfg.arch}-{dataset}") as run:
+    with mlflow.start_run(run_name=run_name or f"{cfg.arch}-{dataset}", parent_run_id=parent_run_id,
+                          tags=tags) as run:
         run_id = run.info.run_id
         mlflow.log_params({**cfg.model_dump(exclude_none=True), **cfg.hyperparameters(),
                            "num_classes": num_classes, "n_train": len(records)})
@@ -166,6 +181,7 @@ def train_gan(
             scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu),
             run_config=ray.train.RunConfig(
                 name=f"gan-{run_id}",
+                callbacks=list(callbacks),
                 storage_path=storage_path,
                 storage_filesystem=filesystem,
                 failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
@@ -183,6 +199,8 @@ def train_gan(
         checkpoint_path = f"s3://{checkpoint.path}"
         mlflow.set_tags({"synthray.checkpoint": checkpoint_path, "synthray.checkpoint.latest": f"s3://{result.checkpoint.path}",
                          "synthray.checkpoint.epoch": str(metrics.get("epoch"))})
+        if np.isfinite(metrics.get("fid", np.nan)):
+            mlflow.log_metric("best_fid", metrics["fid"], step=int(metrics["epoch"]))
         if cfg.fid_every:
             _fid_curve(mlflow.MlflowClient(), run_id)
         with checkpoint.as_directory() as ckpt_dir:
@@ -193,20 +211,23 @@ def train_gan(
     )
 
 
-def _prepare_reference(cfg: GanTrainConfig, n_train: int, settings: Settings, progress) -> dict:
-    """Compute (or find cached) reference statistics once, on the driver, before the workers start.
+def reference_request(cfg: GanTrainConfig, n_train: int) -> dict:
+    """Keyword arguments of ``reference_statistics`` for a run's FID reference.
 
     The reference is the first n images of the training selection (split/subset/class), with
     n = the number of training images unless ``fid_n`` caps it; a balanced (Method II) run
     still compares against its unbalanced selection, the distribution it should cover.
     """
+    selection = cfg.selection()
+    return {"dataset": cfg.dataset, "split": selection["split"], "subset": selection["subset"],
+            "labels": selection["labels"], "n": min(cfg.fid_n or n_train, n_train)}
+
+
+def _prepare_reference(cfg: GanTrainConfig, n_train: int, settings: Settings, progress) -> dict:
+    """Compute (or find cached) reference statistics once, on the driver, before the workers start."""
     from training.metrics import reference_statistics
 
-    n = min(cfg.fid_n or n_train, n_train)
-    selection = cfg.selection()
-    kwargs = {"dataset": cfg.dataset, "split": selection["split"], "subset": selection["subset"],
-              "labels": selection["labels"], "n": n}
+    kwargs = reference_request(cfg, n_train)
     ref = reference_statistics(**kwargs, settings=settings)
     progress(f"train: FID reference {ref.key} ({ref.n} real images, {'cached' if ref.cached else 'computed'})")
-    label_counts = np.bincount(ref.labels).tolist()  # the reference's class mix, for conditional fakes
-    return {"reference": kwargs, "reference_key": ref.key, "label_counts": label_counts}
+    return {"reference": kwargs, "reference_key": ref.key}

@@ -60,12 +60,17 @@ def evaluate(
     kid_bootstrap: int = 1000,
     k: int = 3,
     seed: int = 0,
+    feats: np.ndarray | None = None,
 ) -> dict:
-    """``{"fid": {...}, "kid": {...}, "precision_recall": {...}}`` for the requested metrics."""
+    """``{"fid": {...}, "kid": {...}, "precision_recall": {...}}`` for the requested metrics.
+
+    ``feats`` are ``fake``'s Inception features when the caller already has them.
+    """
     unknown = set(metrics) - set(EVALUATIONS)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {', '.join(EVALUATIONS)}")
-    feats = fake_features(fake, ref, settings, batch_size, progress)
+    if feats is None:
+        feats = fake_features(fake, ref, settings, batch_size, progress)
     out: dict[str, dict] = {}
     if "fid" in metrics:
         out["fid"] = fid_from_reference_features(feats, ref, bootstrap=fid_bootstrap, seed=seed).as_dict()

@@ -141,6 +141,7 @@ def memorization_audit(
     out_dir: Path | None = None,
     batch_size: int = 50,
     progress: ProgressFn | None = None,
+    feats: np.ndarray | None = None,
 ) -> dict:
     """Nearest training image of every synthetic image, vs the training set's own spacing.
 
@@ -154,6 +155,7 @@ def memorization_audit(
         pixel_ssim: also search by SSIM in pixel space (every fake x every real).
         store: where artifacts go (default: the settings' object store).
         out_dir: also write the artifacts here.
+        feats: ``fake``'s Inception features (``ref.dims``), when the caller already has them.
     Returns:
         summary numbers, the closest pairs and artifact URIs (JSON-serialisable).
     """
@@ -170,7 +172,10 @@ def memorization_audit(
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     classes = Catalog(store).manifest(ref.dataset).classes
 
-    feats = features(fake, inception(settings, dims=ref.dims), batch_size, progress=progress)
+    if feats is None:
+        feats = features(fake, inception(settings, dims=ref.dims), batch_size, progress=progress)
+    elif feats.shape != (len(fake), ref.dims):
+        raise ValueError(f"feats has shape {feats.shape}, expected ({len(fake)}, {ref.dims})")
     dist, idx, real_nn = nearest_neighbours(ref.features.astype(np.float64), feats)
     real_p1 = float(np.percentile(real_nn, 1))
     labels = np.asarray(fake_labels) if fake_labels is not None else ref.labels[idx]

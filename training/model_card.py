@@ -1,0 +1,122 @@
+"""Model cards of registered generators: generated from the registration's facts, never by hand.
+
+Every number on the card comes from :class:`CardFacts`, which the registry fills from the
+training run, its checkpoint and the evaluation done at registration; the "known limits" are
+rules over the same facts (small n, a phantom dataset, low resolution, memorization hits), so
+a card cannot claim more than was measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CARD_FILE = "model_card.md"
+GRID_FILE = "sample_grid.png"
+FID_RELIABLE_N = 2048  # below this FID is biased upwards (pytorch-fid's 2048-d features)
+
+
+@dataclass(frozen=True)
+class CardFacts:
+    """What a model card states."""
+
+    name: str
+    arch: str
+    image_size: int
+    latent_dim: int
+    conditional: bool
+    classes: list[str]
+    class_name: str | None
+    dataset: str
+    manifest_sha256: str
+    selection: dict
+    n_train: int
+    epoch: int
+    run_id: str
+    run_url: str
+    git_commit: str
+    checkpoint: str
+    hyperparameters: dict
+    fid: dict
+    kid: dict
+    memorization: dict
+    eval_seed: int
+    phantom: bool = False  # every training image is from the procedural phantom
+
+
+def known_limits(f: CardFacts) -> list[str]:
+    """Limits that follow from the facts themselves."""
+    limits = ["Synthetic images for research and for augmenting classifier training data; "
+              "not for diagnosis, and not a substitute for a radiologist's reading."]
+    if f.phantom:
+        limits.append(f"Trained on `{f.dataset}`, a procedural phantom: the images show phantom anatomy, not patients.")
+    if f.fid["n_real"] < FID_RELIABLE_N:
+        limits.append(f"FID and KID use n = {f.fid['n_real']} real images (< {FID_RELIABLE_N}); FID is biased "
+                      "upwards at small n, so compare it only with FIDs of the same reference key and n.")
+    if f.image_size < 128:
+        limits.append(f"{f.image_size}×{f.image_size} px: fine structures (trabeculae, fracture lines) are below "
+                      "this resolution.")
+    below = f.memorization.get("n_below_real_p1", 0)
+    if below:
+        limits.append(f"{below} of {f.memorization['n_fake']} audited samples lie closer to a training image than "
+                      "99 % of training images lie to each other: inspect the contact sheets before sharing outputs.")
+    if f.epoch < 10:
+        limits.append(f"Only {f.epoch} epoch(s) of training: expect visible artefacts.")
+    return limits
+
+
+def _kv(rows: list[tuple[str, str]]) -> str:
+    return "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
+
+
+def render_card(f: CardFacts, version: str | None = None) -> str:
+    """The Markdown card (the sample grid is ``sample_grid.png`` beside it)."""
+    kid, mem = f.kid, f.memorization
+    what = (f"conditional on {len(f.classes)} classes ({', '.join(f.classes)})" if f.conditional and f.class_name is None
+            else f"class `{f.class_name}` only" if f.class_name else "unconditional (all classes)")
+    label = "label=<class index>" if f.conditional else "label=None"
+    sections = [
+        f"# Model card: {f.name}" + (f" v{version}" if version else ""),
+        f"GAN generator `{f.arch}`, {f.image_size}×{f.image_size} grayscale, {what}. "
+        f"Generated from the registration's measurements by synthray; do not edit.",
+        "## Intended use\n"
+        "Produce synthetic radiographs to augment or replace scarce real training data for "
+        "radiology classifiers, where real images cannot be shared. Every output is synthetic and "
+        "must be labelled as such.\n\n"
+        f"Contract: `generate(n, seed, {label})` returns uint8 images `(n, {f.image_size}, {f.image_size})`; "
+        "the same arguments give byte-identical images.",
+        "## Data\n" + _kv([
+            ("dataset", f"`{f.dataset}`"),
+            ("manifest sha256", f"`{f.manifest_sha256}`"),
+            ("selection", ", ".join(f"{k}={v}" for k, v in f.selection.items() if v not in (None, "none"))),
+            ("training images", str(f.n_train)),
+        ]),
+        "## Training\n" + _kv([
+            ("run", f"[{f.run_id}]({f.run_url})"),
+            ("git commit", f"`{f.git_commit}`"),
+            ("epoch of this checkpoint", str(f.epoch)),
+            ("checkpoint", f"`{f.checkpoint}`"),
+            *((k, f"`{v}`") for k, v in f.hyperparameters.items()),
+        ]),
+        "## Metrics\n" + _kv([
+            ("FID", f"{f.fid['fid']:.3f} (n_real = {f.fid['n_real']}, n_fake = {f.fid['n_fake']}, {f.fid['dims']}-d)"),
+            ("KID", f"{kid['kid']:.5f}, {100 * (kid.get('confidence') or 0):.0f} % CI "
+                    f"[{kid['ci_low']:.5f}, {kid['ci_high']:.5f}] ({kid['bootstrap']} bootstrap draws)"
+             if kid.get("ci_low") is not None else f"{kid['kid']:.5f}"),
+            ("reference", f"`{f.fid['reference_key']}`"),
+            ("Inception weights sha256", f"`{f.fid['weights_sha256']}`"),
+            ("evaluation seed", str(f.eval_seed)),
+        ]),
+        "## Privacy audit (memorization)\n"
+        "Nearest training image of every synthetic one in Inception space, against the training "
+        "set's own spacing (real→nearest-other-real).\n\n" + _kv([
+            ("synthetic images audited", str(mem["n_fake"])),
+            ("closer than the real→real 1st percentile",
+             f"{mem['n_below_real_p1']} ({100 * mem['fraction_below_real_p1']:.1f} %)"),
+            ("smallest synthetic→training distance", f"{mem['min_distance']:.3f} (real→real p1 {mem['real_nn_p1']:.3f})"),
+            *((f"contact sheet {k.removeprefix('contact-').removesuffix('.png')}", f"`{v}`")
+              for k, v in mem.get("artifacts", {}).items() if k.startswith("contact-")),
+        ]),
+        f"## Samples\n![samples (fixed seed {f.eval_seed})]({GRID_FILE})",
+        "## Known limits\n" + "\n".join(f"- {line}" for line in known_limits(f)),
+    ]
+    return "\n\n".join(sections) + "\n"
