@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     weed_master_port: int = Field(default=29333, ge=1024, le=55535)
     weed_volume_port: int = Field(default=28080, ge=1024, le=55535)
     weed_filer_port: int = Field(default=28888, ge=1024, le=55535)
+    # Volumes the local SeaweedFS may create (64 MB each). 0 = free disk space / 64 MB; a fixed
+    # 16 (1 GiB) filled up after a few sessions of checkpoints and MLflow artifacts.
+    weed_volume_max: int = Field(default=0, ge=0)
 
     # Bind address of every local service. Only loopback is accepted.
     bind_host: str = "127.0.0.1"

@@ -93,7 +93,7 @@ class LocalStack:
             f"-filer.port={s.weed_filer_port}", "-master.volumeSizeLimitMB=64",
             # Fixed-port extras (Iceberg 8181, Lance 9101) are off so two stacks can coexist.
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
-            "-volume.max=16", f"-dir={data}",
+            f"-volume.max={s.weed_volume_max}", f"-dir={data}",
         ]
         return Service(
             name="seaweedfs",
@@ -197,7 +197,8 @@ class LocalStack:
 
     def up(self, progress: Progress = print, only: Sequence[str] | None = None) -> None:
         """Start every (or each ``only``) service that is not already running; wait until each is ready."""
-        for d in (self.run_dir, self.log_dir, self.state / "mlflow", self.state / "seaweedfs"):
+        # logs/seaweedfs: weed's glog exits on an ERROR it cannot write to -logdir.
+        for d in (self.run_dir, self.log_dir, self.log_dir / "seaweedfs", self.state / "mlflow", self.state / "seaweedfs"):
             d.mkdir(parents=True, exist_ok=True)
         self._write_s3_config()
         for svc in self._selected(only):

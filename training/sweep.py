@@ -44,6 +44,7 @@ SWEEPABLE = {"lr_g": "lr", "lr_d": "lr_d", "critic_steps": "critic_steps", "gp_l
              "batch_size": "batch_size", "latent_dim": "latent_dim"}
 INTEGER_KEYS = {"critic_steps", "batch_size", "latent_dim"}
 POINTER_FILE = "train_checkpoint.json"
+TRAIN_CHECKPOINT = "train_checkpoint"  # PBT trials' metric naming their Train checkpoint
 TRIAL_DRIVER_MEMORY = 512 * 2**20  # bytes; Ray's logical memory resource
 
 Progress = Callable[[str], None]
@@ -254,7 +255,7 @@ def _pbt_trial(cfg: GanTrainConfig, kwargs: dict) -> None:
             continue
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / POINTER_FILE).write_text(json.dumps(
-                {"checkpoint": metrics["checkpoint_path"], "epochs_done": done + int(metrics["epoch"])}))
+                {"checkpoint": metrics[TRAIN_CHECKPOINT], "epochs_done": done + int(metrics["epoch"])}))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
     if failure:
         raise failure[0]
@@ -271,7 +272,7 @@ def _pointer_report_class():
 
         def after_report(self, run_context, metrics, checkpoint) -> None:
             if checkpoint is not None:
-                self.queue.put({**metrics[0], "checkpoint_path": f"s3://{checkpoint.path}"})
+                self.queue.put({**metrics[0], TRAIN_CHECKPOINT: f"s3://{checkpoint.path}"})
 
     return PointerReport
 
@@ -325,7 +326,7 @@ def _rows(grid, client, parent_run_id: str) -> list[TrialRow]:
             epochs=done,
             best_fid=float(best["fid"]) if best is not None else math.nan,
             last_fid=float(scored["fid"].iloc[-1]) if best is not None else math.nan,
-            checkpoint=checkpoint_uri(best.get("checkpoint_path") if best is not None else None),
+            checkpoint=checkpoint_uri(None if best is None else best.get("checkpoint_path", best.get(TRAIN_CHECKPOINT))),
             config=config,
         ))
     return rows
