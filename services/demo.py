@@ -69,14 +69,13 @@ def _step(report: DemoReport, number: int, title: str, echo: Echo) -> Iterator[N
 
 def run_demo(opts: DemoOptions = DemoOptions(), settings: Settings | None = None, echo: Echo = print) -> DemoReport:
     """Run the seven steps of the walking skeleton against the local stack."""
+    from services import serve
     from training.datasets import publish_phantom
     from training.metrics import publish_weights, reference_statistics
     from training.model_registry import register_run
-    from training.promotion import PromotionGates, promote
     from training.phantom import PhantomSpec
+    from training.promotion import PromotionGates, promote
     from training.train_gan import GanTrainConfig, train_gan
-
-    from services import serve
 
     settings = settings or get_settings()
     report = DemoReport()
