@@ -200,7 +200,7 @@ def _facts(client, run_id: str, checkpoint: str | None, settings: Settings, prog
         epoch=int(state["epoch"]), run_id=run_id,
         run_url=run_url(settings, run.info.experiment_id, run_id),
         git_commit=tags.get("mlflow.source.git.commit", "unknown"), checkpoint=checkpoint,
-        hyperparameters={k: v for k, v in state["hyperparameters"].items()},
+        hyperparameters=dict(state["hyperparameters"]),
         fid=evaluation.fid, kid=evaluation.kid, memorization=evaluation.memorization, eval_seed=seed,
         phantom=all((r.patient_id or "").startswith(PHANTOM_PATIENT_PREFIX) for r in records),
     )

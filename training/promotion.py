@@ -31,7 +31,6 @@ from infra.settings import Settings, get_settings
 from infra.tracking import configure
 from training.metrics import better
 from training.model_registry import (
-    CHALLENGER,
     CHAMPION,
     PREVIOUS_CHAMPION,
     RegistryError,
@@ -198,4 +197,4 @@ def rollback(name: str, settings: Settings | None = None) -> tuple[str, str]:
     return (current.version if current else "-"), previous.version
 
 
-__all__ = ["CHALLENGER", "GateResult", "PromotionGates", "PromotionReport", "check_gates", "promote", "rollback"]
+__all__ = ["GateResult", "PromotionGates", "PromotionReport", "check_gates", "promote", "rollback"]

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from ray.train.v2.api.callback import UserCallback
 
 from infra.ray_runtime import connect, storage
 from infra.settings import Settings, get_settings
@@ -44,6 +45,7 @@ SWEEPABLE = {"lr_g": "lr", "lr_d": "lr_d", "critic_steps": "critic_steps", "gp_l
              "batch_size": "batch_size", "latent_dim": "latent_dim"}
 INTEGER_KEYS = {"critic_steps", "batch_size", "latent_dim"}
 POINTER_FILE = "train_checkpoint.json"
+TRIAL_TAG = "synthray.sweep.trial_id"  # joins a child run to its Tune trial
 TRAIN_CHECKPOINT = "train_checkpoint"  # PBT trials' metric naming their Train checkpoint
 TRIAL_DRIVER_MEMORY = 512 * 2**20  # bytes; Ray's logical memory resource
 
@@ -198,10 +200,6 @@ class SweepResult:
     best: TrialRow
 
 
-def _trial_tags(trial_id: str) -> dict[str, str]:
-    return {"synthray.sweep.trial_id": trial_id}
-
-
 def _trial(config: dict, base: dict, parent_run_id: str, scheduler: str) -> None:
     """One Tune trial: a whole Ray Train run with the trial's hyperparameters."""
     from ray import tune
@@ -210,7 +208,7 @@ def _trial(config: dict, base: dict, parent_run_id: str, scheduler: str) -> None
 
     ctx = tune.get_context()
     cfg = GanTrainConfig(**{**base, **config})
-    kwargs = {"parent_run_id": parent_run_id, "run_name": ctx.get_trial_name(), "tags": _trial_tags(ctx.get_trial_id())}
+    kwargs = {"parent_run_id": parent_run_id, "run_name": ctx.get_trial_name(), "tags": {TRIAL_TAG: ctx.get_trial_id()}}
     if scheduler != "pbt":
         from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -261,24 +259,15 @@ def _pbt_trial(cfg: GanTrainConfig, kwargs: dict) -> None:
         raise failure[0]
 
 
-def _pointer_report_class():
-    from ray.train.v2.api.callback import UserCallback
+class _PointerReport(UserCallback):
+    """Like ``TuneReportCallback``, but to a queue the PBT trial drains, so it can attach checkpoints."""
 
-    class PointerReport(UserCallback):
-        """Like ``TuneReportCallback``, but to a queue the trial drains, so it can attach checkpoints."""
+    def __init__(self, queue) -> None:
+        self.queue = queue
 
-        def __init__(self, queue) -> None:
-            self.queue = queue
-
-        def after_report(self, run_context, metrics, checkpoint) -> None:
-            if checkpoint is not None:
-                self.queue.put({**metrics[0], TRAIN_CHECKPOINT: f"s3://{checkpoint.path}"})
-
-    return PointerReport
-
-
-def _PointerReport(queue):  # a class, built lazily so importing sweep needs no Ray
-    return _pointer_report_class()(queue)
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        if checkpoint is not None:
+            self.queue.put({**metrics[0], TRAIN_CHECKPOINT: f"s3://{checkpoint.path}"})
 
 
 def _scheduler(cfg: SweepConfig):
@@ -307,7 +296,7 @@ def _rows(grid, client, parent_run_id: str) -> list[TrialRow]:
         [client.get_run(parent_run_id).info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10_000,
     )
-    by_trial = {r.data.tags.get("synthray.sweep.trial_id"): r for r in children}
+    by_trial = {r.data.tags.get(TRIAL_TAG): r for r in children}
     rows = []
     for result in grid:
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path or "?").name
