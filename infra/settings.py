@@ -54,6 +54,19 @@ class Settings(BaseSettings):
     serve_host: str = "127.0.0.1"
     serve_port: int = Field(default=28000, ge=1, le=65535)
 
+    # HTTP API access: bearer keys, comma-separated, and/or a file with one key per line
+    # (a mounted Secret in a cluster). With neither, `synthray serve up` writes a random key
+    # to ``{state_dir}/api-keys`` so a local API is never open.
+    api_keys: SecretStr = SecretStr("")
+    api_key_file: Path | None = None
+    serve_max_body_bytes: int = Field(default=32 * 2**20, ge=1024)  # larger bodies → 413
+    # How often the API re-reads registry aliases (POST /v1/admin/reload forces it at once).
+    registry_poll_s: float = Field(default=10.0, gt=0, le=3600)
+    # Batch jobs (POST /v1/batches): images per shard (one Ray task, one object) and per job.
+    batch_shard_size: int = Field(default=1000, ge=1, le=100_000)
+    batch_max_images: int = Field(default=10_000_000, ge=1)
+    batch_url_ttl_s: int = Field(default=3600, ge=60, le=7 * 86400)  # presigned URL lifetime
+
     # Local SeaweedFS ports (HTTP; gRPC is +10000).
     weed_master_port: int = Field(default=29333, ge=1024, le=55535)
     weed_volume_port: int = Field(default=28080, ge=1024, le=55535)
@@ -103,6 +116,18 @@ class Settings(BaseSettings):
     @property
     def mlflow_artifacts_destination(self) -> str:
         return f"s3://{self.bucket}/{self.mlflow_artifact_prefix}"
+
+    @property
+    def resolved_api_key_file(self) -> Path:
+        return self.api_key_file or self.state_dir / "api-keys"
+
+    def api_key_list(self) -> list[str]:
+        """Every accepted API key: ``api_keys`` plus the lines of the key file (if it exists)."""
+        keys = [k.strip() for k in self.api_keys.get_secret_value().split(",")]
+        path = self.resolved_api_key_file
+        if path.is_file():
+            keys += [line.strip() for line in path.read_text().splitlines()]
+        return [k for k in keys if k and not k.startswith("#")]
 
     def s3_env(self) -> dict[str, str]:
         """Environment for tools that read AWS-style variables (MLflow server, pyarrow)."""

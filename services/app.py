@@ -1,120 +1,178 @@
-"""The Ray Serve application: synthetic radiographs over HTTP.
+"""The Ray Serve application: synthetic radiographs, batch jobs, FID and classification over HTTP.
 
-Two deployments, sized and replicated by ``services/serve_config.yaml`` (the decorators
-below carry no options on purpose, so the config file is the one place to change them):
+Deployments (sized and replicated by ``services/serve_config.yaml`` only; the decorators
+carry no options, so the config file is the one place to change them):
 
-* ``Api`` — FastAPI ingress (OpenAPI at ``/docs`` and ``/openapi.json``). Validates
-  requests, turns failures into 4xx that name the offending field, sets response headers.
+* ``Api`` — FastAPI ingress (OpenAPI at ``/docs`` and ``/openapi.json``): API keys, body
+  limits, validation into 4xx that name the field, response headers, Prometheus metrics.
   It never imports torch or MLflow, so it stays small.
-* ``Synthesizer`` — resolves ``NAME@alias`` / ``NAME/VERSION`` against the MLflow Model
-  Registry, loads generators (an LRU of a few per replica via ``@serve.multiplexed``,
-  keyed by the *concrete* version so a moved alias never serves a stale model), generates
-  and packages the images. Requests are routed by that same key, so a replica that already
-  holds the model gets the request.
+* ``ModelDirectory`` — alias → version map with registry polling (hot swaps; see there).
+* ``Synthesizer`` — generators (multiplexed), request batching by image count, latent tools.
+* ``FidScorer`` — one Inception network per replica, reference statistics from the cache.
+* ``Classifier`` — registered classifiers (multiplexed).
 
-HTTP contract (``/v1``)::
+Routes: ``GET /healthz``, ``GET /readyz``, ``GET /metrics`` (no key); under ``/v1`` (bearer
+key): ``POST synthesize``, ``POST batches``, ``GET batches/{id}``, ``POST batches/{id}/cancel``,
+``POST fid``, ``POST fid/images``, ``POST classify``, ``GET models``,
+``POST latent/interpolate``, ``POST latent/sweep``, ``POST admin/reload``.
 
-    GET  /v1/healthz      → 200 {"status": "ok", "max_sync_images": 256}
-    POST /v1/synthesize   {"model": "NAME@alias" | "NAME/3", "n": 1.., "seed": 0..,
-                           "format": "png-zip" | "npz"}
-         200 application/zip (png-zip: img-00000.png … + manifest.json)
-             application/x-npz (npz: images uint8 (N,H,W), manifest JSON string)
-             headers X-Model-Name, X-Model-Version, X-MLflow-Run-Id, X-Seed, X-Synthetic,
-             X-Request-Id (set by the Serve proxy; a client-sent one is echoed)
-         404 unknown model / alias / version;  422 invalid body or n > max_sync_images;
-         503 model registry unreachable
-
-The same request always returns the same bytes: generation is seeded on CPU and the
-containers are deterministic (see :mod:`services.packaging`).
+Status codes: 401 no/wrong key; 404 unknown model/alias/version/batch; 413 body too large;
+422 invalid body, naming the field (FastAPI's error shape); 503 registry unreachable or
+overloaded (with ``Retry-After``). Bad input never yields a 5xx.
 
 No ``from __future__ import annotations`` here: Serve's ingress re-wraps the route methods,
 and FastAPI then cannot resolve string annotations (the body turns into a query param).
 """
 
 import asyncio
-from dataclasses import dataclass
-from typing import Any, Literal
+import time
+from typing import Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from ray.serve import Application
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from infra.settings import Settings, get_settings
-from training.model_registry import MODEL_REF_HELP, parse_model
+from infra.settings import get_settings
+from services import metrics
+from services.auth import KeyChecker
+from services.body_limit import BodyLimit
+from services.model_directory import LookupFailure, ModelDirectory, ModelRef
+from services.schemas import (
+    API_VERSION,
+    BATCHES_PATH,
+    EXTENSIONS,
+    MEDIA_TYPES,
+    AppArgs,
+    BatchCandidate,
+    BatchRequest,
+    FidRequest,
+    InterpolateRequest,
+    SweepRequest,
+    SynthesizeRequest,
+)
+from services.scoring import Classifier, FidScorer
+from services.synthesizer import Synthesizer
+from training.model_registry import GENERATOR_KIND, parse_model
 
-API_VERSION = "v1"
-BATCHES_PATH = f"/{API_VERSION}/batches"
-MODELS_PER_REPLICA = 3  # generators cached per Synthesizer replica (LRU)
-MEDIA_TYPES = {"png-zip": "application/zip", "npz": "application/x-npz"}
-EXTENSIONS = {"png-zip": "zip", "npz": "npz"}
-
-_MODEL_HELP = MODEL_REF_HELP
-
-
-@dataclass(frozen=True)
-class LookupFailure:
-    """Why a model reference did not resolve, as an HTTP status and message.
-
-    Returned rather than raised: an unknown model is an ordinary client error, and a raised
-    exception would be logged by the replica as a failed request with a traceback.
-    """
-
-    status: int  # 404 unknown model/alias/version, 503 registry unreachable
-    detail: str
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A registry reference resolved to a concrete version."""
-
-    name: str
-    version: str
-    run_id: str | None
-
-    @property
-    def uri(self) -> str:
-        return f"models:/{self.name}/{self.version}"
-
-
-class SynthesizeRequest(BaseModel):
-    """Body of ``POST /v1/synthesize``."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [{"model": "gan-phantom-knee-wgan-gp-knee-small@champion", "n": 16, "seed": 0, "format": "png-zip"}]
-        },
-    )
-
-    model: str = Field(description=f"Registered generator: {_MODEL_HELP}.")
-    n: int = Field(ge=1, description=f"Number of images; at most max_sync_images (see /{API_VERSION}/healthz). Larger sets: {BATCHES_PATH}.")
-    seed: int = Field(ge=0, le=2**63 - 1, description="Latent seed; the same request always returns the same bytes.")
-    format: Literal["png-zip", "npz"] = Field(default="png-zip", description="png-zip: zip of PNGs + manifest.json; npz: numpy arrays.")
-
-    @field_validator("model")
-    @classmethod
-    def _model_ref(cls, value: str) -> str:
-        parse_model(value)
-        return value
-
-
-class AppArgs(BaseModel):
-    """``args:`` of the application in serve_config.yaml."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_sync_images: int = Field(default=256, ge=1, le=65536)
-
+V1 = f"/{API_VERSION}"
+RETRY_AFTER_S = 2
 
 api = FastAPI(
     title="synthray",
     version=API_VERSION,
-    description="Synthetic knee radiographs from GAN generators registered in MLflow. Every image is synthetic and marked as such.",
+    description="Synthetic knee radiographs from GAN generators registered in MLflow, batch jobs into the object "
+                "store, FID scoring and classification. Every generated image is synthetic and marked as such. "
+                "Every /v1 route needs 'Authorization: Bearer <key>'.",
 )
+api.add_middleware(BodyLimit, max_bytes=lambda: get_settings().serve_max_body_bytes)
+
+_bearer = HTTPBearer(auto_error=False, description="An API key from SYNTHRAY_API_KEYS or the key file.")
+_checker: KeyChecker | None = None
+
+
+def require_key(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+    """401 unless the request carries a configured API key."""
+    global _checker
+    if _checker is None:
+        _checker = KeyChecker(get_settings())
+    _checker.check(credentials)
+
+
+AUTH = [Depends(require_key)]
+_ERRORS = {
+    401: {"description": "Missing or invalid API key."},
+    404: {"description": "No such registered model, alias, version or batch."},
+    413: {"description": "Request body too large."},
+    422: {"description": "Invalid body; the error names the field."},
+    503: {"description": "Model registry unreachable, or overloaded (see Retry-After)."},
+}
+
+
+@api.middleware("http")
+async def _count(request: Request, call_next):
+    """Requests and latency by route template (not raw path, so ids don't explode labels)."""
+    start = time.perf_counter()
+    response = await call_next(request)
+    route = getattr(request.scope.get("route"), "path", "unmatched")
+    metrics.REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+    metrics.LATENCY.labels(request.method, route).observe(time.perf_counter() - start)
+    return response
+
+
+def field_error(field: str, msg: str, value: Any = None, kind: str = "value_error") -> RequestValidationError:
+    """A 422 in FastAPI's own validation shape, so clients parse one error format."""
+    return RequestValidationError([{"type": kind, "loc": ("body", field), "msg": msg, "input": value}])
+
+
+# Deployment-side field names → the request field a client sent.
+_FIELDS = {"images": "candidate", "batch_id": "candidate", "limit": "candidate"}
+
+
+def _raise_failure(failure: Any, uploads: bool = False) -> None:
+    """LookupFailure-like (status, detail[, field]) → the matching HTTP error."""
+    field = getattr(failure, "field", None)
+    if field:
+        field = "files" if uploads and field.startswith("images") else _FIELDS.get(field.split("[")[0], field)
+    if failure.status == 422 and field:
+        raise field_error(field, failure.detail)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if failure.status == 503 else None
+    raise HTTPException(failure.status, failure.detail, headers=headers)
+
+
+def _is_failure(value: Any) -> bool:
+    return hasattr(value, "status") and hasattr(value, "detail") and not isinstance(value, (bytes, dict, list))
+
+
+async def _call(response, uploads: bool = False) -> Any:
+    """Await a handle call; overload → 503 with Retry-After; a returned failure → its 4xx/503."""
+    try:
+        value = await response
+    except BackPressureError as exc:
+        retry = exc.retry_after_s or RETRY_AFTER_S
+        raise HTTPException(503, f"overloaded, retry later: {exc.message}",
+                            headers={"Retry-After": str(max(1, round(retry)))}) from None
+    if _is_failure(value):
+        _raise_failure(value, uploads)
+    return value
+
+
+def _images_response(data: bytes, fmt: str, ref: ModelRef, filename: str, extra: dict[str, str]) -> Response:
+    return Response(
+        content=data,
+        media_type=MEDIA_TYPES[fmt],
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename}.{EXTENSIONS[fmt]}"',
+            "X-Model-Name": ref.name,
+            "X-Model-Version": ref.version,
+            "X-MLflow-Run-Id": ref.run_id or "",
+            "X-Synthetic": "true",
+        } | extra,
+    )
+
+
+def _valid_batch_id(batch_id: str) -> bool:
+    from pydantic import ValidationError
+
+    try:
+        BatchCandidate(batch_id=batch_id)
+    except ValidationError:
+        return False
+    return True
+
+
+def _unknown_batch(batch_id: str):
+    raise HTTPException(404, f"no batch {batch_id!r}")
+
+
+_IMAGES_200 = {
+    200: {"description": "The images (X-Model-Version, X-MLflow-Run-Id, X-Seed, X-Request-Id headers).",
+          "content": {media: {} for media in MEDIA_TYPES.values()}},
+} | _ERRORS
 
 
 @serve.deployment
@@ -122,119 +180,190 @@ api = FastAPI(
 class Api:
     """HTTP ingress; see the module docstring for the contract."""
 
-    def __init__(self, synthesizer: DeploymentHandle, max_sync_images: int = 256) -> None:
-        self.synthesizer = synthesizer
-        self.max_sync_images = max_sync_images
+    def __init__(self, directory: DeploymentHandle, synthesizer: DeploymentHandle, fid: DeploymentHandle,
+                 classifier: DeploymentHandle, args: dict[str, Any] | None = None) -> None:
+        self.directory, self.synthesizer, self.fid, self.classifier = directory, synthesizer, fid, classifier
+        self.args = AppArgs.model_validate(args or {})
+        self.settings = get_settings()
 
-    @api.get(f"/{API_VERSION}/healthz")
+    # -- probes and metrics ---------------------------------------------------------------------
+    @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
-        """Liveness of the ingress replica (Serve health-checks every replica itself)."""
-        return {"status": "ok", "max_sync_images": self.max_sync_images}
+        """Liveness of the ingress replica, with the synchronous cap clients need."""
+        return {"status": "ok", "max_sync_images": self.args.max_sync_images}
 
-    @api.post(
-        f"/{API_VERSION}/synthesize",
-        response_class=Response,
-        responses={
-            200: {
-                "description": "The images, with X-Model-Version, X-MLflow-Run-Id, X-Seed and X-Request-Id headers.",
-                "content": {media: {} for media in MEDIA_TYPES.values()},
-            },
-            404: {"description": "No such registered model, alias or version."},
-            422: {"description": f"Invalid body, or n above max_sync_images (use {BATCHES_PATH})."},
-            503: {"description": "The model registry is unreachable."},
-        },
-    )
+    @api.get("/readyz", responses={503: {"description": "The model registry is unreachable."}})
+    async def readyz(self) -> JSONResponse:
+        """Ready when the model directory answers and the registry behind it is reachable."""
+        problem = await self.directory.ready.remote()
+        if problem:
+            return JSONResponse({"status": "not ready", "reason": problem}, status_code=503,
+                                headers={"Retry-After": str(RETRY_AFTER_S)})
+        return JSONResponse({"status": "ready"})
+
+    @api.get("/metrics", response_class=Response)
+    async def prometheus(self) -> Response:
+        """Prometheus text format: requests, latency and images generated by model."""
+        return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
+
+    # -- helpers -------------------------------------------------------------------------------
+    async def _generator(self, model: str) -> ModelRef:
+        ref = await _call(self.directory.resolve.remote(model))
+        if ref.kind and ref.kind != GENERATOR_KIND:
+            raise field_error("model", f"{model!r} is a {ref.kind}, not a generator")
+        return ref
+
+    def _synth(self, ref: ModelRef):
+        return self.synthesizer.options(multiplexed_model_id=ref.uri)
+
+    # -- synthesis -----------------------------------------------------------------------------
+    @api.post(f"{V1}/synthesize", response_class=Response, responses=_IMAGES_200, dependencies=AUTH)
     async def synthesize(self, body: SynthesizeRequest) -> Response:
-        """Generate ``n`` images from ``model`` with ``seed``; deterministic."""
-        if body.n > self.max_sync_images:
-            # Same shape as FastAPI's own validation errors, so clients parse one format.
-            raise RequestValidationError([{
-                "type": "less_than_equal",
-                "loc": ("body", "n"),
-                "msg": f"n must be at most {self.max_sync_images} for a synchronous request; "
-                       f"submit larger sets to {BATCHES_PATH}",
-                "input": body.n,
-                "ctx": {"le": self.max_sync_images},
-            }])
-        ref = await self.synthesizer.resolve.remote(body.model)
-        if isinstance(ref, LookupFailure):
-            raise HTTPException(status_code=ref.status, detail=ref.detail)
-        data: bytes = await self.synthesizer.options(multiplexed_model_id=ref.uri).synthesize.remote(
-            ref, body.n, body.seed, body.format
-        )
-        filename = f"{ref.name}-v{ref.version}-seed{body.seed}-n{body.n}.{EXTENSIONS[body.format]}"
-        return Response(
-            content=data,
-            media_type=MEDIA_TYPES[body.format],
-            headers={
-                "Content-Disposition": f'attachment; filename="{filename}"',
-                "X-Model-Name": ref.name,
-                "X-Model-Version": ref.version,
-                "X-MLflow-Run-Id": ref.run_id or "",
-                "X-Seed": str(body.seed),
-                "X-Synthetic": "true",
-            },
-        )
+        """Generate ``n`` images from ``model`` with ``seed``; the same request gives the same bytes."""
+        if body.n > self.args.max_sync_images:
+            raise field_error("n", f"n must be at most {self.args.max_sync_images} for a synchronous request; "
+                                   f"submit larger sets to {BATCHES_PATH}", body.n, "less_than_equal")
+        ref = await self._generator(body.model)
+        data = await _call(self._synth(ref).synthesize.remote(ref, body.n, body.seed, body.cls, body.format))
+        metrics.IMAGES.labels(ref.name, ref.version, "synthesize").inc(body.n)
+        return _images_response(data, body.format, ref, f"{ref.name}-v{ref.version}-seed{body.seed}-n{body.n}",
+                                {"X-Seed": str(body.seed)})
 
+    @api.post(f"{V1}/latent/interpolate", response_class=Response, responses=_IMAGES_200, dependencies=AUTH)
+    async def interpolate(self, body: InterpolateRequest) -> Response:
+        """``steps`` images on the straight line between the latents of ``seed_a`` and ``seed_b``."""
+        ref = await self._generator(body.model)
+        data = await _call(self._synth(ref).interpolate.remote(ref, body.seed_a, body.seed_b, body.steps, body.cls,
+                                                               body.format))
+        metrics.IMAGES.labels(ref.name, ref.version, "interpolate").inc(body.steps)
+        return _images_response(data, body.format, ref, f"{ref.name}-v{ref.version}-interp-{body.seed_a}-{body.seed_b}",
+                                {"X-Seed": f"{body.seed_a},{body.seed_b}"})
 
-@serve.deployment
-class Synthesizer:
-    """Registry lookups, generator cache and generation; torch and MLflow live here only."""
+    @api.post(f"{V1}/latent/sweep", response_class=Response, responses=_IMAGES_200, dependencies=AUTH)
+    async def sweep(self, body: SweepRequest) -> Response:
+        """``steps`` images with latent dimension ``dim`` of ``seed``'s latent from −4.2 to +4.2."""
+        ref = await self._generator(body.model)
+        data = await _call(self._synth(ref).sweep.remote(ref, body.seed, body.dim, body.steps, body.cls, body.format))
+        metrics.IMAGES.labels(ref.name, ref.version, "sweep").inc(body.steps)
+        return _images_response(data, body.format, ref, f"{ref.name}-v{ref.version}-sweep-{body.seed}-d{body.dim}",
+                                {"X-Seed": str(body.seed)})
 
-    def __init__(self, settings: Settings | None = None) -> None:
-        # Settings (the MLflow URI) come from the SYNTHRAY_* variables that serve.up puts
-        # into the application's runtime_env (a pod's environment in a cluster).
-        from infra.tracking import configure
+    # -- batch jobs ----------------------------------------------------------------------------
+    @api.post(BATCHES_PATH, status_code=202, responses=_ERRORS, dependencies=AUTH)
+    async def submit_batch(self, body: BatchRequest) -> JSONResponse:
+        """Start (or find) the batch job for this request: 202 with its id; re-POSTing is idempotent."""
+        from services import batch_jobs
 
-        self._settings = settings or get_settings()
-        self._mlflow = configure(self._settings)
-        self._client = self._mlflow.MlflowClient()
-
-    async def resolve(self, model: str) -> ModelRef | LookupFailure:
-        """Alias or version → concrete version and run id, asked fresh on every request.
-
-        Not cached, so moving an alias takes effect on the next request.
-        """
-        return await asyncio.to_thread(self._resolve, model)
-
-    def _resolve(self, model: str) -> ModelRef | LookupFailure:
-        from mlflow.exceptions import MlflowException, RestException
-
-        name, alias, version = parse_model(model)
+        if body.n > self.settings.batch_max_images:
+            raise field_error("n", f"n must be at most {self.settings.batch_max_images} per batch", body.n)
+        ref = await self._generator(body.model)
+        per_class = None
+        if body.per_class is not None:
+            per_class = await _call(self._synth(ref).class_indices.remote(ref, body.per_class))
+        model = batch_jobs.BatchModel(name=ref.name, version=ref.version, run_id=ref.run_id)
         try:
-            if alias is not None:
-                found = self._client.get_model_version_by_alias(name, alias)
-            else:
-                found = self._client.get_model_version(name, version)
-        except RestException as exc:
-            # The server answered: RESOURCE_DOES_NOT_EXIST, or INVALID_PARAMETER_VALUE for
-            # an alias not set on an existing model. MLflow prefixes its message with the code.
-            reason = exc.message.removeprefix(f"{exc.error_code}: ")
-            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                return LookupFailure(404, f"model {model!r} not found in the registry: {reason}")
-            return LookupFailure(503, f"model registry error for {model!r}: {reason}")
-        except MlflowException as exc:
-            return LookupFailure(503, f"model registry at {self._settings.mlflow_tracking_uri} unreachable: {exc.message}")
-        return ModelRef(name=found.name, version=str(found.version), run_id=found.run_id)
+            state = await asyncio.to_thread(batch_jobs.submit, model, body.n, body.seed, per_class, self.settings)
+        except batch_jobs.BatchBusyError as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+        except ValueError as exc:
+            field = next((f for f in ("per_class", "seed") if f in str(exc)), "n")
+            raise field_error(field, str(exc)) from None
+        return JSONResponse(state, status_code=202, headers={"Location": f"{BATCHES_PATH}/{state['batch_id']}"})
 
-    @serve.multiplexed(max_num_models_per_replica=MODELS_PER_REPLICA)
-    async def _generator(self, uri: str):
-        from training.model_registry import load_generator
+    @api.get(BATCHES_PATH + "/{batch_id}", responses=_ERRORS, dependencies=AUTH)
+    async def batch_status(self, batch_id: str) -> dict[str, Any]:
+        """Status, progress, and (when done) the manifest URI and presigned URLs."""
+        from services import batch_jobs
 
-        return await asyncio.to_thread(load_generator, uri, self._settings)
+        if not _valid_batch_id(batch_id):
+            _unknown_batch(batch_id)
+        state = await asyncio.to_thread(batch_jobs.get_status, batch_id, self.settings)
+        return state if state is not None else _unknown_batch(batch_id)
 
-    async def synthesize(self, ref: ModelRef, n: int, seed: int, fmt: str) -> bytes:
-        """``n`` images from the resolved model, packaged as ``fmt``; byte-deterministic."""
-        from services.packaging import to_npz, to_png_zip
+    @api.post(BATCHES_PATH + "/{batch_id}/cancel", responses=_ERRORS, dependencies=AUTH)
+    async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        """Stop a running batch (finished shards stay; no manifest is published)."""
+        from services import batch_jobs
 
-        sampler = await self._generator(ref.uri)
-        images = await asyncio.to_thread(sampler.generate, n, seed)
-        meta = {"model": ref.name, "version": ref.version, "run_id": ref.run_id, "uri": ref.uri, "seed": seed}
-        pack = to_png_zip if fmt == "png-zip" else to_npz
-        return await asyncio.to_thread(pack, images, meta)
+        if not _valid_batch_id(batch_id):
+            _unknown_batch(batch_id)
+        state = await asyncio.to_thread(batch_jobs.cancel, batch_id, self.settings)
+        return state if state is not None else _unknown_batch(batch_id)
+
+    # -- scoring -------------------------------------------------------------------------------
+    @api.post(f"{V1}/fid", responses=_ERRORS, dependencies=AUTH)
+    async def fid(self, body: FidRequest) -> dict[str, Any]:
+        """FID of a batch or of freshly generated images against a catalog reference."""
+        candidate = body.candidate
+        if isinstance(candidate, BatchCandidate):
+            return await _call(self.fid.score.remote(body.reference, batch_id=candidate.batch_id,
+                                                     limit=self.args.max_fid_images))
+        if candidate.n > self.args.max_fid_images:
+            raise field_error("candidate", f"candidate.n must be at most {self.args.max_fid_images}; "
+                                           f"score a batch ({BATCHES_PATH}) for more", candidate.n)
+        ref = await self._generator(candidate.model)
+        images = await _call(self._synth(ref).images.remote(ref, candidate.n, candidate.seed, candidate.cls))
+        return await _call(self.fid.score.remote(body.reference, images=images))
+
+    @api.post(f"{V1}/fid/images", responses=_ERRORS, dependencies=AUTH)
+    async def fid_images(self, reference: str = Form(max_length=300), files: list[UploadFile] = File()) -> dict[str, Any]:
+        """FID of uploaded images (PNG/JPEG, or npz with an ``images`` array); nothing is stored."""
+        images = await self._decode(files)
+        import numpy as np
+
+        if len({im.shape for im in images}) > 1:
+            raise field_error("files", "all images must have the same size for FID")
+        return await _call(self.fid.score.remote(reference, images=np.stack(images)), uploads=True)
+
+    @api.post(f"{V1}/classify", responses=_ERRORS, dependencies=AUTH)
+    async def classify(self, files: list[UploadFile] = File(), model: str | None = Form(default=None, max_length=300)
+                       ) -> dict[str, Any]:
+        """Per image: class probabilities, label and the classifier version; nothing is stored."""
+        spec = model or self.args.default_classifier
+        try:
+            parse_model(spec)
+        except ValueError as exc:
+            raise field_error("model", str(exc), spec) from None
+        images = await self._decode(files)
+        ref = await _call(self.classifier.resolve.remote(spec))  # route by the concrete version
+        results = await _call(self.classifier.options(multiplexed_model_id=ref.uri).classify.remote(ref, images), uploads=True)
+        return {"model": spec, "version": ref.version, "results": results}
+
+    async def _decode(self, files: list[UploadFile]) -> list:
+        """Uploaded files → uint8 arrays, in memory only; 422 naming the file that does not decode."""
+        from services.uploads import UploadError, decode_upload
+
+        images: list = []
+        for upload in files:
+            data = await upload.read()
+            try:  # the remaining budget, so an oversized npz is refused from its header, undecoded
+                images += decode_upload(upload.filename or "upload", data,
+                                        max_images=self.args.max_upload_images - len(images))
+            except UploadError as exc:
+                raise field_error("files", str(exc), upload.filename) from None
+        if not images:
+            raise field_error("files", "no images uploaded")
+        return images
+
+    # -- registry --------------------------------------------------------------------------------
+    @api.get(f"{V1}/models", responses=_ERRORS, dependencies=AUTH)
+    async def models(self) -> dict[str, Any]:
+        """Registered generators and classifiers with aliases and key metrics."""
+        return {"models": await _call(self.directory.list_models.remote())}
+
+    @api.post(f"{V1}/admin/reload", responses=_ERRORS, dependencies=AUTH)
+    async def reload(self) -> dict[str, Any]:
+        """Re-read every registry alias now, instead of at the next poll."""
+        return await self.directory.reload.remote()
 
 
 def build_app(args: dict[str, Any]) -> Application:
     """Application builder named by serve_config.yaml (``import_path``); ``args`` → AppArgs."""
     options = AppArgs.model_validate(args or {})
-    return Api.bind(Synthesizer.bind(), max_sync_images=options.max_sync_images)
+    synthesizer = Synthesizer.bind(max_batch_images=options.max_batch_images,
+                                   batch_wait_timeout_s=options.batch_wait_timeout_s)
+    return Api.bind(ModelDirectory.bind(), synthesizer, FidScorer.bind(), Classifier.bind(),
+                    args=options.model_dump())
+
+
+__all__ = ["Api", "LookupFailure", "ModelRef", "build_app", "parse_model"]

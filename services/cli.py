@@ -28,7 +28,7 @@ def main() -> None:
 
 @click.group("serve")
 def serve() -> None:
-    """The Ray Serve HTTP API (synthesis) on the local Ray."""
+    """The Ray Serve HTTP API (synthesis, batches, FID, classification) on the local Ray."""
 
 
 @serve.command("up")
@@ -64,6 +64,26 @@ def serve_status() -> None:
         raise click.ClickException(str(err)) from None
 
 
+@click.command("generate")
+@click.option("--model", required=True, help="NAME@alias or NAME/VERSION of a registered generator")
+@click.option("--n", "n", type=click.IntRange(1), required=True, help="number of images")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
+@click.option("--class", "cls", default=None, help="class name or index (conditional generators)")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--url", default=None, help="API base URL [default: the local Serve address]")
+@click.option("--api-key", envvar="SYNTHRAY_CLIENT_API_KEY", default=None,
+              help="bearer key [default: the first configured key]")
+def generate(model, n, seed, cls, out_dir, url, api_key) -> None:
+    """Fetch synthetic images over the HTTP API (a batch job when n exceeds the synchronous cap)."""
+    from services.client import ApiClient, ApiError
+
+    try:
+        with ApiClient(get_settings(), url=url, api_key=api_key) as client:
+            client.generate(model, n, seed, out_dir, cls=cls, echo=click.echo)
+    except ApiError as err:
+        raise click.ClickException(str(err)) from None
+
+
 @click.command("demo")
 @click.option("--images", type=click.IntRange(64, 100_000), default=1000, show_default=True)
 @click.option("--image-size", type=click.IntRange(32, 512), default=64, show_default=True)
@@ -83,7 +103,7 @@ def demo(**kwargs) -> None:
     run_demo(DemoOptions(**kwargs), get_settings(), echo=click.echo)
 
 
-for command in (stack, fid_weights, catalog, train, sweep, registry, eval_group, serve, demo):
+for command in (stack, fid_weights, catalog, train, sweep, registry, eval_group, serve, generate, demo):
     main.add_command(command)
 
 

@@ -6,15 +6,11 @@ a slow step is obvious.
 
 from __future__ import annotations
 
-import io
 import time
-import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import httpx
 
 from infra.settings import Settings, get_settings
 from infra.stack import LocalStack
@@ -70,6 +66,7 @@ def _step(report: DemoReport, number: int, title: str, echo: Echo) -> Iterator[N
 def run_demo(opts: DemoOptions = DemoOptions(), settings: Settings | None = None, echo: Echo = print) -> DemoReport:
     """Run the seven steps of the walking skeleton against the local stack."""
     from services import serve
+    from services.client import ApiClient
     from training.datasets import publish_phantom
     from training.metrics import publish_weights, reference_statistics
     from training.model_registry import register_run
@@ -117,16 +114,11 @@ def run_demo(opts: DemoOptions = DemoOptions(), settings: Settings | None = None
 
     with _step(report, 6, f"Ray Serve: POST /v1/synthesize for {opts.batch_n} images", echo):
         base = serve.up(settings, progress=echo)
-        body = {"model": served, "n": opts.batch_n, "seed": opts.seed, "format": "png-zip"}
-        response = httpx.post(f"{base}/v1/synthesize", json=body, timeout=300)
-        response.raise_for_status()
         folder = opts.out_dir / f"{name}-v{reg.version}-seed{opts.seed}"
-        folder.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
-            archive.extractall(folder)
+        with ApiClient(settings, url=base) as client:  # the way a data team calls it, API key included
+            got = client.generate(served, opts.batch_n, opts.seed, folder, echo=echo)
         pngs = sorted(folder.glob("*.png"))
-        echo(f"{len(pngs)} PNGs from {base}/v1/synthesize (model version "
-             f"{response.headers.get('x-model-version')}) → {folder}")
+        echo(f"{len(pngs)} PNGs from {base}/v1/synthesize (model version {got.headers.get('x-model-version')}) → {folder}")
 
     with _step(report, 7, "summary", echo):
         report.lines = [

@@ -113,9 +113,14 @@ def up(settings: Settings | None = None, progress: Progress = print, timeout_s: 
     source tree is rolled out. Raises :class:`ServeError` if Serve already listens on
     another host/port, the app fails to deploy, or it is not healthy within ``timeout_s``.
     """
+    from services.auth import ensure_local_key
+
     settings = settings or get_settings()
     config = deploy_config(settings)
     (app,) = config.applications
+    key_file = ensure_local_key(settings)
+    if key_file:
+        progress(f"no API key configured: wrote a random one to {key_file} (clients on this machine read it)")
     url = base_url(settings)
     _connect(settings)
     from ray import serve
@@ -163,13 +168,13 @@ def _wait_http(url: str, progress: Progress, deadline: float) -> None:
 
     while True:
         try:
-            if httpx.get(f"{url}/v1/healthz", timeout=5).is_success:
+            if httpx.get(f"{url}/healthz", timeout=5).is_success:
                 return
             reason = "healthz not OK yet"
         except httpx.HTTPError as exc:
             reason = f"{type(exc).__name__}: {exc}"
         if time.monotonic() > deadline:
-            raise ServeError(f"{url}/v1/healthz unreachable: {reason}")
+            raise ServeError(f"{url}/healthz unreachable: {reason}")
         time.sleep(_POLL_S)
 
 
@@ -224,7 +229,7 @@ def status(settings: Settings | None = None) -> dict[str, Any]:
         return {"running": False, "url": url, "healthy": False, "proxies": {}, "applications": {}}
     current = serve.status()
     try:
-        healthy = httpx.get(f"{url}/v1/healthz", timeout=5).is_success
+        healthy = httpx.get(f"{url}/healthz", timeout=5).is_success
     except httpx.HTTPError:
         healthy = False
     return {

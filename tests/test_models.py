@@ -175,6 +175,15 @@ def test_generate_does_not_depend_on_batch_size(sampler: GeneratorSampler) -> No
     np.testing.assert_array_equal(odd, many)
 
 
+def test_render_rows_depend_only_on_their_own_latent(sampler: GeneratorSampler) -> None:
+    # What Serve's request batching relies on: concatenating requests changes nothing.
+    a, b = sampler.latents(5, seed=1), sampler.latents(70, seed=2)
+    together = sampler.render(torch.cat([b[:3], a, b[3:]]))
+    np.testing.assert_array_equal(together[3:8], sampler.render(a))
+    np.testing.assert_array_equal(np.concatenate([together[:3], together[8:]]), sampler.render(b))
+    np.testing.assert_array_equal(sampler.render(a), sampler.generate(5, seed=1))
+
+
 def test_generate_zero_images_is_an_empty_batch(sampler: GeneratorSampler) -> None:
     out = sampler.generate(0, seed=1)
     assert out.shape == (0, 64, 64) and out.dtype == np.uint8

@@ -11,6 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
+# Rows per forward pass when sampling; fixed, because the pixels may depend on the batch shape.
+CHUNK = 64
+
 
 class GeneratorSampler(nn.Module):
     """Wraps a generator with its latent size and output conversion.
@@ -58,7 +61,30 @@ class GeneratorSampler(nn.Module):
         return self.generator(z, self.labels(len(z)) if labels is None else labels)
 
     @torch.inference_mode()
-    def generate(self, n: int, seed: int, batch_size: int = 64, label: int | None = None) -> np.ndarray:
+    def render(self, z: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = CHUNK) -> np.ndarray:
+        """uint8 images of latents ``z`` (and ``labels``), in forward passes of exactly ``batch_size`` rows.
+
+        The last pass is zero-padded to full size. CPU kernels pick different code paths
+        for different batch shapes (outputs then differ by ~1e-7, enough to flip a rounded
+        pixel now and then), but with one fixed shape a row's output depends on its own
+        latent only, not on its position or its neighbours (pinned by a test). So an image
+        is the same whether it was asked for alone, with others, or inside a Serve batch.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.generator.eval()
+        n = len(z)
+        pad = -n % batch_size or (batch_size if n == 0 else 0)  # n == 0 still yields (0, H, W)
+        z = torch.cat([z, z.new_zeros(pad, z.shape[1])])
+        if labels is not None:
+            labels = torch.cat([labels, labels.new_zeros(pad)])
+        chunks = [
+            self(z[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
+            for i in range(0, len(z), batch_size)
+        ]
+        return to_uint8(torch.cat(chunks)[:n])
+
+    def generate(self, n: int, seed: int, batch_size: int = CHUNK, label: int | None = None) -> np.ndarray:
         """``n`` uint8 images (N, H, W) for grayscale or (N, H, W, C), reproducible from ``seed``.
 
         ``label`` picks the class of a conditional generator (see :meth:`labels`).
@@ -67,14 +93,7 @@ class GeneratorSampler(nn.Module):
             raise ValueError(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
         if label is not None and not self.conditional:
             raise ValueError("label is only for conditional generators; this one is unconditional")
-        self.generator.eval()
-        z = self.latents(n, seed)
-        y = self.labels(n, label) if self.conditional else None
-        # n == 0 still runs the (empty) batch once, so the result has the right (0, H, W) shape.
-        chunks = [
-            self(z[i : i + batch_size], None if y is None else y[i : i + batch_size]) for i in range(0, n, batch_size)
-        ] or [self(z, y)]
-        return to_uint8(torch.cat(chunks))
+        return self.render(self.latents(n, seed), self.labels(n, label) if self.conditional else None, batch_size)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
