@@ -165,10 +165,6 @@ def _valid_batch_id(batch_id: str) -> bool:
     return True
 
 
-def _unknown_batch(batch_id: str):
-    raise HTTPException(404, f"no batch {batch_id!r}")
-
-
 _IMAGES_200 = {
     200: {"description": "The images (X-Model-Version, X-MLflow-Run-Id, X-Seed, X-Request-Id headers).",
           "content": {media: {} for media in MEDIA_TYPES.values()}},
@@ -275,20 +271,21 @@ class Api:
         """Status, progress, and (when done) the manifest URI and presigned URLs."""
         from services import batch_jobs
 
-        if not _valid_batch_id(batch_id):
-            _unknown_batch(batch_id)
-        state = await asyncio.to_thread(batch_jobs.get_status, batch_id, self.settings)
-        return state if state is not None else _unknown_batch(batch_id)
+        return await self._batch_call(batch_jobs.get_status, batch_id)
 
     @api.post(BATCHES_PATH + "/{batch_id}/cancel", responses=_ERRORS, dependencies=AUTH)
     async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
         """Stop a running batch (finished shards stay; no manifest is published)."""
         from services import batch_jobs
 
-        if not _valid_batch_id(batch_id):
-            _unknown_batch(batch_id)
-        state = await asyncio.to_thread(batch_jobs.cancel, batch_id, self.settings)
-        return state if state is not None else _unknown_batch(batch_id)
+        return await self._batch_call(batch_jobs.cancel, batch_id)
+
+    async def _batch_call(self, fn, batch_id: str) -> dict[str, Any]:
+        """``fn(batch_id, settings)`` off the event loop; 404 for a malformed or unknown id."""
+        state = await asyncio.to_thread(fn, batch_id, self.settings) if _valid_batch_id(batch_id) else None
+        if state is None:
+            raise HTTPException(404, f"no batch {batch_id!r}")
+        return state
 
     # -- scoring -------------------------------------------------------------------------------
     @api.post(f"{V1}/fid", responses=_ERRORS, dependencies=AUTH)

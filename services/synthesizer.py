@@ -90,6 +90,7 @@ class Synthesizer:
 
         self._settings = settings or get_settings()
         configure(self._settings)
+        self._max_batch_images = max_batch_images
         self._render_batch.set_max_batch_size(max_batch_images)
         self._render_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
@@ -140,7 +141,10 @@ class Synthesizer:
         label = resolve_label(sampler, ref, cls)
         if isinstance(label, LookupFailure):
             return label
-        return await self._render_batch(_Job(sampler, n, seed, label))
+        job = _Job(sampler, n, seed, label)
+        if n > self._max_batch_images:  # e.g. FID candidates: too big to share a batch, and needs none
+            return (await asyncio.to_thread(self._render_jobs, [job]))[0]
+        return await self._render_batch(job)
 
     async def class_indices(self, ref: ModelRef, per_class: dict[str, int]) -> dict[int, int] | LookupFailure:
         """A batch's ``per_class`` counts keyed by label index; only for conditional generators."""
