@@ -242,10 +242,14 @@ class LocalStack:
             time.sleep(0.5)
         progress(f"{svc.name}: ready in {time.monotonic() - started:.1f} s")
 
-    def down(self, progress: Progress = print, only: Sequence[str] | None = None) -> None:
-        """Stop exactly the processes this stack started (or each ``only`` one), newest first."""
+    def down(self, progress: Progress = print, only: Sequence[str] | None = None, graceful: bool = True) -> None:
+        """Stop exactly the processes this stack started (or each ``only`` one), newest first.
+
+        ``graceful=False`` kills at once: for throwaway stacks (tests), where SeaweedFS's clean
+        shutdown (~25 s) protects nothing.
+        """
         for svc in reversed(self._selected(only)):
-            if self._stop(svc.name, svc.stop_timeout_s):
+            if self._stop(svc.name, svc.stop_timeout_s if graceful else 0.0):
                 progress(f"{svc.name}: stopped")
             else:
                 progress(f"{svc.name}: not running")
@@ -256,7 +260,7 @@ class LocalStack:
             return False
         # Children first collected, so that daemons which left the group still get a signal.
         procs = [root, *root.children(recursive=True)]
-        for proc in procs:
+        for proc in procs if timeout_s > 0 else ():
             try:
                 proc.send_signal(signal.SIGTERM)
             except psutil.Error:

@@ -14,7 +14,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import psutil
 import pytest
 
 from infra.settings import PROJECT_ROOT, Settings, get_settings
@@ -83,7 +82,7 @@ def stack() -> Settings:
         yield settings
     finally:
         _disconnect_ray()
-        local.down(progress=lambda msg: print(f"[test stack] {msg}"))
+        local.down(progress=lambda msg: print(f"[test stack] {msg}"), graceful=False)  # throwaway data
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -123,12 +122,7 @@ def s3_only():
         local.up(progress=lambda msg: print(f"[s3-only] {msg}"), only=["seaweedfs"])
         yield settings, env, local
     finally:
-        # Throwaway data: a hard kill skips SeaweedFS's graceful (~25 s) shutdown.
-        if proc := local.process("seaweedfs"):
-            procs = [proc, *proc.children(recursive=True)]
-            for p in procs:
-                p.kill()
-            psutil.wait_procs(procs, timeout=30)
+        local.down(progress=lambda _: None, only=["seaweedfs"], graceful=False)  # throwaway data
         shutil.rmtree(state, ignore_errors=True)
 
 

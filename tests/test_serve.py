@@ -176,7 +176,7 @@ COND_CLASSES = ["L1", "L2", "L3"]
 REFERENCE_NAME = "phantom-metrics"  # the metrics tests' dataset: same spec, one version
 POLL_S = 1.0
 TEST_ENV = {  # read by the replicas (serve up passes SYNTHRAY_* on), kept small for a 2-core machine
-    "SYNTHRAY_BATCH_SHARD_SIZE": "50",
+    "SYNTHRAY_BATCH_SHARD_SIZE": "25",
     "SYNTHRAY_BATCH_MAX_IMAGES": "100000",
     "SYNTHRAY_REGISTRY_POLL_S": str(POLL_S),
     "SYNTHRAY_SERVE_MAX_BODY_BYTES": "1000000",
@@ -445,7 +445,7 @@ class TestHttp:
         assert got["fid"] > 0
 
     def test_batch_job_end_to_end(self, served, http, reference) -> None:
-        body = {"model": f"{NAME}@champion", "n": 120, "seed": 3}  # shards of 50: 50 + 50 + 20
+        body = {"model": f"{NAME}@champion", "n": 60, "seed": 3}  # shards of 25: 25 + 25 + 10
         submitted = http.post("/v1/batches", json=body)
         assert submitted.status_code == 202, submitted.text
         batch_id = submitted.json()["batch_id"]
@@ -454,16 +454,16 @@ class TestHttp:
         assert again.status_code == 202 and again.json()["batch_id"] == batch_id
         state = _wait_batch(http, batch_id)
         assert state["state"] == "succeeded", state
-        assert state["progress"]["images_done"] == state["progress"]["images_total"] == 120
+        assert state["progress"]["images_done"] == state["progress"]["images_total"] == 60
         manifest = httpx.get(state["urls"]["manifest"], timeout=60).json()  # presigned: no API key
         assert len(state["urls"]["shards"]) == 3
         assert manifest["synthetic"] is True and manifest["model"]["version"] == served[2].version
-        assert [shard["count"] for shard in manifest["shards"]] == [50, 50, 20]
+        assert [shard["count"] for shard in manifest["shards"]] == [25, 25, 10]
         # Finished: cancel is a no-op, and the batch can be scored.
         assert http.post(f"/v1/batches/{batch_id}/cancel").json()["state"] == "succeeded"
         fid = http.post("/v1/fid", json={"reference": reference, "candidate": {"batch_id": batch_id}})
         assert fid.status_code == 200, fid.text
-        assert fid.json()["n_fake"] == 120
+        assert fid.json()["n_fake"] == 60
 
     def test_alias_swap_under_concurrent_load(self, http, stack) -> None:
         """champion moves while requests run: none fails, each answer is wholly one version."""

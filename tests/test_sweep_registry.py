@@ -71,7 +71,9 @@ def sweep(stack: Settings, dataset: str):
     base = GanTrainConfig(dataset=dataset, epochs=EPOCHS, workers=1, batch_size=32, limit=96, fid_n=48,
                           grid_size=4, keep_checkpoints=1)
     lines: list[str] = []
-    result = run_sweep(SweepConfig(base=base, trials=TRIALS), settings=stack, progress=lines.append)
+    # Fewer critic steps than the default space keeps four trials affordable on two cores.
+    space = SearchSpace.load(overrides={"critic_steps": "choice:1,2"})
+    result = run_sweep(SweepConfig(base=base, space=space, trials=TRIALS), settings=stack, progress=lines.append)
     return result, lines
 
 
@@ -97,7 +99,7 @@ def test_sweep_parent_run_has_one_child_per_trial(sweep, client) -> None:
     assert {"sweep/trials.csv", "sweep/trials.md", "sweep/search_space.json"} <= artifacts
     # Each child ran its own hyperparameters, drawn from the space.
     for child in children:
-        assert 3e-5 <= float(child.data.params["lr"]) <= 3e-4 and child.data.params["critic_steps"] in {"1", "3", "5"}
+        assert 3e-5 <= float(child.data.params["lr"]) <= 3e-4 and child.data.params["critic_steps"] in {"1", "2"}
     assert any("sweep: 4 trials, ASHA on FID" in line for line in lines)
 
 

@@ -355,6 +355,7 @@ def run_sweep(cfg: SweepConfig, settings: Settings | None = None, progress: Prog
     """Run the sweep and return its trial table and best trial (also written to the parent run)."""
     import pandas as pd
     from ray import tune
+    from ray.tune.search import BasicVariantGenerator
 
     from training.datasets import catalog
     from training.train_gan import _prepare_reference
@@ -389,7 +390,11 @@ def run_sweep(cfg: SweepConfig, settings: Settings | None = None, progress: Prog
             tune.with_resources(trainable, {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY}),
             param_space=cfg.space.to_tune(),
             tune_config=tune.TuneConfig(metric="fid", mode="min", scheduler=_scheduler(cfg), num_samples=cfg.trials,
-                                        max_concurrent_trials=concurrent),
+                                        # The run's seed also seeds the draws, so a sweep can be repeated. The
+                                        # generator carries the concurrency limit (Tune ignores
+                                        # max_concurrent_trials next to a SearchGenerator).
+                                        search_alg=BasicVariantGenerator(random_state=cfg.base.seed,
+                                                                         max_concurrent=concurrent)),
             run_config=tune.RunConfig(name=f"sweep-{parent_id}", storage_path=path, storage_filesystem=fs,
                                       verbose=1,
                                       failure_config=tune.FailureConfig(max_failures=0)),
