@@ -617,6 +617,14 @@ def get_status(batch_id: str, settings: Settings) -> dict[str, Any] | None:
     return None if status is None else _finish(status, settings, live=False)
 
 
+def active_batches(settings: Settings) -> list[str]:
+    """Ids of the batches whose coordinator is alive (queued or running), from Ray's named actors."""
+    _connect(settings)
+    prefix = _actor_name("")
+    return sorted(a["name"].removeprefix(prefix) for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a.get("namespace") == NAMESPACE and a["name"].startswith(prefix))
+
+
 def cancel(batch_id: str, settings: Settings) -> dict[str, Any] | None:
     """Stop a batch: pending shards are never started, running ones are cancelled (``ray.cancel``).
 

@@ -177,7 +177,7 @@ REFERENCE_NAME = "phantom-metrics"  # the metrics tests' dataset: same spec, one
 POLL_S = 1.0
 TEST_ENV = {  # read by the replicas (serve up passes SYNTHRAY_* on), kept small for a 2-core machine
     "SYNTHRAY_BATCH_SHARD_SIZE": "25",
-    "SYNTHRAY_BATCH_MAX_IMAGES": "100000",
+    "SYNTHRAY_BATCH_MAX_IMAGES": "2000",  # the fuzzer may ask for the maximum: keep such batches short
     "SYNTHRAY_REGISTRY_POLL_S": str(POLL_S),
     "SYNTHRAY_SERVE_MAX_BODY_BYTES": "1000000",
 }
@@ -207,6 +207,16 @@ def _register_classifier(stack: Settings):
                           CLASSIFIER, alias="champion", settings=stack)
 
 
+def _wait_gone(stack: Settings, timeout_s: float = 60) -> None:
+    """Cancelled coordinators wind down (their running shards are cancelled) and exit."""
+    from services import batch_jobs
+
+    deadline = time.monotonic() + timeout_s
+    while batch_jobs.active_batches(stack):
+        assert time.monotonic() < deadline, f"batches still active: {batch_jobs.active_batches(stack)}"
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def served(stack: Settings):
     """(base URL, first version, second version = champion); Serve stopped afterwards."""
@@ -221,6 +231,13 @@ def served(stack: Settings):
         yield url, first, second
     finally:
         serve_ops.down(stack, progress=print)
+        # Batches outlive Serve by design; the ones the tests (and the fuzzer) started must not
+        # keep the 2 cores busy for the modules after this one.
+        from services import batch_jobs
+
+        for batch in batch_jobs.active_batches(stack):
+            batch_jobs.cancel(batch, stack)
+        _wait_gone(stack)
         for key, value in saved.items():
             os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
 
