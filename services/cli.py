@@ -1,6 +1,7 @@
 """The one console entry point, ``synthray``.
 
-Groups follow the layers: ``stack`` (infra), ``catalog`` and ``train`` (training),
+Groups follow the layers: ``stack`` (infra), ``catalog``, ``train``, ``sweep``, ``registry``,
+``eval`` and ``experiment`` (training),
 ``serve`` and ``demo`` (services). Heavy imports happen inside commands so ``--help``
 stays instant.
 """
@@ -17,6 +18,7 @@ from infra.settings import get_settings
 from training.catalog_cli import catalog
 from training.cli import sweep, train
 from training.eval_cli import eval_group
+from training.experiments.cli import experiment
 from training.registry_cli import registry
 
 
@@ -103,7 +105,7 @@ def demo(**kwargs) -> None:
     run_demo(DemoOptions(**kwargs), get_settings(), echo=click.echo)
 
 
-for command in (stack, fid_weights, catalog, train, sweep, registry, eval_group, serve, generate, demo):
+for command in (stack, fid_weights, catalog, train, sweep, registry, eval_group, experiment, serve, generate, demo):
     main.add_command(command)
 
 

@@ -128,19 +128,21 @@ def catalog() -> None:
 @click.option("--size", "phantom_size", type=click.IntRange(32, 1024), default=210, show_default=True, help="side in pixels")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--name", default="phantom-knee", show_default=True, help="dataset name")
+@click.option("--merge", "merges", multiple=True, metavar="NEW=L1,L2",
+              help="merge grades into a class, e.g. --merge KL01=0,1 --merge KL234=2,3,4 (the knee paper's two classes)")
 @_preprocess_options
 @_errors
-def catalog_phantom(n, phantom_size, seed, name, preset, size, focus_threshold, flip_detector, negative_detector,
-                    focus_sweep, engine, report_dir) -> None:
+def catalog_phantom(n, phantom_size, seed, name, merges, preset, size, focus_threshold, flip_detector,
+                    negative_detector, focus_sweep, engine, report_dir) -> None:
     """Publish the procedural knee-radiograph PHANTOM (not medical data), scored against its ground truth."""
     from training.datasets import ingest_phantom
-    from training.ingest import IngestOptions
+    from training.ingest import IngestOptions, parse_merge
     from training.phantom import PhantomSpec
 
     options = IngestOptions(
         name=name, layout="csv", preset=preset, size=size or phantom_size, focus_threshold=focus_threshold,
         flip_detector=flip_detector, negative_detector=negative_detector, seed=seed, focus_sweep=focus_sweep,
-        engine=engine,
+        engine=engine, merges=dict(parse_merge(m) for m in merges),
     )
     cat = _open()
     result = ingest_phantom(n, PhantomSpec(size=phantom_size, seed=seed), options, cat, click.echo)

@@ -161,3 +161,35 @@ def sweep_gan_cmd(trials, workers_per_trial, scheduler, space_file, space_flags,
                f"(run {best.run_id})\nparent run: {result.run_url}")
     if register and best.run_id:
         _register(best.run_id, best.checkpoint)
+
+
+@train.command("classifier")
+@click.option("--dataset", required=True, help="catalog dataset, name@version or name (latest)")
+@click.option("--arch", type=click.Choice(["densenet121", "densenet169", "resnet18-small", "small-cnn", "vgg16-knee"]),
+              default="resnet18-small", show_default=True, help="classifier preset")
+@click.option("--epochs", type=click.IntRange(1, 100_000), default=None, help="preset default")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="global batch (preset default)")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Adam lr (preset default)")
+@click.option("--workers", type=click.IntRange(1, 1024), default=1, show_default=True)
+@click.option("--gpu/--cpu", "use_gpu", default=False, show_default=True)
+@click.option("--multilabel", is_flag=True, help="independent sigmoid per class (DenseNet presets)")
+@click.option("--pretrained", default=None, help="starting weights: a state dict PATH or s3://bucket/key")
+@click.option("--pretrained-sha256", default=None, help="expected sha256 of --pretrained (required with it)")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--register/--no-register", default=True, show_default=True,
+              help="register the lowest-validation-loss model as classifier-{dataset}-{arch}@champion")
+def train_classifier_cmd(dataset: str, seed: int, register: bool, **kwargs) -> None:
+    """Train a classifier on DATASET's real train split (best validation loss selects the epoch)."""
+    from training.classifier_config import ClassifierTrainConfig
+    from training.train_classifier import train_classifier
+
+    def go():
+        cfg = ClassifierTrainConfig(**kwargs)
+        return train_classifier(cfg, dataset, seed=seed, register=register, progress=click.echo)
+
+    fit, reg, url = _guard(go)
+    metrics = fit.results[fit.best_key].test_metrics
+    click.echo(f"run: {url}\ntest: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("accuracy", "balanced_accuracy",
+                                                                                   "kappa", "roc_auc")))
+    if reg is not None:
+        click.echo(f"classifier: {reg.uri} ({reg.alias_uri})")

@@ -120,3 +120,20 @@ def render_card(f: CardFacts, version: str | None = None) -> str:
         "## Known limits\n" + "\n".join(f"- {line}" for line in known_limits(f)),
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def cas_section(tags: dict[str, str]) -> str | None:
+    """The classification accuracy score an augmentation experiment recorded on the version, if any.
+
+    Written after registration (``cas.*`` version tags), so it is appended when the card is shown
+    rather than baked into the stored card.
+    """
+    if not any(k.startswith("cas.") for k in tags):
+        return None
+    pct = lambda key: f"{100 * float(tags[key]):.2f} %" if key in tags else "–"  # noqa: E731
+    return "## Classification accuracy score\n" + _kv([
+        ("train on synthetic, test on real (TSTR)", pct("cas.tstr_accuracy")),
+        ("train on real, test on synthetic (TRTS)", pct("cas.trts_accuracy")),
+        ("real test set", tags.get("cas.test_set", "–")),
+        ("experiment", tags.get("cas.experiment", "–")),
+    ]) + "\n"

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from infra.settings import Settings, get_settings
 from infra.tracking import configure, model_uri, run_url
-from training.model_card import CARD_FILE, GRID_FILE, CardFacts, render_card
+from training.model_card import CARD_FILE, GRID_FILE, CardFacts, cas_section, render_card
 
 if TYPE_CHECKING:  # torch stays out of light importers (the Serve ingress parses model names)
     import numpy as np
@@ -307,7 +307,9 @@ def model_card(spec: str, settings: Settings | None = None) -> str:
     version = resolve_version(client, spec)
     repo = ModelsArtifactRepository(f"models:/{version.name}/{version.version}")
     with tempfile.TemporaryDirectory() as tmp:
-        return Path(repo.download_artifacts(f"extra_files/{CARD_FILE}", tmp)).read_text()
+        card = Path(repo.download_artifacts(f"extra_files/{CARD_FILE}", tmp)).read_text()
+    cas = cas_section(version.tags or {})
+    return card if cas is None else f"{card.rstrip()}\n\n{cas}"
 
 
 def load_generator(uri: str, settings: Settings | None = None) -> GeneratorSampler:

@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ImageClassifier", "SmallCNN", "to_grayscale"]
+__all__ = ["HEADS", "ImageClassifier", "SmallCNN", "to_grayscale"]
+
+HEADS = ("softmax", "sigmoid", "multilabel")
 
 # PIL's convert("L") weights (ITU-R 601-2 luma), so RGB uploads and RGB arrays agree.
 _LUMA = (0.299, 0.587, 0.114)
@@ -91,10 +93,12 @@ class ImageClassifier(nn.Module):
         class_names: the K class names, in logit order.
         image_size: side of the square input the backbone was trained on.
         in_channels: channels the backbone expects (gray is replicated; 3 for ImageNet-style nets).
+        head: ``softmax`` (K logits), ``sigmoid`` (binary, one logit: the knee paper's VGG16) or
+            ``multilabel`` (K independent sigmoids: DenseNet's multi-label head).
     """
 
     def __init__(self, backbone: nn.Module, class_names: Sequence[str], image_size: int = 64,
-                 in_channels: int = 1) -> None:
+                 in_channels: int = 1, head: str = "softmax") -> None:
         super().__init__()
         if len(class_names) < 1 or len(set(class_names)) != len(class_names):
             raise ValueError(f"class_names must be non-empty and unique, got {list(class_names)}")
@@ -104,10 +108,42 @@ class ImageClassifier(nn.Module):
         self.class_names = [str(c) for c in class_names]
         self.image_size = int(image_size)
         self.in_channels = int(in_channels)
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+        if head == "sigmoid" and len(self.class_names) != 2:
+            raise ValueError(f"a sigmoid head is binary (one logit, two classes), got {len(self.class_names)} classes")
+        self.head = head
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def num_outputs(self) -> int:
+        """Logits the backbone produces: one for a binary sigmoid head, else one per class."""
+        return 1 if self._head == "sigmoid" else self.num_classes
+
+    @property
+    def _head(self) -> str:
+        return getattr(self, "head", "softmax")  # versions pickled before heads existed are softmax
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(N, K)`` probabilities of logits: softmax; ``[1 - p, p]`` for a binary sigmoid;
+        independent per-class sigmoids for a multi-label head (rows need not sum to 1)."""
+        if self._head == "softmax":
+            return torch.softmax(logits.double(), dim=1)
+        p = torch.sigmoid(logits.double())
+        return torch.cat([1 - p, p], dim=1) if self._head == "sigmoid" else p
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """The head's training loss: cross-entropy (softmax) or binary cross-entropy (sigmoid heads)."""
+        if self._head == "softmax":
+            return F.cross_entropy(logits, labels, reduction=reduction)
+        if self._head == "sigmoid":
+            return F.binary_cross_entropy_with_logits(logits[:, 0], labels.float(), reduction=reduction)
+        targets = F.one_hot(labels, self.num_classes).float()  # single-label data on a multi-label head
+        per_image = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(1)
+        return {"mean": per_image.mean, "sum": per_image.sum}.get(reduction, lambda: per_image)()
 
     def preprocess(self, images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
         """float32 ``(N, in_channels, S, S)`` in [-1, 1] of uint8 images (see the module docstring).
@@ -137,13 +173,13 @@ class ImageClassifier(nn.Module):
 
     @torch.inference_mode()
     def predict_proba(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
-        """Softmax probabilities ``(N, K)`` float64 of uint8 images; rows sum to 1."""
+        """Probabilities ``(N, K)`` float64 of uint8 images (see :meth:`probabilities`)."""
         self.eval()
         x = self.preprocess(images)
         logits = torch.cat([self.backbone(x[i : i + _CHUNK]) for i in range(0, len(x), _CHUNK)])
-        if logits.shape != (len(x), self.num_classes):
-            raise RuntimeError(f"backbone returned {tuple(logits.shape)}, expected ({len(x)}, {self.num_classes})")
-        return torch.softmax(logits.double(), dim=1).numpy()
+        if logits.shape != (len(x), self.num_outputs):
+            raise RuntimeError(f"backbone returned {tuple(logits.shape)}, expected ({len(x)}, {self.num_outputs})")
+        return self.probabilities(logits).numpy()
 
     def predict(self, images: np.ndarray | Sequence[np.ndarray]) -> list[str]:
         """The most probable class name of each image."""

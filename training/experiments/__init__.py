@@ -1,0 +1,1 @@
+"""Augmentation experiments: real vs real + synthetic vs synthetic-only classifiers, with statistics."""
