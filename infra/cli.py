@@ -40,9 +40,25 @@ def stack_status() -> None:
 
 
 @click.command("fid-weights")
-def fid_weights() -> None:
+@click.option("--from-store", is_flag=True,
+              help="download the copy published in the object store (cluster pods: nothing is baked into the image)")
+@click.option("--sha256", default=None, help="with --from-store: which copy (default: the only one)")
+@click.option("--publish", is_flag=True, help="also upload the provisioned weights to the object store")
+def fid_weights(from_store: bool, sha256: str | None, publish: bool) -> None:
     """Provision pytorch-fid's Inception weights offline into the state directory."""
-    from infra.fid_weights import provision
+    from infra.fid_weights import FidWeightsError, fetch_from_store, provision, publish_to_store
+    from infra.object_store import ObjectNotFoundError, ObjectStore, ObjectStoreError
 
-    weights = provision(get_settings().torch_home)
-    click.echo(f"FID weights: {weights.path}\nsha256: {weights.sha256}\nsource: {weights.source}")
+    settings = get_settings()
+    try:
+        if from_store:
+            weights = fetch_from_store(ObjectStore(settings), settings.torch_home, sha256)
+        else:
+            weights = provision(settings.torch_home)
+        click.echo(f"FID weights: {weights.path}\nsha256: {weights.sha256}\nsource: {weights.source}")
+        if publish:
+            click.echo(f"published: {publish_to_store(ObjectStore(settings), weights)}")
+    except ObjectNotFoundError as err:
+        raise click.ClickException(f"not in the object store: {err.args[0]}") from None
+    except (FidWeightsError, ObjectStoreError) as err:
+        raise click.ClickException(str(err)) from None

@@ -61,7 +61,11 @@ __all__ = [
     "FID_WEIGHTS_FILENAME",
     "FidWeights",
     "FidWeightsError",
+    "STORE_PREFIX",
     "convert_from_fid_helper",
+    "fetch_from_store",
+    "publish_to_store",
+    "store_key",
     "fid_helper_torchscript",
     "load_fid_inception",
     "provision",
@@ -118,6 +122,69 @@ def use_torch_home(torch_home: Path) -> str | None:
             f"torch.hub.set_dir() was called ({torch.hub.get_dir()}); TORCH_HOME is ignored"
         )
     return previous
+
+
+STORE_PREFIX = "fid/weights/"  # content-addressed copies in the object store: {prefix}{sha256}.pth
+SOURCE_STORE = "object-store"
+
+
+def store_key(sha256: str) -> str:
+    return f"{STORE_PREFIX}{sha256}.pth"
+
+
+def fetch_from_store(store, torch_home: Path, sha256: str | None = None) -> FidWeights:
+    """Provision the weights from the object store (how cluster pods get them; nothing is baked in).
+
+    ``sha256`` picks the copy; without it the store must hold exactly one. The download is
+    staged next to its destination, hashed, and only a matching file is moved into place.
+
+    Args:
+        store: an :class:`infra.object_store.ObjectStore`.
+        torch_home: TORCH_HOME to provision.
+        sha256: expected digest (the ``fid.weights_sha256`` every FID result and model card carries).
+    """
+    dst = weights_path(Path(torch_home))
+    if sha256 is None:
+        found = sorted(k.removeprefix(STORE_PREFIX).removesuffix(".pth") for k in store.list_keys(STORE_PREFIX))
+        if len(found) != 1:
+            where = store.uri(STORE_PREFIX)
+            raise FidWeightsError(
+                f"no FID weights under {where}: publish them once with `synthray fid-weights --publish`"
+                if not found else f"{len(found)} FID weights under {where} ({', '.join(found)}): pass --sha256"
+            )
+        sha256 = found[0]
+    if dst.is_file() and sha256_file(dst) == sha256:
+        return FidWeights(dst, sha256, SOURCE_EXISTING)
+    staged = dst.with_name(f".{dst.name}.{os.getpid()}.staged")
+    try:
+        store.download_file(store_key(sha256), staged)
+        got = sha256_file(staged)
+        if got != sha256:
+            raise FidWeightsError(f"{store.uri(store_key(sha256))} has sha256 {got}, not {sha256}: refusing it")
+        os.replace(staged, dst)
+    finally:
+        staged.unlink(missing_ok=True)
+    return FidWeights(dst, sha256, SOURCE_STORE)
+
+
+def publish_to_store(store, weights: FidWeights) -> str:
+    """Upload ``weights`` to ``fid/weights/<sha256>.pth`` unless a same-size copy is there; the URI.
+
+    Content-addressed, so idempotent and safe to race (S3 PUTs are atomic, same bytes either way).
+    """
+    from infra.object_store import ObjectNotFoundError
+
+    key = store_key(weights.sha256)
+    size = weights.path.stat().st_size
+    try:
+        present = store.head(key).get("ContentLength")
+    except ObjectNotFoundError:
+        present = None
+    if present != size:
+        if present is not None:
+            log.warning("%s has %s bytes, expected %s; re-uploading", store.uri(key), present, size)
+        store.upload_file(weights.path, key, metadata={"sha256": weights.sha256, "filename": FID_WEIGHTS_FILENAME})
+    return store.uri(key)
 
 
 def sha256_file(path: Path) -> str:

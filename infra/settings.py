@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     # Bind address of every local service. Only loopback is accepted.
     bind_host: str = "127.0.0.1"
 
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _empty_endpoint_is_aws(cls, value: str | None) -> str | None:
+        # An empty SYNTHRAY_S3_ENDPOINT_URL (a chart value left blank) means AWS S3, as None does.
+        return value or None
+
     @field_validator("bind_host")
     @classmethod
     def _loopback_only(cls, value: str) -> str:

@@ -86,6 +86,36 @@ def generate(model, n, seed, cls, out_dir, url, api_key) -> None:
         raise click.ClickException(str(err)) from None
 
 
+@click.group("cluster")
+def cluster() -> None:
+    """Run training on a Kubernetes cluster (KubeRay RayJob) or an existing Ray cluster."""
+
+
+@cluster.command("train", context_settings={"allow_interspersed_args": False})
+@click.option("--workers", type=click.IntRange(1, 1024), default=2, show_default=True,
+              help="worker pods of the job's Ray cluster (match the command's --workers)")
+@click.option("--gpus", type=click.IntRange(0, 16), default=0, show_default=True,
+              help="GPUs per worker; > 0 uses the chart's GPU worker group")
+@click.option("--ray-address", default=None, help="submit to this Ray job API (http://HEAD:8265) instead of kubectl")
+@click.option("--release", default="synthray", show_default=True, help="Helm release name (object names, Services)")
+@click.option("--namespace", default=None, help="Kubernetes namespace [default: the context's]")
+@click.option("--values", "values_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="chart values files, as given to helm install (image, S3, MLflow)")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
+def cluster_train(workers, gpus, ray_address, release, namespace, values_files, command) -> None:
+    """Submit `synthray COMMAND…` (train/sweep/experiment) and follow it; exit 1 unless it succeeds."""
+    from services.cluster import ClusterError, JobRequest, submit_kube, submit_ray
+
+    request = JobRequest(list(command), workers=workers, gpus=gpus, release=release, namespace=namespace,
+                         values_files=list(values_files))
+    try:
+        status = submit_ray(request, ray_address, click.echo) if ray_address else submit_kube(request, click.echo)
+    except ClusterError as err:
+        raise click.ClickException(str(err)) from None
+    if status != "SUCCEEDED":
+        raise click.ClickException(f"the job ended {status}")
+
+
 @click.command("demo")
 @click.option("--images", type=click.IntRange(64, 100_000), default=1000, show_default=True)
 @click.option("--image-size", type=click.IntRange(32, 512), default=64, show_default=True)
@@ -105,7 +135,8 @@ def demo(**kwargs) -> None:
     run_demo(DemoOptions(**kwargs), get_settings(), echo=click.echo)
 
 
-for command in (stack, fid_weights, catalog, train, sweep, registry, eval_group, experiment, serve, generate, demo):
+for command in (stack, fid_weights, catalog, train, sweep, registry, eval_group, experiment, serve, generate,
+                cluster, demo):
     main.add_command(command)
 
 

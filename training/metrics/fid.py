@@ -62,13 +62,15 @@ from torch.nn.functional import adaptive_avg_pool2d
 
 from infra.compat import ensure_torchvision
 from infra.fid_weights import (
-    FID_WEIGHTS_FILENAME,
+    STORE_PREFIX,
     FidWeights,
     load_fid_inception,
     provision,
+    publish_to_store,
+    store_key,
     weights_path,
 )
-from infra.object_store import ObjectNotFoundError, ObjectStore
+from infra.object_store import ObjectStore
 from infra.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -100,7 +102,7 @@ RESIZE_RULE = (
     "pytorch-fid-0.3.0-folder: uint8 gray->RGB replicate, ToTensor /255 float32, "
     "InceptionV3 bilinear 299x299 align_corners=False, 2x-1"
 )
-WEIGHTS_PREFIX = "fid/weights/"
+WEIGHTS_PREFIX = STORE_PREFIX
 FID_DIMS = (64, 192, 768, 2048)  # pytorch-fid's InceptionV3 output blocks; 2048 = FID
 
 #: ``progress(done, total, images_per_second)``, called after every batch.
@@ -380,32 +382,15 @@ def bootstrap_fid(
 
 
 def weights_key(sha256: str) -> str:
-    return f"{WEIGHTS_PREFIX}{sha256}.pth"
+    return store_key(sha256)
 
 
 def publish_weights(store: ObjectStore, settings: Settings | None = None) -> str:
-    """Upload the weights to ``fid/weights/<sha256>.pth`` unless already there; return the URI.
+    """Upload the provisioned weights to ``fid/weights/<sha256>.pth`` unless already there; the URI.
 
-    Content-addressed, so idempotent and safe to race (S3 PUTs are atomic, same bytes either
-    way). An object of the wrong size under the key is replaced. ``settings`` default to the
-    store's.
+    ``settings`` default to the store's. See :func:`infra.fid_weights.publish_to_store`.
     """
-    weights = fid_weights(settings or store.settings)
-    key = weights_key(weights.sha256)
-    size = weights.path.stat().st_size
-    try:
-        present = store.head(key).get("ContentLength")
-    except ObjectNotFoundError:
-        present = None
-    if present != size:
-        if present is not None:
-            log.warning("%s has %s bytes, expected %s; re-uploading", store.uri(key), present, size)
-        store.upload_file(
-            weights.path,
-            key,
-            metadata={"sha256": weights.sha256, "filename": FID_WEIGHTS_FILENAME},
-        )
-    return store.uri(key)
+    return publish_to_store(store, fid_weights(settings or store.settings))
 
 
 # -- FID --------------------------------------------------------------------------------------
