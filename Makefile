@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.synthray-installed
 WEIGHTS := .synthray/torch/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-unit stack-up stack-down stack-status serve-up serve-down train-cluster bench-catalog bench-train bench-fid clean
+.PHONY: help setup demo test test-unit stack-up stack-down stack-status serve-up serve-down train-cluster bench bench-catalog bench-train bench-fid clean
 
 help:
 	@echo "make demo        set up, start the local stack, run the walking skeleton end to end"
@@ -67,6 +67,12 @@ bench-train: setup
 # FID time and value vs the pytorch-fid CLI on 2 x 2,000 PNGs (no stack needed); JSON in out/bench-fid.json.
 bench-fid: setup
 	$(BIN)/python benchmarks/fid.py
+
+# Every benchmark in one run on this machine: one table of ratios (measure, value, limit or
+# reference, ratio, goal, pass) and bench-results.json. BENCH="--only generator --only http" picks.
+bench: setup
+	$(BIN)/synthray stack up
+	$(BIN)/python benchmarks/run_all.py $(BENCH)
 
 # Training on a GPU cluster: renders the chart's RayJob and applies it with kubectl in the current
 # context (or, with RAY_ADDRESS=http://HEAD:8265, submits to a running Ray cluster), then follows

@@ -1,20 +1,21 @@
 """The Helm chart, the container image and `make train-cluster`, validated offline.
 
 No cluster and no helm binary: helm-python-sdk (Helm's Go SDK through ctypes) renders and
-lints the chart; kubernetes-validate checks every core object (and every pod template inside
+lints the chart, in a child process (tests/chart_tool.py); kubernetes-validate checks every core object (and every pod template inside
 the KubeRay objects) against the Kubernetes OpenAPI schemas with unknown fields rejected; a
 small schema pins the KubeRay v1 fields the chart writes.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-import helm_python
 import jsonschema
 import kubernetes_validate
 import pytest
@@ -45,12 +46,27 @@ def _values(kind: str, extra: dict | None = None) -> dict:
     return _merge(merged, extra or {})
 
 
+@functools.lru_cache(maxsize=32)
+def _helm(op: str, arg: str) -> dict:
+    """tests/chart_tool.py in a child process (keeps Helm's Go runtime out of this Ray driver)."""
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("chart_tool.py")), op, arg],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+class HelmFailed(Exception):
+    """A Helm error reported by the child process (its class name, then its message)."""
+
+
+def _ok(result: dict) -> dict:
+    if "error" in result:
+        raise HelmFailed(f"{result['type']}: {result['error']}")
+    return result
+
+
 def render(values: dict) -> list[dict]:
-    chart = helm_python.Chart.load(str(CHART))
-    try:
-        out = chart.render(values, name="sr", namespace="synthray")
-    finally:
-        chart.close()
+    out = _ok(_helm("render", json.dumps(values, sort_keys=True)))["files"]
     return [doc for path, text in sorted(out.items()) if path.endswith(".yaml")
             for doc in yaml.safe_load_all(text) if doc]
 
@@ -64,13 +80,13 @@ def objects(request) -> list[dict]:
 
 @pytest.mark.parametrize("kind", sorted(VALUES))
 def test_chart_lints_strictly(kind: str) -> None:
-    report = helm_python.lint(str(CHART), _values(kind), strict=True, kube_version=f"v{KUBE_VERSION}")
+    report = _ok(_helm("lint", json.dumps({"values": _values(kind), "kube_version": f"v{KUBE_VERSION}"})))
     problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
     assert report["total_charts_linted"] == 1 and not problems, problems
 
 
 def test_missing_credentials_fail_the_render_naming_the_value() -> None:
-    with pytest.raises(helm_python.HelmRenderError, match=r"objectStore\.accessKey \(or objectStore\.existingSecret\)"):
+    with pytest.raises(HelmFailed, match=r"HelmRenderError: .*objectStore\.accessKey \(or objectStore\.existingSecret\)"):
         render(_values("default", {"objectStore": {"existingSecret": ""}}))
 
 
@@ -228,11 +244,9 @@ def test_rayjob_entrypoint_parses_with_the_real_cli() -> None:
 
 
 def test_train_cluster_request_renders_a_sized_gpu_job() -> None:
-    from services.cluster import JobRequest, render_rayjob
-
-    manifest = yaml.safe_load(render_rayjob(JobRequest(
-        ["train", "gan", "--dataset", "knee@abc", "--arch", "wgan-gp-knee", "--epochs", "100", "--workers", "4",
-         "--gpu"], workers=4, gpus=1, suffix="t1")))
+    request = {"args": ["train", "gan", "--dataset", "knee@abc", "--arch", "wgan-gp-knee", "--epochs", "100",
+                        "--workers", "4", "--gpu"], "workers": 4, "gpus": 1, "suffix": "t1"}
+    manifest = yaml.safe_load(_ok(_helm("rayjob", json.dumps(request)))["manifest"])
     jsonschema.validate(manifest, KUBERAY["RayJob"])
     assert manifest["metadata"]["name"] == "synthray-t1"
     assert shlex.split(manifest["spec"]["entrypoint"])[1:4] == ["train", "gan", "--dataset"]

@@ -1,0 +1,170 @@
+"""The HTTP API under load, on loopback (issue 10: item 2 and the load drill).
+
+Needs the local stack (``synthray stack up``); deploys the Serve app if it is not running and
+registers an untrained generator of ``--arch`` as ``bench-http@champion`` (the work per image
+is what matters, not what it draws). Three phases, all bounded in count and time:
+
+1. **HTTP vs in-process**, n = 64: best-of-k seconds of ``sampler.generate(64, seed)`` in this
+   process against ``POST /v1/synthesize`` (npz and png-zip) on the same model.
+   ratio = in-process s ÷ HTTP s (goal ≥ 0.85; < 1 is the cost of HTTP, encoding and Serve).
+2. **Load**: ``--clients`` concurrent clients (async httpx) for ``--seconds`` s, n drawn from
+   {1, 4, 16, 64}: p50/p95/p99 latency, requests/s, images/s, errors (goal 0).
+3. **Overload**: ``--overload-clients`` clients asking for n = 64 for ``--overload-seconds``:
+   beyond capacity the API must answer 503 with Retry-After (never another 5xx), the Serve
+   processes' memory must stay bounded, and a plain request must succeed again afterwards
+   (time to recovery).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import random
+import time
+from pathlib import Path
+
+import click
+import httpx
+import numpy as np
+import psutil
+
+NS = (1, 4, 16, 64)
+
+
+def _serve_rss_mb() -> float:
+    """Resident memory of this machine's Ray Serve replica and proxy processes, in MB."""
+    total = 0
+    for proc in psutil.process_iter(["cmdline", "memory_info"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if "ServeReplica" in cmd or "ProxyActor" in cmd or "ServeController" in cmd:
+            total += proc.info["memory_info"].rss
+    return total / 2**20
+
+
+def _percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None}
+    p = np.percentile(values, [50, 95, 99])
+    return {"p50": float(p[0]), "p95": float(p[1]), "p99": float(p[2])}
+
+
+async def _drive(url: str, headers: dict, clients: int, seconds: float, pick_n, model: str) -> dict:
+    """``clients`` loops posting /v1/synthesize until ``seconds`` pass; latencies and statuses."""
+    deadline = time.monotonic() + seconds
+    latencies, statuses, images, retry_after = [], {}, 0, 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120, limits=limits) as client:
+        async def one(i: int) -> None:
+            nonlocal images, retry_after
+            rng = random.Random(i)
+            while time.monotonic() < deadline:
+                n = pick_n(rng)
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post("/v1/synthesize", json={"model": model, "n": n, "seed": rng.randrange(10**6),
+                                                                   "format": "npz"})
+                    code = r.status_code
+                except httpx.HTTPError as err:
+                    code = type(err).__name__
+                statuses[code] = statuses.get(code, 0) + 1
+                if code == 200:
+                    latencies.append(time.perf_counter() - t0)
+                    images += n
+                elif code == 503:
+                    retry_after += "retry-after" in r.headers
+                    await asyncio.sleep(float(r.headers.get("retry-after", 1)) if seconds > 30 else 0.05)
+
+        started = time.monotonic()
+        await asyncio.gather(*(one(i) for i in range(clients)))
+        elapsed = time.monotonic() - started
+    ok = statuses.get(200, 0)
+    return {"clients": clients, "seconds": elapsed, "requests": sum(statuses.values()), "ok": ok,
+            "statuses": {str(k): v for k, v in statuses.items()}, "requests_per_s": ok / elapsed,
+            "images_per_s": images / elapsed, "latency_s": _percentiles(latencies),
+            "errors": sum(v for k, v in statuses.items() if k not in (200, 503)), "retry_after_on_503": retry_after}
+
+
+def _best(fn, repeats: int) -> float:
+    fn()
+    return min(_timed(fn) for _ in range(repeats))
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+@click.command()
+@click.option("--arch", default="wgan-gp-knee-small", show_default=True, help="generator preset to serve")
+@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--clients", type=click.IntRange(1, 64), default=10, show_default=True)
+@click.option("--seconds", type=click.FloatRange(5, 300), default=60, show_default=True)
+@click.option("--overload-clients", type=click.IntRange(1, 400), default=200, show_default=True)
+@click.option("--overload-seconds", type=click.FloatRange(5, 120), default=20, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/http_load.json"), show_default=True)
+def main(arch, repeats, clients, seconds, overload_clients, overload_seconds, out) -> None:
+    import torch
+
+    from infra.settings import get_settings
+    from services import serve
+    from services.auth import client_key
+    from training.model_registry import load_generator, log_generator
+    from training.models.registry import get_preset
+    from training.models.sampler import GeneratorSampler
+
+    settings = get_settings()
+    torch.manual_seed(0)
+    preset = get_preset(arch)
+    gen, _ = preset.build()
+    reg = log_generator(GeneratorSampler(gen, preset.latent_dim), "bench-http", alias="champion", settings=settings)
+    url = serve.up(settings, progress=click.echo)
+    headers = {"Authorization": f"Bearer {client_key(settings)}"}
+    model = "bench-http@champion"
+    sampler = load_generator(reg.version_uri, settings)
+    http = httpx.Client(base_url=url, headers=headers, timeout=300)
+
+    def post(fmt: str):
+        r = http.post("/v1/synthesize", json={"model": model, "n": 64, "seed": 1, "format": fmt})
+        r.raise_for_status()
+
+    in_process = _best(lambda: sampler.generate(64, 1), repeats)
+    direct = {fmt: _best(lambda fmt=fmt: post(fmt), repeats) for fmt in ("npz", "png-zip")}
+    click.echo(f"n=64: in-process {in_process:.3f} s, HTTP npz {direct['npz']:.3f} s, png-zip {direct['png-zip']:.3f} s")
+
+    rss_before = _serve_rss_mb()
+    load = asyncio.run(_drive(url, headers, clients, seconds, lambda rng: rng.choice(NS), model))
+    click.echo(f"load: {load['ok']} ok of {load['requests']}, {load['images_per_s']:.1f} img/s, "
+               f"latency {load['latency_s']}, errors {load['errors']}, 503s {load['statuses'].get('503', 0)}")
+    overload = asyncio.run(_drive(url, headers, overload_clients, overload_seconds, lambda rng: 64, model))
+    rss_after = _serve_rss_mb()
+    click.echo(f"overload: statuses {overload['statuses']}, Retry-After on {overload['retry_after_on_503']} 503s")
+    started, recovered = time.monotonic(), None
+    while time.monotonic() - started < 120:
+        try:
+            if http.post("/v1/synthesize", json={"model": model, "n": 1, "seed": 0}).status_code == 200:
+                recovered = time.monotonic() - started
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    report = {
+        "bench": "http_load", "arch": arch, "n": 64,
+        "in_process_s": in_process, "http_s": direct,
+        "ratio_npz": in_process / direct["npz"], "ratio_png_zip": in_process / direct["png-zip"],
+        "load": load, "overload": overload, "serve_rss_mb": {"before": rss_before, "after": rss_after},
+        "recovery_s": recovered, "cpus": os.cpu_count(), "machine": platform.platform(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, out)
+    click.echo(f"ratio HTTP/in-process: npz {report['ratio_npz']:.2f}, png-zip {report['ratio_png_zip']:.2f} "
+               f"(goal 0.85); recovered after overload in {recovered} s; wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""``make bench``: run the benchmarks in one go on one machine and print one table of ratios.
+
+Each benchmark is its own script (and process) writing JSON under ``out/bench/``; this driver
+runs the selected ones in order (the local stack must be up: ``make bench`` starts it), then
+reads their JSON and prints ``measure | value | limit or reference | ratio | goal | pass``.
+The table is also written as ``bench-results.json`` and as Markdown (``out/bench/table.md``)
+for ``docs/benchmarks.md``. Absolute numbers are context; the ratios from one run are the result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import click
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "out" / "bench"
+
+
+@dataclass
+class Row:
+    measure: str
+    value: str
+    reference: str
+    ratio: float | None
+    goal: str
+    passed: bool | None
+
+
+def _generator(r: dict) -> list[Row]:
+    best = r["best"]
+    return [Row(f"generator forward {r['arch']} (batch 64, {best['variant']})", f"{best['img_s']:.2f} img/s",
+                f"{r['limit_img_s']:.2f} img/s = {r['matmul_gflops']:.0f} GFLOP/s ÷ {r['gflop_per_image']:.2f} GFLOP",
+                best["ratio_to_limit"], "≥ 0.60", best["ratio_to_limit"] >= 0.6)]
+
+
+def _http(r: dict) -> list[Row]:
+    rows = [Row(f"HTTP /v1/synthesize n=64 {fmt} vs in-process", f"{r['http_s'][fmt]:.3f} s",
+                f"{r['in_process_s']:.3f} s in-process", r[key], "≥ 0.85", r[key] >= 0.85)
+            for fmt, key in (("npz", "ratio_npz"), ("png-zip", "ratio_png_zip"))]
+    load, over = r["load"], r["overload"]
+    lat = load["latency_s"]
+    rows.append(Row(f"load: {load['clients']} clients × {load['seconds']:.0f} s, mixed n",
+                    f"p50/p95/p99 {lat['p50']:.3f}/{lat['p95']:.3f}/{lat['p99']:.3f} s, {load['images_per_s']:.1f} img/s",
+                    f"{load['requests']} requests", None, "0 errors", load["errors"] == 0))
+    n503 = int(over["statuses"].get("503", 0))
+    rows.append(Row(f"overload: {over['clients']} clients, n=64", f"{n503} × 503 (Retry-After on {over['retry_after_on_503']}), "
+                    f"{over['errors']} other errors", f"Serve RSS {r['serve_rss_mb']['before']:.0f} → "
+                    f"{r['serve_rss_mb']['after']:.0f} MB", None, "503 + Retry-After, no 5xx, recovers",
+                    n503 > 0 and over["errors"] == 0 and over["retry_after_on_503"] == n503 and r["recovery_s"] is not None))
+    return rows
+
+
+def _fid(r: dict) -> list[Row]:
+    return [Row("FID value vs pytorch-fid CLI", f"{r['synthray_cold']['fid']:.6f}", f"{r['pytorch_fid_cli']['fid']:.6f}",
+                r["fid_rel_diff_vs_cli"], "rel. diff ≤ 1e-4", r["fid_rel_diff_vs_cli"] <= 1e-4),
+            Row(f"FID time, cached reference, 2 × {r['n_per_side']}", f"{r['synthray_cached_reference']['seconds']:.1f} s",
+                f"{r['pytorch_fid_cli']['seconds']:.1f} s CLI", r["time_ratio_cached_reference"], "≤ 0.5",
+                r["time_ratio_cached_reference"] <= 0.5)]
+
+
+def _train(r: dict) -> list[Row]:
+    return [Row(f"Ray Train {r['ray_train']['workers']} workers vs plain loop ({r['arch']})",
+                f"{r['ray_train']['steady_img_s']:.1f} img/s", f"{r['plain']['steady_img_s']:.1f} img/s plain",
+                r["ratio_steady"], "≥ 0.8", r["ratio_steady"] >= 0.8)]
+
+
+def _catalog(r: dict) -> list[Row]:
+    med = r["seconds_median"]
+    ratio = r["ratios"]["catalog_read / raw_download"]
+    return [Row(f"catalog bulk read {r['n']} × {r['size']}²", f"{r['n'] / med['catalog_read']:.0f} img/s",
+                f"{r['n'] / med['raw_download']:.0f} img/s raw download", 1 / ratio, "≥ 0.8 of raw (≈ 1/(1+decode))",
+                1 / ratio >= 0.8)]
+
+
+# name → (command after `python`, JSON written, rows of the table)
+BENCHES: dict[str, tuple[list[str], Path, Callable[[dict], list[Row]]]] = {
+    "generator": (["benchmarks/generator_forward.py"], OUT / "generator_forward.json", _generator),
+    "http": (["benchmarks/http_load.py"], OUT / "http_load.json", _http),
+    "fid": (["benchmarks/fid.py", "--out", str(OUT / "fid.json")], OUT / "fid.json", _fid),
+    "train": (["benchmarks/train_gan.py"], OUT / "train_gan.json", _train),
+    "catalog": (["benchmarks/catalog_read.py"], OUT / "catalog_read.json", _catalog),
+}
+
+
+def markdown(rows: list[Row]) -> str:
+    lines = ["| measure | value | limit or reference | ratio | goal | pass |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = "–" if r.ratio is None else f"{r.ratio:.3g}"
+        ok = "–" if r.passed is None else ("yes" if r.passed else "**no**")
+        lines.append(f"| {r.measure} | {r.value} | {r.reference} | {ratio} | {r.goal} | {ok} |")
+    return "\n".join(lines) + "\n"
+
+
+@click.command()
+@click.option("--only", multiple=True, type=click.Choice(sorted(BENCHES)), help="run these (default: all)")
+@click.option("--report-only", is_flag=True, help="do not run anything; tabulate the JSON already in out/bench/")
+def main(only: tuple[str, ...], report_only: bool) -> None:
+    names = list(only) or list(BENCHES)
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name in names if not report_only else ():
+        command, _, _ = BENCHES[name]
+        click.echo(f"== bench {name}: {' '.join(command)}")
+        subprocess.run([sys.executable, *command], cwd=REPO, check=True)
+    rows: list[Row] = []
+    for name in names:
+        _, path, tabulate = BENCHES[name]
+        if path.exists():
+            rows += tabulate(json.loads(path.read_text()))
+        else:
+            click.echo(f"(no {path.relative_to(REPO)}: run `make bench` or --only {name})")
+    table = markdown(rows)
+    click.echo("\n" + table)
+    meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+    (REPO / "bench-results.json").write_text(json.dumps({**meta, "rows": [asdict(r) for r in rows]}, indent=2))
+    (OUT / "table.md").write_text(f"{meta['date']}, {meta['machine']}, {meta['cpus']} CPUs\n\n{table}")
+
+
+if __name__ == "__main__":
+    main()
