@@ -15,7 +15,6 @@ chosen variant for serving is the best at batch 64. Prints a table and writes JS
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import click
 import torch
+from _common import write_json
 
 from training.metrics.fid import _available_cpus
 from training.models.registry import get_preset
@@ -137,10 +137,7 @@ def main(arch: str, repeats: int, allow_compile: bool, out: Path) -> None:
     report = {"bench": "generator_forward", "arch": arch, "gflop_per_image": gflop, "matmul_gflops": limit_gflops,
               "limit_img_s": limit, "rows": rows, "best": best, "cpus": cpus, "torch": torch.__version__,
               "machine": platform.platform(), "date": time.strftime("%Y-%m-%d"), "pid": os.getpid()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out)
+    write_json(out, report)
     click.echo(f"best at batch 64: {best['variant']} {best['img_s']:.2f} img/s = {best['ratio_to_limit']:.1%} "
                f"of the limit (goal 60 %); wrote {out}")
 

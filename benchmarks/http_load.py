@@ -18,7 +18,6 @@ is what matters, not what it draws). Three phases, all bounded in count and time
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import platform
 import random
@@ -29,6 +28,7 @@ import click
 import httpx
 import numpy as np
 import psutil
+from _common import write_json
 
 NS = (1, 4, 16, 64)
 
@@ -158,10 +158,7 @@ def main(arch, repeats, clients, seconds, overload_clients, overload_seconds, ou
         "recovery_s": recovered, "cpus": os.cpu_count(), "machine": platform.platform(),
         "date": time.strftime("%Y-%m-%d"),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out)
+    write_json(out, report)
     click.echo(f"ratio HTTP/in-process: npz {report['ratio_npz']:.2f}, png-zip {report['ratio_png_zip']:.2f} "
                f"(goal 0.85); recovered after overload in {recovered} s; wrote {out}")
 

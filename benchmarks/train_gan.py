@@ -16,14 +16,13 @@ Needs the local stack (``synthray stack up``); writes ``out/bench/train_gan.json
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import platform
 import time
 from pathlib import Path
 
 import click
 import torch
+from _common import write_json
 
 from infra.settings import get_settings
 from training.datasets import catalog, load_tensors, publish_phantom
@@ -105,10 +104,7 @@ def main(arch: str, images: int, epochs: int, workers: int, batch_size: int, out
         "ratio_steady": ray["steady_img_s"] / plain["steady_img_s"],
         "ratio_wall": plain["wall_s"] / ray["wall_s"],
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out)
+    write_json(out, report)
     click.echo(f"plain {plain['steady_img_s']:.1f} img/s ({threads} threads) | Ray Train {ray['steady_img_s']:.1f} img/s "
                f"({workers} workers) | ratio {report['ratio_steady']:.2f} | wall {plain['wall_s']:.0f} s vs {ray['wall_s']:.0f} s"
                f" → {out}")
