@@ -14,7 +14,7 @@ def experiment() -> None:
 
 @experiment.command("augment")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="experiment YAML (see examples/experiments/)")
+              help="experiment YAML (see training/experiments/configs/)")
 @click.option("--repeats", type=click.IntRange(1, 1000), default=None, help="seeds per cell (config: repeats)")
 @click.option("--epochs", type=click.IntRange(1, 100_000), default=None, help="classifier epochs (config: classifier.epochs)")
 @click.option("--workers", type=click.IntRange(1, 1024), default=None, help="Ray Train workers (config: classifier.workers)")
