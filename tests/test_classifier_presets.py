@@ -140,3 +140,23 @@ def test_imagenet_vgg16_fills_features_and_keeps_the_head(vgg: nn.Module, tmp_pa
     assert torch.equal(vgg.features[0].weight, checkpoint["features.0.weight"])
     assert all(torch.equal(vgg.head.state_dict()[k], v) for k, v in head_before.items())
     assert parameter_counts(vgg) == (19_433_793, 11_798_529)  # frozen blocks stay frozen
+
+
+def test_every_run_of_an_experiment_reads_the_weights_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.pretrained as pretrained
+
+    source = get_classifier_preset("small-cnn").build(2)
+    path = tmp_path / "w.pt"
+    torch.save(source.state_dict(), path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    reads: list[str] = []
+    real = pretrained.read_verified
+    monkeypatch.setattr(pretrained, "read_verified", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    monkeypatch.setattr(pretrained, "_last", None)
+    for _ in range(3):  # three runs (cells × seeds) in one worker
+        model = get_classifier_preset("small-cnn").build(2)
+        load_pretrained(model, str(path), digest)
+        assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
+    assert reads == [str(path)]
+    with pytest.raises(ValueError, match="does not match the expected"):  # another claimed hash is checked again
+        load_pretrained(get_classifier_preset("small-cnn").build(2), str(path), "0" * 64)

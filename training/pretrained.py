@@ -93,6 +93,28 @@ def _gray_stem(src: torch.Tensor, dst: torch.Tensor) -> bool:
         and src.shape[0] == dst.shape[0] and src.shape[2:] == dst.shape[2:]
 
 
+_last: tuple[tuple[str, str], dict] | None = None  # the last checkpoint read, keyed by (source, sha256)
+
+
+def _checkpoint(source: str, sha256: str, settings: Settings | None) -> dict:
+    """The verified, parsed state dict; kept for the next call because every run of an
+    experiment (cells × seeds, one worker process) starts from the same weights."""
+    global _last
+    if _last is not None and _last[0] == (source, sha256):
+        return _last[1]
+    data = read_verified(source, sha256, settings)
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a file that is not a checkpoint
+        raise ValueError(f"--pretrained {source}: not a torch state dict ({exc})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"--pretrained {source}: expected a state dict, got {type(state).__name__}")
+    _last = ((source, sha256), state)
+    return state
+
+
 def load_pretrained(module: nn.Module, source: str, sha256: str, settings: Settings | None = None) -> PretrainedReport:
     """Load every checkpoint tensor whose name and shape match ``module``; report what was used.
 
@@ -106,15 +128,7 @@ def load_pretrained(module: nn.Module, source: str, sha256: str, settings: Setti
     resnet18-small) is summed over its input channels, the usual gray adaptation. Raises
     ValueError when no parameter matches: the checkpoint is for another architecture.
     """
-    data = read_verified(source, sha256, settings)
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a file that is not a checkpoint
-        raise ValueError(f"--pretrained {source}: not a torch state dict ({exc})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"--pretrained {source}: expected a state dict, got {type(state).__name__}")
+    state = _checkpoint(source, sha256, settings)
     target = module.state_dict()
     matched: dict[str, torch.Tensor] = {}
     skipped: list[str] = []
