@@ -9,7 +9,8 @@ FLOPs). The limit is the machine's own fp32 matmul rate, measured here with larg
 
 Variants, each at batch 1, 16 and 64, best of ``--repeats`` timed passes after a warm-up:
 ``no_grad`` (the plain eval forward), ``inference_mode``, ``channels_last`` (+ inference mode),
-``threads=1`` (one intra-op thread) and ``compile`` (``torch.compile``, inference mode). The
+``threads=1`` (one intra-op thread), ``compile`` (``torch.compile``, inference mode) and
+``compile+channels_last``. The
 chosen variant for serving is the best at batch 64. Prints a table and writes JSON.
 """
 
@@ -24,7 +25,7 @@ import click
 import torch
 from _common import write_json
 
-from training.metrics.fid import _available_cpus
+from infra.cpus import available_cpus
 from training.models.registry import get_preset
 
 BATCHES = (1, 16, 64)
@@ -66,7 +67,7 @@ def _time(fn, batch: int, latent_dim: int, repeats: int) -> float:
 
 def variants(generator: torch.nn.Module, allow_compile: bool) -> dict:
     """name → (callable z → images, intra-op threads)."""
-    cpus = _available_cpus()
+    cpus = available_cpus()
 
     def plain(z):
         with torch.no_grad():
@@ -92,6 +93,13 @@ def variants(generator: torch.nn.Module, allow_compile: bool) -> dict:
                 return compiled(z)
 
         out["compile"] = (comp, cpus)
+        compiled_cl = torch.compile(channels_last, dynamic=False)
+
+        def comp_cl(z):
+            with torch.inference_mode():
+                return compiled_cl(z)
+
+        out["compile+channels_last"] = (comp_cl, cpus)
     return out
 
 
@@ -113,7 +121,7 @@ def main(arch: str, repeats: int, allow_compile: bool, out: Path) -> None:
     preset = get_preset(arch)
     generator, _ = preset.build()
     generator.eval()
-    cpus = _available_cpus()
+    cpus = available_cpus()
     torch.set_num_threads(cpus)
     gflop = flops_per_image(generator, preset.latent_dim) / 1e9
     limit_gflops = matmul_gflops()
@@ -127,11 +135,11 @@ def main(arch: str, repeats: int, allow_compile: bool, out: Path) -> None:
             try:
                 rate = _time(fn, batch, preset.latent_dim, repeats)
             except Exception as err:  # torch.compile needs a C++ toolchain; report, don't abort the bench
-                click.echo(f"  {name:<15} batch {batch:>3}: failed ({type(err).__name__}: {str(err)[:120]})")
+                click.echo(f"  {name:<22} batch {batch:>3}: failed ({type(err).__name__}: {str(err)[:120]})")
                 break
             rows.append({"variant": name, "batch": batch, "threads": threads, "img_s": rate,
                          "ratio_to_limit": rate / limit})
-            click.echo(f"  {name:<15} batch {batch:>3}: {rate:7.2f} img/s  {rate / limit:6.1%} of the limit")
+            click.echo(f"  {name:<22} batch {batch:>3}: {rate:7.2f} img/s  {rate / limit:6.1%} of the limit")
         torch.set_num_threads(cpus)
     best = max((r for r in rows if r["batch"] == 64), key=lambda r: r["img_s"])
     report = {"bench": "generator_forward", "arch": arch, "gflop_per_image": gflop, "matmul_gflops": limit_gflops,

@@ -24,11 +24,11 @@ import click
 import torch
 from _common import write_json
 
+from infra.cpus import available_cpus
 from infra.settings import get_settings
 from training.datasets import catalog, load_tensors, publish_phantom
 from training.gan_config import GanTrainConfig
 from training.gan_worker import build_pair, train_step
-from training.metrics.fid import _available_cpus
 from training.models.losses import make_loss
 from training.models.registry import get_preset
 from training.phantom import PhantomSpec
@@ -93,13 +93,13 @@ def main(arch: str, images: int, epochs: int, workers: int, batch_size: int, out
                          fid_every=0, grid_size=16, experiment="synthray-bench-train")
     # The plain baseline is the faster of 1 thread and all usable CPUs: intra-op threading of
     # these small convolutions does not always pay, and the baseline should be one process at its best.
-    plains = [plain_loop(cfg, t) for t in sorted({1, _available_cpus()})]
+    plains = [plain_loop(cfg, t) for t in sorted({1, available_cpus()})]
     plain = max(plains, key=lambda p: p["steady_img_s"])
     threads = plain["threads"]
     ray = ray_train(cfg)
     report = {
         "arch": arch, "dataset": dataset, "epochs": epochs, "global_batch": batch_size,
-        "machine": {"cpus": _available_cpus(), "platform": platform.platform(), "torch": torch.__version__},
+        "machine": {"cpus": available_cpus(), "platform": platform.platform(), "torch": torch.__version__},
         "plain": plain, "plain_all": plains, "ray_train": ray,
         "ratio_steady": ray["steady_img_s"] / plain["steady_img_s"],
         "ratio_wall": plain["wall_s"] / ray["wall_s"],

@@ -358,8 +358,10 @@ def build_app(args: dict[str, Any]) -> Application:
     """Application builder named by serve_config.yaml (``import_path``); ``args`` → AppArgs."""
     options = AppArgs.model_validate(args or {})
     synthesizer = Synthesizer.bind(max_batch_images=options.max_batch_images,
-                                   batch_wait_timeout_s=options.batch_wait_timeout_s)
-    return Api.bind(ModelDirectory.bind(), synthesizer, FidScorer.bind(), Classifier.bind(),
+                                   batch_wait_timeout_s=options.batch_wait_timeout_s,
+                                   torch_threads=options.torch_threads)
+    threads = {"torch_threads": options.torch_threads}
+    return Api.bind(ModelDirectory.bind(), synthesizer, FidScorer.bind(**threads), Classifier.bind(**threads),
                     args=options.model_dump())
 
 

@@ -137,11 +137,15 @@ class FidScorer:
         max_references: reference statistics memoized in this replica (LRU).
         dims: Inception features; 2048 is FID. Smaller blocks (64, 192, 768) are only for quick
             checks, as ``eval fid --dims`` (tests use 64: same code, no 2048-d eigendecompositions).
+        torch_threads: intra-op threads (0 = every usable CPU; Ray would leave one).
     """
 
     def __init__(self, settings: Settings | None = None, max_references: int = REFERENCES_PER_REPLICA,
-                 dims: int = FID_DIMS) -> None:
+                 dims: int = FID_DIMS, torch_threads: int = 0) -> None:
+        from infra.cpus import set_torch_threads
         from training.metrics.fid import FID_DIMS as BLOCKS
+
+        set_torch_threads(torch_threads)
 
         if dims not in BLOCKS:
             raise ValueError(f"dims must be one of {BLOCKS}, got {dims}")
@@ -366,11 +370,15 @@ class Classifier:
     Args:
         settings: the MLflow URI (default: the SYNTHRAY_* environment).
         max_images: images per ``classify`` call.
+        torch_threads: intra-op threads (0 = every usable CPU; Ray would leave one).
     """
 
-    def __init__(self, settings: Settings | None = None, max_images: int = MAX_CLASSIFY_IMAGES) -> None:
+    def __init__(self, settings: Settings | None = None, max_images: int = MAX_CLASSIFY_IMAGES,
+                 torch_threads: int = 0) -> None:
+        from infra.cpus import set_torch_threads
         from infra.tracking import configure
 
+        set_torch_threads(torch_threads)
         self._settings = settings or get_settings()
         self._mlflow = configure(self._settings)
         self._client = self._mlflow.MlflowClient()

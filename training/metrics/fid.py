@@ -47,7 +47,6 @@ store so a result can name exactly which weights produced it.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -61,6 +60,7 @@ import torch
 from torch.nn.functional import adaptive_avg_pool2d
 
 from infra.compat import ensure_torchvision
+from infra.cpus import available_cpus
 from infra.fid_weights import (
     STORE_PREFIX,
     FidWeights,
@@ -190,24 +190,12 @@ def inception(
 # -- features -----------------------------------------------------------------------------------
 
 
-def _available_cpus() -> int:
-    """CPUs this process may use: affinity mask, capped by a cgroup v2 CPU quota (containers)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cpus = min(cpus, max(1, int(int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, cpus)
-
-
 @contextmanager
 def _torch_threads(threads: int | None) -> Iterator[None]:
     """Run with at most the usable CPUs as intra-op threads (torch may count host cores in a
     container), then restore. ``set_num_threads`` is process-wide: don't extract concurrently."""
     before = torch.get_num_threads()
-    want = threads or min(before, _available_cpus())
+    want = threads or min(before, available_cpus())
     if want != before:
         torch.set_num_threads(want)
     try:
