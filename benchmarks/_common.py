@@ -13,3 +13,48 @@ def write_json(path: Path, report: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, path)
+
+
+def bench_generator(arch: str, name: str):
+    """Register an untrained ``arch`` generator as ``name@champion`` (the work per image is what
+    matters, not what it draws) and return (``name@champion``, the sampler loaded back from MLflow)."""
+    import torch
+
+    from infra.settings import get_settings
+    from training.model_registry import load_generator, log_generator
+    from training.models.registry import get_preset
+    from training.models.sampler import GeneratorSampler
+
+    settings = get_settings()
+    torch.manual_seed(0)
+    preset = get_preset(arch)
+    gen, _ = preset.build()
+    reg = log_generator(GeneratorSampler(gen, preset.latent_dim), name, alias="champion", settings=settings)
+    return f"{name}@champion", load_generator(reg.version_uri, settings)
+
+
+def serve_client(timeout: float = 300):
+    """Deploy the Serve app if it is not running; an httpx client with the API key, and the URL."""
+    import click
+    import httpx
+
+    from infra.settings import get_settings
+    from services import serve
+    from services.auth import client_key
+
+    settings = get_settings()
+    url = serve.up(settings, progress=click.echo)
+    headers = {"Authorization": f"Bearer {client_key(settings)}"}
+    return httpx.Client(base_url=url, headers=headers, timeout=timeout), url, headers
+
+
+def bench_dataset(n: int, size: int) -> str:
+    """``bench-train-SIZE``: n phantom radiographs, published once (later calls resolve it)."""
+    from training.datasets import catalog, publish_phantom
+    from training.phantom import PhantomSpec
+
+    name = f"bench-train-{size}"
+    cat = catalog()
+    if name in cat.datasets():
+        return str(cat.resolve(name))
+    return str(publish_phantom(n, PhantomSpec(size=size, seed=11), name=name, progress=lambda _: None).ref)

@@ -28,7 +28,7 @@ import click
 import httpx
 import numpy as np
 import psutil
-from _common import write_json
+from _common import bench_generator, serve_client, write_json
 
 NS = (1, 4, 16, 64)
 
@@ -110,25 +110,8 @@ def _interleaved(cases: dict, repeats: int) -> dict[str, list[float]]:
 @click.option("--ratio-only", is_flag=True, help="only phase 1 (HTTP vs in-process); no JSON written")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/http_load.json"), show_default=True)
 def main(arch, repeats, clients, seconds, overload_clients, overload_seconds, ratio_only, out) -> None:
-    import torch
-
-    from infra.settings import get_settings
-    from services import serve
-    from services.auth import client_key
-    from training.model_registry import load_generator, log_generator
-    from training.models.registry import get_preset
-    from training.models.sampler import GeneratorSampler
-
-    settings = get_settings()
-    torch.manual_seed(0)
-    preset = get_preset(arch)
-    gen, _ = preset.build()
-    reg = log_generator(GeneratorSampler(gen, preset.latent_dim), "bench-http", alias="champion", settings=settings)
-    url = serve.up(settings, progress=click.echo)
-    headers = {"Authorization": f"Bearer {client_key(settings)}"}
-    model = "bench-http@champion"
-    sampler = load_generator(reg.version_uri, settings)
-    http = httpx.Client(base_url=url, headers=headers, timeout=300)
+    model, sampler = bench_generator(arch, "bench-http")
+    http, url, headers = serve_client()
 
     def post(fmt: str):
         r = http.post("/v1/synthesize", json={"model": model, "n": 64, "seed": 1, "format": fmt})

@@ -81,6 +81,45 @@ def _catalog(r: dict) -> list[Row]:
                 1 / ratio >= 0.8)]
 
 
+def _batch(r: dict) -> list[Row]:
+    return [Row(f"batch job {r['n']} images ({r['shards']} shards) to S3 vs generation alone ({r['arch']})",
+                f"{r['batch_img_s']:.0f} img/s", f"{r['generation_alone_img_s']:.0f} img/s generation alone",
+                r["ratio"], "≥ 0.8", r["ratio"] >= 0.8)]
+
+
+def _faults(r: dict) -> list[Row]:
+    rows = []
+    if t := r.get("train"):
+        rows.append(Row("fault: Ray Train worker SIGKILLed mid-epoch",
+                        f"{t['completed_epochs_lost']} completed epochs lost, {t['partial_epoch_replayed_s']:.1f} s "
+                        f"replayed; resumed after {t['recovery_s']:.1f} s, next epoch after {t['next_epoch_after_s']:.1f} s",
+                        f"epoch ≈ {t['epoch_s']:.1f} s", None, "0 epochs lost, run finishes",
+                        t["completed_epochs_lost"] == 0 and t["final_epoch"] == t["epochs"] and t["run_status"] == "FINISHED"))
+    if i := r.get("s3-ingest"):
+        rows.append(Row("fault: S3 SIGKILLed mid-ingest, restarted",
+                        f"killed at {i['killed_at_blobs']}/{i['n']} blobs; version visible: {i['version_visible_after_outage']}; "
+                        f"retry: {i['retry_records']} records, {i['retry_bad_hashes']} bad hashes",
+                        f"publish failed after {i['failed_after_kill_s']:.1f} s", None, "nothing visible, retry intact",
+                        i["publish_error"] is not None and not i["version_visible_after_outage"]
+                        and i["retry_records"] == i["n"] and i["retry_bad_hashes"] == 0))
+    if b := r.get("s3-batch"):
+        rows.append(Row("fault: S3 SIGKILLed mid-batch job, restarted",
+                        f"{b['state_during_outage']} during the outage; manifest before done: "
+                        f"{b['manifest_visible_before_done']}; {'re-POSTed, ' if b['resubmitted'] else ''}"
+                        f"{b['shards_reused']} shards reused, {b['manifest_count']} images, {b['bad_hashes']} bad hashes",
+                        f"{b['outage_s']:.0f} s outage, done {b['completed_after_restart_s']:.0f} s after restart",
+                        None, "no partial manifest, retry intact",
+                        not b["manifest_visible_before_done"] and b["final_state"] == "succeeded"
+                        and b["manifest_count"] == b["n"] and b["bad_hashes"] == 0))
+    if v := r.get("serve"):
+        rows.append(Row("fault: Synthesizer replica SIGKILLed under load (clients retry)",
+                        f"{v['failed_requests']} failed of {v['requests']} requests ({v['failed_attempts']} failed "
+                        f"attempts retried); new replica after {v['new_replica_up_s']:.1f} s",
+                        f"max latency around the kill {v['max_latency_around_kill_s']:.1f} s, "
+                        f"p50 {v['p50_latency_s']:.2f} s", None, "0 failed requests", v["failed_requests"] == 0))
+    return rows
+
+
 # name → (command after `python`, JSON written, rows of the table)
 BENCHES: dict[str, tuple[list[str], Path, Callable[[dict], list[Row]]]] = {
     "generator": (["benchmarks/generator_forward.py"], OUT / "generator_forward.json", _generator),
@@ -88,6 +127,8 @@ BENCHES: dict[str, tuple[list[str], Path, Callable[[dict], list[Row]]]] = {
     "fid": (["benchmarks/fid.py", "--out", str(OUT / "fid.json")], OUT / "fid.json", _fid),
     "train": (["benchmarks/train_gan.py"], OUT / "train_gan.json", _train),
     "catalog": (["benchmarks/catalog_read.py"], OUT / "catalog_read.json", _catalog),
+    "batch": (["benchmarks/batch_throughput.py"], OUT / "batch_throughput.json", _batch),
+    "faults": (["benchmarks/fault_drills.py"], OUT / "fault_drills.json", _faults),
 }
 
 

@@ -22,25 +22,16 @@ from pathlib import Path
 
 import click
 import torch
-from _common import write_json
+from _common import bench_dataset, write_json
 
 from infra.cpus import available_cpus
 from infra.settings import get_settings
-from training.datasets import catalog, load_tensors, publish_phantom
+from training.datasets import load_tensors
 from training.gan_config import GanTrainConfig
 from training.gan_worker import build_pair, train_step
 from training.models.losses import make_loss
 from training.models.registry import get_preset
-from training.phantom import PhantomSpec
 from training.train_gan import train_gan
-
-
-def _dataset(n: int, size: int) -> str:
-    name = f"bench-train-{size}"
-    cat = catalog()
-    if name in cat.datasets():
-        return str(cat.resolve(name))
-    return str(publish_phantom(n, PhantomSpec(size=size, seed=11), name=name, progress=lambda _: None).ref)
 
 
 def plain_loop(cfg: GanTrainConfig, threads: int) -> dict:
@@ -88,7 +79,7 @@ def ray_train(cfg: GanTrainConfig) -> dict:
 def main(arch: str, images: int, epochs: int, workers: int, batch_size: int, out: Path) -> None:
     """Time Ray Train (W workers) against one plain PyTorch process on the same work."""
     preset = get_preset(arch)
-    dataset = _dataset(images, preset.image_size)
+    dataset = bench_dataset(images, preset.image_size)
     cfg = GanTrainConfig(dataset=dataset, arch=arch, epochs=epochs, workers=workers, batch_size=batch_size,
                          fid_every=0, grid_size=16, experiment="synthray-bench-train")
     # The plain baseline is the faster of 1 thread and all usable CPUs: intra-op threading of

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from training.render_layout import RENDER_LAYOUT
+
 # Rows per forward pass when sampling; fixed, because the pixels may depend on the batch shape.
 CHUNK = 64
 
@@ -78,8 +80,9 @@ class GeneratorSampler(nn.Module):
         z = torch.cat([z, z.new_zeros(pad, z.shape[1])])
         if labels is not None:
             labels = torch.cat([labels, labels.new_zeros(pad)])
+        forward = _channels_last_forward(self) if RENDER_LAYOUT == 2 else self
         chunks = [
-            self(z[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
+            forward(z[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
             for i in range(0, len(z), batch_size)
         ]
         return to_uint8(torch.cat(chunks)[:n])
@@ -94,6 +97,18 @@ class GeneratorSampler(nn.Module):
         if label is not None and not self.conditional:
             raise ValueError("label is only for conditional generators; this one is unconditional")
         return self.render(self.latents(n, seed), self.labels(n, label) if self.conditional else None, batch_size)
+
+
+def _channels_last_forward(module: nn.Module):
+    """``module``'s forward with its 4-D weights in channels_last copies, so every convolution
+    and upsampling after them runs channels_last. Copies, not ``module.to(...)``: a sampler may
+    wrap a generator that is still training (FID mid-run, under DDP), whose layout must not move.
+    """
+    from torch.func import functional_call
+
+    state = {name: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+             for name, t in [*module.named_parameters(), *module.named_buffers()]}
+    return lambda *args: functional_call(module, state, args)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

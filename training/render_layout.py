@@ -1,0 +1,12 @@
+"""Which activation layout ``GeneratorSampler.render`` uses, as a version number.
+
+It is part of the determinism contract (same request, same bytes): another layout runs other
+CPU kernels, which may flip a rounded pixel. Batch ids and manifests carry it, so a batch
+started under one layout is never resumed under another. Torch-free on purpose: the HTTP
+ingress computes batch ids without importing torch.
+
+1: NCHW. 2: channels_last, 1.9x the img/s of NCHW for the knee generator at batch 64 on CPU
+(docs/benchmarks.md).
+"""
+
+RENDER_LAYOUT = 2
