@@ -126,12 +126,13 @@ class Manifest:
             raise CatalogError(f"dataset {self.ref} has no subset {name!r} (subsets: {known})") from None
 
 
-def encode_png(pixels: np.ndarray, text: Mapping[str, str] | None = None) -> bytes:
+def encode_png(pixels: np.ndarray, text: Mapping[str, str] | None = None, compress_level: int = 6) -> bytes:
     """Deterministic PNG bytes of a uint8/uint16 grayscale or RGB array.
 
     Args:
         pixels: the image.
         text: optional ``tEXt`` chunks (key → Latin-1 value), written in sorted key order.
+        compress_level: zlib level. Catalog blobs keep 6 (their hashes are their names).
     """
     from PIL.PngImagePlugin import PngInfo
 
@@ -141,7 +142,7 @@ def encode_png(pixels: np.ndarray, text: Mapping[str, str] | None = None) -> byt
         for key in sorted(text):
             info.add_text(key, str(text[key]))
     buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG", optimize=False, pnginfo=info)
+    Image.fromarray(pixels).save(buf, format="PNG", optimize=False, pnginfo=info, compress_level=compress_level)
     return buf.getvalue()
 
 
