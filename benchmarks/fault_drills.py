@@ -263,7 +263,7 @@ def drill_serve(clients: int, seconds: float, kill_at_s: float) -> dict:
     around = [d for s, d, _, _ in records if s <= killed_at + replica_s and s + d >= killed_at]
     return {"clients": clients, "seconds": seconds, "requests": len(records), "killed_pid": victim,
             "new_replica_pids": sorted(new), "new_replica_up_s": replica_s,
-            "first_ok_started_after_kill_s": (min(ok_after) - killed_at) if ok_after else None,
+            "first_ok_after_kill_s": (min(ok_after) - killed_at) if ok_after else None,
             "failed_attempts": sum(a for *_, a in records), "requests_retried": sum(1 for *_, a in records if a),
             "failed_requests": sum(1 for _, _, code, _ in records if code != 200),
             "max_latency_around_kill_s": max(around) if around else None,

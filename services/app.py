@@ -25,6 +25,7 @@ and FastAPI then cannot resolve string annotations (the body turns into a query 
 """
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -33,6 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve import Application
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
@@ -61,6 +63,7 @@ from training.model_registry import GENERATOR_KIND, parse_model
 
 V1 = f"/{API_VERSION}"
 RETRY_AFTER_S = 2
+log = logging.getLogger("ray.serve")
 
 api = FastAPI(
     title="synthray",
@@ -136,6 +139,12 @@ async def _call(response, uploads: bool = False) -> Any:
         retry = exc.retry_after_s or RETRY_AFTER_S
         raise HTTPException(503, f"overloaded, retry later: {exc.message}",
                             headers={"Retry-After": str(max(1, round(retry)))}) from None
+    except (RayActorError, ActorUnavailableError) as exc:
+        # The replica died mid-request (Serve starts another in seconds): transient, and every
+        # call here is idempotent, so say "retry" (503) rather than "bug" (500).
+        log.warning("replica lost during a request: %s", str(exc).splitlines()[0])
+        raise HTTPException(503, "a serving replica restarted during the request; retry",
+                            headers={"Retry-After": str(RETRY_AFTER_S)}) from None
     if _is_failure(value):
         _raise_failure(value, uploads)
     return value
