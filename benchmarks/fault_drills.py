@@ -179,9 +179,12 @@ def drill_s3_batch(n: int, outage_s: float) -> dict:
     bid = http.post("/v1/batches", json=body).raise_for_status().json()["batch_id"]
 
     def status() -> dict:
-        return http.get(f"/v1/batches/{bid}").raise_for_status().json()
+        r = http.get(f"/v1/batches/{bid}")
+        if r.status_code == 503:  # S3 down and no live coordinator to ask: the API says "retry"
+            return {"state": f"unknown (503, Retry-After {r.headers.get('retry-after')})", "progress": {}}
+        return r.raise_for_status().json()
 
-    _wait_for("two shards", lambda: status()["progress"]["shards_done"] >= 2, 600)
+    _wait_for("two shards", lambda: status()["progress"].get("shards_done", 0) >= 2, 600)
     before = status()["progress"]
     killed_at = _kill_s3(stack)
     click.echo(f"s3-batch: {bid} at {before['shards_done']}/{before['shards_total']} shards, SeaweedFS killed")
@@ -193,7 +196,7 @@ def drill_s3_batch(n: int, outage_s: float) -> dict:
     restarted = time.monotonic()
     manifest_during = store.exists(manifest_key(bid)) if during["state"] != "succeeded" else None
     final = _wait_for("the batch to end", lambda: (s := status())["state"] not in ("queued", "running") and s, 900)
-    resubmitted = final["state"] != "succeeded"
+    resubmitted, error_after_restart = final["state"] != "succeeded", final.get("error")
     if resubmitted:  # a failed batch is resumed by POSTing it again: same id, written shards kept
         click.echo(f"s3-batch: {final['state']} ({final.get('error')}); re-POSTing the same request")
         again = http.post("/v1/batches", json=body).raise_for_status().json()
@@ -209,6 +212,7 @@ def drill_s3_batch(n: int, outage_s: float) -> dict:
             "state_during_outage": during["state"], "error_during_outage": during.get("error"),
             "manifest_visible_before_done": manifest_during, "resubmitted": resubmitted,
             "final_state": final["state"], "shards_reused": final["progress"]["shards_reused"],
+            "error_after_restart": error_after_restart,
             "manifest_count": manifest.get("count"), "bad_hashes": len(bad), "s3_restart_s": restarted - t0,
             "completed_after_restart_s": done_s}
 
@@ -278,7 +282,7 @@ DRILLS = ("train", "s3-ingest", "s3-batch", "serve")
 @click.option("--epochs", type=click.IntRange(3, 20), default=4, show_default=True, help="train drill")
 @click.option("--images", type=click.IntRange(64), default=640, show_default=True, help="train drill dataset")
 @click.option("--ingest-n", type=click.IntRange(10, 20000), default=3000, show_default=True)
-@click.option("--batch-n", type=click.IntRange(100, 100_000), default=8000, show_default=True)
+@click.option("--batch-n", type=click.IntRange(100, 100_000), default=20000, show_default=True)
 @click.option("--outage", "outage_s", type=click.FloatRange(1, 300), default=20, show_default=True,
               help="seconds S3 stays down in the batch drill")
 @click.option("--clients", type=click.IntRange(1, 32), default=4, show_default=True, help="serve drill")

@@ -23,6 +23,10 @@ class ObjectStoreError(RuntimeError):
     """The object store could not be reached or refused a request."""
 
 
+class ObjectStoreUnavailable(ObjectStoreError):
+    """The object store did not answer (down, restarting): transient, worth a retry."""
+
+
 class ObjectNotFoundError(KeyError):
     """A key that should exist does not. The message names the full s3:// URI."""
 
@@ -75,8 +79,8 @@ class ObjectStore:
         except EndpointConnectionError as exc:
             raise self._unreachable() from exc
 
-    def _unreachable(self) -> ObjectStoreError:
-        return ObjectStoreError(
+    def _unreachable(self) -> ObjectStoreUnavailable:
+        return ObjectStoreUnavailable(
             f"cannot reach the object store at {self.settings.s3_endpoint_url} "
             f"(is the local stack up? run 'synthray stack up')"
         )

@@ -39,6 +39,7 @@ from ray.serve import Application
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
+from infra.object_store import ObjectStoreUnavailable
 from infra.settings import get_settings
 from services import metrics
 from services.auth import KeyChecker
@@ -105,6 +106,13 @@ async def _count(request: Request, call_next):
     metrics.REQUESTS.labels(request.method, route, str(response.status_code)).inc()
     metrics.LATENCY.labels(request.method, route).observe(time.perf_counter() - start)
     return response
+
+
+@api.exception_handler(ObjectStoreUnavailable)
+async def _store_unavailable(request: Request, exc: ObjectStoreUnavailable) -> JSONResponse:
+    """S3 down or restarting (batch status, FID references...): a 503 to retry, not a 500."""
+    return JSONResponse({"detail": f"object store unavailable, retry later: {exc}"}, status_code=503,
+                        headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 def field_error(field: str, msg: str, value: Any = None, kind: str = "value_error") -> RequestValidationError:

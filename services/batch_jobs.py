@@ -528,8 +528,9 @@ def _finish(status: dict[str, Any], settings: Settings, live: bool) -> dict[str,
     status = dict(status)
     if not live and status["state"] not in TERMINAL:
         # status.json says "running" but no coordinator exists (Ray restarted, actor killed).
-        status |= {"state": FAILED, "error": "the batch's coordinator is gone (Ray restarted?); "
-                                             "submit the same request again to resume it"}
+        status |= {"state": FAILED, "error": "the batch's coordinator is gone (Ray restarted, or the object store "
+                                             "was down when it tried to record its end); submit the same request "
+                                             "again to resume it"}
     store = ObjectStore(settings)
     bid = status["batch_id"]
     status |= {"prefix": store.uri(prefix(bid)), "status_uri": store.uri(status_key(bid)),
