@@ -25,6 +25,8 @@ import hashlib
 import os
 import platform
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -74,6 +76,8 @@ def drill_train(epochs: int, images: int) -> dict:
 
     arch = "wgan-gp-knee-small"
     settings = get_settings()
+    # 2 workers x 1 CPU do not fit next to the Serve app on a 2-CPU head (Train waits, then times out).
+    subprocess.run([sys.executable, "-m", "services.cli", "serve", "down"], check=True)
     dataset = bench_dataset(images, get_preset(arch).image_size)
     cfg = GanTrainConfig(dataset=dataset, arch=arch, epochs=epochs, workers=2, batch_size=32, fid_every=0,
                          grid_size=16, max_failures=1, experiment="synthray-bench-faults")
