@@ -10,8 +10,9 @@ FLOPs). The limit is the machine's own fp32 matmul rate, measured here with larg
 Variants, each at batch 1, 16 and 64, best of ``--repeats`` timed passes after a warm-up:
 ``no_grad`` (the plain eval forward), ``inference_mode``, ``channels_last`` (+ inference mode),
 ``threads=1`` (one intra-op thread), ``compile`` (``torch.compile``, inference mode) and
-``compile+channels_last``. The
-chosen variant for serving is the best at batch 64. Prints a table and writes JSON.
+``compile+channels_last``. ``GeneratorSampler.render`` (serving, batch jobs) runs channels_last
+under inference mode: the best variant that needs no compiler and no per-process compile time.
+Prints a table and writes JSON.
 """
 
 from __future__ import annotations

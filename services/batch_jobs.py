@@ -420,7 +420,8 @@ class _Coordinator:
             _reraise((await asyncio.wait(pending))[0])
 
     async def _shard(self, shard: Shard) -> None:
-        ref = _generate_shard.options(name=f"{self.job.batch_id}/{shard.index}").remote(
+        ref = _generate_shard.options(name=f"{self.job.batch_id}/{shard.index}",
+                                      num_cpus=self.job.settings.batch_shard_cpus).remote(
             self.job, shard, self.fail_once)
         self.inflight[shard.index] = ref
         try:

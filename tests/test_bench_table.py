@@ -40,3 +40,37 @@ def test_markdown_table_has_one_row_per_measure() -> None:
     lines = run_all.markdown(rows).splitlines()
     assert lines[0] == "| measure | value | limit or reference | ratio | goal | pass |"
     assert lines[2] == "| a | 1 | 2 | 0.5 | ≥ 0.6 | **no** |" and lines[3] == "| b | x | y | – | 0 errors | yes |"
+
+
+def test_batch_row_is_batch_over_generation_alone() -> None:
+    report = {"n": 8000, "shards": 8, "arch": "wgan-gp-knee-small", "batch_img_s": 300.0,
+              "generation_alone_img_s": 400.0, "ratio": 0.75}
+    (row,) = run_all._batch(report)
+    assert row.ratio == 0.75 and row.passed is False and "8 shards" in row.measure
+    assert run_all._batch(report | {"ratio": 0.9})[0].passed is True
+
+
+def _faults() -> dict:
+    return {
+        "train": {"completed_epochs_lost": 0, "partial_epoch_replayed_s": 11.4, "recovery_s": 11.8,
+                  "next_epoch_after_s": 27.0, "epoch_s": 21.8, "final_epoch": 4, "epochs": 4, "run_status": "FINISHED"},
+        "s3-ingest": {"killed_at_blobs": 900, "n": 3000, "version_visible_after_outage": False, "retry_records": 3000,
+                      "retry_bad_hashes": 0, "failed_after_kill_s": 0.01, "publish_error": "ObjectStoreUnavailable"},
+        "s3-batch": {"state_during_outage": "unknown (503)", "manifest_visible_before_done": False, "resubmitted": True,
+                     "shards_reused": 2, "manifest_count": 20000, "n": 20000, "bad_hashes": 0, "outage_s": 37.0,
+                     "completed_after_restart_s": 39.0, "final_state": "succeeded"},
+        "serve": {"failed_requests": 0, "requests": 418, "failed_attempts": 3, "new_replica_up_s": 7.1,
+                  "max_latency_around_kill_s": 10.2, "p50_latency_s": 0.33},
+    }
+
+
+def test_fault_rows_pass_only_when_nothing_is_lost_or_half_written() -> None:
+    rows = run_all._faults(_faults())
+    assert [r.passed for r in rows] == [True, True, True, True]
+    broken = _faults()
+    broken["train"]["completed_epochs_lost"] = 1
+    broken["s3-ingest"]["version_visible_after_outage"] = True
+    broken["s3-batch"]["bad_hashes"] = 1
+    broken["serve"]["failed_requests"] = 2
+    assert [r.passed for r in run_all._faults(broken)] == [False, False, False, False]
+    assert run_all._faults({"serve": _faults()["serve"]})[0].measure.startswith("fault: Synthesizer")

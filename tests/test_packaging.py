@@ -79,6 +79,19 @@ def test_npz_loads_without_pickle() -> None:
         assert npz["images"].shape == (4, 16, 12)
 
 
+@pytest.mark.parametrize("compress", [False, True])
+def test_npz_is_stored_unless_compressed_and_both_read_back(compress: bool) -> None:
+    smooth = np.repeat(np.arange(64, dtype=np.uint8)[None, :, None], 64, axis=2).repeat(4, axis=0)  # compresses well
+    data = to_npz(smooth, META, compress=compress)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        kinds = {info.compress_type for info in zf.infolist()}
+    assert kinds == {zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED}
+    np.testing.assert_array_equal(read_images(data), smooth)
+    assert to_npz(smooth, META, compress=compress) == data
+    if compress:
+        assert len(data) < len(to_npz(smooth, META)) / 4
+
+
 @pytest.mark.parametrize("pack", PACKERS)
 @pytest.mark.parametrize("bad", [np.zeros((0, 4, 4), np.uint8), np.zeros((2, 4, 4), np.float32), np.zeros((4, 4), np.uint8)])
 def test_rejects_wrong_arrays(pack, bad) -> None:
