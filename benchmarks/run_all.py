@@ -67,6 +67,13 @@ def _fid(r: dict) -> list[Row]:
                 r["time_ratio_cached_reference"] <= 0.5)]
 
 
+def _inception(r: dict) -> list[Row]:
+    used = r["rows"]["inference_mode"]
+    return [Row(f"FID Inception forward ({r['size']}² → 299², batch {r['batch']}, as extracted)",
+                f"{used['img_s']:.1f} img/s", f"{r['limit_img_s']:.1f} img/s = {r['matmul_gflops']:.0f} GFLOP/s ÷ "
+                f"{r['gflop_per_image']:.2f} GFLOP", used["ratio_to_limit"], "context (no goal)", None)]
+
+
 def _train(r: dict) -> list[Row]:
     return [Row(f"Ray Train {r['ray_train']['workers']} workers vs plain loop ({r['arch']})",
                 f"{r['ray_train']['steady_img_s']:.1f} img/s", f"{r['plain']['steady_img_s']:.1f} img/s plain",
@@ -124,6 +131,7 @@ def _faults(r: dict) -> list[Row]:
 BENCHES: dict[str, tuple[list[str], Path, Callable[[dict], list[Row]]]] = {
     "generator": (["benchmarks/generator_forward.py"], OUT / "generator_forward.json", _generator),
     "http": (["benchmarks/http_load.py"], OUT / "http_load.json", _http),
+    "inception": (["benchmarks/inception_forward.py"], OUT / "inception_forward.json", _inception),
     "fid": (["benchmarks/fid.py", "--out", str(OUT / "fid.json")], OUT / "fid.json", _fid),
     "train": (["benchmarks/train_gan.py"], OUT / "train_gan.json", _train),
     "catalog": (["benchmarks/catalog_read.py"], OUT / "catalog_read.json", _catalog),

@@ -74,3 +74,11 @@ def test_fault_rows_pass_only_when_nothing_is_lost_or_half_written() -> None:
     broken["serve"]["failed_requests"] = 2
     assert [r.passed for r in run_all._faults(broken)] == [False, False, False, False]
     assert run_all._faults({"serve": _faults()["serve"]})[0].measure.startswith("fault: Synthesizer")
+
+
+def test_inception_row_is_context_against_the_matmul_limit() -> None:
+    report = {"size": 64, "batch": 50, "limit_img_s": 16.5, "matmul_gflops": 189.0, "gflop_per_image": 11.42,
+              "rows": {"inference_mode": {"img_s": 8.4, "ratio_to_limit": 0.51},
+                       "channels_last": {"img_s": 12.9, "ratio_to_limit": 0.78}}}
+    (row,) = run_all._inception(report)
+    assert row.ratio == 0.51 and row.passed is None and "299" in row.measure and "11.42 GFLOP" in row.reference

@@ -1,0 +1,79 @@
+"""FID's Inception forward against the machine's compute limit (issue 10, item 4, third part).
+
+pytorch-fid's ``InceptionV3`` (2048-d pool features, the provisioned FID weights) on 64×64 inputs,
+which it resizes to 299×299 itself, as in ``synthray eval fid``. FLOPs per image come from
+``FlopCounterMode``; the limit is this process's fp32 matmul rate (as for the generator)::
+
+    limit img/s = matmul GFLOP/s ÷ GFLOP per image       ratio = measured img/s ÷ limit
+
+Variants at ``--batch`` images, best of ``--repeats``: ``inference_mode`` (what feature
+extraction runs) and ``channels_last`` (+ inference mode, a copy of the model). Writes JSON.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import time
+from pathlib import Path
+
+import click
+import torch
+from _common import write_json
+from generator_forward import matmul_gflops
+
+from infra.cpus import set_torch_threads
+from training.metrics.fid import inception
+
+
+def gflop_per_image(model: torch.nn.Module, size: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(torch.rand(2, 3, size, size))
+    return counter.get_total_flops() / 2 / 1e9
+
+
+def best_img_s(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
+    with torch.inference_mode():
+        model(x)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            best = min(best, time.perf_counter() - t0)
+    return len(x) / best
+
+
+@click.command()
+@click.option("--size", type=click.IntRange(16, 512), default=64, show_default=True, help="input side (resized to 299)")
+@click.option("--batch", type=click.IntRange(1, 256), default=50, show_default=True)
+@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/inception_forward.json"),
+              show_default=True)
+def main(size: int, batch: int, repeats: int, out: Path) -> None:
+    threads = set_torch_threads()
+    model = inception(dims=2048)
+    gflop = gflop_per_image(model, size)
+    limit_gflops = matmul_gflops()
+    limit = limit_gflops / gflop
+    click.echo(f"InceptionV3 (FID, 2048-d) at {size}² → 299²: {gflop:.2f} GFLOP/image; fp32 matmul "
+               f"{limit_gflops:.1f} GFLOP/s on {threads} thread(s) → limit {limit:.1f} img/s")
+    x = torch.rand(batch, 3, size, size)
+    variants = {"inference_mode": (model, x),
+                "channels_last": (copy.deepcopy(model).to(memory_format=torch.channels_last),
+                                  x.contiguous(memory_format=torch.channels_last))}
+    rows = {}
+    for name, (m, inp) in variants.items():
+        rate = best_img_s(m, inp, repeats)
+        rows[name] = {"img_s": rate, "ratio_to_limit": rate / limit}
+        click.echo(f"  {name:<16} batch {batch}: {rate:6.1f} img/s  {rate / limit:6.1%} of the limit")
+    write_json(out, {"bench": "inception_forward", "size": size, "batch": batch, "gflop_per_image": gflop,
+                     "matmul_gflops": limit_gflops, "limit_img_s": limit, "rows": rows, "threads": threads,
+                     "torch": torch.__version__, "machine": platform.platform(), "date": time.strftime("%Y-%m-%d")})
+    click.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
