@@ -54,16 +54,15 @@ def flops_per_image(generator: torch.nn.Module, latent_dim: int) -> float:
     return counter.get_total_flops() / 4
 
 
-def _time(fn, batch: int, latent_dim: int, repeats: int) -> float:
-    """Best img/s of ``fn(z)`` over ``repeats`` passes (after one warm-up pass)."""
-    z = torch.randn(batch, latent_dim)
-    fn(z)
+def best_img_s(fn, x: torch.Tensor, repeats: int) -> float:
+    """Best img/s of ``fn(x)`` over ``repeats`` passes (after one warm-up pass)."""
+    fn(x)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fn(z)
+        fn(x)
         best = min(best, time.perf_counter() - t0)
-    return batch / best
+    return len(x) / best
 
 
 def variants(generator: torch.nn.Module, allow_compile: bool) -> dict:
@@ -134,7 +133,7 @@ def main(arch: str, repeats: int, allow_compile: bool, out: Path) -> None:
         torch.set_num_threads(threads)
         for batch in BATCHES:
             try:
-                rate = _time(fn, batch, preset.latent_dim, repeats)
+                rate = best_img_s(fn, torch.randn(batch, preset.latent_dim), repeats)
             except Exception as err:  # torch.compile needs a C++ toolchain; report, don't abort the bench
                 click.echo(f"  {name:<22} batch {batch:>3}: failed ({type(err).__name__}: {str(err)[:120]})")
                 break

@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 import torch
 from _common import write_json
-from generator_forward import matmul_gflops
+from generator_forward import best_img_s, matmul_gflops
 
 from infra.cpus import set_torch_threads
 from training.metrics.fid import inception
@@ -33,17 +33,6 @@ def gflop_per_image(model: torch.nn.Module, size: int) -> float:
     with torch.inference_mode(), counter:
         model(torch.rand(2, 3, size, size))
     return counter.get_total_flops() / 2 / 1e9
-
-
-def best_img_s(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
-    with torch.inference_mode():
-        model(x)
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(x)
-            best = min(best, time.perf_counter() - t0)
-    return len(x) / best
 
 
 @click.command()
@@ -66,7 +55,8 @@ def main(size: int, batch: int, repeats: int, out: Path) -> None:
                                   x.contiguous(memory_format=torch.channels_last))}
     rows = {}
     for name, (m, inp) in variants.items():
-        rate = best_img_s(m, inp, repeats)
+        with torch.inference_mode():
+            rate = best_img_s(m, inp, repeats)
         rows[name] = {"img_s": rate, "ratio_to_limit": rate / limit}
         click.echo(f"  {name:<16} batch {batch}: {rate:6.1f} img/s  {rate / limit:6.1%} of the limit")
     write_json(out, {"bench": "inception_forward", "size": size, "batch": batch, "gflop_per_image": gflop,
