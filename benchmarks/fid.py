@@ -42,7 +42,7 @@ CLI = (
 
 
 def _write_phantoms(folder: Path, n: int, seed: int) -> None:
-    from training.phantom import PhantomSpec, make_phantom
+    from training.catalog.phantom import PhantomSpec, make_phantom
 
     folder.mkdir(parents=True)
     for i, img in enumerate(make_phantom(n, PhantomSpec(size=64, seed=seed))):
@@ -55,7 +55,7 @@ def _ours(a: Path, b: Path, batch_size: int) -> dict:
     from infra.compat import ensure_torchvision
 
     ensure_torchvision()
-    from training.metrics.fid import (
+    from training.evaluate.fid import (
         features,
         fid_weights,
         frechet_distance,
@@ -63,7 +63,7 @@ def _ours(a: Path, b: Path, batch_size: int) -> dict:
         sqrt_psd,
         statistics,
     )
-    from training.metrics.images import load_image_folder
+    from training.evaluate.images import load_image_folder
 
     t_import = time.perf_counter()
     real, fake = load_image_folder(a).images, load_image_folder(b).images

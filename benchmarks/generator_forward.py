@@ -27,7 +27,7 @@ import torch
 from _common import write_json
 
 from infra.cpus import available_cpus
-from training.models.registry import get_preset
+from training.nets.presets import get_preset
 
 BATCHES = (1, 16, 64)
 

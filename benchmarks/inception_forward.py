@@ -23,7 +23,7 @@ from _common import write_json
 from generator_forward import best_img_s, matmul_gflops
 
 from infra.cpus import set_torch_threads
-from training.metrics.fid import inception
+from training.evaluate.fid import inception
 
 
 def gflop_per_image(model: torch.nn.Module, size: int) -> float:

@@ -1,7 +1,7 @@
 """Training throughput: Ray Train with W workers (DDP) vs a plain single-process PyTorch loop.
 
 Both sides train the same preset with the same global batch on the same catalog images with
-the same step function (:func:`training.gan_worker.train_step`); the plain loop runs in this
+the same step function (:func:`training.gan.loop.train_step`); the plain loop runs in this
 process, with 1 torch thread and with every usable CPU (the better one is the baseline), Ray
 Train runs W single-threaded workers that all-reduce gradients every step. Reported:
 
@@ -26,12 +26,12 @@ from _common import bench_dataset, write_json
 
 from infra.cpus import available_cpus
 from infra.settings import get_settings
-from training.datasets import load_tensors
-from training.gan_config import GanTrainConfig
-from training.gan_worker import build_pair, train_step
-from training.models.losses import make_loss
-from training.models.registry import get_preset
-from training.train_gan import train_gan
+from training.catalog.selection import load_tensors
+from training.gan.config import GanTrainConfig
+from training.gan.loop import build_pair, train_step
+from training.gan.losses import make_loss
+from training.nets.presets import get_preset
+from training.gan.trainer import train_gan
 
 
 def plain_loop(cfg: GanTrainConfig, threads: int) -> dict:

@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 
 from infra.settings import Settings
-from services.auth import client_key
-from services.serve import base_url
+from services.serving.auth import client_key
+from services.serving.deploy import base_url
 
 Echo = Callable[[str], None]
 

@@ -129,7 +129,7 @@ def s3_only():
 @pytest.fixture
 def catalog(stack: Settings):
     """A catalog on its own ObjectStore instance, so fault injection stays test-local."""
-    from infra.catalog import Catalog
+    from training.catalog.store import Catalog
     from infra.object_store import ObjectStore
 
     store = ObjectStore(stack)

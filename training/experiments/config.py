@@ -23,7 +23,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from training.classifier_config import ClassifierTrainConfig
+from training.classify.config import ClassifierTrainConfig
 
 GRIDS = ("knee-table5", "fracture-table4", "spine-methods", "custom")
 BASELINE = "Real"
@@ -111,7 +111,7 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
-        from training.metrics.classification import CLASSIFICATION_METRICS
+        from training.evaluate.classification import CLASSIFICATION_METRICS
 
         if self.metric not in CLASSIFICATION_METRICS:
             raise ValueError(f"metric {self.metric!r} is not one of {', '.join(sorted(CLASSIFICATION_METRICS))}")

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from infra.catalog import ImageRecord, Manifest
-from training.classifier_worker import ClassifierData, ClassifierJob
+from training.catalog.store import ImageRecord, Manifest
+from training.classify.loop import ClassifierData, ClassifierJob
 from training.experiments.config import Cell, ExperimentConfig
 
 Progress = Callable[[str], None]
@@ -84,7 +84,7 @@ def resolve_sources(cfg: ExperimentConfig, cells: list[Cell], classes: list[str]
     """(set, class) → :class:`SyntheticSource` for every pair a cell draws from, with the version."""
     import json
 
-    from training.model_registry import resolve_version
+    from training.registry.generators import resolve_version
 
     needed = {(c.generators, name) for c in cells for name, n in c.synthetic.items() if n}
     sources, versions = {}, {}
@@ -129,7 +129,7 @@ class Synthesized:
 def synthesize(cfg: ExperimentConfig, cells: list[Cell], sources: dict, pools: RealPools, size: tuple[int, int],
                settings, progress: Progress) -> Synthesized:
     """Generate each pool once (the largest count any cell needs) and, for TRTS, a test set per set."""
-    from training.model_registry import load_generator
+    from training.registry.generators import load_generator
 
     loaded: dict = {}
     out = Synthesized()

@@ -13,8 +13,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from infra.catalog import Catalog, ImageRecord
-from training.splits import overlap
+from training.catalog.store import Catalog, ImageRecord
+from training.catalog.splits import overlap
 
 
 class LeakageError(ValueError):
@@ -33,7 +33,7 @@ class Lineage:
 
 def lineage(version, catalog: Catalog) -> Lineage:
     """The training records of a registered generator version (from its ``dataset*`` tags)."""
-    from training.datasets import select_records
+    from training.catalog.selection import select_records
 
     model = f"models:/{version.name}/{version.version}"
     tags = version.tags or {}

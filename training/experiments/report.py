@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from training.classifier_worker import JobResult
+from training.classify.loop import JobResult
 from training.experiments.config import Cell, ExperimentConfig
-from training.metrics.classification import classification_metrics, metric_value
-from training.metrics.compare import MeanCI, PairedTest, mean_ci, paired_permutation_test
+from training.evaluate.classification import classification_metrics, metric_value
+from training.evaluate.compare import MeanCI, PairedTest, mean_ci, paired_permutation_test
 
 # Column → (source, metric): "test"/"val" metrics of the selected epoch.
 COLUMNS = {

@@ -63,7 +63,7 @@ class ExperimentResult:
 
 def plan(cfg: ExperimentConfig, settings: Settings | None = None) -> Plan:
     """Validate against the catalog and the registry; raises with one clear line on bad input or leakage."""
-    from training.datasets import catalog
+    from training.catalog.selection import catalog
 
     settings = settings or get_settings()
     cat = catalog(settings)
@@ -123,8 +123,8 @@ def _record_cas(client, p: Plan, rows: list[Row], parent_run_id: str) -> None:
 
 def run_experiment(cfg: ExperimentConfig, settings: Settings | None = None, progress: Progress = print) -> ExperimentResult:
     """Run the whole grid; see the module docstring."""
-    from training.datasets import catalog
-    from training.train_classifier import classifier_name, fit_classifiers, pretrained_tags, register_classifier
+    from training.catalog.selection import catalog
+    from training.classify.trainer import classifier_name, fit_classifiers, pretrained_tags, register_classifier
 
     settings = settings or get_settings()
     p = plan(cfg, settings)

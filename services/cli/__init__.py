@@ -1,0 +1,1 @@
+"""The one console entry point, ``synthray``: every command group (``main.main`` is the root)."""

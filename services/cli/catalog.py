@@ -1,0 +1,300 @@
+"""``synthray catalog …``: publish, inspect, verify, re-split and export dataset versions."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import click
+
+from infra.settings import get_settings
+
+LAYOUT_NAMES = ("imagefolder", "chen-kl", "mura", "csv")
+PRESET_NAMES = ("none", "knee")
+
+
+def _errors(fn):
+    """Bad input and store failures become one ``Error: …`` line (exit 1), not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from training.catalog.store import CatalogError
+        from infra.object_store import ObjectStoreError
+
+        try:
+            return fn(*args, **kwargs)
+        except (CatalogError, ObjectStoreError, ValueError, OSError) as err:
+            raise click.ClickException(str(err)) from None
+
+    return wrapper
+
+
+def _open():
+    from training.catalog.selection import catalog
+
+    return catalog(get_settings())
+
+
+def _fractions(_ctx, _param, text: str | None) -> dict[str, float] | None:
+    """``train=0.8,val=0.1,test=0.1`` → dict (validated again by the splitter)."""
+    if text is None:
+        return None
+    try:
+        pairs = [t.split("=") for t in text.split(",") if t.strip()]
+        return {k.strip(): float(v) for k, v in pairs}
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: use SPLIT=FRACTION[,…], e.g. train=0.8,val=0.1,test=0.1") from None
+
+
+def _pairs(_ctx, param, values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for value in values:
+        key, sep, rest = value.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{value!r}: use NAME=…", param=param)
+        out[key.strip()] = rest
+    return out
+
+
+def _echo_report(report: dict) -> None:
+    """The counts a person checks after an ingest, one table at a time."""
+    click.echo(f"  ingested {report['ingested']} of {report['scanned']} files; skipped {report['skipped'] or 'none'}")
+    if report.get("excluded_by_merge"):
+        click.echo(f"  excluded by --merge/--classes: {report['excluded_by_merge']}")
+    for problem in report["problems"][:20]:
+        click.echo(f"  skipped {problem['kind']:<11} {problem['path']}: {problem['reason']}")
+    if len(report["problems"]) > 20:
+        click.echo(f"  … {len(report['problems']) - 20} more in report.json")
+    click.echo(f"  per class: {report['per_class']}")
+    for split, counts in report["per_split"].items():
+        click.echo(f"  {split:<6} {counts}")
+    click.echo(f"  patients: {report['patients']}; shared between splits: {report['patient_overlap_between_splits']}")
+    for step, counts in report["step_counts"].items():
+        click.echo(f"  {step:<24} {counts}")
+    if report["focus_bands"]:
+        click.echo(f"  focus bands: {report['focus_bands']}")
+    for step, score in report["detectors"].items():
+        click.echo(
+            f"  detector {step:<16} vs truth '{score['truth']}': accuracy {score['accuracy']:.3f} "
+            f"precision {score['precision']:.3f} recall {score['recall']:.3f} (n={score['n']}, positives {score['positives']})"
+        )
+
+
+def _save_report(cat, result, report_dir: Path | None) -> None:
+    """Report and contact sheets next to the manifest in S3, and (optionally) on disk for a look."""
+    from training.catalog.store import encode_png
+
+    manifest = result.manifest
+    click.echo(f"  report and contact sheets: {cat.store.uri(cat.attachment_key(manifest.name, manifest.version, ''))}")
+    if report_dir is None:
+        return
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "report.json").write_text(json.dumps(result.report, indent=1, sort_keys=True))
+    for name, sheet in result.sheets.items():
+        (report_dir / f"{name}.png").write_bytes(encode_png(sheet))
+    click.echo(f"  written to {report_dir}/ (report.json{', ' + str(len(result.sheets)) + ' contact sheets' if result.sheets else ''})")
+
+
+def _preprocess_options(fn):
+    for option in reversed([
+        click.option("--preprocess", "preset", type=click.Choice(PRESET_NAMES), default="none", show_default=True,
+                     help="preprocessing preset; 'knee' = flip, invert negatives, equalize, resize, focus"),
+        click.option("--resize", "size", type=click.IntRange(16, 4096), default=None,
+                     help="resize target of the knee preset [default: 210; the phantom's own size for `phantom`]"),
+        click.option("--focus-threshold", type=click.FloatRange(0), default=350.0, show_default=True,
+                     help="Laplacian-variance score below which images go to subset 'rejected'"),
+        click.option("--flip-detector", default="fibula", show_default=True, help="lateral-side detector"),
+        click.option("--negative-detector", default="border", show_default=True, help="negative-image detector"),
+        click.option("--focus-sweep", is_flag=True, help="contact sheets of the focus bands 0/175/350/525"),
+        click.option("--engine", type=click.Choice(("threads", "ray")), default="threads", show_default=True,
+                     help="read + preprocess in this process, or with Ray Data on the cluster"),
+        click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="also write report.json and contact sheets here"),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+@click.group("catalog")
+def catalog() -> None:
+    """Datasets in the object store, addressed as name@version."""
+
+
+@catalog.command("phantom")
+@click.option("--n", "n", type=click.IntRange(1, 1_000_000), default=1000, show_default=True, help="images")
+@click.option("--size", "phantom_size", type=click.IntRange(32, 1024), default=210, show_default=True, help="side in pixels")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--name", default="phantom-knee", show_default=True, help="dataset name")
+@click.option("--merge", "merges", multiple=True, metavar="NEW=L1,L2",
+              help="merge grades into a class, e.g. --merge KL01=0,1 --merge KL234=2,3,4 (the knee paper's two classes)")
+@_preprocess_options
+@_errors
+def catalog_phantom(n, phantom_size, seed, name, merges, preset, size, focus_threshold, flip_detector,
+                    negative_detector, focus_sweep, engine, report_dir) -> None:
+    """Publish the procedural knee-radiograph PHANTOM (not medical data), scored against its ground truth."""
+    from training.catalog.selection import ingest_phantom
+    from training.catalog.ingest import IngestOptions, parse_merge
+    from training.catalog.phantom import PhantomSpec
+
+    options = IngestOptions(
+        name=name, layout="csv", preset=preset, size=size or phantom_size, focus_threshold=focus_threshold,
+        flip_detector=flip_detector, negative_detector=negative_detector, seed=seed, focus_sweep=focus_sweep,
+        engine=engine, merges=dict(parse_merge(m) for m in merges),
+    )
+    cat = _open()
+    result = ingest_phantom(n, PhantomSpec(size=phantom_size, seed=seed), options, cat, click.echo)
+    _echo_report(result.report)
+    _save_report(cat, result, report_dir)
+    click.echo(str(result.manifest.ref))
+
+
+@catalog.command("ingest")
+@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.option("--name", required=True, help="dataset name (lowercase, digits, . _ -)")
+@click.option("--layout", type=click.Choice(LAYOUT_NAMES), required=True, help="source layout")
+@_preprocess_options
+@click.option("--merge", "merges", multiple=True, metavar="NEW=L1,L2",
+              help="merge source labels (names or indices) into a class, e.g. --merge KL01=0,1 --merge KL234=2,3,4")
+@click.option("--classes", default=None, help="fixed class order, comma-separated (labels outside are excluded)")
+@click.option("--split", "fractions", default="train=0.8,val=0.1,test=0.1", show_default=True, callback=_fractions,
+              help="fractions for patient-level splits when the layout fixes none")
+@click.option("--resplit", is_flag=True, help="ignore the layout's own splits")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="split seed")
+@click.option("--patient-regex", default=None, help="patient id from the file stem (group 'patient' or 1)")
+@click.option("--truth", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="CSV with path + mirrored/inverted/blurred (0/1) to score the detectors")
+@_errors
+def catalog_ingest(src, name, layout, preset, size, focus_threshold, flip_detector, negative_detector, focus_sweep,
+                   engine, report_dir, merges, classes, fractions, resplit, seed, patient_regex, truth) -> None:
+    """Ingest SRC (a directory, or a CSV file for --layout csv) as a new version of --name."""
+    from training.catalog.ingest import IngestOptions, ingest, parse_merge
+
+    options = IngestOptions(
+        name=name, layout=layout, preset=preset, size=size or 210, focus_threshold=focus_threshold,
+        flip_detector=flip_detector, negative_detector=negative_detector, focus_sweep=focus_sweep, engine=engine,
+        merges=dict(parse_merge(m) for m in merges), classes=classes.split(",") if classes else None,
+        fractions=fractions, resplit=resplit, seed=seed, patient_regex=patient_regex, truth=truth,
+    )
+    cat = _open()
+    result = ingest(src, options, cat, click.echo)
+    _echo_report(result.report)
+    _save_report(cat, result, report_dir)
+    click.echo(str(result.manifest.ref))
+
+
+@catalog.command("list")
+@_errors
+def catalog_list() -> None:
+    """Every dataset with its latest version, version count and image count."""
+    from training.catalog.store import CatalogError
+
+    cat = _open()
+    for name in cat.datasets():
+        try:
+            manifest = cat.manifest(name)
+        except CatalogError as err:  # one bad dataset must not hide the others
+            click.echo(f"{name}  UNREADABLE: {err}")
+            continue
+        click.echo(
+            f"{manifest.ref}  {len(manifest.records)} images  {len(cat.versions(name))} version(s)  "
+            f"classes={','.join(manifest.classes)}"
+        )
+
+
+@catalog.command("show")
+@click.argument("ref")
+@_errors
+def catalog_show(ref: str) -> None:
+    """Counts per class, split and patient of REF (name@version or name)."""
+    from training.catalog.ingest import summarize
+
+    manifest = _open().manifest(ref)
+    summary = summarize(manifest.records)
+    click.echo(f"{manifest.ref}: {manifest.description}")
+    click.echo(f"  {len(manifest.records)} images, {summary['patients']} patients, classes {', '.join(manifest.classes)}")
+    width = max(map(len, manifest.classes)) + 2
+    click.echo("  " + "split".ljust(8) + "".join(c.rjust(width) for c in manifest.classes) + "   patients")
+    for split in summary["per_split"]:
+        records = [r for r in manifest.records if r.split == split]
+        counts = Counter(r.label_name for r in records)
+        patients = len({r.patient_id for r in records if r.patient_id})
+        click.echo("  " + split.ljust(8) + "".join(str(counts[c]).rjust(width) for c in manifest.classes) + f"   {patients}")
+    click.echo(f"  patients shared between splits: {summary['patient_overlap_between_splits']}")
+    for name, members in manifest.subsets.items():
+        click.echo(f"  subset {name}: {len(members)} images")
+    for step, counts in summary["step_counts"].items():
+        click.echo(f"  {step:<24} {counts}")
+    if manifest.preprocessing:
+        click.echo(f"  preprocessing: {json.dumps(manifest.preprocessing)}")
+
+
+@catalog.command("verify")
+@click.argument("ref")
+@_errors
+def catalog_verify(ref: str) -> None:
+    """Re-hash every object of REF; exit 1 listing each missing or tampered object."""
+    report = _open().verify(ref, progress=lambda done, total: click.echo(f"verify: {done}/{total} objects"))
+    for problem in report.problems:
+        click.echo(f"  {problem}", err=True)
+    click.echo(f"{report.ref}: {report.checked} objects, {len(report.problems)} problem(s)")
+    sys.exit(0 if report.ok else 1)
+
+
+@catalog.command("split")
+@click.argument("ref")
+@click.option("--split", "fractions", default=None, callback=_fractions,
+              help="new patient-level split fractions, e.g. train=0.7,val=0.15,test=0.15")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--subset", "subsets", multiple=True, callback=_pairs, metavar="NAME=SELECTOR",
+              help="declare a subset, e.g. classifier-pool=subset=rejected or gan-train=split=train,subset!=rejected")
+@click.option("--name", default=None, help="publish under another dataset name")
+@_errors
+def catalog_split(ref, fractions, seed, subsets, name) -> None:
+    """Publish a new version of REF with new splits and/or named subsets (same images)."""
+    from training.catalog.splits import derive, split_overlap
+
+    if fractions is None and not subsets:
+        raise click.UsageError("give --split and/or --subset")
+    manifest = derive(_open(), ref, name=name, fractions=fractions, seed=seed, subsets=subsets)
+    for split in sorted({r.split for r in manifest.records}):
+        click.echo(f"  {split:<6} {Counter(r.label_name for r in manifest.records if r.split == split)}")
+    for pair, found in split_overlap(manifest.records).items():
+        click.echo(f"  {pair[0]}/{pair[1]}: {found}")
+    for subset, members in manifest.subsets.items():
+        click.echo(f"  subset {subset}: {len(members)} images")
+    click.echo(str(manifest.ref))
+
+
+@catalog.command("disjoint")
+@click.argument("ref_a")
+@click.argument("ref_b")
+@click.option("--a", "select_a", default="", help="selector within REF_A, e.g. subset=gan-train")
+@click.option("--b", "select_b", default="", help="selector within REF_B, e.g. split=test")
+@_errors
+def catalog_disjoint(ref_a, ref_b, select_a, select_b) -> None:
+    """Check two selections share no patient and no image (exit 1 if they do)."""
+    from training.catalog.splits import overlap, select
+
+    cat = _open()
+    a, b = select(cat.manifest(ref_a), select_a), select(cat.manifest(ref_b), select_b)
+    found = overlap(a, b)
+    click.echo(f"{ref_a}[{select_a or 'all'}] ({len(a)}) vs {ref_b}[{select_b or 'all'}] ({len(b)}): {found}")
+    sys.exit(0 if found.disjoint else 1)
+
+
+@catalog.command("export")
+@click.argument("ref")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--select", "selector", default="", help="selector, e.g. split=test,label=KL01")
+@_errors
+def catalog_export(ref, directory, selector) -> None:
+    """Write REF's verified PNGs to DIRECTORY/{split}/{class}/{sha256}.png plus manifest.json."""
+    from training.catalog.splits import select
+
+    cat = _open()
+    records = select(cat.manifest(ref), selector)
+    cat.export(ref, directory, records, progress=lambda done, total: click.echo(f"export: {done}/{total} images"))
+    click.echo(f"{len(records)} images in {directory}")

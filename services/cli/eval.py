@@ -1,0 +1,252 @@
+"""``synthray eval …``: FID (+ KID, precision/recall), memorization audit and diversity.
+
+The synthetic side is a PNG folder (``--images DIR``) or a registered generator
+(``--model models:/NAME@alias``, sampled with ``--seed``); the real side is a catalog
+selection, ``--reference NAME[@VER][:SUBSET][:CLASS]`` plus ``--split`` (CLASS is a class name
+or index; leave SUBSET empty to give only a class: ``phantom-knee@abc::KL2``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from infra.settings import get_settings
+from services.cli.catalog import _errors as _catalog_errors
+
+DIMS = ("64", "192", "768", "2048")
+
+
+def _errors(fn):
+    """The catalog CLI's one-line errors, plus missing FID weights."""
+    inner = _catalog_errors(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from training.evaluate.inception_weights import FidWeightsError
+
+        try:
+            return inner(*args, **kwargs)
+        except FidWeightsError as err:
+            raise click.ClickException(str(err)) from None
+
+    return wrapper
+
+
+@dataclass(frozen=True)
+class ReferenceArg:
+    dataset: str
+    subset: str | None
+    label: str | None  # class name or index, resolved against the manifest
+
+
+def _reference(_ctx, _param, text: str | None) -> ReferenceArg | None:
+    if text is None:
+        return None
+    parts = text.split(":")
+    if len(parts) > 3 or not parts[0]:
+        raise click.BadParameter(f"{text!r}: use NAME[@VER][:SUBSET][:CLASS], e.g. phantom-knee@1a2b:gan-train:KL0")
+    parts += [""] * (3 - len(parts))
+    return ReferenceArg(parts[0], parts[1] or None, parts[2] or None)
+
+
+def _resolve_labels(dataset: str, label: str | None) -> list[int] | None:
+    if label is None:
+        return None
+    from training.catalog.selection import catalog
+
+    classes = catalog(get_settings()).manifest(dataset).classes
+    if label in classes:
+        return [classes.index(label)]
+    if label.isdigit() and int(label) < len(classes):
+        return [int(label)]
+    raise click.BadParameter(f"class {label!r} is not in {dataset} (classes: {', '.join(classes)})",
+                             param_hint="--reference")
+
+
+def _load_reference(ref: ReferenceArg, split: str, n: int | None, dims: int, batch_size: int):
+    from training.evaluate import reference_statistics
+
+    click.echo(f"reference: {ref.dataset} split={split} subset={ref.subset} class={ref.label} n={n or 'all'}", err=True)
+    stats = reference_statistics(
+        ref.dataset, split=None if split == "all" else split, subset=ref.subset,
+        labels=_resolve_labels(ref.dataset, ref.label), n=n, settings=get_settings(), dims=dims,
+        batch_size=batch_size, progress=_progress("reference"),
+    )
+    click.echo(f"reference: {stats.n} images, {'cache hit' if stats.cached else 'computed'} "
+               f"{stats.key}", err=True)
+    return stats
+
+
+def _progress(what: str):
+    def report(done: int, total: int, rate: float) -> None:
+        if done == total or done % 500 < 50:
+            click.echo(f"{what}: {done}/{total} images through Inception, {rate:.1f} img/s", err=True)
+    return report
+
+
+def _synthetic(images: Path | None, model: str | None, n: int | None, seed: int, label: int | None = None):
+    """(uint8 images, labels or None) from exactly one of --images / --model."""
+    if (images is None) == (model is None):
+        raise click.UsageError("give exactly one of --images DIR or --model models:/NAME@ALIAS")
+    if images is not None:
+        from training.evaluate.images import load_image_folder
+
+        folder = load_image_folder(images, n)
+        return folder.images, folder.labels, folder.class_names
+    if n is None:
+        raise click.UsageError("--model needs --n (how many images to generate)")
+    from training.registry.generators import load_generator
+
+    sampler = load_generator(model, get_settings())
+    kwargs = {"label": label} if label is not None else {}
+    return sampler.generate(n, seed=seed, **kwargs), None, None
+
+
+def _common(fn):
+    for option in reversed([
+        click.option("--reference", "reference", required=True, callback=_reference,
+                     metavar="NAME[@VER][:SUBSET][:CLASS]", help="real images: a catalog selection"),
+        click.option("--split", default="train", show_default=True, help="split of the reference ('all' = every split)"),
+        click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+                     help="folder of synthetic PNGs (or class subfolders)"),
+        click.option("--model", default=None, metavar="models:/NAME@ALIAS", help="registered generator to sample"),
+        click.option("--n", type=click.IntRange(2), default=None,
+                     help="images per side: the first N of the reference and of DIR, or N generated [default: all]"),
+        click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="sampling/bootstrap seed"),
+        click.option("--dims", type=click.Choice(DIMS), default="2048", show_default=True,
+                     help="Inception features (2048 = FID; smaller only for quick checks)"),
+        click.option("--batch-size", type=click.IntRange(1, 4096), default=50, show_default=True),
+        click.option("--json", "as_json", is_flag=True, help="print the result as JSON"),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+@click.group("eval")
+def eval_group() -> None:
+    """Evaluate synthetic images against a catalog dataset."""
+
+
+@eval_group.command("fid")
+@_common
+@click.option("--bootstrap", type=click.IntRange(0, 10_000), default=0, show_default=True,
+              help="FID bootstrap draws for a CI (each ~2 s at 2048-d)")
+@click.option("--kid/--no-kid", default=False, show_default=True, help="also KID with a 1,000-draw bootstrap CI")
+@click.option("--precision-recall", "pr", is_flag=True, help="also improved precision/recall (k=3)")
+@_errors
+def eval_fid(reference, split, images, model, n, seed, dims, batch_size, as_json, bootstrap, kid, pr) -> None:
+    """FID of synthetic images vs cached reference statistics (n, weights and reference key reported)."""
+    from training.evaluate import evaluate
+
+    stats = _load_reference(reference, split, n, int(dims), batch_size)
+    fake, _, _ = _synthetic(images, model, n if n is not None or images is not None else stats.n, seed)
+    metrics = ["fid"] + (["kid"] if kid else []) + (["precision_recall"] if pr else [])
+    result = evaluate(fake, stats, metrics, batch_size=batch_size, progress=_progress("synthetic"),
+                      fid_bootstrap=bootstrap, seed=seed)
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+        return
+    fid = result["fid"]
+    ci = f" ({fid['confidence']:.0%} CI {fid['ci_low']:.3f}-{fid['ci_high']:.3f})" if fid["bootstrap"] else ""
+    click.echo(f"FID {fid['fid']:.4f}{ci}  n_real={fid['n_real']} n_fake={fid['n_fake']} dims={fid['dims']}")
+    click.echo(f"  weights sha256 {fid['weights_sha256']}  reference {fid['reference_key']}")
+    if "kid" in result:
+        k = result["kid"]
+        click.echo(f"KID {k['kid']:.5f} (95% CI {k['ci_low']:.5f}-{k['ci_high']:.5f})")
+    if "precision_recall" in result:
+        p = result["precision_recall"]
+        click.echo(f"precision {p['precision']:.3f} recall {p['recall']:.3f} (k={p['k']})")
+
+
+@eval_group.command("memorization")
+@_common
+@click.option("--top-k", type=click.IntRange(1, 500), default=20, show_default=True, help="pairs per class on the sheets")
+@click.option("--pixel-ssim", is_flag=True, help="also the nearest training image by SSIM (every pair: slow)")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="also write summary.json, pairs.csv and the contact sheets here")
+@_errors
+def eval_memorization(reference, split, images, model, n, seed, dims, batch_size, as_json, top_k, pixel_ssim,
+                      out_dir) -> None:
+    """Nearest training image of each synthetic image, vs the training set's own NN distances.
+
+    The reference is the whole selection (every training image is a candidate twin); --n caps
+    only the synthetic images. Class subfolders of --images named like the dataset's classes
+    label the synthetic images; otherwise each takes the class of its nearest training image.
+    """
+    from training.evaluate import memorization_audit
+
+    stats = _load_reference(reference, split, None, int(dims), batch_size)
+    fake, labels, names = _synthetic(images, model, n, seed)
+    if labels is not None:  # class subfolders: map their names onto the dataset's classes
+        from training.catalog.selection import catalog
+
+        classes = catalog(get_settings()).manifest(stats.dataset).classes
+        if unknown := set(names) - set(classes):
+            raise click.BadParameter(f"subfolders {sorted(unknown)} are not classes of {stats.dataset}",
+                                     param_hint="--images")
+        labels = [classes.index(names[i]) for i in labels]
+    summary = memorization_audit(fake, stats, fake_labels=labels, top_k=top_k, pixel_ssim=pixel_ssim,
+                                 settings=get_settings(), out_dir=out_dir, batch_size=batch_size,
+                                 progress=_progress("synthetic"))
+    if as_json:
+        click.echo(json.dumps(summary, indent=1))
+        return
+    click.echo(f"{summary['n_fake']} synthetic vs {summary['n_real']} training images ({summary['dataset']})")
+    click.echo(f"  min distance {summary['min_distance']:.3f}, median {summary['median_distance']:.3f}; "
+               f"real→real 1st percentile {summary['real_nn_p1']:.3f}")
+    click.echo(f"  closer than the real 1st percentile: {summary['n_below_real_p1']} "
+               f"({summary['fraction_below_real_p1']:.1%})")
+    if summary["ssim"]:
+        s = summary["ssim"]
+        click.echo(f"  SSIM: max {s['max']:.4f}; above the real→real 99th percentile {s['real_nn_p99']:.4f}: "
+                   f"{s['n_above_real_p99']}")
+    for row in summary["closest"][:5]:
+        click.echo(f"  #{row['rank']} fake {row['fake_index']} ~ {row['real_sha256'][:12]} ({row['real_class']}) "
+                   f"d={row['distance']:.3f}")
+    for name, uri in summary["artifacts"].items():
+        click.echo(f"  {name}: {uri}")
+
+
+@eval_group.command("diversity")
+@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="folder of PNGs (class subfolders give the classes)")
+@click.option("--reference", "reference", callback=_reference, default=None,
+              metavar="NAME[@VER][:SUBSET][:CLASS]", help="real images from the catalog (labels from the manifest)")
+@click.option("--model", default=None, metavar="models:/NAME@ALIAS", help="registered generator (one class)")
+@click.option("--split", default="train", show_default=True, help="split of --reference ('all' = every split)")
+@click.option("--n", type=click.IntRange(2), default=None, help="first N images / N generated")
+@click.option("--pairs", type=click.IntRange(1, 1_000_000), default=1000, show_default=True,
+              help="random same-class pairs")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@_errors
+def eval_diversity(images, reference, model, split, n, pairs, seed, as_json) -> None:
+    """Mean ± std MS-SSIM over random same-class pairs (lower = more diverse)."""
+    from training.evaluate import ms_ssim_diversity
+
+    if sum(x is not None for x in (images, reference, model)) != 1:
+        raise click.UsageError("give exactly one of --images, --reference or --model")
+    if reference is not None:
+        from training.catalog.selection import catalog
+        from training.evaluate.reference import selected_records
+
+        cat = catalog(get_settings())
+        manifest = cat.manifest(reference.dataset)
+        records = selected_records(manifest, None if split == "all" else split, reference.subset,
+                                   _resolve_labels(reference.dataset, reference.label), n)
+        pixels, labels = cat.read_pixels(records), [r.label for r in records]
+    else:
+        pixels, labels, _ = _synthetic(images, model, n, seed)
+    result = ms_ssim_diversity(pixels, labels, n_pairs=pairs, seed=seed)
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=1))
+        return
+    click.echo(f"MS-SSIM {result.mean:.4f} ± {result.std:.4f} over {result.n_pairs} same-class pairs "
+               f"({result.levels} scales, {len(pixels)} images)")
+    for label, row in result.per_class.items():
+        click.echo(f"  class {label}: {row['mean']:.4f} ± {row['std']:.4f} ({row['n_pairs']} pairs)")

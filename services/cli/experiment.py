@@ -1,0 +1,45 @@
+"""``synthray experiment …``: augmentation experiments on the catalog, Ray Train and MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.group("experiment")
+def experiment() -> None:
+    """Does synthetic data help a classifier? Grids of classifier runs with confidence intervals."""
+
+
+@experiment.command("augment")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="experiment YAML (see training/experiments/configs/)")
+@click.option("--repeats", type=click.IntRange(1, 1000), default=None, help="seeds per cell (config: repeats)")
+@click.option("--epochs", type=click.IntRange(1, 100_000), default=None, help="classifier epochs (config: classifier.epochs)")
+@click.option("--workers", type=click.IntRange(1, 1024), default=None, help="Ray Train workers (config: classifier.workers)")
+@click.option("--gpu/--cpu", "use_gpu", default=None, help="config: classifier.use_gpu")
+@click.option("--register/--no-register", default=None, help="register the best classifier as champion")
+@click.option("--dry-run", is_flag=True, help="check the config, the splits and the leakage guard; train nothing")
+def augment(config_path: Path, repeats, epochs, workers, use_gpu, register, dry_run) -> None:
+    """Run an augmentation experiment (knee Table 5, fracture Table 4, spine Methods I–IV, or custom)."""
+    from pydantic import ValidationError
+
+    from training.catalog.store import CatalogError
+    from training.experiments.config import ExperimentConfig
+    from training.experiments.runner import plan, run_experiment
+
+    overrides = {k: v for k, v in {"repeats": repeats, "classifier.epochs": epochs, "classifier.workers": workers,
+                                   "classifier.use_gpu": use_gpu, "register_best": register}.items() if v is not None}
+    try:
+        cfg = ExperimentConfig.load(config_path, overrides)
+        if dry_run:
+            for line in plan(cfg).describe():
+                click.echo(line)
+            return
+        result = run_experiment(cfg, progress=click.echo)
+    except (CatalogError, ValueError, ValidationError) as err:
+        raise click.ClickException(str(err).splitlines()[0]) from None
+    click.echo(f"parent run: {result.run_url}")
+    if result.classifier is not None:
+        click.echo(f"classifier: {result.classifier.uri} ({result.classifier.alias_uri})")

@@ -1,0 +1,195 @@
+"""``synthray train …``: GAN training on Ray Train, and the spine paper's four generation methods."""
+
+from __future__ import annotations
+
+import click
+
+from training.catalog.store import CatalogError
+from training.nets.presets import PRESETS
+
+ARCHS = click.Choice(sorted(PRESETS))
+
+
+@click.group("train")
+def train() -> None:
+    """Distributed training on Ray Train, tracked in MLflow."""
+
+
+def _common(fn):
+    """Options shared by `train gan` and `train methods`."""
+    options = [
+        click.option("--dataset", required=True, help="catalog dataset, name@version or name (latest)"),
+        click.option("--arch", type=ARCHS, default="wgan-gp-knee-small", show_default=True, help="GAN preset"),
+        click.option("--epochs", type=click.IntRange(1, 100_000), default=5, show_default=True),
+        click.option("--workers", type=click.IntRange(1, 1024), default=2, show_default=True,
+                     help="Ray Train workers (one CPU, or one GPU with --gpu, each)"),
+        click.option("--gpu/--cpu", "use_gpu", default=False, show_default=True, help="NCCL + bf16 + channels_last"),
+        click.option("--split", default="train", show_default=True, help="catalog split to train on"),
+        click.option("--subset", default=None, help="catalog subset, e.g. gan-train"),
+        click.option("--limit", type=click.IntRange(1), default=None, help="use the first N selected images"),
+        click.option("--batch-size", type=click.IntRange(1), default=None, help="global batch (preset default)"),
+        click.option("--fid-every", type=click.IntRange(0), default=5, show_default=True,
+                     help="FID every k epochs and at the last; 0 disables"),
+        click.option("--fid-n", type=click.IntRange(2), default=None, help="cap n_real = n_fake (default: all)"),
+        click.option("--seed", type=click.IntRange(0), default=0, show_default=True),
+        click.option("--register/--no-register", default=True, show_default=True,
+                     help="evaluate and register each generator as the challenger"),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _config(**kwargs):
+    from training.gan.config import GanTrainConfig
+
+    return GanTrainConfig(**kwargs)
+
+
+def _register(run_id: str, checkpoint: str | None = None) -> None:
+    from training.registry.generators import register_run
+
+    reg = _guard(lambda: register_run(run_id, checkpoint=checkpoint, progress=click.echo))
+    click.echo(f"model: {reg.version_uri} (alias {reg.alias}); promote with "
+               f"`synthray registry promote {reg.name} --version {reg.version}`")
+
+
+def _guard(fn):
+    """Bad input (unknown dataset, missing class, size mismatch, too many workers) → one line, exit 1."""
+    from pydantic import ValidationError
+
+    try:
+        return fn()
+    except (CatalogError, ValueError, ValidationError) as err:
+        raise click.ClickException(str(err).splitlines()[0] if isinstance(err, ValidationError) else str(err)) from None
+
+
+@train.command("gan")
+@_common
+@click.option("--class", "class_label", type=click.IntRange(0), default=None, help="train on one class (per-class mode)")
+@click.option("--balance", type=click.Choice(["none", "first", "random"]), default="none", show_default=True,
+              help="undersample every class to the smallest")
+@click.option("--init-from", default=None, help="warm start from a checkpoint URI (s3://…)")
+@click.option("--transfer-critic/--fresh-critic", default=False, show_default=True)
+def train_gan_cmd(register: bool, **kwargs) -> None:
+    """Train a GAN preset on DATASET and (optionally) register the generator."""
+    from training.gan.trainer import train_gan
+
+    result = _guard(lambda: train_gan(_config(**kwargs), progress=click.echo))
+    click.echo(f"run: {result.run_url}\ncheckpoint: {result.checkpoint_path} (epoch {result.metrics.get('epoch')})")
+    if register:
+        _register(result.run_id, result.checkpoint_path)
+
+
+@train.command("methods")
+@_common
+@click.option("--method", type=click.Choice(["I", "II", "III", "IV"]), required=True,
+              help="spine paper: I all classes, II balanced, III one model per class, IV pretrain + fine-tune")
+@click.option("--balance", type=click.Choice(["first", "random"]), default="first", show_default=True,
+              help="Method II undersampling")
+@click.option("--finetune-epochs", type=click.IntRange(1), default=None, help="Method IV fine-tune epochs")
+@click.option("--transfer-critic/--fresh-critic", default=False, show_default=True,
+              help="Method IV: also start each minority discriminator from the pretrained one")
+def train_methods_cmd(register: bool, method: str, balance: str, finetune_epochs, transfer_critic, **kwargs) -> None:
+    """Run one of the spine paper's generation methods (I–IV) as a sequence of training runs."""
+    from training.catalog.selection import catalog
+    from training.gan.methods import plan_method, run_plan
+
+    def go():
+        base = _config(**kwargs)
+        manifest = catalog().manifest(base.dataset)
+        plan = plan_method(manifest, method, base, balance=balance, finetune_epochs=finetune_epochs,
+                           transfer_critic=transfer_critic)
+        for step in plan:
+            click.echo(f"plan: {step.describe()}")
+        return run_plan(plan, progress=click.echo)
+
+    results = _guard(go)
+    for name, result in results.items():
+        click.echo(f"{name}: run {result.run_url} checkpoint {result.checkpoint_path}")
+        if register:
+            _register(result.run_id, result.checkpoint_path)
+
+
+@click.group("sweep")
+def sweep() -> None:
+    """Hyperparameter sweeps on Ray Tune (each trial a Ray Train run), tracked in MLflow."""
+
+
+@sweep.command("gan")
+@click.option("--dataset", required=True, help="catalog dataset, name@version or name (latest)")
+@click.option("--arch", type=ARCHS, default="wgan-gp-knee-small", show_default=True, help="GAN preset")
+@click.option("--trials", type=click.IntRange(1, 10_000), default=8, show_default=True)
+@click.option("--workers-per-trial", type=click.IntRange(1, 1024), default=1, show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 100_000), default=5, show_default=True, help="epochs per trial (max)")
+@click.option("--gpu/--cpu", "use_gpu", default=False, show_default=True)
+@click.option("--scheduler", type=click.Choice(["asha", "pbt"]), default="asha", show_default=True)
+@click.option("--space-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="search space YAML (default: training/gan/sweep_space.yaml)")
+@click.option("--space", "space_flags", multiple=True, metavar="KEY=KIND:V1,V2",
+              help="override one key, e.g. lr_g=loguniform:1e-5,1e-3 or batch_size=choice:16,32")
+@click.option("--max-concurrent", type=click.IntRange(1), default=None, help="trials at a time (default: fits the cluster)")
+@click.option("--split", default="train", show_default=True)
+@click.option("--subset", default=None)
+@click.option("--class", "class_label", type=click.IntRange(0), default=None)
+@click.option("--limit", type=click.IntRange(1), default=None)
+@click.option("--fid-n", type=click.IntRange(2), default=None)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--register/--no-register", default=True, show_default=True,
+              help="register the best trial's best checkpoint as the challenger")
+def sweep_gan_cmd(trials, workers_per_trial, scheduler, space_file, space_flags, max_concurrent, register,
+                  **kwargs) -> None:
+    """Sweep a GAN preset's hyperparameters with ASHA (or PBT) on FID."""
+    from training.gan.sweep import SearchSpace, SweepConfig, run_sweep, table_markdown
+
+    def go():
+        overrides = {}
+        for flag in space_flags:
+            key, sep, spec = flag.partition("=")
+            if not sep:
+                raise ValueError(f"--space {flag!r}: expected KEY=KIND:V1,V2")
+            overrides[key] = spec
+        space = SearchSpace.load(space_file, overrides)
+        cfg = SweepConfig(base=_config(workers=workers_per_trial, **kwargs), space=space, trials=trials,
+                          scheduler=scheduler, max_concurrent=max_concurrent)
+        return run_sweep(cfg, progress=click.echo)
+
+    result = _guard(go)
+    click.echo(table_markdown(result.trials))
+    best = result.best
+    click.echo(f"best: trial {best.trial_id} FID {best.best_fid:.3f} at epoch-checkpoint {best.checkpoint} "
+               f"(run {best.run_id})\nparent run: {result.run_url}")
+    if register and best.run_id:
+        _register(best.run_id, best.checkpoint)
+
+
+@train.command("classifier")
+@click.option("--dataset", required=True, help="catalog dataset, name@version or name (latest)")
+@click.option("--arch", type=click.Choice(["densenet121", "densenet169", "resnet18-small", "small-cnn", "vgg16-knee"]),
+              default="resnet18-small", show_default=True, help="classifier preset")
+@click.option("--epochs", type=click.IntRange(1, 100_000), default=None, help="preset default")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="global batch (preset default)")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Adam lr (preset default)")
+@click.option("--workers", type=click.IntRange(1, 1024), default=1, show_default=True)
+@click.option("--gpu/--cpu", "use_gpu", default=False, show_default=True)
+@click.option("--multilabel", is_flag=True, help="independent sigmoid per class (DenseNet presets)")
+@click.option("--pretrained", default=None, help="starting weights: a state dict PATH or s3://bucket/key")
+@click.option("--pretrained-sha256", default=None, help="expected sha256 of --pretrained (required with it)")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--register/--no-register", default=True, show_default=True,
+              help="register the lowest-validation-loss model as classifier-{dataset}-{arch}@champion")
+def train_classifier_cmd(dataset: str, seed: int, register: bool, **kwargs) -> None:
+    """Train a classifier on DATASET's real train split (best validation loss selects the epoch)."""
+    from training.classify.config import ClassifierTrainConfig
+    from training.classify.trainer import train_classifier
+
+    def go():
+        cfg = ClassifierTrainConfig(**kwargs)
+        return train_classifier(cfg, dataset, seed=seed, register=register, progress=click.echo)
+
+    fit, reg, url = _guard(go)
+    metrics = fit.results[fit.best_key].test_metrics
+    click.echo(f"run: {url}\ntest: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("accuracy", "balanced_accuracy",
+                                                                                   "kappa", "roc_auc")))
+    if reg is not None:
+        click.echo(f"classifier: {reg.uri} ({reg.alias_uri})")

@@ -1,0 +1,1 @@
+"""The Ray Serve application: FastAPI ingress, deployments, schemas, auth, uploads, packaging, Prometheus."""

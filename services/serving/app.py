@@ -1,0 +1,385 @@
+"""The Ray Serve application: synthetic radiographs, batch jobs, FID and classification over HTTP.
+
+Deployments (sized and replicated by ``services/serving/serve_config.yaml`` only; the decorators
+carry no options, so the config file is the one place to change them):
+
+* ``Api`` — FastAPI ingress (OpenAPI at ``/docs`` and ``/openapi.json``): API keys, body
+  limits, validation into 4xx that name the field, response headers, Prometheus metrics.
+  It never imports torch or MLflow, so it stays small.
+* ``ModelDirectory`` — alias → version map with registry polling (hot swaps; see there).
+* ``Synthesizer`` — generators (multiplexed), request batching by image count, latent tools.
+* ``FidScorer`` — one Inception network per replica, reference statistics from the cache.
+* ``Classifier`` — registered classifiers (multiplexed).
+
+Routes: ``GET /healthz``, ``GET /readyz``, ``GET /metrics`` (no key); under ``/v1`` (bearer
+key): ``POST synthesize``, ``POST batches``, ``GET batches/{id}``, ``POST batches/{id}/cancel``,
+``POST fid``, ``POST fid/images``, ``POST classify``, ``GET models``,
+``POST latent/interpolate``, ``POST latent/sweep``, ``POST admin/reload``.
+
+Status codes: 401 no/wrong key; 404 unknown model/alias/version/batch; 413 body too large;
+422 invalid body, naming the field (FastAPI's error shape); 503 registry unreachable or
+overloaded (with ``Retry-After``). Bad input never yields a 5xx.
+
+No ``from __future__ import annotations`` here: Serve's ingress re-wraps the route methods,
+and FastAPI then cannot resolve string annotations (the body turns into a query param).
+"""
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve import Application
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from infra.object_store import ObjectStoreUnavailable
+from infra.settings import get_settings
+from services.serving import prometheus as metrics
+from services.serving.auth import KeyChecker
+from services.serving.body_limit import BodyLimit
+from services.serving.model_directory import LookupFailure, ModelDirectory, ModelRef
+from services.serving.schemas import (
+    API_VERSION,
+    BATCHES_PATH,
+    EXTENSIONS,
+    MEDIA_TYPES,
+    AppArgs,
+    BatchCandidate,
+    BatchRequest,
+    FidRequest,
+    InterpolateRequest,
+    SweepRequest,
+    SynthesizeRequest,
+)
+from services.serving.scoring import Classifier, FidScorer
+from services.serving.synthesizer import Synthesizer
+from training.registry.generators import GENERATOR_KIND, parse_model
+
+V1 = f"/{API_VERSION}"
+RETRY_AFTER_S = 2
+log = logging.getLogger("ray.serve")
+
+api = FastAPI(
+    title="synthray",
+    version=API_VERSION,
+    description="Synthetic knee radiographs from GAN generators registered in MLflow, batch jobs into the object "
+                "store, FID scoring and classification. Every generated image is synthetic and marked as such. "
+                "Every /v1 route needs 'Authorization: Bearer <key>'.",
+)
+api.add_middleware(BodyLimit, max_bytes=lambda: get_settings().serve_max_body_bytes)
+
+_bearer = HTTPBearer(auto_error=False, description="An API key from SYNTHRAY_API_KEYS or the key file.")
+_checker: KeyChecker | None = None
+
+
+def require_key(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+    """401 unless the request carries a configured API key."""
+    global _checker
+    if _checker is None:
+        _checker = KeyChecker(get_settings())
+    _checker.check(credentials)
+
+
+AUTH = [Depends(require_key)]
+_ERRORS = {
+    401: {"description": "Missing or invalid API key."},
+    404: {"description": "No such registered model, alias, version or batch."},
+    413: {"description": "Request body too large."},
+    422: {"description": "Invalid body; the error names the field."},
+    503: {"description": "Model registry unreachable, or overloaded (see Retry-After)."},
+}
+
+
+@api.middleware("http")
+async def _count(request: Request, call_next):
+    """Requests and latency by route template (not raw path, so ids don't explode labels)."""
+    start = time.perf_counter()
+    response = await call_next(request)
+    route = getattr(request.scope.get("route"), "path", "unmatched")
+    metrics.REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+    metrics.LATENCY.labels(request.method, route).observe(time.perf_counter() - start)
+    return response
+
+
+@api.exception_handler(ObjectStoreUnavailable)
+async def _store_unavailable(request: Request, exc: ObjectStoreUnavailable) -> JSONResponse:
+    """S3 down or restarting (batch status, FID references...): a 503 to retry, not a 500."""
+    return JSONResponse({"detail": f"object store unavailable, retry later: {exc}"}, status_code=503,
+                        headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def field_error(field: str, msg: str, value: Any = None, kind: str = "value_error") -> RequestValidationError:
+    """A 422 in FastAPI's own validation shape, so clients parse one error format."""
+    return RequestValidationError([{"type": kind, "loc": ("body", field), "msg": msg, "input": value}])
+
+
+# Deployment-side field names → the request field a client sent.
+_FIELDS = {"images": "candidate", "batch_id": "candidate", "limit": "candidate"}
+
+
+def _raise_failure(failure: Any, uploads: bool = False) -> None:
+    """LookupFailure-like (status, detail[, field]) → the matching HTTP error."""
+    field = getattr(failure, "field", None)
+    if field:
+        field = "files" if uploads and field.startswith("images") else _FIELDS.get(field.split("[")[0], field)
+    if failure.status == 422 and field:
+        raise field_error(field, failure.detail)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if failure.status == 503 else None
+    raise HTTPException(failure.status, failure.detail, headers=headers)
+
+
+def _is_failure(value: Any) -> bool:
+    return hasattr(value, "status") and hasattr(value, "detail") and not isinstance(value, (bytes, dict, list))
+
+
+async def _call(response, uploads: bool = False) -> Any:
+    """Await a handle call; overload → 503 with Retry-After; a returned failure → its 4xx/503."""
+    try:
+        value = await response
+    except BackPressureError as exc:
+        retry = exc.retry_after_s or RETRY_AFTER_S
+        raise HTTPException(503, f"overloaded, retry later: {exc.message}",
+                            headers={"Retry-After": str(max(1, round(retry)))}) from None
+    except (RayActorError, ActorUnavailableError) as exc:
+        # The replica died mid-request (Serve starts another in seconds): transient, and every
+        # call here is idempotent, so say "retry" (503) rather than "bug" (500).
+        log.warning("replica lost during a request: %s", str(exc).splitlines()[0])
+        raise HTTPException(503, "a serving replica restarted during the request; retry",
+                            headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+    if _is_failure(value):
+        _raise_failure(value, uploads)
+    return value
+
+
+def _images_response(data: bytes, fmt: str, ref: ModelRef, filename: str, extra: dict[str, str]) -> Response:
+    return Response(
+        content=data,
+        media_type=MEDIA_TYPES[fmt],
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename}.{EXTENSIONS[fmt]}"',
+            "X-Model-Name": ref.name,
+            "X-Model-Version": ref.version,
+            "X-MLflow-Run-Id": ref.run_id or "",
+            "X-Synthetic": "true",
+        } | extra,
+    )
+
+
+def _valid_batch_id(batch_id: str) -> bool:
+    from pydantic import ValidationError
+
+    try:
+        BatchCandidate(batch_id=batch_id)
+    except ValidationError:
+        return False
+    return True
+
+
+_IMAGES_200 = {
+    200: {"description": "The images (X-Model-Version, X-MLflow-Run-Id, X-Seed, X-Request-Id headers).",
+          "content": {media: {} for media in MEDIA_TYPES.values()}},
+} | _ERRORS
+
+
+@serve.deployment
+@serve.ingress(api)
+class Api:
+    """HTTP ingress; see the module docstring for the contract."""
+
+    def __init__(self, directory: DeploymentHandle, synthesizer: DeploymentHandle, fid: DeploymentHandle,
+                 classifier: DeploymentHandle, args: dict[str, Any] | None = None) -> None:
+        self.directory, self.synthesizer, self.fid, self.classifier = directory, synthesizer, fid, classifier
+        self.args = AppArgs.model_validate(args or {})
+        self.settings = get_settings()
+
+    # -- probes and metrics ---------------------------------------------------------------------
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        """Liveness of the ingress replica, with the synchronous cap clients need."""
+        return {"status": "ok", "max_sync_images": self.args.max_sync_images}
+
+    @api.get("/readyz", responses={503: {"description": "The model registry is unreachable."}})
+    async def readyz(self) -> JSONResponse:
+        """Ready when the model directory answers and the registry behind it is reachable."""
+        problem = await self.directory.ready.remote()
+        if problem:
+            return JSONResponse({"status": "not ready", "reason": problem}, status_code=503,
+                                headers={"Retry-After": str(RETRY_AFTER_S)})
+        return JSONResponse({"status": "ready"})
+
+    @api.get("/metrics", response_class=Response)
+    async def prometheus(self) -> Response:
+        """Prometheus text format: requests, latency and images generated by model."""
+        return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
+
+    # -- helpers -------------------------------------------------------------------------------
+    async def _generator(self, model: str) -> ModelRef:
+        ref = await _call(self.directory.resolve.remote(model))
+        if ref.kind and ref.kind != GENERATOR_KIND:
+            raise field_error("model", f"{model!r} is a {ref.kind}, not a generator")
+        return ref
+
+    def _synth(self, ref: ModelRef):
+        return self.synthesizer.options(multiplexed_model_id=ref.uri)
+
+    # -- synthesis -----------------------------------------------------------------------------
+    @api.post(f"{V1}/synthesize", response_class=Response, responses=_IMAGES_200, dependencies=AUTH)
+    async def synthesize(self, body: SynthesizeRequest) -> Response:
+        """Generate ``n`` images from ``model`` with ``seed``; the same request gives the same bytes."""
+        if body.n > self.args.max_sync_images:
+            raise field_error("n", f"n must be at most {self.args.max_sync_images} for a synchronous request; "
+                                   f"submit larger sets to {BATCHES_PATH}", body.n, "less_than_equal")
+        ref = await self._generator(body.model)
+        data = await _call(self._synth(ref).synthesize.remote(ref, body.n, body.seed, body.cls, body.format))
+        metrics.IMAGES.labels(ref.name, ref.version, "synthesize").inc(body.n)
+        return _images_response(data, body.format, ref, f"{ref.name}-v{ref.version}-seed{body.seed}-n{body.n}",
+                                {"X-Seed": str(body.seed)})
+
+    @api.post(f"{V1}/latent/interpolate", response_class=Response, responses=_IMAGES_200, dependencies=AUTH)
+    async def interpolate(self, body: InterpolateRequest) -> Response:
+        """``steps`` images on the straight line between the latents of ``seed_a`` and ``seed_b``."""
+        ref = await self._generator(body.model)
+        data = await _call(self._synth(ref).interpolate.remote(ref, body.seed_a, body.seed_b, body.steps, body.cls,
+                                                               body.format))
+        metrics.IMAGES.labels(ref.name, ref.version, "interpolate").inc(body.steps)
+        return _images_response(data, body.format, ref, f"{ref.name}-v{ref.version}-interp-{body.seed_a}-{body.seed_b}",
+                                {"X-Seed": f"{body.seed_a},{body.seed_b}"})
+
+    @api.post(f"{V1}/latent/sweep", response_class=Response, responses=_IMAGES_200, dependencies=AUTH)
+    async def sweep(self, body: SweepRequest) -> Response:
+        """``steps`` images with latent dimension ``dim`` of ``seed``'s latent from −4.2 to +4.2."""
+        ref = await self._generator(body.model)
+        data = await _call(self._synth(ref).sweep.remote(ref, body.seed, body.dim, body.steps, body.cls, body.format))
+        metrics.IMAGES.labels(ref.name, ref.version, "sweep").inc(body.steps)
+        return _images_response(data, body.format, ref, f"{ref.name}-v{ref.version}-sweep-{body.seed}-d{body.dim}",
+                                {"X-Seed": str(body.seed)})
+
+    # -- batch jobs ----------------------------------------------------------------------------
+    @api.post(BATCHES_PATH, status_code=202, responses=_ERRORS, dependencies=AUTH)
+    async def submit_batch(self, body: BatchRequest) -> JSONResponse:
+        """Start (or find) the batch job for this request: 202 with its id; re-POSTing is idempotent."""
+        from services.batches import jobs as batch_jobs
+
+        if body.n > self.settings.batch_max_images:
+            raise field_error("n", f"n must be at most {self.settings.batch_max_images} per batch", body.n)
+        ref = await self._generator(body.model)
+        per_class = None
+        if body.per_class is not None:
+            per_class = await _call(self._synth(ref).class_indices.remote(ref, body.per_class))
+        model = batch_jobs.BatchModel(name=ref.name, version=ref.version, run_id=ref.run_id)
+        try:
+            state = await asyncio.to_thread(batch_jobs.submit, model, body.n, body.seed, per_class, self.settings)
+        except batch_jobs.BatchBusyError as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+        except ValueError as exc:
+            field = next((f for f in ("per_class", "seed") if f in str(exc)), "n")
+            raise field_error(field, str(exc)) from None
+        return JSONResponse(state, status_code=202, headers={"Location": f"{BATCHES_PATH}/{state['batch_id']}"})
+
+    @api.get(BATCHES_PATH + "/{batch_id}", responses=_ERRORS, dependencies=AUTH)
+    async def batch_status(self, batch_id: str) -> dict[str, Any]:
+        """Status, progress, and (when done) the manifest URI and presigned URLs."""
+        from services.batches import jobs as batch_jobs
+
+        return await self._batch_call(batch_jobs.get_status, batch_id)
+
+    @api.post(BATCHES_PATH + "/{batch_id}/cancel", responses=_ERRORS, dependencies=AUTH)
+    async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        """Stop a running batch (finished shards stay; no manifest is published)."""
+        from services.batches import jobs as batch_jobs
+
+        return await self._batch_call(batch_jobs.cancel, batch_id)
+
+    async def _batch_call(self, fn, batch_id: str) -> dict[str, Any]:
+        """``fn(batch_id, settings)`` off the event loop; 404 for a malformed or unknown id."""
+        state = await asyncio.to_thread(fn, batch_id, self.settings) if _valid_batch_id(batch_id) else None
+        if state is None:
+            raise HTTPException(404, f"no batch {batch_id!r}")
+        return state
+
+    # -- scoring -------------------------------------------------------------------------------
+    @api.post(f"{V1}/fid", responses=_ERRORS, dependencies=AUTH)
+    async def fid(self, body: FidRequest) -> dict[str, Any]:
+        """FID of a batch or of freshly generated images against a catalog reference."""
+        candidate = body.candidate
+        if isinstance(candidate, BatchCandidate):
+            return await _call(self.fid.score.remote(body.reference, batch_id=candidate.batch_id,
+                                                     limit=self.args.max_fid_images))
+        if candidate.n > self.args.max_fid_images:
+            raise field_error("candidate", f"candidate.n must be at most {self.args.max_fid_images}; "
+                                           f"score a batch ({BATCHES_PATH}) for more", candidate.n)
+        ref = await self._generator(candidate.model)
+        images = await _call(self._synth(ref).images.remote(ref, candidate.n, candidate.seed, candidate.cls))
+        return await _call(self.fid.score.remote(body.reference, images=images))
+
+    @api.post(f"{V1}/fid/images", responses=_ERRORS, dependencies=AUTH)
+    async def fid_images(self, reference: str = Form(max_length=300), files: list[UploadFile] = File()) -> dict[str, Any]:
+        """FID of uploaded images (PNG/JPEG, or npz with an ``images`` array); nothing is stored."""
+        images = await self._decode(files)
+        import numpy as np
+
+        if len({im.shape for im in images}) > 1:
+            raise field_error("files", "all images must have the same size for FID")
+        return await _call(self.fid.score.remote(reference, images=np.stack(images)), uploads=True)
+
+    @api.post(f"{V1}/classify", responses=_ERRORS, dependencies=AUTH)
+    async def classify(self, files: list[UploadFile] = File(), model: str | None = Form(default=None, max_length=300)
+                       ) -> dict[str, Any]:
+        """Per image: class probabilities, label and the classifier version; nothing is stored."""
+        spec = model or self.args.default_classifier
+        try:
+            parse_model(spec)
+        except ValueError as exc:
+            raise field_error("model", str(exc), spec) from None
+        images = await self._decode(files)
+        ref = await _call(self.classifier.resolve.remote(spec))  # route by the concrete version
+        results = await _call(self.classifier.options(multiplexed_model_id=ref.uri).classify.remote(ref, images), uploads=True)
+        return {"model": spec, "version": ref.version, "results": results}
+
+    async def _decode(self, files: list[UploadFile]) -> list:
+        """Uploaded files → uint8 arrays, in memory only; 422 naming the file that does not decode."""
+        from services.serving.uploads import UploadError, decode_upload
+
+        images: list = []
+        for upload in files:
+            data = await upload.read()
+            try:  # the remaining budget, so an oversized npz is refused from its header, undecoded
+                images += decode_upload(upload.filename or "upload", data,
+                                        max_images=self.args.max_upload_images - len(images))
+            except UploadError as exc:
+                raise field_error("files", str(exc), upload.filename) from None
+        if not images:
+            raise field_error("files", "no images uploaded")
+        return images
+
+    # -- registry --------------------------------------------------------------------------------
+    @api.get(f"{V1}/models", responses=_ERRORS, dependencies=AUTH)
+    async def models(self) -> dict[str, Any]:
+        """Registered generators and classifiers with aliases and key metrics."""
+        return {"models": await _call(self.directory.list_models.remote())}
+
+    @api.post(f"{V1}/admin/reload", responses=_ERRORS, dependencies=AUTH)
+    async def reload(self) -> dict[str, Any]:
+        """Re-read every registry alias now, instead of at the next poll."""
+        return await self.directory.reload.remote()
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Application builder named by serve_config.yaml (``import_path``); ``args`` → AppArgs."""
+    options = AppArgs.model_validate(args or {})
+    synthesizer = Synthesizer.bind(max_batch_images=options.max_batch_images,
+                                   batch_wait_timeout_s=options.batch_wait_timeout_s,
+                                   torch_threads=options.torch_threads)
+    threads = {"torch_threads": options.torch_threads}
+    return Api.bind(ModelDirectory.bind(), synthesizer, FidScorer.bind(**threads), Classifier.bind(**threads),
+                    args=options.model_dump())
+
+
+__all__ = ["Api", "LookupFailure", "ModelRef", "build_app", "parse_model"]

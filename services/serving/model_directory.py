@@ -1,0 +1,211 @@
+"""Which concrete model version every ``NAME@alias`` means right now: one answer for all replicas.
+
+A single-replica deployment holds the alias → version map of every model the API has been
+asked for, and re-reads it from the MLflow registry every ``registry_poll_s`` seconds (one
+``get_registered_model`` call per name: it returns the aliases) or at once on
+``POST /v1/admin/reload``. So when ``champion`` moves (``synthray registry promote`` or the
+MLflow UI), new requests get the new version within one poll interval, and a reload reaches
+every replica at once because there is only one map. Versions are immutable, so their
+details (run id, tags) are cached for good.
+
+Requests are resolved to a concrete :class:`ModelRef` *before* any work starts and carry it
+through, so a request in flight during a swap finishes on the version it started with.
+If the registry is unreachable during a poll, the last known map keeps serving (logged);
+only a name never seen before needs the registry there and then (else 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray import serve
+
+from infra.settings import Settings, get_settings
+from training.registry.generators import KIND_TAG, parse_model
+
+log = logging.getLogger("ray.serve")
+
+# Version tags shown by GET /v1/models (generators' evaluation and classifiers' test metrics).
+KEY_METRICS = (
+    "fid", "fid.n_real", "kid", "kid.ci_low", "kid.ci_high", "memorization.fraction_below_real_p1",
+    "accuracy", "auc", "macro_f1", "image_size", "dataset", "class",
+)
+
+
+@dataclass(frozen=True)
+class LookupFailure:
+    """Why a request cannot be served, as an HTTP status and message.
+
+    Returned rather than raised: an unknown model is an ordinary client error, and a raised
+    exception would be logged by the replica as a failed request with a traceback.
+    """
+
+    status: int  # 404 unknown model/alias/version, 422 wrong kind or class, 503 registry unreachable
+    detail: str
+    field: str | None = None  # the request field at fault, when there is one
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A registry reference resolved to a concrete, immutable version."""
+
+    name: str
+    version: str
+    run_id: str | None
+    kind: str = ""
+    classes: tuple[str, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+@dataclass
+class _Entry:
+    kind: str
+    aliases: dict[str, str]
+    read_at: float
+
+
+@serve.deployment
+class ModelDirectory:
+    """Alias map with polling; see the module docstring."""
+
+    def __init__(self, poll_s: float | None = None, settings: Settings | None = None) -> None:
+        from infra.tracking import configure
+
+        self._settings = settings or get_settings()
+        self._poll_s = poll_s or self._settings.registry_poll_s
+        self._client = configure(self._settings).MlflowClient()
+        self._models: dict[str, _Entry] = {}
+        self._versions: dict[tuple[str, str], ModelRef] = {}
+        self._poller: asyncio.Task | None = None
+
+    # -- the registry (blocking calls, run in a thread) ----------------------------------------
+    def _read_model(self, name: str) -> _Entry:
+        model = self._client.get_registered_model(name)
+        return _Entry(kind=model.tags.get(KIND_TAG, ""), aliases={a: str(v) for a, v in model.aliases.items()},
+                      read_at=time.monotonic())
+
+    def _read_version(self, name: str, version: str, kind: str) -> ModelRef:
+        found = self._client.get_model_version(name, version)
+        tags = dict(found.tags)
+        try:
+            classes = tuple(json.loads(tags.get("classes", "[]")) or ())
+        except json.JSONDecodeError:
+            classes = ()
+        return ModelRef(name=name, version=str(found.version), run_id=found.run_id,
+                        kind=tags.get(KIND_TAG, kind), classes=classes, tags=tags)
+
+    def _lookup(self, spec: str) -> ModelRef | LookupFailure:
+        from mlflow.exceptions import MlflowException, RestException
+
+        name, alias, version = parse_model(spec)
+        try:
+            entry = self._models.get(name)
+            if entry is None:
+                entry = self._models[name] = self._read_model(name)
+            if alias is not None and alias not in entry.aliases:  # maybe set since the last poll
+                entry = self._models[name] = self._read_model(name)
+            if alias is not None:
+                version = entry.aliases.get(alias)
+                if version is None:
+                    return LookupFailure(404, f"model {spec!r} not found: {name!r} has no alias {alias!r} "
+                                              f"(aliases: {sorted(entry.aliases) or 'none'})", "model")
+            key = (name, version)
+            if key not in self._versions:
+                self._versions[key] = self._read_version(name, version, entry.kind)
+            return self._versions[key]
+        except RestException as exc:
+            reason = exc.message.removeprefix(f"{exc.error_code}: ")
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return LookupFailure(404, f"model {spec!r} not found in the registry: {reason}", "model")
+            return LookupFailure(503, f"model registry error for {spec!r}: {reason}")
+        except MlflowException as exc:
+            return LookupFailure(503, f"model registry at {self._settings.mlflow_tracking_uri} unreachable: {exc.message}")
+
+    def _refresh(self) -> dict[str, dict[str, str]]:
+        """Re-read every known model's aliases; ``{name: {alias: "old -> new"}}`` of what moved."""
+        from mlflow.exceptions import MlflowException
+
+        moved: dict[str, dict[str, str]] = {}
+        for name, old in list(self._models.items()):
+            try:
+                new = self._read_model(name)
+            except MlflowException as exc:
+                log.warning("registry poll of %s failed; keeping its last known aliases: %s", name, exc.message)
+                continue
+            changes = {a: f"{old.aliases.get(a)} -> {v}" for a, v in new.aliases.items() if old.aliases.get(a) != v}
+            changes |= {a: f"{v} -> None" for a, v in old.aliases.items() if a not in new.aliases}
+            if changes:
+                log.info("registry aliases of %s moved: %s", name, changes)
+                moved[name] = changes
+            self._models[name] = new
+        return moved
+
+    # -- the deployment's methods ------------------------------------------------------------
+    def _ensure_poller(self) -> None:
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_s)
+            await asyncio.to_thread(self._refresh)
+
+    async def resolve(self, spec: str) -> ModelRef | LookupFailure:
+        """``NAME@alias`` / ``NAME/VERSION`` → :class:`ModelRef`, from the map (registry on a miss)."""
+        self._ensure_poller()
+        return await asyncio.to_thread(self._lookup, spec)
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read every alias now (``POST /v1/admin/reload``)."""
+        self._ensure_poller()
+        moved = await asyncio.to_thread(self._refresh)
+        return {"reloaded": sorted(self._models), "moved": moved, "poll_s": self._poll_s}
+
+    async def ready(self) -> str | None:
+        """None when the registry answers, else why not (``GET /readyz``)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            await asyncio.to_thread(self._client.search_registered_models, max_results=1)
+        except MlflowException as exc:
+            return f"model registry at {self._settings.mlflow_tracking_uri} unreachable: {exc.message}"
+        return None
+
+    async def list_models(self) -> list[dict[str, Any]] | LookupFailure:
+        """Every registered model with its aliases and the key metrics of each aliased version."""
+        from mlflow.exceptions import MlflowException
+
+        def read() -> list[dict[str, Any]]:
+            rows, token = [], None
+            while True:
+                page = self._client.search_registered_models(max_results=200, page_token=token)
+                for model in page:
+                    aliases = {a: str(v) for a, v in model.aliases.items()}
+                    versions = {}
+                    for version in sorted(set(aliases.values()), key=int):
+                        ref = self._versions.get((model.name, version)) or self._read_version(
+                            model.name, version, model.tags.get(KIND_TAG, ""))
+                        self._versions[(model.name, version)] = ref
+                        versions[version] = {
+                            "run_id": ref.run_id, "classes": list(ref.classes),
+                            "metrics": {k: ref.tags[k] for k in KEY_METRICS if k in ref.tags},
+                        }
+                    rows.append({"name": model.name, "kind": model.tags.get(KIND_TAG, ""), "aliases": aliases,
+                                 "versions": versions})
+                token = page.token
+                if not token:
+                    return rows
+
+        try:
+            return await asyncio.to_thread(read)
+        except MlflowException as exc:
+            return LookupFailure(503, f"model registry at {self._settings.mlflow_tracking_uri} unreachable: {exc.message}")

@@ -1,0 +1,208 @@
+"""The ``Synthesizer`` deployment: registered generators → packaged images.
+
+* **Multiplexing.** A few generators per replica (``@serve.multiplexed``, LRU), keyed by the
+  concrete ``models:/NAME/VERSION`` URI, so a moved alias never serves a stale model and
+  the router sends a request to a replica that already holds its model.
+* **Batching by images, not requests.** ``@serve.batch`` with ``batch_size_fn`` = total
+  images: many small requests share forward passes, and one 256-image request is not
+  merged with others into a 2,000-image pass. Sizes come from serve_config.yaml.
+* **Determinism survives batching.** Each request's latents come from its own seed, and
+  :meth:`GeneratorSampler.render` runs fixed-shape passes in which a row depends only on its
+  own latent; so an image is byte-identical whether its request ran alone or batched.
+* **Latent tools** (knee paper, Fig. 4): a linear path between the latents of two seeds, and
+  one latent dimension swept from −4.2 to +4.2 around a seed's latent.
+
+Client errors (unknown class, a class for an unconditional model) come back as a
+:class:`LookupFailure` naming the field, never as an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from infra.settings import Settings, get_settings
+from services.serving.model_directory import LookupFailure, ModelRef
+
+MODELS_PER_REPLICA = 3  # generators cached per replica (LRU)
+SWEEP_RANGE = (-4.2, 4.2)  # knee paper, Fig. 4
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One request's share of a batched forward pass."""
+
+    sampler: Any  # GeneratorSampler (torch stays out of this module's import)
+    n: int
+    seed: int
+    label: int | None
+
+
+def _job_images(jobs: Sequence[_Job]) -> int:
+    return sum(job.n for job in jobs)
+
+
+def resolve_label(sampler: Any, ref: ModelRef, value: str | int | None) -> int | None | LookupFailure:
+    """A request's ``class`` (name or index) → the label to generate with, or why not.
+
+    A per-class generator (trained on one class only) accepts its own class and nothing else.
+    """
+    if value is None:
+        return None
+    names = list(ref.classes)
+    if isinstance(value, str) and not value.isdigit():
+        if value not in names:
+            return LookupFailure(422, f"unknown class {value!r} for {ref.name}/{ref.version}; classes: {names}", "class")
+        index = names.index(value)
+    else:
+        index = int(value)
+    if sampler.conditional:
+        if not 0 <= index < sampler.num_classes:
+            return LookupFailure(422, f"class {value!r} is outside {ref.name}/{ref.version}'s classes "
+                                      f"0..{sampler.num_classes - 1} {names}", "class")
+        return index
+    if sampler.class_index is not None:
+        if index != sampler.class_index:
+            return LookupFailure(422, f"{ref.name}/{ref.version} was trained on class {sampler.class_name!r} "
+                                      f"(index {sampler.class_index}) only; got class {value!r}", "class")
+        return None
+    return LookupFailure(422, f"{ref.name}/{ref.version} is unconditional; omit class", "class")
+
+
+def _meta(ref: ModelRef, **extra: Any) -> dict[str, Any]:
+    return {"model": ref.name, "version": ref.version, "run_id": ref.run_id, "uri": ref.uri} | extra
+
+
+@serve.deployment
+class Synthesizer:
+    """Generator cache, request batching and packaging; torch and MLflow live here."""
+
+    def __init__(self, max_batch_images: int = 256, batch_wait_timeout_s: float = 0.02, torch_threads: int = 0,
+                 settings: Settings | None = None) -> None:
+        # Settings (the MLflow URI) come from the SYNTHRAY_* variables that serve.up puts
+        # into the application's runtime_env (a pod's environment in a cluster).
+        from infra.cpus import set_torch_threads
+        from infra.tracking import configure
+
+        set_torch_threads(torch_threads)  # Ray gave this 0.3-CPU replica OMP_NUM_THREADS=1
+        # Every forward pass runs on this one thread. torch's intra-op pool already uses all the
+        # cores, and each extra Python thread that calls torch starts its own OpenMP team: two
+        # teams then fight for the same cores (measured: a render 30 % slower than in-process).
+        self._torch_thread = ThreadPoolExecutor(1, thread_name_prefix="synthesizer-torch")
+
+        self._settings = settings or get_settings()
+        configure(self._settings)
+        self._max_batch_images = max_batch_images
+        self._render_batch.set_max_batch_size(max_batch_images)
+        self._render_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    @serve.multiplexed(max_num_models_per_replica=MODELS_PER_REPLICA)
+    async def _generator(self, uri: str):
+        from training.registry.generators import load_generator
+
+        return await asyncio.to_thread(load_generator, uri, self._settings)
+
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.02, batch_size_fn=_job_images)
+    async def _render_batch(self, jobs: list[_Job]) -> list[np.ndarray]:
+        return await self._on_torch_thread(self._render_jobs, jobs)
+
+    async def _on_torch_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._torch_thread, fn, *args)
+
+    @staticmethod
+    def _render_jobs(jobs: Sequence[_Job]) -> list[np.ndarray]:
+        """One fixed-shape render per generator in the batch, split back per request."""
+        import torch
+
+        out: list[np.ndarray | None] = [None] * len(jobs)
+        by_model: dict[int, list[int]] = {}
+        for i, job in enumerate(jobs):
+            by_model.setdefault(id(job.sampler), []).append(i)
+        for indices in by_model.values():
+            sampler = jobs[indices[0]].sampler
+            z = torch.cat([sampler.latents(jobs[i].n, jobs[i].seed) for i in indices])
+            labels = torch.cat([sampler.labels(jobs[i].n, jobs[i].label) for i in indices]) if sampler.conditional else None
+            images = sampler.render(z, labels)
+            bounds = np.cumsum([0] + [jobs[i].n for i in indices])
+            for i, start, stop in zip(indices, bounds[:-1], bounds[1:], strict=True):
+                out[i] = images[start:stop]
+        return out  # type: ignore[return-value]
+
+    async def _pack(self, images: np.ndarray, meta: dict[str, Any], fmt: str) -> bytes:
+        from services.serving.packaging import to_npz, to_png_zip
+
+        return await asyncio.to_thread(to_png_zip if fmt == "png-zip" else to_npz, images, meta)
+
+    async def synthesize(self, ref: ModelRef, n: int, seed: int, cls: str | int | None, fmt: str) -> bytes | LookupFailure:
+        """``n`` images of ``ref`` from ``seed`` (optionally of class ``cls``), packaged as ``fmt``."""
+        images = await self.images(ref, n, seed, cls)
+        if isinstance(images, LookupFailure):
+            return images
+        return await self._pack(images, _meta(ref, seed=seed, **({"class": cls} if cls is not None else {})), fmt)
+
+    async def images(self, ref: ModelRef, n: int, seed: int, cls: str | int | None) -> np.ndarray | LookupFailure:
+        """The raw uint8 images of a synthesize request (for FID scoring), same pixels as synthesize."""
+        sampler = await self._generator(ref.uri)
+        label = resolve_label(sampler, ref, cls)
+        if isinstance(label, LookupFailure):
+            return label
+        job = _Job(sampler, n, seed, label)
+        if n > self._max_batch_images:  # e.g. FID candidates: too big to share a batch, and needs none
+            return (await self._on_torch_thread(self._render_jobs, [job]))[0]
+        return await self._render_batch(job)
+
+    async def class_indices(self, ref: ModelRef, per_class: dict[str, int]) -> dict[int, int] | LookupFailure:
+        """A batch's ``per_class`` counts keyed by label index; only for conditional generators."""
+        sampler = await self._generator(ref.uri)
+        if not sampler.conditional:
+            return LookupFailure(422, f"per_class needs a conditional generator; {ref.name}/{ref.version} is not one",
+                                 "per_class")
+        counts: dict[int, int] = {}
+        for name, count in per_class.items():
+            label = resolve_label(sampler, ref, name)
+            if isinstance(label, LookupFailure):
+                return LookupFailure(422, f"per_class: {label.detail}", "per_class")
+            counts[label] = counts.get(label, 0) + count
+        return counts
+
+    async def interpolate(self, ref: ModelRef, seed_a: int, seed_b: int, steps: int, cls: str | int | None,
+                          fmt: str) -> bytes | LookupFailure:
+        """``steps`` images along the straight line from seed_a's latent to seed_b's."""
+        import torch
+
+        sampler = await self._generator(ref.uri)
+        label = resolve_label(sampler, ref, cls)
+        if isinstance(label, LookupFailure):
+            return label
+        t = torch.linspace(0, 1, steps).unsqueeze(1)
+        z = (1 - t) * sampler.latents(1, seed_a) + t * sampler.latents(1, seed_b)
+        images = await self._render_latents(sampler, z, label)
+        meta = _meta(ref, tool="interpolate", seed_a=seed_a, seed_b=seed_b, steps=steps)
+        return await self._pack(images, meta, fmt)
+
+    async def sweep(self, ref: ModelRef, seed: int, dim: int, steps: int, cls: str | int | None,
+                    fmt: str) -> bytes | LookupFailure:
+        """``steps`` images: seed's latent with dimension ``dim`` set to −4.2 … +4.2."""
+        import torch
+
+        sampler = await self._generator(ref.uri)
+        if not 0 <= dim < sampler.latent_dim:
+            return LookupFailure(422, f"dim must be in 0..{sampler.latent_dim - 1} for {ref.name}/{ref.version}", "dim")
+        label = resolve_label(sampler, ref, cls)
+        if isinstance(label, LookupFailure):
+            return label
+        z = sampler.latents(1, seed).repeat(steps, 1)
+        z[:, dim] = torch.linspace(*SWEEP_RANGE, steps)
+        images = await self._render_latents(sampler, z, label)
+        meta = _meta(ref, tool="sweep", seed=seed, dim=dim, steps=steps, range=list(SWEEP_RANGE))
+        return await self._pack(images, meta, fmt)
+
+    async def _render_latents(self, sampler: Any, z, label: int | None) -> np.ndarray:
+        labels = sampler.labels(len(z), label) if sampler.conditional else None
+        return await self._on_torch_thread(sampler.render, z, labels)

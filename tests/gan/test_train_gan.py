@@ -1,0 +1,255 @@
+"""GAN training on Ray Train with 2 workers, on the real stack (SeaweedFS, MLflow, Ray).
+
+One uninterrupted WGAN-GP run is shared by several tests (falling critic loss, S3
+checkpoints kept by FID, MLflow params/metrics/grids/FID curve, registry round trip). A second
+run with the same config has a worker SIGKILLed mid-run: it must resume from its checkpoint
+and end with the same generator weights, which only holds if weights, both optimizers, both
+LR schedules, the epoch counter and the RNG stream were all restored.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import signal
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+import torch
+from click.testing import CliRunner
+
+from infra.object_store import ObjectStore
+from infra.settings import Settings
+from training.catalog.selection import load_tensors, publish_phantom
+from training.gan.methods import PlanStep, run_plan
+from training.gan.loop import epoch_seed, lr_lambda
+from training.registry.generators import load_generator, register_run, registered_name
+from training.nets.presets import get_preset
+from training.catalog.phantom import PhantomSpec
+from training.gan.trainer import GanTrainConfig, train_gan
+
+pytestmark = pytest.mark.stack
+EPOCHS = 4
+
+
+def test_lr_decay_forms() -> None:
+    assert lr_lambda("inverse-time", 1e-4)(0) == 1.0
+    assert lr_lambda("inverse-time", 1e-4)(10_000) == pytest.approx(0.5)  # Keras: lr / (1 + decay·t)
+    assert lr_lambda("exponential", 0.1)(2) == pytest.approx(0.81)
+    assert lr_lambda("none", 0.5)(1000) == 1.0
+    with pytest.raises(ValueError, match="unknown decay_form"):
+        lr_lambda("cosine", 0.1)
+
+
+def test_epoch_seeds_differ_per_rank_and_epoch() -> None:
+    seeds = {epoch_seed(0, r, e) for r in range(4) for e in range(100)}
+    assert len(seeds) == 400 and epoch_seed(3, 1, 7) == epoch_seed(3, 1, 7)
+
+
+def test_config_overrides_preset_hyperparameters() -> None:
+    hp = GanTrainConfig(dataset="x", arch="wgan-gp-knee", lr=1e-3, decay_form="none").hyperparameters()
+    assert (hp["lr"], hp["lr_decay"], hp["critic_steps"], hp["gp_lambda"], hp["batch_size"]) == (1e-3, 0.0, 3, 10.0, 32)
+    assert hp["image_size"] == 210 and hp["latent_dim"] == 50 and hp["betas"] == (0.5, 0.9)
+
+
+@pytest.fixture(scope="module")
+def phantom(stack: Settings) -> str:
+    manifest = publish_phantom(200, PhantomSpec(size=64, seed=3), name="phantom-train-test",
+                               settings=stack, progress=lambda _: None)
+    return str(manifest.ref)
+
+
+def _config(dataset: str, **kw) -> GanTrainConfig:
+    return GanTrainConfig(dataset=dataset, epochs=EPOCHS, workers=2, batch_size=32, grid_size=4,
+                          fid_every=2, fid_n=48, keep_checkpoints=1, **kw)
+
+
+@pytest.fixture(scope="module")
+def run(stack: Settings, phantom: str):
+    lines: list[str] = []
+    result = train_gan(_config(phantom), settings=stack, progress=lines.append)
+    return result, lines
+
+
+@pytest.fixture(scope="module")
+def client(stack: Settings):
+    from mlflow import MlflowClient
+
+    return MlflowClient(stack.mlflow_tracking_uri)
+
+
+def _history(client, run_id: str, key: str) -> dict[int, float]:
+    return {m.step: m.value for m in client.get_metric_history(run_id, key)}
+
+
+def test_critic_loss_falls_over_the_run(run, client) -> None:
+    result, _ = run
+    per_epoch = _history(client, result.run_id, "loss_d")
+    assert sorted(per_epoch) == list(range(1, EPOCHS + 1))
+    assert per_epoch[EPOCHS] < per_epoch[1] - 1.0, per_epoch  # -W + λ·GP drops as the critic learns
+    per_step = _history(client, result.run_id, "step/loss_d")
+    steps = sorted(per_step)
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 4 * EPOCHS
+    for key in ("step/loss_g", "step/gp", "step/wasserstein"):
+        assert len(_history(client, result.run_id, key)) == len(steps)
+
+
+def test_run_records_params_dataset_commit_and_grids(run, client, phantom: str) -> None:
+    result, lines = run
+    assert result.dataset == phantom  # pinned at launch
+    data = client.get_run(result.run_id).data
+    assert data.params["dataset"] == phantom and data.params["gp_lambda"] == "10.0"
+    assert data.params["critic_steps"] == "3" and data.params["fid_n"] == "48"
+    assert data.tags["synthray.dataset.manifest_sha256"] == phantom.split("@")[1]
+    assert len(data.tags["mlflow.source.git.commit"]) == 40
+    assert data.tags["synthray.fid.reference_key"].startswith("fid/")
+    grids = [a.path for a in client.list_artifacts(result.run_id, "images")]
+    assert len([p for p in grids if "samples" in p and p.endswith(".png")]) >= EPOCHS, grids
+    assert [a.path for a in client.list_artifacts(result.run_id, "plots")] == ["plots/fid_curve.png"]
+    assert any("FID reference" in line for line in lines)
+
+
+def test_fid_every_k_epochs_with_n_fake_equal_n_real(run, client) -> None:
+    result, _ = run
+    fid = _history(client, result.run_id, "fid")
+    assert sorted(fid) == [2, 4] and all(math.isfinite(v) and v > 0 for v in fid.values())
+    assert set(_history(client, result.run_id, "fid_n_real").values()) == {48.0}
+    assert set(_history(client, result.run_id, "fid_n_fake").values()) == {48.0}
+    # the selected generator is the best-FID checkpoint
+    best = min(fid, key=fid.get)
+    assert result.metrics["epoch"] == best and result.metrics["fid"] == pytest.approx(fid[best])
+
+
+def test_checkpoints_live_in_s3_top_k_by_fid(run, stack: Settings) -> None:
+    result, _ = run
+    store = ObjectStore(stack)
+    key = result.checkpoint_path.removeprefix(f"s3://{stack.bucket}/")
+    assert store.exists(f"{key}/gan.pt")
+    run_dir = key.rsplit("/", 1)[0]
+    kept = {k.split("/")[-2] for k in store.list_keys(run_dir + "/") if k.endswith("/gan.pt")}
+    assert 1 <= len(kept) <= 2, kept  # top-1 by FID plus the latest
+
+
+def test_registered_generator_reloads_identically(run, stack: Settings) -> None:
+    result, _ = run
+    reg = register_run(result.run_id, settings=stack, progress=lambda _: None)
+    assert reg.name == registered_name(result.dataset, "wgan-gp-knee-small") == "gan-phantom-train-test-wgan-gp-knee-small"
+    # Registration re-scores the selected checkpoint with the training protocol: same FID.
+    assert float(reg.tags["fid"]) == pytest.approx(result.metrics["fid"], rel=1e-4)
+    assert reg.tags["epoch"] == str(int(result.metrics["epoch"])) and reg.tags["run_id"] == result.run_id
+    loaded = load_generator(reg.version_uri, settings=stack)
+    expected = result.sampler.generate(8, seed=5)
+    assert np.array_equal(loaded.generate(8, seed=5), expected)
+    assert expected.dtype == np.uint8 and expected.shape == (8, 64, 64)
+    torch.manual_seed(0)  # the workers' initialisation: training moved the weights
+    fresh, _ = get_preset("wgan-gp-knee-small").build()
+    trained = dict(result.sampler.generator.named_parameters())
+    assert any(not torch.equal(p, trained[n]) for n, p in fresh.named_parameters())
+
+
+def _train_workers(state_dir: str) -> list[psutil.Process]:
+    """Ray Train worker processes of this test stack (they inherit its SYNTHRAY_STATE_DIR)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []) and \
+                    proc.environ().get("SYNTHRAY_STATE_DIR") == state_dir:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _kill_a_worker_after_first_checkpoint(client, experiment: str, state_dir: str, stop: threading.Event) -> list[int]:
+    """Wait for the run's first epoch to be checkpointed, then SIGKILL one Ray Train worker."""
+    while not stop.is_set():
+        exp = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([exp.experiment_id]) if exp else []
+        if runs and _history(client, runs[0].info.run_id, "epoch"):
+            time.sleep(2.0)  # let rank 0 finish uploading and reporting the checkpoint
+            if workers := _train_workers(state_dir):
+                victim = max(workers, key=lambda p: p.pid)
+                victim.send_signal(signal.SIGKILL)
+                return [victim.pid]
+        time.sleep(0.3)
+    return []
+
+
+def test_killed_worker_resumes_from_checkpoint_exactly(run, stack: Settings, client, phantom: str) -> None:
+    reference, _ = run
+    cfg = _config(phantom, experiment="synthray-gan-kill-test")
+    stop = threading.Event()
+    killed: list[int] = []
+    killer = threading.Thread(target=lambda: killed.extend(_kill_a_worker_after_first_checkpoint(
+        client, cfg.experiment, str(stack.state_dir), stop)), daemon=True)
+    killer.start()
+    try:
+        result = train_gan(cfg, settings=stack, progress=lambda _: None)
+    finally:
+        stop.set()
+        killer.join(timeout=30)
+    assert killed, "no worker was killed (the run ended before its first checkpoint was seen)"
+    resumed = _history(client, result.run_id, "resumed_from_epoch")
+    assert resumed and 1 <= min(resumed.values()) < EPOCHS, resumed
+    assert _history(client, result.run_id, "epoch")[EPOCHS] == EPOCHS
+    # Same config, same seed: the resumed run ends where the uninterrupted one did.
+    assert result.metrics["epoch"] == reference.metrics["epoch"]
+    got = dict(result.sampler.generator.named_parameters())
+    for name, p in reference.sampler.generator.named_parameters():
+        torch.testing.assert_close(got[name], p, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    assert _history(client, result.run_id, "lr_g")[EPOCHS] == pytest.approx(
+        _history(client, reference.run_id, "lr_g")[EPOCHS], rel=1e-9)
+
+
+def test_conditional_acgan_and_warm_start(stack: Settings, phantom: str) -> None:
+    """Spine Method IV in miniature: pretrain on one class, fine-tune another from it.
+
+    With a vanishing learning rate the fine-tuned generator must still be the pretrained one;
+    a failed warm start would leave it at the seeded fresh initialisation.
+    """
+    base = GanTrainConfig(dataset=phantom, arch="acgan-spine-small", epochs=1, workers=2, batch_size=16,
+                          grid_size=4, fid_every=0)
+    plan = [
+        PlanStep("pretrain", base.model_copy(update={"class_label": 0})),
+        PlanStep("class2", base.model_copy(update={"class_label": 2, "lr": 1e-12, "seed": 1}), init_from="pretrain"),
+    ]
+    results = run_plan(plan, settings=stack, progress=lambda _: None)
+    pre, fine = results["pretrain"].sampler, results["class2"].sampler
+    assert pre.conditional and pre.num_classes == 5 and fine.class_index == 2
+    tuned = dict(fine.generator.named_parameters())
+    for name, p in pre.generator.named_parameters():
+        torch.testing.assert_close(tuned[name], p, rtol=0, atol=1e-8)
+    images = fine.generate(4, seed=0)  # defaults to its class
+    assert images.shape == (4, 64, 64) and images.dtype == np.uint8
+
+
+def test_dcgan_trains_with_bce(stack: Settings, phantom: str, client) -> None:
+    cfg = GanTrainConfig(dataset=phantom, arch="dcgan-fracture-small", epochs=1, workers=2, batch_size=32,
+                         grid_size=4, fid_every=0)
+    result = train_gan(cfg, settings=stack, progress=lambda _: None)
+    assert {"loss_d", "loss_g", "d_real", "d_fake"} <= set(client.get_run(result.run_id).data.metrics)
+    assert result.sampler.generate(2, seed=0).shape == (2, 64, 64)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--arch", "wgan-gp-knee"], r"has 64x64 \(\d+\) images but wgan-gp-knee makes 210x210; ingest with --resize 210"),
+    (["--class", "7"], r"has no images of class \? \(7\)"),
+    (["--workers", "64"], "--workers 64 needs 64 CPUs but the Ray cluster has 2"),
+    (["--batch-size", "5000"], r"selection has \d+ images, fewer than one batch of 2500 per worker"),
+], ids=["resolution", "class", "workers", "batch"])
+def test_bad_requests_fail_fast_with_one_line(stack: Settings, phantom: str, args: list[str], message: str) -> None:
+    from services.cli.train import train
+
+    result = CliRunner().invoke(train, ["gan", "--dataset", phantom, "--epochs", "1", *args])
+    assert result.exit_code == 1, result.output
+    assert re.search(message, result.output), result.output
+    assert result.output.count("Error:") == 1 and "Traceback" not in result.output
+
+
+def test_loaded_tensors_are_in_the_tanh_range(stack: Settings, phantom: str) -> None:
+    train = load_tensors(phantom, settings=stack)
+    assert train.images.shape[1:] == (1, 64, 64)
+    assert -1.0 <= float(train.images.min()) and float(train.images.max()) <= 1.0

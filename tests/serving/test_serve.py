@@ -1,0 +1,675 @@
+"""The synthesis API on a real stack: MLflow registry → Ray Serve → HTTP, and the config.
+
+Two generator versions are registered under one name (the alias ``champion`` moves to the
+second), so the tests can tell an alias from a pinned version by the pixels they get back.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import hypothesis
+import numpy as np
+import pytest
+import schemathesis
+import torch
+
+from infra.settings import Settings
+from services.serving import deploy as serve_ops
+from services.serving.packaging import read_images, read_manifest
+
+NAME = "gan-serve-test-wgan-gp-knee-small"
+N, SEED = 5, 3
+
+
+# -- the config file (no stack needed) -----------------------------------------------------
+DEPLOYMENTS = {"Api", "ModelDirectory", "Synthesizer", "FidScorer", "Classifier"}
+
+
+def test_config_is_a_valid_serve_deploy_schema() -> None:
+    config = serve_ops.load_config()
+    (app,) = config.applications
+    assert (app.name, app.route_prefix, app.import_path) == ("synthray", "/", "services.serving.app:build_app")
+    deployments = {d.name: d for d in app.deployments}
+    assert set(deployments) == DEPLOYMENTS
+    # Must fit next to training on the 2-CPU local head, at full autoscaled size.
+    def most(d) -> int:
+        return d.autoscaling_config["max_replicas"] if isinstance(d.autoscaling_config, dict) else d.num_replicas
+
+    assert sum(most(d) * d.ray_actor_options.num_cpus for d in deployments.values()) <= 1.0
+    # Overload is refused with 503 + Retry-After, not buffered without bound.
+    for name in DEPLOYMENTS - {"ModelDirectory"}:
+        d = deployments[name]
+        assert d.max_queued_requests > 0, name
+        assert d.backpressure_config.status_code == 503 and d.backpressure_config.retry_after_s > 0, name
+    assert deployments["ModelDirectory"].num_replicas == 1  # one alias map for every request
+    assert app.args["max_batch_images"] >= app.args["max_sync_images"] >= 1
+
+
+def test_config_import_path_builds_the_app() -> None:
+    from ray._common.utils import import_attr
+    from ray.serve import Application
+
+    (app,) = serve_ops.load_config().applications
+    assert isinstance(import_attr(app.import_path)(app.args), Application)
+    with pytest.raises(ValueError, match="max_sync_images"):
+        import_attr(app.import_path)({"max_sync_images": 0})
+    with pytest.raises(ValueError, match="max_batch_images"):
+        import_attr(app.import_path)({"max_sync_images": 300, "max_batch_images": 200})
+
+
+def test_deploy_config_carries_settings_and_code_version(tmp_path) -> None:
+    settings = Settings(mlflow_tracking_uri="http://127.0.0.1:1", state_dir=tmp_path)
+    (app,) = serve_ops.deploy_config(settings).applications
+    env = app.runtime_env["env_vars"]
+    assert env["SYNTHRAY_MLFLOW_TRACKING_URI"] == "http://127.0.0.1:1"
+    assert env[serve_ops.CODE_VERSION_VAR] == serve_ops.code_version()
+
+
+@pytest.mark.parametrize(
+    ("model", "parsed"),
+    [
+        ("gan-x@champion", ("gan-x", "champion", None)),
+        ("gan-x/12", ("gan-x", None, "12")),
+        ("models:/gan-x@challenger", ("gan-x", "challenger", None)),
+    ],
+)
+def test_parse_model_accepts_alias_version_and_uri(model, parsed) -> None:
+    from services.serving.app import parse_model
+
+    assert parse_model(model) == parsed
+
+
+@pytest.mark.parametrize("model", ["gan-x", "gan-x@", "gan-x/0", "gan-x/v2", "a/b@c", "@champion", "gan x@champion", 'q"x@champion'])
+def test_parse_model_rejects_ambiguous_references(model) -> None:
+    from services.serving.app import parse_model
+
+    with pytest.raises(ValueError, match="NAME@alias"):
+        parse_model(model)
+
+
+def test_up_without_ray_names_the_fix(tmp_path) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{sock.getsockname()[1]}"
+    settings = Settings(ray_address=dead, state_dir=tmp_path)
+    with pytest.raises(serve_ops.ServeError, match=f"Ray is not running at {dead}; .*synthray stack up"):
+        serve_ops.up(settings, progress=lambda _: None)
+
+
+def test_unreachable_registry_is_a_503_not_a_crash(monkeypatch, tmp_path) -> None:
+    import socket
+
+    import mlflow
+
+    from services.serving.model_directory import LookupFailure, ModelDirectory
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    try:
+        directory = ModelDirectory.func_or_class(settings=Settings(mlflow_tracking_uri=uri, state_dir=tmp_path))
+        result = directory._lookup("gan-x@champion")
+    finally:  # the directory points the process-wide MLflow client at the dead URI
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+    assert isinstance(result, LookupFailure)
+    assert result.status == 503 and uri in result.detail
+
+
+def test_backpressure_becomes_503_with_retry_after() -> None:
+    import asyncio
+
+    from fastapi import HTTPException
+    from ray.serve.exceptions import BackPressureError
+
+    from services.serving.app import _call
+
+    async def overloaded():
+        raise BackPressureError(num_queued_requests=9, max_queued_requests=8, retry_after_s=2.4)
+
+    with pytest.raises(HTTPException) as err:
+        asyncio.run(_call(overloaded()))
+    assert err.value.status_code == 503 and err.value.headers == {"Retry-After": "2"}
+    assert "max_queued_requests=8" in err.value.detail
+
+
+def test_api_keys_from_settings_and_file(tmp_path) -> None:
+    from fastapi import HTTPException
+    from fastapi.security import HTTPAuthorizationCredentials
+
+    from services.serving.auth import KeyChecker, client_key, ensure_local_key
+
+    settings = Settings(state_dir=tmp_path)
+    path = ensure_local_key(settings)
+    assert path == tmp_path / "api-keys" and (path.stat().st_mode & 0o777) == 0o600
+    key = path.read_text().strip()
+    assert len(key) >= 32 and client_key(settings) == key
+    assert ensure_local_key(settings) is None  # never overwrites a configured key
+    both = Settings(state_dir=tmp_path, api_keys="k-one, k-two")
+    checker = KeyChecker(both)
+    for good in ("k-one", "k-two", key):
+        checker.check(HTTPAuthorizationCredentials(scheme="Bearer", credentials=good))
+    for bad in (None, HTTPAuthorizationCredentials(scheme="Bearer", credentials="k-on"),
+                HTTPAuthorizationCredentials(scheme="Basic", credentials="k-one")):
+        with pytest.raises(HTTPException) as err:
+            checker.check(bad)
+        assert err.value.status_code == 401
+
+
+# -- over HTTP -------------------------------------------------------------------------------
+COND, CLASSIFIER, SWAP = "gan-serve-test-acgan", "classifier-serve-test", "gan-serve-swap-test"
+COND_CLASSES = ["L1", "L2", "L3"]
+REFERENCE_NAME = "phantom-metrics"  # the metrics tests' dataset: same spec, one version
+POLL_S = 1.0
+TEST_ENV = {  # read by the replicas (serve up passes SYNTHRAY_* on), kept small for a 2-core machine
+    "SYNTHRAY_BATCH_SHARD_SIZE": "25",
+    "SYNTHRAY_BATCH_MAX_IMAGES": "2000",  # the fuzzer may ask for the maximum: keep such batches short
+    "SYNTHRAY_REGISTRY_POLL_S": str(POLL_S),
+    "SYNTHRAY_SERVE_MAX_BODY_BYTES": "1000000",
+}
+
+
+def _register(seed: int, stack: Settings, name: str = NAME, preset: str = "wgan-gp-knee-small"):
+    from training.registry.generators import log_generator
+    from training.nets.presets import get_preset
+    from training.nets.sampler import GeneratorSampler
+
+    torch.manual_seed(seed)
+    spec = get_preset(preset)
+    generator, _ = spec.build()
+    conditional = spec.family == "acgan"
+    sampler = GeneratorSampler(generator, spec.latent_dim, num_classes=spec.num_classes if conditional else None)
+    tags = {"classes": json.dumps(COND_CLASSES), "conditional": "True"} if conditional else None
+    # No training run behind these: log them directly, and set champion as a promotion would.
+    return log_generator(sampler, name, alias="champion", tags=tags, settings=stack)
+
+
+def _register_classifier(stack: Settings):
+    from training.registry.classifiers import log_classifier
+    from training.nets.classifier import ImageClassifier, SmallCNN
+
+    torch.manual_seed(0)
+    return log_classifier(ImageClassifier(SmallCNN(num_classes=2), ["normal", "fracture"], image_size=64),
+                          CLASSIFIER, alias="champion", settings=stack)
+
+
+def _wait_gone(stack: Settings, timeout_s: float = 60) -> None:
+    """Cancelled coordinators wind down (their running shards are cancelled) and exit."""
+    from services.batches import jobs as batch_jobs
+
+    deadline = time.monotonic() + timeout_s
+    while batch_jobs.active_batches(stack):
+        assert time.monotonic() < deadline, f"batches still active: {batch_jobs.active_batches(stack)}"
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def served(stack: Settings):
+    """(base URL, first version, second version = champion); Serve stopped afterwards."""
+    first = _register(1, stack)
+    second = _register(2, stack)  # moves champion
+    saved = {k: os.environ.get(k) for k in TEST_ENV}
+    os.environ.update(TEST_ENV)
+    messages: list[str] = []
+    try:
+        url = serve_ops.up(stack, progress=messages.append)
+        print("\n".join(messages))
+        yield url, first, second
+    finally:
+        serve_ops.down(stack, progress=print)
+        # Batches outlive Serve by design; the ones the tests (and the fuzzer) started must not
+        # keep the 2 cores busy for the modules after this one.
+        from services.batches import jobs as batch_jobs
+
+        for batch in batch_jobs.active_batches(stack):
+            batch_jobs.cancel(batch, stack)
+        _wait_gone(stack)
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+
+
+@pytest.fixture(scope="module")
+def key(served, stack: Settings) -> str:
+    from services.serving.auth import client_key
+
+    found = client_key(stack)
+    assert found, "serve up must have written a local key"
+    return found
+
+
+@pytest.fixture(scope="module")
+def http(served, key):
+    with httpx.Client(base_url=served[0], timeout=300, headers={"Authorization": f"Bearer {key}"}) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def cond(stack: Settings):
+    return _register(3, stack, name=COND, preset="acgan-spine-small")
+
+
+@pytest.fixture(scope="module")
+def classifier(stack: Settings):
+    return _register_classifier(stack)
+
+
+@pytest.fixture(scope="module")
+def reference(stack: Settings) -> str:
+    from training.catalog.selection import publish_phantom
+    from training.catalog.phantom import PhantomSpec
+
+    manifest = publish_phantom(80, PhantomSpec(size=64, seed=5), name=REFERENCE_NAME, settings=stack,
+                               progress=lambda _: None)
+    return str(manifest.ref)
+
+
+def _expected(uri: str, stack: Settings, n: int = N, seed: int = SEED, label: int | None = None) -> np.ndarray:
+    from training.registry.generators import load_generator
+
+    return load_generator(uri, stack).generate(n, seed, label=label)
+
+
+def _post(http: httpx.Client, **body) -> httpx.Response:
+    return http.post("/v1/synthesize", json={"model": f"{NAME}@champion", "n": N, "seed": SEED} | body)
+
+
+def _error_fields(response: httpx.Response) -> dict[str, str]:
+    """{field: message} of a 422 in FastAPI's shape."""
+    assert response.status_code == 422, response.text
+    return {err["loc"][-1]: err["msg"] for err in response.json()["detail"]}
+
+
+def _wait_batch(http: httpx.Client, batch_id: str, timeout_s: float = 240) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = http.get(f"/v1/batches/{batch_id}").json()
+        if state["state"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
+            return state
+        time.sleep(1)
+
+
+@pytest.mark.stack
+class TestHttp:
+    def test_up_reports_running_and_probes(self, served, http, stack) -> None:
+        url, _, _ = served
+        assert url == f"http://127.0.0.1:{stack.serve_port}"
+        assert httpx.get(f"{url}/healthz").json() == {"status": "ok", "max_sync_images": 256}  # no key needed
+        assert httpx.get(f"{url}/readyz").json() == {"status": "ready"}
+        state = serve_ops.status(stack)
+        assert state["running"] and state["healthy"]
+        app = state["applications"]["synthray"]
+        assert app["status"] == "RUNNING"
+        assert {name: d["status"] for name, d in app["deployments"].items()} == dict.fromkeys(DEPLOYMENTS, "HEALTHY")
+
+    def test_every_v1_route_needs_a_key(self, served, http) -> None:
+        spec = http.get("/openapi.json").json()
+        routes = [(method, path) for path, ops in spec["paths"].items() if path.startswith("/v1/") for method in ops]
+        assert len(routes) >= 11
+        for method, path in routes:
+            url = served[0] + path.replace("{batch_id}", "b-0123456789abcdef0123")
+            for headers in ({}, {"Authorization": "Bearer wrong-key"}, {"Authorization": "Basic abc"}):
+                response = httpx.request(method.upper(), url, headers=headers, json={})
+                assert response.status_code == 401, (method, path, headers, response.text)
+                assert response.headers["www-authenticate"] == "Bearer"
+        assert "HTTPBearer" in spec["components"]["securitySchemes"]
+
+    def test_png_zip_matches_the_registered_champion(self, served, http, stack) -> None:
+        _, _, champion = served
+        response = _post(http, format="png-zip")
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/zip"
+        images = read_images(response.content)
+        assert images.shape == (N, 64, 64) and images.dtype == np.uint8
+        np.testing.assert_array_equal(images, _expected(champion.uri, stack))
+        with zipfile.ZipFile(io.BytesIO(response.content)) as zf:
+            assert len([n for n in zf.namelist() if n.endswith(".png")]) == N
+        manifest = read_manifest(response.content)
+        assert manifest["synthetic"] is True
+        assert manifest["generator"] == {
+            "model": NAME, "version": champion.version, "run_id": champion.run_id,
+            "uri": f"models:/{NAME}/{champion.version}", "seed": SEED,
+        }
+
+    def test_npz_matches_a_pinned_version(self, served, http, stack) -> None:
+        _, first, second = served
+        response = _post(http, model=f"{NAME}/{first.version}", format="npz")
+        assert response.status_code == 200, response.text
+        images = read_images(response.content)
+        assert images.shape == (N, 64, 64)
+        np.testing.assert_array_equal(images, _expected(f"models:/{NAME}/{first.version}", stack))
+        # The pinned older version really is another model than the champion.
+        assert not np.array_equal(images, _expected(second.uri, stack))
+        assert response.headers["x-model-version"] == first.version
+        assert read_manifest(response.content)["generator"]["version"] == first.version
+
+    @pytest.mark.parametrize("fmt", ["png-zip", "npz"])
+    def test_same_request_same_bytes_other_seed_other_bytes(self, http, fmt) -> None:
+        one, two = _post(http, format=fmt), _post(http, format=fmt)
+        other = _post(http, format=fmt, seed=SEED + 1)
+        assert one.status_code == two.status_code == other.status_code == 200
+        assert one.content == two.content
+        assert other.content != one.content
+
+    def test_concurrent_requests_are_batched_yet_byte_identical(self, served, http, stack) -> None:
+        # Many small requests at once share Serve batches; each must still equal its solo render.
+        seeds = list(range(100, 112))
+        with ThreadPoolExecutor(len(seeds)) as pool:
+            responses = list(pool.map(lambda s: _post(http, n=3, seed=s, format="npz"), seeds))
+        generator_uri = served[2].uri
+        for seed, response in zip(seeds, responses, strict=True):
+            assert response.status_code == 200, response.text
+            np.testing.assert_array_equal(read_images(response.content), _expected(generator_uri, stack, 3, seed))
+
+    def test_headers_carry_the_resolved_version_and_run(self, served, http) -> None:
+        _, first, second = served
+        assert first.version != second.version
+        response = http.post(
+            "/v1/synthesize",
+            json={"model": f"{NAME}@champion", "n": 1, "seed": 11},
+            headers={"X-Request-Id": "req-42"},
+        )
+        assert response.status_code == 200, response.text
+        headers = response.headers
+        assert headers["x-model-version"] == second.version  # the alias, resolved
+        assert headers["x-mlflow-run-id"] == second.run_id
+        assert headers["x-model-name"] == NAME
+        assert headers["x-seed"] == "11"
+        assert headers["x-synthetic"] == "true"
+        assert headers.get_list("x-request-id") == ["req-42"]  # echoed once, by the Serve proxy
+        generated = _post(http, n=1).headers.get_list("x-request-id")
+        assert len(generated) == 1 and generated[0]
+
+    def test_class_of_a_conditional_generator(self, http, cond, stack) -> None:
+        by_name = http.post("/v1/synthesize", json={"model": f"{COND}@champion", "n": 4, "seed": 5, "class": "L2",
+                                                    "format": "npz"})
+        by_index = http.post("/v1/synthesize", json={"model": f"{COND}@champion", "n": 4, "seed": 5, "class": 1,
+                                                     "format": "npz"})
+        assert by_name.status_code == by_index.status_code == 200, by_name.text
+        assert read_images(by_name.content).tobytes() == read_images(by_index.content).tobytes()
+        np.testing.assert_array_equal(read_images(by_name.content), _expected(cond.uri, stack, 4, 5, label=1))
+        assert read_manifest(by_name.content)["generator"]["class"] == "L2"
+
+    def test_latent_interpolation_and_sweep(self, served, http, stack) -> None:
+        from training.registry.generators import load_generator
+
+        sampler = load_generator(served[2].uri, stack)
+        body = {"model": f"{NAME}@champion", "seed_a": 1, "seed_b": 2, "steps": 5, "format": "npz"}
+        path = http.post("/v1/latent/interpolate", json=body)
+        assert path.status_code == 200, path.text
+        images = read_images(path.content)
+        assert images.shape == (5, 64, 64)
+        # The ends of the line are the two seeds' own images.
+        np.testing.assert_array_equal(images[0], sampler.generate(1, 1)[0])
+        np.testing.assert_array_equal(images[-1], sampler.generate(1, 2)[0])
+        sweep = http.post("/v1/latent/sweep", json={"model": f"{NAME}@champion", "seed": 4, "dim": 7, "steps": 3,
+                                                    "format": "npz"})
+        assert sweep.status_code == 200, sweep.text
+        z = sampler.latents(1, 4).repeat(3, 1)
+        z[:, 7] = torch.tensor([-4.2, 0.0, 4.2])
+        np.testing.assert_array_equal(read_images(sweep.content), sampler.render(z))
+        assert read_manifest(sweep.content)["generator"]["range"] == [-4.2, 4.2]
+
+    def test_models_lists_generators_and_classifiers(self, served, http, classifier) -> None:
+        listed = {m["name"]: m for m in http.get("/v1/models").json()["models"]}
+        assert listed[NAME]["aliases"]["champion"] == served[2].version
+        assert listed[NAME]["kind"] == "gan-generator"
+        assert listed[CLASSIFIER]["kind"] == "classifier"
+        assert listed[CLASSIFIER]["aliases"] == {"champion": classifier.version}
+
+    def test_classify_uploaded_pngs_and_npz(self, http, classifier, stack) -> None:
+        from training.catalog.store import encode_png
+        from training.registry.classifiers import load_classifier
+
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (3, 64, 64), dtype=np.uint8)
+        buffer = io.BytesIO()
+        np.savez(buffer, images=images[:2])
+        files = [("files", ("a.png", encode_png(images[2]), "image/png")),
+                 ("files", ("b.npz", buffer.getvalue(), "application/octet-stream"))]
+        response = http.post("/v1/classify", files=files, data={"model": f"{CLASSIFIER}@champion"})
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        assert len(results) == 3
+        expected = load_classifier(classifier.uri, stack).predict_proba(np.stack([images[2], images[0], images[1]]))
+        for row, probs in zip(results, expected, strict=True):
+            got = [row["probabilities"][c] for c in ("normal", "fracture")]
+            np.testing.assert_allclose(got, probs, rtol=1e-5, atol=1e-6)
+            assert row["label"] == ["normal", "fracture"][int(np.argmax(probs))]
+            assert row["version"] == classifier.version
+
+    def test_fid_of_generated_images_against_a_reference(self, http, reference, served, stack) -> None:
+
+        body = {"reference": reference, "candidate": {"model": f"{NAME}@champion", "n": 40, "seed": 9}}
+        response = http.post("/v1/fid", json=body)
+        assert response.status_code == 200, response.text
+        got = response.json()
+        assert set(got) >= {"fid", "n_real", "n_fake", "weights_sha256", "reference_key"}
+        assert got["n_fake"] == 40 and 2 <= got["n_real"] <= 80  # the default split of the 80
+        assert got["fid"] > 0
+
+    def test_batch_job_end_to_end(self, served, http, reference) -> None:
+        body = {"model": f"{NAME}@champion", "n": 60, "seed": 3}  # shards of 25: 25 + 25 + 10
+        submitted = http.post("/v1/batches", json=body)
+        assert submitted.status_code == 202, submitted.text
+        batch_id = submitted.json()["batch_id"]
+        assert submitted.headers["location"] == f"/v1/batches/{batch_id}"
+        again = http.post("/v1/batches", json=body)  # an idempotent retry of the POST
+        assert again.status_code == 202 and again.json()["batch_id"] == batch_id
+        state = _wait_batch(http, batch_id)
+        assert state["state"] == "succeeded", state
+        assert state["progress"]["images_done"] == state["progress"]["images_total"] == 60
+        manifest = httpx.get(state["urls"]["manifest"], timeout=60).json()  # presigned: no API key
+        assert len(state["urls"]["shards"]) == 3
+        assert manifest["synthetic"] is True and manifest["model"]["version"] == served[2].version
+        assert [shard["count"] for shard in manifest["shards"]] == [25, 25, 10]
+        # Finished: cancel is a no-op, and the batch can be scored.
+        assert http.post(f"/v1/batches/{batch_id}/cancel").json()["state"] == "succeeded"
+        fid = http.post("/v1/fid", json={"reference": reference, "candidate": {"batch_id": batch_id}})
+        assert fid.status_code == 200, fid.text
+        assert fid.json()["n_fake"] == 60
+
+    def test_alias_swap_under_concurrent_load(self, http, stack) -> None:
+        """champion moves while requests run: none fails, each answer is wholly one version."""
+        import mlflow
+
+        old = _register(10, stack, name=SWAP)
+        body = {"model": f"{SWAP}@champion", "n": 2, "seed": 1, "format": "npz"}
+        assert http.post("/v1/synthesize", json=body).headers["x-model-version"] == old.version
+        stop = threading.Event()
+        seen: list[tuple[float, str, bytes, int]] = []
+
+        def hammer() -> None:
+            while not stop.is_set():
+                started = time.monotonic()
+                response = http.post("/v1/synthesize", json=body)
+                seen.append((started, response.headers.get("x-model-version", ""), response.content,
+                             response.status_code))
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(2)
+        new = _register(11, stack, name=SWAP)  # moves champion in the registry
+        reloaded = http.post("/v1/admin/reload")
+        after_reload = time.monotonic()
+        time.sleep(3)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        assert reloaded.status_code == 200 and SWAP in reloaded.json()["moved"]
+        assert {status for _, _, _, status in seen} == {200}
+        expected = {v.version: _expected(v.version_uri, stack, 2, 1) for v in (old, new)}
+        for _, version, content, _ in seen:
+            np.testing.assert_array_equal(read_images(content), expected[version])
+        versions = [version for _, version, _, _ in seen]
+        assert old.version in versions and new.version in versions
+        assert {version for started, version, _, _ in seen if started > after_reload} == {new.version}
+        # Without a reload, the poll alone picks a move up within its interval.
+        mlflow.MlflowClient().set_registered_model_alias(SWAP, "champion", old.version)
+        moved_at, deadline = time.monotonic(), time.monotonic() + POLL_S + 30
+        while http.post("/v1/synthesize", json=body).headers["x-model-version"] != old.version:
+            assert time.monotonic() < deadline, "the poll never picked up the moved alias"
+            time.sleep(0.2)
+        print(f"alias move seen by the API after {time.monotonic() - moved_at:.1f} s (poll {POLL_S} s)")
+
+    def test_metrics_count_requests_and_images(self, served, http) -> None:
+        _post(http, n=2)
+        text = httpx.get(f"{served[0]}/metrics").text
+        assert f'synthray_images_generated_total{{endpoint="synthesize",model="{NAME}",version="{served[2].version}"}}' in text
+        assert 'synthray_http_requests_total{method="POST",route="/v1/synthesize",status="200"}' in text
+        assert 'synthray_http_request_seconds_bucket' in text
+
+    def test_generate_cli_as_a_data_team_uses_it(self, served, stack, tmp_path) -> None:
+        out = tmp_path / "set"
+        cli = [sys.executable, "-m", "services.cli.main", "generate", "--model", f"{NAME}@champion", "--n", "4",
+               "--seed", "3", "--out", str(out)]
+        done = subprocess.run(cli, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        pngs = sorted(out.glob("*.png"))
+        assert len(pngs) == 4 and (out / "manifest.json").exists()
+        from training.catalog.store import decode_png
+
+        np.testing.assert_array_equal(np.stack([decode_png(p.read_bytes()) for p in pngs]),
+                                      _expected(served[2].uri, stack, 4, 3))
+        refused = subprocess.run(cli + ["--api-key", "nope"], capture_output=True, text=True, timeout=300)
+        assert refused.returncode == 1 and "401" in refused.stderr and "invalid API key" in refused.stderr
+
+    def test_up_twice_keeps_serving(self, served, http, stack) -> None:
+        messages: list[str] = []
+        assert serve_ops.up(stack, progress=messages.append) == served[0]
+        assert any("RUNNING" in m for m in messages), messages
+        assert _post(http, n=1).status_code == 200
+
+# -- bad input: every row is a 4xx that names the field, never a 5xx ---------------------------
+def _png_bytes() -> bytes:
+    from training.catalog.store import encode_png
+
+    return encode_png(np.zeros((8, 8), np.uint8))
+
+
+BAD_INPUT = [
+    # (id, method, path, request kwargs (model names filled in), status, field or None)
+    ("n-zero", "POST", "/v1/synthesize", {"json": {"n": 0}}, 422, "n"),
+    ("n-over-cap", "POST", "/v1/synthesize", {"json": {"n": 257}}, 422, "n"),
+    ("seed-negative", "POST", "/v1/synthesize", {"json": {"seed": -1}}, 422, "seed"),
+    ("format-unknown", "POST", "/v1/synthesize", {"json": {"format": "gif"}}, 422, "format"),
+    ("field-unknown", "POST", "/v1/synthesize", {"json": {"colour": "red"}}, 422, "colour"),
+    ("model-bare-name", "POST", "/v1/synthesize", {"json": {"model": NAME}}, 422, "model"),
+    ("model-version-0", "POST", "/v1/synthesize", {"json": {"model": f"{NAME}/0"}}, 422, "model"),
+    ("model-unknown", "POST", "/v1/synthesize", {"json": {"model": f"{NAME}-nope@champion"}}, 404, None),
+    ("alias-unknown", "POST", "/v1/synthesize", {"json": {"model": f"{NAME}@no-such-alias"}}, 404, None),
+    ("version-unknown", "POST", "/v1/synthesize", {"json": {"model": f"{NAME}/999"}}, 404, None),
+    ("class-on-unconditional", "POST", "/v1/synthesize", {"json": {"class": "L1"}}, 422, "class"),
+    ("class-unknown-name", "POST", "/v1/synthesize", {"json": {"model": f"{COND}@champion", "class": "L9"}}, 422, "class"),
+    ("class-index-too-big", "POST", "/v1/synthesize", {"json": {"model": f"{COND}@champion", "class": 3}}, 422, "class"),
+    ("classifier-as-generator", "POST", "/v1/synthesize", {"json": {"model": f"{CLASSIFIER}@champion"}}, 422, "model"),
+    ("not-json", "POST", "/v1/synthesize", {"content": b"{not json", "headers": {"content-type": "application/json"}},
+     422, None),
+    ("body-too-large", "POST", "/v1/synthesize", {"content": b"x" * 1_000_001,
+                                                   "headers": {"content-type": "application/json"}}, 413, None),
+    ("batch-n-zero", "POST", "/v1/batches", {"json": {"n": 0}}, 422, "n"),
+    ("batch-n-over-max", "POST", "/v1/batches", {"json": {"n": 100_001}}, 422, "n"),
+    ("batch-per-class-sum", "POST", "/v1/batches", {"json": {"model": f"{COND}@champion", "n": 10,
+                                                             "per_class": {"L1": 3}}}, 422, None),
+    ("batch-per-class-unconditional", "POST", "/v1/batches", {"json": {"n": 3, "per_class": {"L1": 3}}}, 422,
+     "per_class"),
+    ("batch-per-class-unknown", "POST", "/v1/batches", {"json": {"model": f"{COND}@champion", "n": 3,
+                                                                 "per_class": {"L9": 3}}}, 422, "per_class"),
+    ("batch-unknown", "GET", "/v1/batches/b-0123456789abcdef0123", {}, 404, None),
+    ("batch-malformed-id", "GET", "/v1/batches/..%2Fetc", {}, 404, None),
+    ("cancel-unknown", "POST", "/v1/batches/b-0123456789abcdef0123/cancel", {}, 404, None),
+    ("fid-bad-reference", "POST", "/v1/fid", {"json": {"reference": "a:b:c:d", "candidate": {"batch_id": "b-01234567"}}},
+     422, "reference"),
+    ("fid-unknown-batch", "POST", "/v1/fid", {"json": {"reference": REFERENCE_NAME,
+                                                       "candidate": {"batch_id": "b-0123456789abcdef0123"}}}, 404, None),
+    ("fid-one-image", "POST", "/v1/fid", {"json": {"reference": REFERENCE_NAME,
+                                                   "candidate": {"model": f"{NAME}@champion", "n": 1}}}, 422, "n"),
+    ("fid-too-many", "POST", "/v1/fid", {"json": {"reference": REFERENCE_NAME,
+                                                  "candidate": {"model": f"{NAME}@champion", "n": 5001}}}, 422,
+     "candidate"),
+    ("classify-not-an-image", "POST", "/v1/classify", {"files": [("files", ("x.png", b"hello", "image/png"))]}, 422,
+     "files"),
+    ("classify-no-files", "POST", "/v1/classify", {"data": {"model": f"{CLASSIFIER}@champion"}}, 422, "files"),
+    ("classify-unknown-model", "POST", "/v1/classify", {"data": {"model": "nope@champion"},
+                                                        "files": [("files", ("a.png", "PNG", "image/png"))]}, 404, None),
+    ("classify-generator", "POST", "/v1/classify", {"data": {"model": f"{NAME}@champion"},
+                                                    "files": [("files", ("a.png", "PNG", "image/png"))]}, 422, None),
+    ("sweep-dim-too-big", "POST", "/v1/latent/sweep", {"json": {"model": f"{NAME}@champion", "seed": 1, "dim": 4000}},
+     422, "dim"),
+    ("interpolate-one-step", "POST", "/v1/latent/interpolate",
+     {"json": {"model": f"{NAME}@champion", "seed_a": 1, "seed_b": 2, "steps": 1}}, 422, "steps"),
+]
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize(("method", "path", "kwargs", "status", "field"), [row[1:] for row in BAD_INPUT],
+                         ids=[row[0] for row in BAD_INPUT])
+def test_bad_input_is_a_4xx_naming_the_field(served, http, cond, classifier, reference, method, path, kwargs,
+                                             status, field) -> None:
+    kwargs = dict(kwargs)
+    if path == "/v1/synthesize" and "json" in kwargs:
+        kwargs["json"] = {"model": f"{NAME}@champion", "n": N, "seed": SEED} | kwargs["json"]
+    if path == "/v1/batches":
+        kwargs["json"] = {"model": f"{NAME}@champion", "n": 3, "seed": 0} | kwargs["json"]
+    if "files" in kwargs:
+        kwargs["files"] = [(k, (name, _png_bytes() if data == "PNG" else data, media))
+                           for k, (name, data, media) in kwargs["files"]]
+    response = http.request(method, path, **kwargs)
+    assert response.status_code == status, response.text
+    body = response.json()
+    if field is not None:
+        assert field in {str(err["loc"][-1]) for err in body["detail"]}, body
+    else:
+        assert body["detail"], body
+
+
+# -- schemathesis against the served OpenAPI spec ------------------------------------------------
+# Driven through hypothesis directly (schemathesis' pytest plugin does not run under pytest 9).
+FUZZ_EXAMPLES = 8  # per operation: bounded, on loopback
+
+
+@pytest.mark.stack
+def test_openapi_fuzz_never_a_server_error(served, key) -> None:
+    schema = schemathesis.openapi.from_url(f"{served[0]}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 14
+    auth = {"Authorization": f"Bearer {key}"}
+    calls: list[str] = []
+    for operation in operations:
+        @hypothesis.given(case=operation.as_strategy())
+        @hypothesis.settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
+                             suppress_health_check=list(hypothesis.HealthCheck))
+        def fuzz(case) -> None:
+            response = case.call(base_url=served[0], headers=auth, timeout=120)
+            calls.append(f"{case.method} {case.path} {response.status_code}")
+            case.validate_response(response, checks=[schemathesis.checks.not_a_server_error])
+
+        fuzz()
+    print(f"schemathesis: {len(calls)} requests, statuses {sorted({c.rsplit(' ', 1)[1] for c in calls})}")
+    assert len(calls) >= len(operations)
+
+
+# -- last: stopping ---------------------------------------------------------------------------
+@pytest.mark.stack
+def test_zz_down_stops_serving(served, stack) -> None:
+    serve_ops.down(stack, progress=lambda _: None)
+    assert serve_ops.status(stack)["running"] is False
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{served[0]}/healthz", timeout=5)
+    messages: list[str] = []
+    serve_ops.down(stack, progress=messages.append)  # second down: a no-op
+    assert messages == ["Ray Serve is not running"]

@@ -1,0 +1,1 @@
+"""Classifier training on Ray Train: configuration, the loop, the trainer and pretrained weights."""

@@ -1,0 +1,187 @@
+"""Classifier training on Ray Train (the driver side): a list of runs in one worker group.
+
+:func:`fit_classifiers` puts the images in the object store once, launches one ``TorchTrainer``
+(gloo on CPU, NCCL with ``use_gpu``) that works through the jobs (:mod:`training.classify.loop`),
+and returns every job's result plus the model with the lowest validation loss, ready to register.
+:func:`train_classifier` is the single-run case behind ``synthray train classifier``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from infra.ray_runtime import connect, storage
+from infra.settings import Settings, get_settings
+from infra.tracking import configure, run_url
+from training.classify.config import ClassifierTrainConfig
+from training.classify.loop import (
+    ClassifierData,
+    ClassifierJob,
+    JobResult,
+    build_classifier,
+    load_results,
+    train_loop,
+)
+
+Progress = Callable[[str], None]
+CLASSIFIER_EXPERIMENT = "synthray-classifier"
+
+
+@dataclass(frozen=True)
+class FitResult:
+    results: dict[str, JobResult]
+    best_key: str
+    best_state: dict
+
+
+def classifier_name(dataset: str, arch: str) -> str:
+    """Registry name of a dataset's classifier: ``classifier-{dataset name}-{arch}``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"classifier-{dataset.split('@')[0]}-{arch}")
+
+
+def pretrained_tags(cfg: ClassifierTrainConfig) -> dict[str, str]:
+    """Where the starting weights came from; "from scratch" is said explicitly."""
+    from training.classify.pretrained import FROM_SCRATCH_TAGS
+
+    if not cfg.pretrained:
+        return dict(FROM_SCRATCH_TAGS)
+    return {"synthray.pretrained": cfg.pretrained, "synthray.pretrained.sha256": str(cfg.pretrained_sha256)}
+
+
+def _check_cluster(cfg: ClassifierTrainConfig) -> None:
+    import ray
+
+    kind = "GPU" if cfg.use_gpu else "CPU"
+    have = int(ray.cluster_resources().get(kind, 0))
+    if cfg.workers > have:
+        raise ValueError(f"--workers {cfg.workers} needs {cfg.workers} {kind}s but the Ray cluster has {have}")
+
+
+def fit_classifiers(
+    cfg: ClassifierTrainConfig,
+    classes: list[str],
+    data: ClassifierData,
+    jobs: list[ClassifierJob],
+    *,
+    parent_run_id: str,
+    experiment_id: str,
+    settings: Settings | None = None,
+    tags: dict[str, str] | None = None,
+    progress: Progress = print,
+) -> FitResult:
+    """Train every job on Ray Train; child MLflow runs of ``parent_run_id``.
+
+    Args:
+        cfg: architecture, optimisation, workers.
+        classes: class names in label order.
+        data: the training pool and the real validation/test sets (and synthetic test sets).
+        jobs: runs to train; their ``train_index`` points into ``data.pool_images``.
+        parent_run_id, experiment_id: where the child runs go.
+        settings: where Ray, MLflow and the object store are.
+        tags: extra tags of every child run.
+        progress: receives progress lines (workers log epochs too).
+    """
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    settings = settings or get_settings()
+    if len({j.key for j in jobs}) != len(jobs):
+        raise ValueError("job keys must be unique")
+    for job in jobs:
+        if len(job.train_index) < cfg.workers:
+            raise ValueError(f"run {job.key!r} has {len(job.train_index)} training images, fewer than "
+                             f"{cfg.workers} worker(s)")
+    connect(settings)
+    _check_cluster(cfg)
+    path, fs = storage(settings)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"config": cfg.model_dump(), "classes": list(classes), "data": ray.put(data),
+                           "jobs": [asdict(j) for j in jobs], "parent_run_id": parent_run_id,
+                           "experiment_id": experiment_id, "tags": tags or {}},
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu),
+        run_config=ray.train.RunConfig(
+            name=f"classifiers-{parent_run_id}", storage_path=path, storage_filesystem=fs,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    started = time.perf_counter()
+    progress(f"classifier: {len(jobs)} run(s) of {cfg.arch} on {cfg.workers} worker(s)")
+    result = trainer.fit()
+    progress(f"classifier: {len(jobs)} run(s) in {time.perf_counter() - started:.0f} s")
+    with result.checkpoint.as_directory() as ckpt:
+        results, best = load_results(ckpt)
+    missing = [j.key for j in jobs if j.key not in results]
+    if missing or best is None:
+        raise RuntimeError(f"classifier training ended without results for {missing or 'any run'}")
+    return FitResult(results=results, best_key=best["key"], best_state=best["state"])
+
+
+def register_classifier(cfg: ClassifierTrainConfig, classes: list[str], fit: FitResult, name: str, *,
+                        settings: Settings | None = None, tags: dict[str, str] | None = None,
+                        alias: str = "champion", description: str = ""):
+    """Register the lowest-validation-loss model of ``fit`` in the run that trained it."""
+    from training.registry.classifiers import log_classifier
+
+    model = build_classifier(cfg.model_copy(update={"pretrained": None, "pretrained_sha256": None}), classes, 0)
+    model.load_state_dict(fit.best_state)
+    best = fit.results[fit.best_key]
+    metric_tags = {f"test.{k}": f"{v:.6f}" for k, v in best.test_metrics.items() if np.isfinite(v)}
+    return log_classifier(model, name, alias=alias, settings=settings, run_id=best.run_id, description=description,
+                          tags={"run_id": best.run_id, "cell": best.cell, "seed": str(best.seed),
+                                "best_epoch": str(best.best_epoch), "val_loss": f"{best.val_loss:.6f}",
+                                **metric_tags, **(tags or {})})
+
+
+def train_classifier(
+    cfg: ClassifierTrainConfig,
+    dataset: str,
+    *,
+    splits: tuple[str, str, str] = ("train", "val", "test"),
+    seed: int = 0,
+    register: bool = True,
+    settings: Settings | None = None,
+    progress: Progress = print,
+):
+    """Train one classifier on a dataset's real splits; register it as ``champion`` when asked.
+
+    Returns ``(FitResult, RegisteredClassifier | None, parent run URL)``.
+    """
+    from training.catalog.selection import catalog
+
+    settings = settings or get_settings()
+    manifest = catalog(settings).manifest(dataset)
+    pools = [manifest.select(split=s) for s in splits]
+    for split, records in zip(splits, pools, strict=True):
+        if not records:
+            raise ValueError(f"dataset {manifest.ref} has no images in split {split!r}")
+    cat = catalog(settings)
+    arrays = [cat.read_pixels(records) for records in pools]
+    labels = [np.array([r.label for r in records], dtype=np.int64) for records in pools]
+    data = ClassifierData(arrays[0], labels[0], arrays[1], labels[1], arrays[2], labels[2])
+    job = ClassifierJob(key=f"real/seed {seed}", cell="real", seed=seed, train_index=np.arange(len(arrays[0])),
+                        params={"dataset": str(manifest.ref), "n_real": len(arrays[0]), "n_synthetic": 0,
+                                **cfg.hyperparameters()})
+    tags = {"synthray.dataset": str(manifest.ref), **pretrained_tags(cfg)}
+    mlflow = configure(settings)
+    experiment = mlflow.set_experiment(cfg.experiment)
+    with mlflow.start_run(run_name=f"classifier-{cfg.arch}-{manifest.ref}",
+                          tags={"synthray.kind": "classifier", **tags}) as parent:
+        url = run_url(settings, experiment.experiment_id, parent.info.run_id)
+        progress(f"classifier: MLflow run {url}")
+        fit = fit_classifiers(cfg, list(manifest.classes), data, [job], parent_run_id=parent.info.run_id,
+                              experiment_id=experiment.experiment_id, settings=settings, tags=tags, progress=progress)
+    reg = None
+    if register:
+        reg = register_classifier(cfg, list(manifest.classes), fit, classifier_name(str(manifest.ref), cfg.arch),
+                                  settings=settings, tags={"dataset": str(manifest.ref), **tags})
+        progress(f"classifier: registered {reg.uri} (alias champion)")
+    return fit, reg, url

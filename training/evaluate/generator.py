@@ -1,0 +1,53 @@
+"""How a generator is scored against its training reference: one protocol for training and the registry.
+
+The fake side copies the real side (the knee paper's n_fake = n_real): as many images as the
+reference holds, and for a conditional generator trained on all classes, the reference's own
+class mix, in class order. The same seed gives the same images, so the FID a checkpoint got in
+training is the FID its registered version gets again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from infra.settings import Settings
+from training.evaluate import ReferenceStats, evaluate, fake_features, memorization_audit
+from training.nets.sampler import GeneratorSampler
+
+
+def fakes_like(sampler: GeneratorSampler, ref: ReferenceStats, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(uint8 images, their labels or None): ``ref.n`` samples in the reference's class mix."""
+    if sampler.conditional and sampler.class_index is None:
+        counts = np.bincount(ref.labels, minlength=sampler.num_classes)
+        parts = [(sampler.generate(int(c), seed=seed + k, label=k), np.full(int(c), k)) for k, c in enumerate(counts) if c]
+        return np.concatenate([p for p, _ in parts]), np.concatenate([y for _, y in parts])
+    labels = None if sampler.class_index is None else np.full(ref.n, sampler.class_index)
+    return sampler.generate(ref.n, seed=seed), labels
+
+
+@dataclass(frozen=True)
+class GeneratorEvaluation:
+    """FID, KID (bootstrap CI) and the memorization audit of one generator on one reference."""
+
+    fid: dict
+    kid: dict
+    memorization: dict
+    seed: int
+
+    @property
+    def reference_key(self) -> str:
+        return self.fid["reference_key"]
+
+
+def evaluate_generator(
+    sampler: GeneratorSampler, ref: ReferenceStats, seed: int, settings: Settings | None = None,
+    progress=None, kid_bootstrap: int = 1000,
+) -> GeneratorEvaluation:
+    """Score ``sampler`` against ``ref`` with the training protocol (see the module docstring)."""
+    fake, labels = fakes_like(sampler, ref, seed)
+    feats = fake_features(fake, ref, settings, progress=progress)  # one Inception pass for all three
+    scores = evaluate(fake, ref, ["fid", "kid"], settings, kid_bootstrap=kid_bootstrap, seed=seed, feats=feats)
+    audit = memorization_audit(fake, ref, fake_labels=labels, settings=settings, feats=feats)
+    return GeneratorEvaluation(fid=scores["fid"], kid=scores["kid"], memorization=audit, seed=seed)

@@ -1,0 +1,80 @@
+"""What a GAN training run is: one validated config, shared by the driver, the workers and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from training.nets.presets import GanPreset, get_preset
+
+
+class GanTrainConfig(BaseModel):
+    """What to train and how; unset hyperparameters come from the architecture preset."""
+
+    dataset: str = Field(description="catalog dataset, name@version or name (latest)")
+    arch: str = "wgan-gp-knee-small"
+    epochs: int = Field(5, ge=1)
+    workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    amp: bool = Field(True, description="bf16 autocast and channels_last on GPU (ignored on CPU)")
+    split: str | None = "train"
+    subset: str | None = Field(None, description="catalog subset, e.g. gan-train (focus-checked)")
+    class_label: int | None = Field(None, ge=0, description="train on one class only (per-class mode)")
+    balance: Literal["none", "first", "random"] = Field(
+        "none", description="undersample every class to the smallest (spine paper Method II)")
+    limit: int | None = Field(None, ge=1, description="use only the first N images")
+    seed: int = Field(0, ge=0)
+    batch_size: int | None = Field(None, ge=1, description="global batch size")
+    lr: float | None = Field(None, gt=0, description="learning rate of G (and of D unless lr_d is set)")
+    lr_d: float | None = Field(None, gt=0, description="learning rate of the critic/discriminator")
+    latent_dim: int | None = Field(None, ge=1, le=4096, description="size of z (preset default)")
+    critic_steps: int | None = Field(None, ge=1)
+    gp_lambda: float | None = Field(None, ge=0)
+    lr_decay: float | None = Field(None, ge=0)
+    decay_form: Literal["inverse-time", "exponential", "none"] = Field(
+        "inverse-time", description="inverse-time: lr/(1+d·t) (Keras legacy decay); exponential: lr·(1−d)^t")
+    grid_size: int = Field(36, ge=1, le=256, description="images in the fixed-latent sample grid")
+    fid_every: int = Field(5, ge=0, description="FID every k epochs and at the last one; 0 disables it")
+    fid_n: int | None = Field(None, ge=2, description="n_real = n_fake; None uses the whole training selection")
+    keep_checkpoints: int = Field(2, ge=1, description="top-k checkpoints by FID (the latest is kept too)")
+    max_failures: int = Field(1, ge=0, description="worker-group restarts from the last checkpoint")
+    init_from: str | None = Field(None, description="warm start: checkpoint URI s3://bucket/path of a run")
+    transfer_critic: bool = Field(False, description="with init_from, also start from its critic")
+    log_every: int = Field(0, ge=0, description="console progress every N steps; 0 = 4 per epoch")
+    experiment: str = "synthray-gan"
+
+    def preset(self) -> GanPreset:
+        """The architecture preset with this run's latent size."""
+        preset = get_preset(self.arch)
+        return preset if self.latent_dim is None else dataclasses.replace(preset, latent_dim=self.latent_dim)
+
+    def hyperparameters(self) -> dict:
+        """Effective hyperparameters: preset values overridden by the set fields."""
+        preset = self.preset()
+        hp = {
+            "loss": preset.loss,
+            "image_size": preset.image_size,
+            "latent_dim": preset.latent_dim,
+            "batch_size": preset.batch_size,
+            "lr": preset.lr,
+            "lr_d": self.lr_d or self.lr or preset.lr,
+            "betas": preset.betas,
+            "critic_steps": preset.critic_steps,
+            "gp_lambda": preset.gp_lambda,
+            "lr_decay": preset.lr_decay,
+            "decay_form": self.decay_form,
+        }
+        for key in ("batch_size", "lr", "critic_steps", "gp_lambda", "lr_decay"):
+            if getattr(self, key) is not None:
+                hp[key] = getattr(self, key)
+        if self.decay_form == "none":
+            hp["lr_decay"] = 0.0
+        return hp
+
+    def selection(self) -> dict:
+        """Keyword arguments of :func:`training.catalog.selection.select_records` for this run."""
+        labels = None if self.class_label is None else [self.class_label]
+        return {"split": self.split, "labels": labels, "limit": self.limit, "subset": self.subset,
+                "balance": self.balance, "seed": self.seed}

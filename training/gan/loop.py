@@ -1,0 +1,338 @@
+"""The Ray Train worker loop of GAN training (one process per worker, DDP between them).
+
+Each worker reads its shard of the catalog selection, wraps G and D in DDP through
+``ray.train.torch.prepare_model`` and runs the preset's loss: ``critic_steps`` critic updates
+per real batch on fresh noise, then one generator update (the Keras WGAN-GP example's epoch,
+which the knee paper's code builds on). The gradient penalty's double backward works under
+DDP because ``autograd.grad`` w.r.t. the interpolates never touches parameter gradients; the
+one ``backward`` then reduces every critic gradient once (tested against one process).
+
+Resuming is exact: the checkpoint holds weights, both optimizers, both LR schedules, the epoch
+and global step, and every epoch reseeds the RNGs from ``(seed, rank, epoch)``, so an epoch
+replayed after a failure draws the same noise, permutation and dropout as the lost one.
+
+Rank 0 alone talks to MLflow (per-step losses, epoch metrics, the fixed-latent sample grid,
+FID against the cached reference statistics) and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from infra.settings import get_settings
+from infra.tracking import configure
+from training.gan.config import GanTrainConfig
+from training.gan.losses import make_loss
+from training.nets.sampler import GeneratorSampler, to_uint8
+
+CHECKPOINT_FILE = "gan.pt"
+MLFLOW_BATCH = 1000  # MLflow's log_batch limit on metrics per call
+# Worker progress goes through logging: Ray Train forwards the worker's INFO records to the
+# driver console once (its patched print() would emit each line twice here).
+log = logging.getLogger("synthray.train")
+
+
+def lr_lambda(form: str, decay: float) -> Callable[[int], float]:
+    """LR factor after ``t`` optimizer updates.
+
+    ``inverse-time`` is Keras' legacy ``decay`` argument, lr / (1 + decay·t), which the knee
+    paper's Keras code uses; ``exponential`` is lr·(1 − decay)^t; ``none`` keeps lr.
+    """
+    if form == "inverse-time":
+        return lambda t: 1.0 / (1.0 + decay * t)
+    if form == "exponential":
+        return lambda t: (1.0 - decay) ** t
+    if form == "none":
+        return lambda t: 1.0
+    raise ValueError(f"unknown decay_form {form!r}")
+
+
+def epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    """The RNG seed of one worker's epoch: replaying an epoch replays its randomness."""
+    return (seed * 1_000_003 + epoch * 1009 + rank) % 2**63
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    return getattr(module, "module", module)
+
+
+def sample_grid(generator: nn.Module, z: torch.Tensor, labels: torch.Tensor | None = None) -> np.ndarray:
+    """uint8 (H, W, 3) grid of ``generator(z[, labels])`` in eval mode (torchvision's make_grid)."""
+    from infra.compat import ensure_torchvision
+
+    ensure_torchvision()
+    from torchvision.utils import make_grid
+
+    was_training = generator.training
+    generator.eval()
+    with torch.no_grad():
+        images = (generator(z) if labels is None else generator(z, labels)).float().cpu()
+    generator.train(was_training)
+    grid = make_grid(images, nrow=int(np.ceil(np.sqrt(len(z)))), padding=2, pad_value=1.0)
+    return to_uint8(grid.unsqueeze(0))[0]
+
+
+def _mean_across_workers(values: dict[str, float], world: int) -> dict[str, float]:
+    import torch.distributed as dist
+
+    if world == 1:
+        return values
+    t = torch.tensor(list(values.values()), dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return dict(zip(values, (t / world).tolist()))
+
+
+def _min_across_workers(value: int, world: int) -> int:
+    import torch.distributed as dist
+
+    if world == 1:
+        return value
+    t = torch.tensor([value])
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
+def _load_state(path_dir: str | Path) -> dict:
+    return torch.load(Path(path_dir) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+
+
+def checkpoint_state(uri: str) -> dict:
+    """Checkpoint state of a run (``s3://bucket/path`` or a local directory)."""
+    import ray.train
+
+    if uri.startswith("s3://"):
+        from infra.ray_runtime import storage
+
+        _, fs = storage(get_settings())
+        checkpoint = ray.train.Checkpoint(uri.removeprefix("s3://"), filesystem=fs)
+    else:
+        checkpoint = ray.train.Checkpoint(uri)
+    with checkpoint.as_directory() as path:
+        return _load_state(path)
+
+
+@dataclass
+class GanPair:
+    """Generator and critic (possibly DDP-wrapped) with their optimizers and LR schedules."""
+
+    gen: nn.Module
+    critic: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    sched_g: torch.optim.lr_scheduler.LRScheduler
+    sched_d: torch.optim.lr_scheduler.LRScheduler
+    conditional: bool
+
+    def generate(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.gen(z, y) if self.conditional else self.gen(z)
+
+
+def train_step(pair: GanPair, loss, real: torch.Tensor, y: torch.Tensor, hp: dict,
+               autocast: Callable = contextlib.nullcontext) -> dict[str, torch.Tensor]:
+    """One generator update after ``critic_steps`` critic updates on fresh noise; the losses.
+
+    Fake labels follow the real batch's classes (conditional presets), so a class-imbalanced
+    run (spine Method I) generates in the data's proportions.
+    """
+    n, device = real.shape[0], real.device
+    for _ in range(hp["critic_steps"]):
+        with torch.no_grad(), autocast():
+            fake = pair.generate(torch.randn(n, hp["latent_dim"], device=device), y)
+        with autocast():
+            d_out = loss.critic_loss(pair.critic, real, fake, y, y)
+        pair.opt_d.zero_grad(set_to_none=True)
+        d_out["loss"].backward()
+        pair.opt_d.step()
+        pair.sched_d.step()
+    # G step through the bare critic with frozen weights: no critic gradients, no DDP sync.
+    critic = unwrap(pair.critic).requires_grad_(False)
+    try:
+        with autocast():
+            g_out = loss.generator_loss(critic, pair.generate(torch.randn(n, hp["latent_dim"], device=device), y), y)
+        pair.opt_g.zero_grad(set_to_none=True)
+        g_out["loss"].backward()
+        pair.opt_g.step()
+        pair.sched_g.step()
+    finally:
+        critic.requires_grad_(True)
+    return {"loss_d": d_out.pop("loss"), "loss_g": g_out.pop("loss"), **d_out, **g_out}
+
+
+def build_pair(preset, hp: dict, num_classes: int, prepare: Callable[[nn.Module], nn.Module] = lambda m: m) -> GanPair:
+    """Fresh G and D of ``preset`` (seed the RNG first), wrapped by ``prepare`` (DDP), with Adam + LR schedules."""
+    gen, critic = (prepare(m) for m in preset.build(num_classes))
+    opt_g = torch.optim.Adam(gen.parameters(), lr=hp["lr"], betas=tuple(hp["betas"]))
+    opt_d = torch.optim.Adam(critic.parameters(), lr=hp.get("lr_d", hp["lr"]), betas=tuple(hp["betas"]))
+    schedule = lr_lambda(hp["decay_form"], hp["lr_decay"])
+    return GanPair(gen, critic, opt_g, opt_d, torch.optim.lr_scheduler.LambdaLR(opt_g, schedule),
+                   torch.optim.lr_scheduler.LambdaLR(opt_d, schedule), preset.conditional)
+
+
+class _Progress:
+    """Console lines every ``every`` steps: epoch, step, losses, img/s and the last FID."""
+
+    def __init__(self, cfg: GanTrainConfig, steps: int, images_per_step: int) -> None:
+        self.cfg, self.steps, self.images = cfg, steps, images_per_step
+        self.every = cfg.log_every or max(1, math.ceil(steps / 4))
+        self.last_fid: float | None = None
+
+    def step(self, epoch: int, step: int, started: float, loss_d: float, loss_g: float) -> None:
+        if (step + 1) % self.every and step + 1 != self.steps:
+            return
+        rate = (step + 1) * self.images / max(time.perf_counter() - started, 1e-9)
+        fid = "n/a" if self.last_fid is None else f"{self.last_fid:.2f}"
+        log.info(f"[train] epoch {epoch + 1}/{self.cfg.epochs} step {step + 1}/{self.steps}  loss_d {loss_d:+.3f}  "
+                 f"loss_g {loss_g:+.3f}  {rate:.1f} img/s  last FID {fid}")
+
+
+def train_loop(loop_config: dict) -> None:
+    """Ray Train worker function (one per worker)."""
+    import ray.train
+    import ray.train.torch
+
+    from training.catalog.selection import load_tensors
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # per-report INFO lines drown the progress
+    cfg = GanTrainConfig(**loop_config["config"])
+    run_id: str = loop_config["run_id"]
+    num_classes: int = loop_config["num_classes"]
+    hp = cfg.hyperparameters()
+    preset = cfg.preset()
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    fast = cfg.use_gpu and cfg.amp and device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if fast else contextlib.nullcontext
+    memory_format = torch.channels_last if fast else torch.preserve_format
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every worker
+    pair = build_pair(preset, hp, num_classes,
+                      lambda m: ray.train.torch.prepare_model(m.to(memory_format=memory_format)))
+    gen, critic = pair.gen, pair.critic
+    start_epoch, global_step = 0, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:  # resume after a worker failure: everything, so the replay is exact
+        with checkpoint.as_directory() as ckpt_dir:
+            state = _load_state(ckpt_dir)
+        for obj, key in ((unwrap(gen), "generator"), (unwrap(critic), "critic"), (pair.opt_g, "opt_g"),
+                         (pair.opt_d, "opt_d"), (pair.sched_g, "sched_g"), (pair.sched_d, "sched_d")):
+            obj.load_state_dict(state[key])
+        start_epoch, global_step = state["epoch"], state["global_step"]
+    elif cfg.init_from:  # warm start (spine Method IV): weights only, fresh optimizers
+        warm = checkpoint_state(cfg.init_from)
+        unwrap(gen).load_state_dict(warm["generator"])
+        if cfg.transfer_critic:
+            unwrap(critic).load_state_dict(warm["critic"])
+    loss = make_loss(hp["loss"], hp["gp_lambda"])
+
+    data = load_tensors(cfg.dataset, shard=(rank, world), **cfg.selection())
+    images = data.images.to(device, memory_format=memory_format)
+    labels = data.labels.to(device)
+    batch = max(1, hp["batch_size"] // world)
+    steps = _min_across_workers(len(images) // batch, world)
+    if steps == 0:
+        raise ValueError(f"dataset {cfg.dataset} shard {rank} has {len(images)} images, fewer than one batch of {batch}")
+
+    reference, tracker, progress = None, None, None
+    if rank == 0:
+        from mlflow import MlflowClient
+
+        configure(get_settings())  # workers get SYNTHRAY_* through the job's runtime env
+        tracker = MlflowClient()
+        progress = _Progress(cfg, steps, world * batch)
+        fixed = torch.Generator().manual_seed(cfg.seed)
+        fixed_z = torch.randn(cfg.grid_size, hp["latent_dim"], generator=fixed).to(device)
+        fixed_y = (torch.arange(cfg.grid_size) % num_classes if cfg.class_label is None
+                   else torch.full((cfg.grid_size,), cfg.class_label)).to(device)
+        if cfg.fid_every:
+            reference = _reference(loop_config)
+        if start_epoch:
+            tracker.log_metric(run_id, "resumed_from_epoch", start_epoch, step=start_epoch)
+        log.info(f"[train] {world} worker(s) x {batch} images/batch, {steps} steps/epoch, "
+                 f"{len(images)} images in shard 0, device {device}"
+                 + (f", resuming after epoch {start_epoch}" if start_epoch else ""))
+
+    for epoch in range(start_epoch, cfg.epochs):
+        torch.manual_seed(epoch_seed(cfg.seed, rank, epoch))
+        gen.train(), critic.train()
+        started = time.perf_counter()
+        order = torch.randperm(len(images), device=device)
+        history: dict[str, list[torch.Tensor]] = {}
+        for step in range(steps):
+            idx = order[step * batch : (step + 1) * batch]
+            scalars = train_step(pair, loss, images[idx], labels[idx], hp, autocast)
+            global_step += 1
+            for key, value in scalars.items():
+                history.setdefault(key, []).append(value.detach().float())
+            if progress is not None:
+                progress.step(epoch, step, started, history["loss_d"][-1].item(), history["loss_g"][-1].item())
+        elapsed = time.perf_counter() - started
+        per_step = {k: torch.stack(v).cpu().numpy() for k, v in history.items()}
+        metrics = _mean_across_workers({k: float(v.mean()) for k, v in per_step.items()}, world)
+        metrics |= {"epoch": epoch + 1, "global_step": global_step,
+                    "images_per_s": world * steps * batch / elapsed, "lr_g": pair.sched_g.get_last_lr()[0]}
+        if rank != 0:
+            ray.train.report(metrics)
+            continue
+        metrics["fid"] = float("nan")
+        if reference is not None and ((epoch + 1) % cfg.fid_every == 0 or epoch + 1 == cfg.epochs):
+            metrics |= _fid(unwrap(gen), preset, hp, cfg, reference, loop_config)
+            progress.last_fid = metrics["fid"]
+            log.info(f"[train] epoch {epoch + 1}: FID {metrics['fid']:.2f} "
+                     f"(n_real {metrics['fid_n_real']:.0f} = n_fake {metrics['fid_n_fake']:.0f})")
+        _log_epoch(tracker, run_id, metrics, per_step, global_step - steps + 1)
+        tracker.log_image(run_id, sample_grid(unwrap(gen), fixed_z, fixed_y if preset.conditional else None),
+                          key="samples", step=epoch + 1)
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(
+                {"generator": unwrap(gen).state_dict(), "critic": unwrap(critic).state_dict(),
+                 "opt_g": pair.opt_g.state_dict(), "opt_d": pair.opt_d.state_dict(),
+                 "sched_g": pair.sched_g.state_dict(), "sched_d": pair.sched_d.state_dict(),
+                 "epoch": epoch + 1, "global_step": global_step, "num_classes": num_classes,
+                 "config": cfg.model_dump(), "hyperparameters": hp, "metrics": metrics},
+                Path(tmp) / CHECKPOINT_FILE,
+            )
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _log_epoch(tracker, run_id: str, metrics: dict, per_step: dict[str, np.ndarray], first_step: int) -> None:
+    """Epoch metrics at step = epoch, per-step losses (rank 0's) at the global step."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    rows = [Metric(k, float(v), now, int(metrics["epoch"])) for k, v in metrics.items() if math.isfinite(v)]
+    rows += [Metric(f"step/{k}", float(x), now, first_step + i) for k, values in per_step.items()
+             for i, x in enumerate(values)]
+    for start in range(0, len(rows), MLFLOW_BATCH):
+        tracker.log_batch(run_id, metrics=rows[start : start + MLFLOW_BATCH])
+
+
+def _reference(loop_config: dict):
+    """The training selection's reference statistics (computed by the driver, read from the cache)."""
+    from training.evaluate import reference_statistics
+
+    return reference_statistics(**loop_config["reference"])
+
+
+def _fid(gen: nn.Module, preset, hp: dict, cfg: GanTrainConfig, reference, loop_config: dict) -> dict:
+    """FID of n_fake = n_real samples (the knee paper's rule) against the cached reference."""
+    from training.evaluate.generator import fakes_like
+    from training.evaluate import fid_to_reference
+
+    sampler = GeneratorSampler(gen, hp["latent_dim"], class_index=cfg.class_label,
+                               num_classes=loop_config["num_classes"] if preset.conditional else None)
+    fake, _ = fakes_like(sampler, reference, seed=cfg.seed + 1)
+    gen.train()
+    result = fid_to_reference(fake, reference)
+    return {"fid": result.fid, "fid_n_real": result.n_real, "fid_n_fake": result.n_fake}

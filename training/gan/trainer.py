@@ -1,0 +1,233 @@
+"""Distributed GAN training on Ray Train, tracked in MLflow (the driver side).
+
+:func:`train_gan` checks the request against the catalog and the cluster (fails fast with
+one line), computes or loads the training selection's FID reference statistics, opens an
+MLflow run, launches a ``TorchTrainer`` (DDP over gloo on CPU, NCCL with ``use_gpu``; the same
+``ScalingConfig`` from 2 CPU workers to N GPUs), checkpoints to the object store keeping the
+top-k by FID, and returns the selected (best-FID) generator as a :class:`GeneratorSampler`.
+The worker loop is :mod:`training.gan.loop`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training.catalog.store import Catalog
+from infra.ray_runtime import connect, storage
+from infra.settings import PROJECT_ROOT, Settings, get_settings
+from infra.tracking import configure, run_url
+from training.gan.config import GanTrainConfig
+from training.gan.loop import _load_state, train_loop
+from training.nets.sampler import GeneratorSampler
+
+__all__ = ["GanTrainConfig", "GanTrainResult", "load_sampler", "train_gan"]
+
+
+@dataclass(frozen=True)
+class GanTrainResult:
+    run_id: str
+    experiment_id: str
+    run_url: str
+    checkpoint_path: str  # the selected (best-FID, else latest) checkpoint
+    dataset: str
+    sampler: GeneratorSampler
+    metrics: dict  # of the selected checkpoint
+
+
+def load_sampler(checkpoint_dir: str | Path, arch: str | None = None) -> GeneratorSampler:
+    """Rebuild the generator of a checkpoint directory as a registrable sampler."""
+    return sampler_from_state(_load_state(checkpoint_dir), arch)
+
+
+def sampler_from_state(state: dict, arch: str | None = None, classes: list[str] | None = None) -> GeneratorSampler:
+    """The generator of a loaded checkpoint state; ``classes`` names the dataset's classes."""
+    preset = GanTrainConfig(**{**state["config"], **({"arch": arch} if arch else {})}).preset()
+    gen, _ = preset.build(state.get("num_classes"))
+    gen.load_state_dict(state["generator"])
+    class_index = state["config"].get("class_label")
+    return GeneratorSampler(gen, preset.latent_dim, class_index=class_index,
+                            class_name=None if classes is None or class_index is None else classes[class_index],
+                            num_classes=state.get("num_classes") if preset.conditional else None)
+
+
+def _git_commit() -> str:
+    """The checkout's commit, found from the package (MLflow's own guess uses sys.argv[0])."""
+    from mlflow.utils.git_utils import get_git_commit
+
+    return get_git_commit(str(PROJECT_ROOT)) or "unknown"
+
+
+def _check_cluster(cfg: GanTrainConfig) -> None:
+    """More workers than the cluster has CPUs (or GPUs) would wait forever for resources."""
+    import ray
+
+    kind = "GPU" if cfg.use_gpu else "CPU"
+    have = int(ray.cluster_resources().get(kind, 0))
+    if cfg.workers > have:
+        raise ValueError(f"--workers {cfg.workers} needs {cfg.workers} {kind}s but the Ray cluster has {have}")
+
+
+def _check_selection(cfg: GanTrainConfig, settings: Settings):
+    """The selection's records, after checking class, size and batch against the architecture."""
+    from training.catalog.selection import catalog, select_records
+
+    preset = cfg.preset()
+    manifest = catalog(settings).manifest(cfg.dataset)
+    records = select_records(manifest, **cfg.selection())
+    sizes = Counter((r.width, r.height) for r in records)
+    if set(sizes) != {(preset.image_size, preset.image_size)}:
+        found = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.most_common())
+        raise ValueError(
+            f"dataset {manifest.ref} has {found} images but {cfg.arch} makes "
+            f"{preset.image_size}x{preset.image_size}; ingest with --resize {preset.image_size} or pick another --arch"
+        )
+    batch = cfg.hyperparameters()["batch_size"]
+    if len(records) // cfg.workers < max(1, batch // cfg.workers):
+        raise ValueError(f"dataset {manifest.ref} selection has {len(records)} images, fewer than one batch of "
+                         f"{batch // cfg.workers} per worker on {cfg.workers} workers; lower --batch-size")
+    return manifest, records
+
+
+def _fid_curve(client, run_id: str) -> None:
+    """FID against epoch as a PNG artifact (from the run's own history, so resumes are included)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = sorted({m.step: m.value for m in client.get_metric_history(run_id, "fid")}.items())
+    if not points:
+        return
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    ax.plot(*zip(*points), marker="o")
+    ax.set(xlabel="epoch", ylabel="FID (lower is better)", title="FID against the training reference")
+    ax.grid(alpha=0.3)
+    client.log_figure(run_id, fig, "plots/fid_curve.png")
+    plt.close(fig)
+
+
+def _select_checkpoint(result):
+    """Best finite FID among the kept checkpoints, else the latest."""
+    scored = [(m.get("fid"), c, m) for c, m in (result.best_checkpoints or [])
+              if m.get("fid") is not None and np.isfinite(m.get("fid"))]
+    if scored:
+        _, checkpoint, metrics = min(scored, key=lambda t: t[0])
+        return checkpoint, metrics
+    return result.checkpoint, dict(result.metrics or {})
+
+
+def train_gan(
+    cfg: GanTrainConfig,
+    settings: Settings | None = None,
+    progress: Callable[[str], None] = print,
+    *,
+    parent_run_id: str | None = None,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+    callbacks: Sequence = (),
+) -> GanTrainResult:
+    """Train on Ray Train and return the run and its selected generator.
+
+    Args:
+        cfg: dataset, architecture, epochs, workers and hyperparameter overrides.
+        settings: where Ray, MLflow and the object store are.
+        progress: receives human-readable progress lines (workers log epochs too).
+        parent_run_id: MLflow run this one is a child of (a sweep's parent run).
+        run_name: MLflow run name (default: ``{arch}-{dataset}``).
+        tags: extra MLflow run tags.
+        callbacks: Ray Train ``UserCallback``s (a Tune trial passes ``TuneReportCallback``).
+    """
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    settings = settings or get_settings()
+    preset = cfg.preset()
+    from training.catalog.selection import catalog
+
+    dataset = str(catalog(settings).resolve(cfg.dataset))  # pin the version for the run
+    cfg = cfg.model_copy(update={"dataset": dataset})
+    manifest, records = _check_selection(cfg, settings)
+    connect(settings)
+    _check_cluster(cfg)
+    num_classes = len(manifest.classes) if preset.conditional else 1
+    loop_config: dict = {"config": cfg.model_dump(), "num_classes": num_classes}
+    if cfg.fid_every:
+        loop_config |= _prepare_reference(cfg, len(records), settings, progress)
+
+    mlflow = configure(settings)
+    experiment = mlflow.set_experiment(cfg.experiment)
+    storage_path, filesystem = storage(settings)
+    with mlflow.start_run(run_name=run_name or f"{cfg.arch}-{dataset}", parent_run_id=parent_run_id,
+                          tags=tags) as run:
+        run_id = run.info.run_id
+        mlflow.log_params({**cfg.model_dump(exclude_none=True), **cfg.hyperparameters(),
+                           "num_classes": num_classes, "n_train": len(records)})
+        mlflow.set_tags({"synthray.dataset": dataset, "synthray.dataset.manifest_sha256": manifest.ref.version,
+                         "synthray.dataset.manifest_key": Catalog.manifest_key(manifest.name, manifest.version),
+                         "synthray.kind": "gan-training", "mlflow.source.git.commit": _git_commit(),
+                         **({"synthray.fid.reference_key": loop_config["reference_key"]} if cfg.fid_every else {})})
+        url = run_url(settings, experiment.experiment_id, run_id)
+        progress(f"train: MLflow run {url}")
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config=loop_config | {"run_id": run_id},
+            torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+            scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu),
+            run_config=ray.train.RunConfig(
+                name=f"gan-{run_id}",
+                callbacks=list(callbacks),
+                storage_path=storage_path,
+                storage_filesystem=filesystem,
+                failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(
+                    num_to_keep=cfg.keep_checkpoints,
+                    checkpoint_score_attribute="fid" if cfg.fid_every else None,
+                    checkpoint_score_order="min",
+                ),
+            ),
+        )
+        started = time.perf_counter()
+        result = trainer.fit()
+        progress(f"train: {cfg.epochs} epoch(s) on {cfg.workers} worker(s) in {time.perf_counter() - started:.0f} s")
+        checkpoint, metrics = _select_checkpoint(result)
+        checkpoint_path = f"s3://{checkpoint.path}"
+        mlflow.set_tags({"synthray.checkpoint": checkpoint_path, "synthray.checkpoint.latest": f"s3://{result.checkpoint.path}",
+                         "synthray.checkpoint.epoch": str(metrics.get("epoch"))})
+        if np.isfinite(metrics.get("fid", np.nan)):
+            mlflow.log_metric("best_fid", metrics["fid"], step=int(metrics["epoch"]))
+        if cfg.fid_every:
+            _fid_curve(mlflow.MlflowClient(), run_id)
+        with checkpoint.as_directory() as ckpt_dir:
+            sampler = load_sampler(ckpt_dir, cfg.arch)
+    return GanTrainResult(
+        run_id=run_id, experiment_id=experiment.experiment_id, run_url=url,
+        checkpoint_path=checkpoint_path, dataset=dataset, sampler=sampler, metrics=metrics,
+    )
+
+
+def reference_request(cfg: GanTrainConfig, n_train: int) -> dict:
+    """Keyword arguments of ``reference_statistics`` for a run's FID reference.
+
+    The reference is the first n images of the training selection (split/subset/class), with
+    n = the number of training images unless ``fid_n`` caps it; a balanced (Method II) run
+    still compares against its unbalanced selection, the distribution it should cover.
+    """
+    selection = cfg.selection()
+    return {"dataset": cfg.dataset, "split": selection["split"], "subset": selection["subset"],
+            "labels": selection["labels"], "n": min(cfg.fid_n or n_train, n_train)}
+
+
+def _prepare_reference(cfg: GanTrainConfig, n_train: int, settings: Settings, progress) -> dict:
+    """Compute (or find cached) reference statistics once, on the driver, before the workers start."""
+    from training.evaluate import reference_statistics
+
+    kwargs = reference_request(cfg, n_train)
+    ref = reference_statistics(**kwargs, settings=settings)
+    progress(f"train: FID reference {ref.key} ({ref.n} real images, {'cached' if ref.cached else 'computed'})")
+    return {"reference": kwargs, "reference_key": ref.key}

@@ -1,0 +1,117 @@
+"""A self-contained, deterministic sampler around a trained generator.
+
+This is what gets registered in MLflow and served: ``generate(n, seed)`` depends only on
+its arguments (z is drawn from a CPU ``torch.Generator`` seeded with ``seed``, the network
+is in eval mode), so the same request yields the same bytes on every replica.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.nets import RENDER_LAYOUT
+
+# Rows per forward pass when sampling; fixed, because the pixels may depend on the batch shape.
+CHUNK = 64
+
+
+class GeneratorSampler(nn.Module):
+    """Wraps a generator with its latent size and output conversion.
+
+    Args:
+        generator: maps z (N, latent_dim) to images in [-1, 1], shape (N, C, H, W).
+        latent_dim: size of z.
+        class_index: the class this generator was trained on (per-class mode), if any.
+        class_name: human-readable name of that class.
+        num_classes: K for a conditional generator (``generator(z, labels)``); None for an
+            unconditional one.
+    """
+
+    def __init__(
+        self, generator: nn.Module, latent_dim: int, class_index: int | None = None,
+        class_name: str | None = None, num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.generator = generator.eval()
+        self.latent_dim = latent_dim
+        self.class_index = class_index
+        self.class_name = class_name
+        self.num_classes = num_classes
+
+    @property
+    def conditional(self) -> bool:
+        # getattr: samplers pickled into the registry before conditional models existed lack it.
+        return getattr(self, "num_classes", None) is not None
+
+    def labels(self, n: int, label: int | None = None) -> torch.Tensor:
+        """Labels for ``n`` conditional samples: ``label``, else the trained class, else 0, 1, …, K−1 in turn."""
+        if label is None:
+            label = self.class_index
+        if label is not None and not 0 <= label < (self.num_classes or 0):
+            raise ValueError(f"label {label} is outside this generator's classes 0..{(self.num_classes or 0) - 1}")
+        return torch.full((n,), label, dtype=torch.long) if label is not None else torch.arange(n) % self.num_classes
+
+    def latents(self, n: int, seed: int) -> torch.Tensor:
+        rng = torch.Generator(device="cpu").manual_seed(seed)
+        return torch.randn(n, self.latent_dim, generator=rng)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.conditional:
+            return self.generator(z)
+        return self.generator(z, self.labels(len(z)) if labels is None else labels)
+
+    @torch.inference_mode()
+    def render(self, z: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = CHUNK) -> np.ndarray:
+        """uint8 images of latents ``z`` (and ``labels``), in forward passes of exactly ``batch_size`` rows.
+
+        The last pass is zero-padded to full size. CPU kernels pick different code paths
+        for different batch shapes (outputs then differ by ~1e-7, enough to flip a rounded
+        pixel now and then), but with one fixed shape a row's output depends on its own
+        latent only, not on its position or its neighbours (pinned by a test). So an image
+        is the same whether it was asked for alone, with others, or inside a Serve batch.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.generator.eval()
+        n = len(z)
+        pad = -n % batch_size or (batch_size if n == 0 else 0)  # n == 0 still yields (0, H, W)
+        z = torch.cat([z, z.new_zeros(pad, z.shape[1])])
+        if labels is not None:
+            labels = torch.cat([labels, labels.new_zeros(pad)])
+        forward = _channels_last_forward(self) if RENDER_LAYOUT == 2 else self
+        chunks = [
+            forward(z[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
+            for i in range(0, len(z), batch_size)
+        ]
+        return to_uint8(torch.cat(chunks)[:n])
+
+    def generate(self, n: int, seed: int, batch_size: int = CHUNK, label: int | None = None) -> np.ndarray:
+        """``n`` uint8 images (N, H, W) for grayscale or (N, H, W, C), reproducible from ``seed``.
+
+        ``label`` picks the class of a conditional generator (see :meth:`labels`).
+        """
+        if n < 0 or batch_size < 1:
+            raise ValueError(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+        if label is not None and not self.conditional:
+            raise ValueError("label is only for conditional generators; this one is unconditional")
+        return self.render(self.latents(n, seed), self.labels(n, label) if self.conditional else None, batch_size)
+
+
+def _channels_last_forward(module: nn.Module):
+    """``module``'s forward with its 4-D weights in channels_last copies, so every convolution
+    and upsampling after them runs channels_last. Copies, not ``module.to(...)``: a sampler may
+    wrap a generator that is still training (FID mid-run, under DDP), whose layout must not move.
+    """
+    from torch.func import functional_call
+
+    state = {name: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+             for name, t in [*module.named_parameters(), *module.named_buffers()]}
+    return lambda *args: functional_call(module, state, args)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[-1, 1] float (N, C, H, W) → uint8 (N, H, W[, C]) with round-half-to-even."""
+    arr = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return arr[..., 0] if arr.shape[-1] == 1 else arr

@@ -1,0 +1,1 @@
+"""The MLflow Model Registry: generators, classifiers, model cards and promotion gates."""

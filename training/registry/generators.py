@@ -1,0 +1,318 @@
+"""Registering trained generators in the MLflow Model Registry, with evaluation tags and a model card.
+
+A registered version holds a pickled :class:`~training.nets.sampler.GeneratorSampler`:
+``mlflow.pytorch.load_model("models:/NAME@champion").generate(n, seed)`` works in any
+process that can import ``training`` (Serve replicas, notebooks), with no training state.
+
+Naming rule (one registered model per dataset × class-or-conditional × architecture)::
+
+    gan-{dataset name}[-{class}]-{architecture}      e.g. gan-phantom-knee-KL01-wgan-gp-knee
+
+``{class}`` is the class name for a per-class generator; a conditional (AC-GAN) generator
+trained on every class and an unconditional one have none (the architecture tells them apart).
+Anything outside ``[A-Za-z0-9_.-]`` becomes ``-``.
+
+Registration (:func:`register_run`) starts from a training run: its best-FID checkpoint is
+loaded, scored again with the training protocol (FID, KID with a bootstrap CI, memorization
+audit; :mod:`training.evaluate.generator`), and a version is created in one call carrying every tag and
+the model card as its description, so nothing about a version changes after it exists. The
+new version gets the ``challenger`` alias; ``champion`` moves only by promotion
+(:mod:`training.registry.promotion`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from infra.settings import Settings, get_settings
+from infra.tracking import configure, model_uri, run_url
+from training.registry.cards import CARD_FILE, GRID_FILE, CardFacts, cas_section, render_card
+
+if TYPE_CHECKING:  # torch stays out of light importers (the Serve ingress parses model names)
+    import numpy as np
+
+    from training.nets.sampler import GeneratorSampler
+
+# Explicit requirements: MLflow would otherwise infer them by re-importing the model in a
+# subprocess, which costs ~15 s per registration on 2 cores.
+PIP_REQUIREMENTS = ["torch==2.13.0", "numpy"]
+CHALLENGER, CHAMPION, PREVIOUS_CHAMPION = "challenger", "champion", "previous-champion"
+GENERATOR_KIND = "gan-generator"
+CONTRACT = "generate(n, seed, label=None) -> uint8 (n, H, W); same arguments, same bytes"
+KIND_TAG = "synthray.kind"
+
+# NAME@alias or NAME/VERSION, optionally written as a full models:/ URI.
+_MODEL_REF = re.compile(r"^(?:models:/)?(?P<name>[A-Za-z0-9_.-]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>[1-9][0-9]*))$")
+MODEL_REF_HELP = "'NAME@alias' (e.g. 'gan-phantom-knee-wgan-gp-knee-small@champion') or 'NAME/VERSION' (e.g. '…/3')"
+
+Progress = Callable[[str], None]
+
+
+class RegistryError(ValueError):
+    """A registry request that cannot be honoured; the message says which name/version/alias."""
+
+
+def registered_name(dataset: str, arch: str, class_name: str | None = None) -> str:
+    """The documented registry name for a generator."""
+    parts = ["gan", dataset.split("@")[0]] + ([class_name] if class_name else []) + [arch]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(parts))
+
+
+def parse_model(model: str) -> tuple[str, str | None, str | None]:
+    """``(name, alias, version)`` of a model reference; exactly one of alias/version is set."""
+    match = _MODEL_REF.match(model)
+    if match is None:
+        raise ValueError(f"model must be {MODEL_REF_HELP}, got {model!r}")
+    return match["name"], match["alias"], match["version"]
+
+
+@dataclass(frozen=True)
+class RegisteredGenerator:
+    name: str
+    version: str
+    run_id: str | None
+    alias: str
+    tags: dict[str, str]
+
+    @property
+    def uri(self) -> str:
+        return model_uri(self.name, self.alias)
+
+    @property
+    def version_uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def _client(settings: Settings | None):
+    return configure(settings or get_settings()).MlflowClient()
+
+
+def resolve_version(client, spec: str):
+    """The ``ModelVersion`` of ``NAME@alias`` or ``NAME/VERSION`` (a bare NAME means @champion)."""
+    from mlflow.exceptions import MlflowException
+
+    name, alias, version = parse_model(spec if ("@" in spec or "/" in spec) else f"{spec}@{CHAMPION}")
+    try:
+        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException as exc:
+        reason = exc.message.removeprefix(f"{exc.error_code}: ").splitlines()[0]
+        raise RegistryError(f"model {spec!r}: {reason}") from None
+
+
+def version_by_alias(client, name: str, alias: str):
+    """The version behind ``alias``, or None when the alias is not set."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def _png(grid: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(grid).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _sample_grid(sampler: GeneratorSampler, seed: int, n: int = 36) -> bytes:
+    """A fixed-seed grid; a conditional generator shows its classes in turn."""
+    from training.gan.loop import sample_grid
+
+    z = sampler.latents(n, seed)
+    return _png(sample_grid(sampler.generator, z, sampler.labels(n) if sampler.conditional else None))
+
+
+def _version_tags(facts: CardFacts, sampler: GeneratorSampler) -> dict[str, str]:
+    """Every fact a gate, `registry list` or Serve reads, as string tags set at creation."""
+    fid, kid, mem = facts.fid, facts.kid, facts.memorization
+    tags = {
+        KIND_TAG: GENERATOR_KIND, "arch": facts.arch, "contract": CONTRACT,
+        "dataset": facts.dataset, "dataset.manifest_sha256": facts.manifest_sha256,
+        "dataset.selection": json.dumps(facts.selection, sort_keys=True),
+        "image_size": facts.image_size, "latent_dim": facts.latent_dim,
+        "conditional": facts.conditional, "classes": json.dumps(facts.classes),
+        "class": facts.class_name or "",
+        "fid": f"{fid['fid']:.6f}", "fid.n_real": fid["n_real"], "fid.n_fake": fid["n_fake"],
+        "fid.weights_sha256": fid["weights_sha256"], "fid.reference_key": fid["reference_key"],
+        "kid": f"{kid['kid']:.8f}", "kid.ci_low": kid["ci_low"], "kid.ci_high": kid["ci_high"],
+        "kid.confidence": kid["confidence"], "kid.n_real": kid["n_real"], "kid.n_fake": kid["n_fake"],
+        "memorization.fraction_below_real_p1": f"{mem['fraction_below_real_p1']:.6f}",
+        "memorization.n_below_real_p1": mem["n_below_real_p1"], "memorization.n_fake": mem["n_fake"],
+        "memorization.real_nn_p1": f"{mem['real_nn_p1']:.6f}", "memorization.min_distance": f"{mem['min_distance']:.6f}",
+        "memorization.summary": mem["artifacts"]["summary.json"],
+        "epoch": facts.epoch, "run_id": facts.run_id, "git_commit": facts.git_commit,
+        "checkpoint": facts.checkpoint, "eval_seed": facts.eval_seed,
+    }
+    if sampler.conditional:
+        tags["num_classes"] = sampler.num_classes
+    return {k: str(v) for k, v in tags.items()}
+
+
+def _signature(sampler: GeneratorSampler):
+    from mlflow.models import infer_signature
+
+    z = sampler.latents(2, 0)
+    return infer_signature(z.numpy(), sampler(z).detach().numpy())
+
+
+def _facts(client, run_id: str, checkpoint: str | None, settings: Settings, progress: Progress):
+    """Load the run's checkpoint and score it: (sampler, CardFacts)."""
+    from training.catalog.selection import catalog, select_records
+    from training.gan.config import GanTrainConfig
+    from training.evaluate.generator import evaluate_generator
+    from training.gan.loop import checkpoint_state
+    from training.evaluate import reference_statistics
+    from training.catalog.phantom import PHANTOM_PATIENT_PREFIX
+    from training.gan.trainer import reference_request, sampler_from_state
+
+    run = client.get_run(run_id)
+    tags = run.data.tags
+    checkpoint = checkpoint or tags.get("synthray.checkpoint")
+    if not checkpoint:
+        raise RegistryError(f"run {run_id} has no synthray.checkpoint tag (did it finish?); pass --checkpoint")
+    progress(f"register: loading {checkpoint}")
+    state = checkpoint_state(checkpoint)
+    cfg = GanTrainConfig(**state["config"])
+    manifest = catalog(settings).manifest(cfg.dataset)
+    sampler = sampler_from_state(state, classes=manifest.classes)
+    records = select_records(manifest, **cfg.selection())
+    n_train = len(records)
+    ref = reference_statistics(**reference_request(cfg, n_train), settings=settings)
+    seed = cfg.seed + 1  # the training loop's FID seed: the registered FID is the checkpoint's FID
+    progress(f"register: scoring {ref.n} samples against {ref.key} (FID, KID, memorization)")
+    evaluation = evaluate_generator(sampler, ref, seed=seed, settings=settings)
+    preset = cfg.preset()
+    facts = CardFacts(
+        name="", arch=cfg.arch, image_size=preset.image_size, latent_dim=preset.latent_dim,
+        conditional=sampler.conditional, classes=list(manifest.classes), class_name=sampler.class_name,
+        dataset=cfg.dataset, manifest_sha256=manifest.ref.version, selection=cfg.selection(), n_train=n_train,
+        epoch=int(state["epoch"]), run_id=run_id,
+        run_url=run_url(settings, run.info.experiment_id, run_id),
+        git_commit=tags.get("mlflow.source.git.commit", "unknown"), checkpoint=checkpoint,
+        hyperparameters=dict(state["hyperparameters"]),
+        fid=evaluation.fid, kid=evaluation.kid, memorization=evaluation.memorization, eval_seed=seed,
+        phantom=all((r.patient_id or "").startswith(PHANTOM_PATIENT_PREFIX) for r in records),
+    )
+    return sampler, facts
+
+
+def register_run(
+    run_id: str,
+    *,
+    name: str | None = None,
+    checkpoint: str | None = None,
+    alias: str = CHALLENGER,
+    settings: Settings | None = None,
+    progress: Progress = print,
+) -> RegisteredGenerator:
+    """Evaluate and register the generator of a training run (its best-FID checkpoint unless ``checkpoint``).
+
+    Args:
+        run_id: the MLflow training run.
+        name: registered model name; default :func:`registered_name` of the run.
+        checkpoint: checkpoint URI (``s3://…``) instead of the run's selected one.
+        alias: alias the new version gets (``challenger``).
+        settings: where MLflow and the object store are.
+        progress: receives progress lines.
+    """
+    from dataclasses import replace
+
+    settings = settings or get_settings()
+    sampler, facts = _facts(_client(settings), run_id, checkpoint, settings, progress)
+    name = name or registered_name(facts.dataset, facts.arch, facts.class_name)
+    facts = replace(facts, name=name)
+    card = render_card(facts)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / CARD_FILE).write_text(card)
+        (Path(tmp) / GRID_FILE).write_bytes(_sample_grid(sampler, facts.eval_seed))
+        reg = log_generator(sampler, name, run_id=run_id, alias=alias, tags=_version_tags(facts, sampler),
+                            description=card, card_dir=Path(tmp), settings=settings)
+    progress(f"register: {name} version {reg.version} (alias {alias}), FID {facts.fid['fid']:.2f}, "
+             f"KID {facts.kid['kid']:.4f}, memorized {facts.memorization['n_below_real_p1']}/{facts.memorization['n_fake']}")
+    return reg
+
+
+def log_generator(
+    sampler: GeneratorSampler,
+    name: str,
+    *,
+    run_id: str | None = None,
+    alias: str = CHALLENGER,
+    tags: dict[str, str] | None = None,
+    description: str = "",
+    card_dir: Path | None = None,
+    settings: Settings | None = None,
+) -> RegisteredGenerator:
+    """Log ``sampler`` as an MLflow model and create a version with ``tags`` and ``description``.
+
+    The low-level step of :func:`register_run` (which supplies the evaluation tags and card);
+    used alone only where no training run exists (fixtures of the Serve tests).
+
+    Args:
+        sampler: the generator.
+        name: registered model name.
+        run_id: run to log the model in (a new run if None).
+        alias: alias pointed at the new version.
+        tags: version tags, set at creation.
+        description: version description (the model card).
+        card_dir: files packed with the model (``extra_files/``) and logged beside the run.
+        settings: where MLflow lives.
+    """
+    mlflow = configure(settings or get_settings())
+    client = mlflow.MlflowClient()
+    extra = sorted(str(p) for p in card_dir.iterdir()) if card_dir else None
+    with mlflow.start_run(run_id=run_id) as run:
+        info = mlflow.pytorch.log_model(
+            sampler.cpu().eval(), name="generator", pip_requirements=PIP_REQUIREMENTS,
+            serialization_format="pickle", signature=_signature(sampler),
+            metadata={"contract": CONTRACT, "latent_dim": sampler.latent_dim}, extra_files=extra,
+        )
+        if card_dir:
+            mlflow.log_artifacts(str(card_dir), f"model_card/{info.model_id}")  # beside the run, images rendered
+    _ensure_registered_model(client, name)
+    version = client.create_model_version(name, source=info.model_uri, run_id=run.info.run_id, tags=tags or {},
+                                          description=description, model_id=info.model_id)
+    client.set_registered_model_alias(name, alias, version.version)
+    return RegisteredGenerator(name=name, version=str(version.version), run_id=run.info.run_id, alias=alias,
+                               tags=dict(tags or {}))
+
+
+def _ensure_registered_model(client, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name, tags={KIND_TAG: GENERATOR_KIND},
+                                       description="GAN generator registered by synthray (see each version's card).")
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+
+
+def model_card(spec: str, settings: Settings | None = None) -> str:
+    """The card of ``NAME@alias`` / ``NAME/VERSION``, read from the version's own artifacts."""
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+
+    client = _client(settings)
+    version = resolve_version(client, spec)
+    repo = ModelsArtifactRepository(f"models:/{version.name}/{version.version}")
+    with tempfile.TemporaryDirectory() as tmp:
+        card = Path(repo.download_artifacts(f"extra_files/{CARD_FILE}", tmp)).read_text()
+    cas = cas_section(version.tags or {})
+    return card if cas is None else f"{card.rstrip()}\n\n{cas}"
+
+
+def load_generator(uri: str, settings: Settings | None = None) -> GeneratorSampler:
+    """Load a registered generator (``models:/NAME@alias`` or ``models:/NAME/3``) on CPU."""
+    mlflow = configure(settings or get_settings())
+    return mlflow.pytorch.load_model(uri, map_location="cpu").eval()
