@@ -16,22 +16,23 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError
 
+from infra.errors import NotFound, SynthrayError, Unavailable
 from infra.settings import Settings, get_settings
 
 
-class ObjectStoreError(RuntimeError):
+class ObjectStoreError(SynthrayError):
     """The object store could not be reached or refused a request."""
 
 
-class ObjectStoreUnavailable(ObjectStoreError):
+class ObjectStoreUnavailable(ObjectStoreError, Unavailable):
     """The object store did not answer (down, restarting): transient, worth a retry."""
 
 
-class ObjectNotFoundError(KeyError):
-    """A key that should exist does not. The message names the full s3:// URI."""
+class ObjectNotFoundError(NotFound, KeyError):
+    """A key that should exist does not. The message names the full s3:// URI.
 
-    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
-        return str(self.args[0])
+    Also a ``KeyError`` (a mapping miss); :class:`SynthrayError` keeps ``str()`` unquoted.
+    """
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from infra.errors import BadInput
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,7 +98,7 @@ class Settings(BaseSettings):
         except ValueError:
             loopback = False
         if not loopback:
-            raise ValueError(f"bind_host must be a loopback address (127.x.x.x), got {value!r}")
+            raise BadInput(f"bind_host must be a loopback address (127.x.x.x), got {value!r}")
         return value
 
     @property

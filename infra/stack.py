@@ -23,11 +23,12 @@ from pathlib import Path
 import psutil
 
 from infra.settings import Settings, get_settings
+from infra.errors import SynthrayError
 
 Progress = Callable[[str], None]
 
 
-class StackError(RuntimeError):
+class StackError(SynthrayError):
     """A service could not start. The message says what to do."""
 
 

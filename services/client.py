@@ -23,11 +23,12 @@ import httpx
 from infra.settings import Settings
 from services.serving.auth import client_key
 from services.serving.deploy import base_url
+from infra.errors import SynthrayError
 
 Echo = Callable[[str], None]
 
 
-class ApiError(RuntimeError):
+class ApiError(SynthrayError):
     """A non-2xx answer, with the server's own message (which names the bad field)."""
 
 

@@ -66,6 +66,7 @@ from infra.object_store import ObjectNotFoundError, ObjectStore
 from infra.settings import Settings
 from services.serving.packaging import SYNTHETIC_NOTICE, read_images, to_npz
 from training.nets import RENDER_LAYOUT
+from infra.errors import BadInput, Unavailable
 
 log = logging.getLogger("synthray.batch")
 
@@ -80,7 +81,7 @@ _SEED_MASK = (1 << 63) - 1
 _STATUS_EVERY_S = 1.0  # status.json is rewritten at most this often while shards finish (and at every state change)
 
 
-class BatchBusyError(RuntimeError):
+class BatchBusyError(Unavailable):
     """The batch's coordinator is winding down (cancel in progress or just exiting); retry in a few seconds."""
 
 
@@ -143,28 +144,28 @@ def _normalize(n: int, seed: int, per_class: dict[int, int] | None, settings: Se
                ) -> tuple[tuple[int, int], ...] | None:
     """Validate the request; per_class as sorted ``(class, count)`` pairs without zero counts."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+        raise BadInput(f"n must be a positive integer, got {n!r}")
     if settings is not None and n > settings.batch_max_images:
-        raise ValueError(f"n={n} is above the per-batch limit of {settings.batch_max_images} images (batch_max_images)")
+        raise BadInput(f"n={n} is above the per-batch limit of {settings.batch_max_images} images (batch_max_images)")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _SEED_MASK:
-        raise ValueError(f"seed must be an integer in 0..2**63-1, got {seed!r}")
+        raise BadInput(f"seed must be an integer in 0..2**63-1, got {seed!r}")
     if per_class is None:
         return None
     if not isinstance(per_class, dict) or not per_class:
-        raise ValueError("per_class must be a non-empty mapping {class index: count}")
+        raise BadInput("per_class must be a non-empty mapping {class index: count}")
     pairs: dict[int, int] = {}
     for key, count in per_class.items():
         try:
             label = int(key)
         except (TypeError, ValueError):
-            raise ValueError(f"per_class keys must be class indices, got {key!r}") from None
+            raise BadInput(f"per_class keys must be class indices, got {key!r}") from None
         if label < 0 or label in pairs:
-            raise ValueError(f"per_class has an invalid or repeated class index {key!r}")
+            raise BadInput(f"per_class has an invalid or repeated class index {key!r}")
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ValueError(f"per_class[{key!r}] must be a non-negative integer, got {count!r}")
+            raise BadInput(f"per_class[{key!r}] must be a non-negative integer, got {count!r}")
         pairs[label] = count
     if sum(pairs.values()) != n:
-        raise ValueError(f"per_class counts sum to {sum(pairs.values())}, but n is {n}; they must be equal")
+        raise BadInput(f"per_class counts sum to {sum(pairs.values())}, but n is {n}; they must be equal")
     return tuple(sorted((c, k) for c, k in pairs.items() if k))
 
 
@@ -318,10 +319,10 @@ def _check_classes(job: Job, info: dict[str, Any]) -> None:
     if job.per_class is None:
         return
     if not info["conditional"]:
-        raise ValueError(f"per_class needs a conditional generator; {job.model.uri} is unconditional")
+        raise BadInput(f"per_class needs a conditional generator; {job.model.uri} is unconditional")
     k = info["num_classes"]
     if bad := [c for c, _ in job.per_class if c >= k]:
-        raise ValueError(f"per_class names class(es) {bad} outside {job.model.uri}'s classes 0..{k - 1}")
+        raise BadInput(f"per_class names class(es) {bad} outside {job.model.uri}'s classes 0..{k - 1}")
 
 
 def _reraise(done: set[asyncio.Future]) -> None:
@@ -656,9 +657,9 @@ def cancel(batch_id: str, settings: Settings) -> dict[str, Any] | None:
 def _manifest(batch_id: str, settings: Settings) -> dict[str, Any]:
     status = get_status(batch_id, settings)
     if status is None:
-        raise ValueError(f"unknown batch {batch_id!r}")
+        raise BadInput(f"unknown batch {batch_id!r}")
     if status["state"] != SUCCEEDED:
-        raise ValueError(f"batch {batch_id} is {status['state']}, not succeeded; its images cannot be loaded yet")
+        raise BadInput(f"batch {batch_id} is {status['state']}, not succeeded; its images cannot be loaded yet")
     return json.loads(ObjectStore(settings).get_bytes(manifest_key(batch_id)))
 
 
@@ -674,7 +675,7 @@ def _shard_images(batch_id: str, settings: Settings, limit: int | None) -> Itera
     by_key = {row["key"]: row for row in rows}
     for key, data in store.get_many(keys):
         if hashlib.sha256(data).hexdigest() != by_key[key]["sha256"]:
-            raise ValueError(f"{store.uri(key)} does not match the sha256 in batch {batch_id}'s manifest")
+            raise BadInput(f"{store.uri(key)} does not match the sha256 in batch {batch_id}'s manifest")
         yield read_images(data)
 
 
@@ -684,7 +685,7 @@ def load_images(batch_id: str, settings: Settings, limit: int | None = None) -> 
     Raises ValueError if the batch is unknown or not succeeded.
     """
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be positive, got {limit}")
+        raise BadInput(f"limit must be positive, got {limit}")
     images = np.concatenate(list(_shard_images(batch_id, settings, limit)))
     return images if limit is None else images[:limit]
 

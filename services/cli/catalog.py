@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from collections import Counter
@@ -14,22 +13,6 @@ from infra.settings import get_settings
 
 LAYOUT_NAMES = ("imagefolder", "chen-kl", "mura", "csv")
 PRESET_NAMES = ("none", "knee")
-
-
-def _errors(fn):
-    """Bad input and store failures become one ``Error: …`` line (exit 1), not a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from training.catalog.store import CatalogError
-        from infra.object_store import ObjectStoreError
-
-        try:
-            return fn(*args, **kwargs)
-        except (CatalogError, ObjectStoreError, ValueError, OSError) as err:
-            raise click.ClickException(str(err)) from None
-
-    return wrapper
 
 
 def _open():
@@ -131,7 +114,6 @@ def catalog() -> None:
 @click.option("--merge", "merges", multiple=True, metavar="NEW=L1,L2",
               help="merge grades into a class, e.g. --merge KL01=0,1 --merge KL234=2,3,4 (the knee paper's two classes)")
 @_preprocess_options
-@_errors
 def catalog_phantom(n, phantom_size, seed, name, merges, preset, size, focus_threshold, flip_detector,
                     negative_detector, focus_sweep, engine, report_dir) -> None:
     """Publish the procedural knee-radiograph PHANTOM (not medical data), scored against its ground truth."""
@@ -166,7 +148,6 @@ def catalog_phantom(n, phantom_size, seed, name, merges, preset, size, focus_thr
 @click.option("--patient-regex", default=None, help="patient id from the file stem (group 'patient' or 1)")
 @click.option("--truth", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="CSV with path + mirrored/inverted/blurred (0/1) to score the detectors")
-@_errors
 def catalog_ingest(src, name, layout, preset, size, focus_threshold, flip_detector, negative_detector, focus_sweep,
                    engine, report_dir, merges, classes, fractions, resplit, seed, patient_regex, truth) -> None:
     """Ingest SRC (a directory, or a CSV file for --layout csv) as a new version of --name."""
@@ -186,7 +167,6 @@ def catalog_ingest(src, name, layout, preset, size, focus_threshold, flip_detect
 
 
 @catalog.command("list")
-@_errors
 def catalog_list() -> None:
     """Every dataset with its latest version, version count and image count."""
     from training.catalog.store import CatalogError
@@ -206,7 +186,6 @@ def catalog_list() -> None:
 
 @catalog.command("show")
 @click.argument("ref")
-@_errors
 def catalog_show(ref: str) -> None:
     """Counts per class, split and patient of REF (name@version or name)."""
     from training.catalog.ingest import summarize
@@ -233,7 +212,6 @@ def catalog_show(ref: str) -> None:
 
 @catalog.command("verify")
 @click.argument("ref")
-@_errors
 def catalog_verify(ref: str) -> None:
     """Re-hash every object of REF; exit 1 listing each missing or tampered object."""
     report = _open().verify(ref, progress=lambda done, total: click.echo(f"verify: {done}/{total} objects"))
@@ -251,7 +229,6 @@ def catalog_verify(ref: str) -> None:
 @click.option("--subset", "subsets", multiple=True, callback=_pairs, metavar="NAME=SELECTOR",
               help="declare a subset, e.g. classifier-pool=subset=rejected or gan-train=split=train,subset!=rejected")
 @click.option("--name", default=None, help="publish under another dataset name")
-@_errors
 def catalog_split(ref, fractions, seed, subsets, name) -> None:
     """Publish a new version of REF with new splits and/or named subsets (same images)."""
     from training.catalog.splits import derive, split_overlap
@@ -273,7 +250,6 @@ def catalog_split(ref, fractions, seed, subsets, name) -> None:
 @click.argument("ref_b")
 @click.option("--a", "select_a", default="", help="selector within REF_A, e.g. subset=gan-train")
 @click.option("--b", "select_b", default="", help="selector within REF_B, e.g. split=test")
-@_errors
 def catalog_disjoint(ref_a, ref_b, select_a, select_b) -> None:
     """Check two selections share no patient and no image (exit 1 if they do)."""
     from training.catalog.splits import overlap, select
@@ -289,7 +265,6 @@ def catalog_disjoint(ref_a, ref_b, select_a, select_b) -> None:
 @click.argument("ref")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--select", "selector", default="", help="selector, e.g. split=test,label=KL01")
-@_errors
 def catalog_export(ref, directory, selector) -> None:
     """Write REF's verified PNGs to DIRECTORY/{split}/{class}/{sha256}.png plus manifest.json."""
     from training.catalog.splits import select

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
+from infra.errors import SynthrayError
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "synthray"
 RAYJOB_TEMPLATE = "synthray/templates/rayjob.yaml"
@@ -31,7 +32,7 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 Echo = Callable[[str], None]
 
 
-class ClusterError(RuntimeError):
+class ClusterError(SynthrayError):
     """The job could not be submitted or did not succeed; the message is one line."""
 
 

@@ -8,7 +8,6 @@ or index; leave SUBSET empty to give only a class: ``phantom-knee@abc::KL2``).
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,25 +15,8 @@ from pathlib import Path
 import click
 
 from infra.settings import get_settings
-from services.cli.catalog import _errors as _catalog_errors
 
 DIMS = ("64", "192", "768", "2048")
-
-
-def _errors(fn):
-    """The catalog CLI's one-line errors, plus missing FID weights."""
-    inner = _catalog_errors(fn)
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from training.evaluate.inception_weights import FidWeightsError
-
-        try:
-            return inner(*args, **kwargs)
-        except FidWeightsError as err:
-            raise click.ClickException(str(err)) from None
-
-    return wrapper
 
 
 @dataclass(frozen=True)
@@ -138,7 +120,6 @@ def eval_group() -> None:
               help="FID bootstrap draws for a CI (each ~2 s at 2048-d)")
 @click.option("--kid/--no-kid", default=False, show_default=True, help="also KID with a 1,000-draw bootstrap CI")
 @click.option("--precision-recall", "pr", is_flag=True, help="also improved precision/recall (k=3)")
-@_errors
 def eval_fid(reference, split, images, model, n, seed, dims, batch_size, as_json, bootstrap, kid, pr) -> None:
     """FID of synthetic images vs cached reference statistics (n, weights and reference key reported)."""
     from training.evaluate import evaluate
@@ -169,7 +150,6 @@ def eval_fid(reference, split, images, model, n, seed, dims, batch_size, as_json
 @click.option("--pixel-ssim", is_flag=True, help="also the nearest training image by SSIM (every pair: slow)")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="also write summary.json, pairs.csv and the contact sheets here")
-@_errors
 def eval_memorization(reference, split, images, model, n, seed, dims, batch_size, as_json, top_k, pixel_ssim,
                       out_dir) -> None:
     """Nearest training image of each synthetic image, vs the training set's own NN distances.
@@ -224,7 +204,6 @@ def eval_memorization(reference, split, images, model, n, seed, dims, batch_size
               help="random same-class pairs")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
-@_errors
 def eval_diversity(images, reference, model, split, n, pairs, seed, as_json) -> None:
     """Mean ± std MS-SSIM over random same-class pairs (lower = more diverse)."""
     from training.evaluate import ms_ssim_diversity

@@ -23,23 +23,18 @@ def experiment() -> None:
 @click.option("--dry-run", is_flag=True, help="check the config, the splits and the leakage guard; train nothing")
 def augment(config_path: Path, repeats, epochs, workers, use_gpu, register, dry_run) -> None:
     """Run an augmentation experiment (knee Table 5, fracture Table 4, spine Methods I–IV, or custom)."""
-    from pydantic import ValidationError
 
-    from training.catalog.store import CatalogError
     from training.experiments.config import ExperimentConfig
     from training.experiments.runner import plan, run_experiment
 
     overrides = {k: v for k, v in {"repeats": repeats, "classifier.epochs": epochs, "classifier.workers": workers,
                                    "classifier.use_gpu": use_gpu, "register_best": register}.items() if v is not None}
-    try:
-        cfg = ExperimentConfig.load(config_path, overrides)
-        if dry_run:
-            for line in plan(cfg).describe():
-                click.echo(line)
-            return
-        result = run_experiment(cfg, progress=click.echo)
-    except (CatalogError, ValueError, ValidationError) as err:
-        raise click.ClickException(str(err).splitlines()[0]) from None
+    cfg = ExperimentConfig.load(config_path, overrides)
+    if dry_run:
+        for line in plan(cfg).describe():
+            click.echo(line)
+        return
+    result = run_experiment(cfg, progress=click.echo)
     click.echo(f"parent run: {result.run_url}")
     if result.classifier is not None:
         click.echo(f"classifier: {result.classifier.uri} ({result.classifier.alias_uri})")

@@ -4,6 +4,10 @@ Groups follow the layers: ``stack`` (infra), ``catalog``, ``train``, ``sweep``, 
 ``eval`` and ``experiment`` (training),
 ``serve`` and ``demo`` (services). Heavy imports happen inside commands so ``--help``
 stays instant.
+
+Errors are handled once, here: a :class:`infra.errors.SynthrayError` (or a library error that
+:func:`infra.errors.classify` maps to one) prints one ``Error: …`` line and exits with the
+error's ``exit_code``. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ from pathlib import Path
 
 import click
 
-from services.cli.stack import fid_weights, stack
+from infra.errors import SynthrayError, classify
 from infra.settings import get_settings
+from services.cli.stack import fid_weights, stack
 from services.cli.catalog import catalog
 from services.cli.train import sweep, train
 from services.cli.eval import eval_group
@@ -22,7 +27,31 @@ from services.cli.experiment import experiment
 from services.cli.registry import registry
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class UserError(click.ClickException):
+    """A :class:`SynthrayError` on its way to click's one-line ``Error: …`` output."""
+
+    def __init__(self, error: SynthrayError) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.exit_code = error.exit_code
+
+
+class SynthrayGroup(click.Group):
+    """The root group: every command's user errors pass through :meth:`invoke` once."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - classified below; the rest re-raised untouched
+            error = classify(exc)
+            if error is None:
+                raise
+            raise UserError(error) from None
+
+
+@click.group(cls=SynthrayGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="synthray")
 def main() -> None:
     """synthray: synthetic radiographs from GANs, on Ray, MLflow and S3."""
@@ -38,10 +67,7 @@ def serve_up() -> None:
     """Deploy the Serve application; prints its base URL."""
     from services.serving import deploy as serve_app
 
-    try:
-        click.echo(serve_app.up(get_settings(), progress=click.echo))
-    except serve_app.ServeError as err:
-        raise click.ClickException(str(err)) from None
+    click.echo(serve_app.up(get_settings(), progress=click.echo))
 
 
 @serve.command("down")
@@ -49,10 +75,7 @@ def serve_down() -> None:
     """Delete the application and stop Serve."""
     from services.serving import deploy as serve_app
 
-    try:
-        serve_app.down(get_settings(), progress=click.echo)
-    except serve_app.ServeError as err:
-        raise click.ClickException(str(err)) from None
+    serve_app.down(get_settings(), progress=click.echo)
 
 
 @serve.command("status")
@@ -60,10 +83,7 @@ def serve_status() -> None:
     """Application and deployment states as JSON."""
     from services.serving import deploy as serve_app
 
-    try:
-        click.echo(json.dumps(serve_app.status(get_settings()), indent=2, default=str))
-    except serve_app.ServeError as err:
-        raise click.ClickException(str(err)) from None
+    click.echo(json.dumps(serve_app.status(get_settings()), indent=2, default=str))
 
 
 @click.command("generate")
@@ -77,13 +97,10 @@ def serve_status() -> None:
               help="bearer key [default: the first configured key]")
 def generate(model, n, seed, cls, out_dir, url, api_key) -> None:
     """Fetch synthetic images over the HTTP API (a batch job when n exceeds the synchronous cap)."""
-    from services.client import ApiClient, ApiError
+    from services.client import ApiClient
 
-    try:
-        with ApiClient(get_settings(), url=url, api_key=api_key) as client:
-            client.generate(model, n, seed, out_dir, cls=cls, echo=click.echo)
-    except ApiError as err:
-        raise click.ClickException(str(err)) from None
+    with ApiClient(get_settings(), url=url, api_key=api_key) as client:
+        client.generate(model, n, seed, out_dir, cls=cls, echo=click.echo)
 
 
 @click.group("cluster")
@@ -104,14 +121,11 @@ def cluster() -> None:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
 def cluster_train(workers, gpus, ray_address, release, namespace, values_files, command) -> None:
     """Submit `synthray COMMAND…` (train/sweep/experiment) and follow it; exit 1 unless it succeeds."""
-    from services.cli.cluster import ClusterError, JobRequest, submit_kube, submit_ray
+    from services.cli.cluster import JobRequest, submit_kube, submit_ray
 
     request = JobRequest(list(command), workers=workers, gpus=gpus, release=release, namespace=namespace,
                          values_files=list(values_files))
-    try:
-        status = submit_ray(request, ray_address, click.echo) if ray_address else submit_kube(request, click.echo)
-    except ClusterError as err:
-        raise click.ClickException(str(err)) from None
+    status = submit_ray(request, ray_address, click.echo) if ray_address else submit_kube(request, click.echo)
     if status != "SUCCEEDED":
         raise click.ClickException(f"the job ended {status}")
 

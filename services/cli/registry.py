@@ -12,20 +12,6 @@ def registry() -> None:
     """The MLflow Model Registry: generators, their cards, gated promotion."""
 
 
-def _guard(fn):
-    """Registry and input errors → one line, exit 1."""
-    from mlflow.exceptions import MlflowException
-
-    from training.catalog.store import CatalogError
-
-    try:
-        return fn()
-    except (ValueError, CatalogError) as err:
-        raise click.ClickException(str(err)) from None
-    except MlflowException as err:
-        raise click.ClickException(f"MLflow: {err.message.splitlines()[0]}") from None
-
-
 def _cell(tags: dict, key: str, fmt: str = "{}") -> str:
     value = tags.get(key)
     return "-" if value in (None, "") else fmt.format(float(value) if fmt != "{}" else value)
@@ -57,7 +43,7 @@ def list_cmd(name_filter: str | None, versions: int) -> None:
                              _cell(t, "dataset")])
         return rows
 
-    rows = _guard(go)
+    rows = go()
     head = ["NAME", "VER", "ALIASES", "FID", "n", "KID", "MEMO", "EPOCH", "DATASET"]
     if not rows:
         click.echo("no registered models" + (f" matching {name_filter!r}" if name_filter else ""))
@@ -73,7 +59,7 @@ def show_cmd(spec: str) -> None:
     """Print a version's model card (NAME alone means NAME@champion)."""
     from training.registry.generators import model_card
 
-    click.echo(_guard(lambda: model_card(spec)))
+    click.echo(model_card(spec))
 
 
 @registry.command("register")
@@ -84,7 +70,7 @@ def register_cmd(run_id: str, checkpoint: str | None, name: str | None) -> None:
     """Evaluate a training run's generator and register it as the challenger."""
     from training.registry.generators import register_run
 
-    reg = _guard(lambda: register_run(run_id, name=name, checkpoint=checkpoint, progress=click.echo))
+    reg = register_run(run_id, name=name, checkpoint=checkpoint, progress=click.echo)
     click.echo(f"model: {reg.version_uri} (alias {reg.alias})")
 
 
@@ -105,8 +91,7 @@ def promote_cmd(name: str, version, from_alias, max_fid, beat_champion, max_memo
     from training.registry.promotion import PromotionGates, promote
 
     gates = PromotionGates(max_fid=max_fid, beat_champion=beat_champion, max_memorized_fraction=max_memorized)
-    report = _guard(lambda: promote(name, version=version, from_alias=from_alias, gates=gates, force=force,
-                                    reason=reason))
+    report = promote(name, version=version, from_alias=from_alias, gates=gates, force=force, reason=reason)
     for line in report.lines() if report.gates else []:
         click.echo(line)
     click.echo(f"{name} v{report.version}: {report.note}")
@@ -120,7 +105,7 @@ def rollback_cmd(name: str) -> None:
     """Point champion back at previous-champion (and vice versa)."""
     from training.registry.promotion import rollback
 
-    old, new = _guard(lambda: rollback(name))
+    old, new = rollback(name)
     click.echo(f"{name}: champion v{old} → v{new}")
 
 

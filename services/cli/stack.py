@@ -7,7 +7,7 @@ import sys
 import click
 
 from infra.settings import get_settings
-from infra.stack import LocalStack, StackError
+from infra.stack import LocalStack
 
 
 @click.group("stack")
@@ -18,10 +18,7 @@ def stack() -> None:
 @stack.command("up")
 def stack_up() -> None:
     """Start every service that is not running (a no-op when all are up)."""
-    try:
-        LocalStack(get_settings()).up(progress=click.echo)
-    except StackError as err:
-        raise click.ClickException(str(err)) from None
+    LocalStack(get_settings()).up(progress=click.echo)
 
 
 @stack.command("down")
@@ -46,8 +43,9 @@ def stack_status() -> None:
 @click.option("--publish", is_flag=True, help="also upload the provisioned weights to the object store")
 def fid_weights(from_store: bool, sha256: str | None, publish: bool) -> None:
     """Provision pytorch-fid's Inception weights offline into the state directory."""
-    from training.evaluate.inception_weights import FidWeightsError, fetch_from_store, provision, publish_to_store
-    from infra.object_store import ObjectNotFoundError, ObjectStore, ObjectStoreError
+    from infra.errors import NotFound
+    from infra.object_store import ObjectNotFoundError, ObjectStore
+    from training.evaluate.inception_weights import fetch_from_store, provision, publish_to_store
 
     settings = get_settings()
     try:
@@ -59,6 +57,4 @@ def fid_weights(from_store: bool, sha256: str | None, publish: bool) -> None:
         if publish:
             click.echo(f"published: {publish_to_store(ObjectStore(settings), weights)}")
     except ObjectNotFoundError as err:
-        raise click.ClickException(f"not in the object store: {err.args[0]}") from None
-    except (FidWeightsError, ObjectStoreError) as err:
-        raise click.ClickException(str(err)) from None
+        raise NotFound(f"not in the object store: {err}") from None

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from training.catalog.store import CatalogError
 from training.nets.presets import PRESETS
+from infra.errors import BadInput
 
 ARCHS = click.Choice(sorted(PRESETS))
 
@@ -49,19 +49,9 @@ def _config(**kwargs):
 def _register(run_id: str, checkpoint: str | None = None) -> None:
     from training.registry.generators import register_run
 
-    reg = _guard(lambda: register_run(run_id, checkpoint=checkpoint, progress=click.echo))
+    reg = register_run(run_id, checkpoint=checkpoint, progress=click.echo)
     click.echo(f"model: {reg.version_uri} (alias {reg.alias}); promote with "
                f"`synthray registry promote {reg.name} --version {reg.version}`")
-
-
-def _guard(fn):
-    """Bad input (unknown dataset, missing class, size mismatch, too many workers) → one line, exit 1."""
-    from pydantic import ValidationError
-
-    try:
-        return fn()
-    except (CatalogError, ValueError, ValidationError) as err:
-        raise click.ClickException(str(err).splitlines()[0] if isinstance(err, ValidationError) else str(err)) from None
 
 
 @train.command("gan")
@@ -75,7 +65,7 @@ def train_gan_cmd(register: bool, **kwargs) -> None:
     """Train a GAN preset on DATASET and (optionally) register the generator."""
     from training.gan.trainer import train_gan
 
-    result = _guard(lambda: train_gan(_config(**kwargs), progress=click.echo))
+    result = train_gan(_config(**kwargs), progress=click.echo)
     click.echo(f"run: {result.run_url}\ncheckpoint: {result.checkpoint_path} (epoch {result.metrics.get('epoch')})")
     if register:
         _register(result.run_id, result.checkpoint_path)
@@ -104,7 +94,7 @@ def train_methods_cmd(register: bool, method: str, balance: str, finetune_epochs
             click.echo(f"plan: {step.describe()}")
         return run_plan(plan, progress=click.echo)
 
-    results = _guard(go)
+    results = go()
     for name, result in results.items():
         click.echo(f"{name}: run {result.run_url} checkpoint {result.checkpoint_path}")
         if register:
@@ -147,14 +137,14 @@ def sweep_gan_cmd(trials, workers_per_trial, scheduler, space_file, space_flags,
         for flag in space_flags:
             key, sep, spec = flag.partition("=")
             if not sep:
-                raise ValueError(f"--space {flag!r}: expected KEY=KIND:V1,V2")
+                raise BadInput(f"--space {flag!r}: expected KEY=KIND:V1,V2")
             overrides[key] = spec
         space = SearchSpace.load(space_file, overrides)
         cfg = SweepConfig(base=_config(workers=workers_per_trial, **kwargs), space=space, trials=trials,
                           scheduler=scheduler, max_concurrent=max_concurrent)
         return run_sweep(cfg, progress=click.echo)
 
-    result = _guard(go)
+    result = go()
     click.echo(table_markdown(result.trials))
     best = result.best
     click.echo(f"best: trial {best.trial_id} FID {best.best_fid:.3f} at epoch-checkpoint {best.checkpoint} "
@@ -187,7 +177,7 @@ def train_classifier_cmd(dataset: str, seed: int, register: bool, **kwargs) -> N
         cfg = ClassifierTrainConfig(**kwargs)
         return train_classifier(cfg, dataset, seed=seed, register=register, progress=click.echo)
 
-    fit, reg, url = _guard(go)
+    fit, reg, url = go()
     metrics = fit.results[fit.best_key].test_metrics
     click.echo(f"run: {url}\ntest: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("accuracy", "balanced_accuracy",
                                                                                    "kappa", "roc_auc")))

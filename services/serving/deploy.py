@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from infra.settings import PROJECT_ROOT, Settings, get_settings
+from infra.errors import SynthrayError
 
 CONFIG_PATH = Path(__file__).with_name("serve_config.yaml")
 CODE_VERSION_VAR = "SYNTHRAY_SERVE_CODE_VERSION"
@@ -37,7 +38,7 @@ _POLL_S = 0.5
 Progress = Callable[[str], None]
 
 
-class ServeError(RuntimeError):
+class ServeError(SynthrayError):
     """Serve could not be started, deployed, reached or stopped; the message says why."""
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from training.catalog.store import encode_png
+from infra.errors import BadInput
 
 # 1980-01-01 00:00:00 is the earliest time a zip entry can hold.
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
@@ -45,7 +46,7 @@ def _canonical_json(obj: Any) -> bytes:
 def _check(images: np.ndarray) -> np.ndarray:
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) == 0:
-        raise ValueError(f"expected a non-empty uint8 array (N, H, W[, C]), got {images.dtype} {images.shape}")
+        raise BadInput(f"expected a non-empty uint8 array (N, H, W[, C]), got {images.dtype} {images.shape}")
     return np.ascontiguousarray(images)
 
 

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from training.registry.generators import MODEL_REF_HELP, parse_model
+from infra.errors import BadInput
 
 API_VERSION = "v1"
 BATCHES_PATH = f"/{API_VERSION}/batches"
@@ -66,7 +67,7 @@ class BatchRequest(_ModelBody):
     @model_validator(mode="after")
     def _counts_add_up(self) -> BatchRequest:
         if self.per_class is not None and sum(self.per_class.values()) != self.n:
-            raise ValueError(f"per_class counts sum to {sum(self.per_class.values())}, but n is {self.n}")
+            raise BadInput(f"per_class counts sum to {sum(self.per_class.values())}, but n is {self.n}")
         return self
 
 
@@ -130,6 +131,6 @@ class AppArgs(BaseModel):
     @model_validator(mode="after")
     def _batch_holds_a_request(self) -> AppArgs:
         if self.max_batch_images < self.max_sync_images:
-            raise ValueError(f"max_batch_images ({self.max_batch_images}) must be >= max_sync_images "
+            raise BadInput(f"max_batch_images ({self.max_batch_images}) must be >= max_sync_images "
                              f"({self.max_sync_images}): one synchronous request must fit one batch")
         return self

@@ -45,6 +45,7 @@ from ray import serve
 
 from infra.settings import Settings, get_settings
 from training.registry.generators import KIND_TAG, parse_model
+from infra.errors import BadInput
 
 if TYPE_CHECKING:
     from services.cli.eval import ReferenceArg
@@ -148,7 +149,7 @@ class FidScorer:
         set_torch_threads(torch_threads)
 
         if dims not in BLOCKS:
-            raise ValueError(f"dims must be one of {BLOCKS}, got {dims}")
+            raise BadInput(f"dims must be one of {BLOCKS}, got {dims}")
         self._settings = settings or get_settings()
         self._dims = dims
         self._max_references = max(1, max_references)

@@ -24,6 +24,7 @@ import zipfile
 from collections.abc import Iterable
 
 import numpy as np
+from infra.errors import BadInput
 
 __all__ = ["MAX_IMAGES", "MAX_PIXELS", "UploadError", "decode_upload", "decode_uploads"]
 
@@ -34,7 +35,7 @@ _PNG, _JPEG = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
 _ZIP, _NPY = (b"PK\x03\x04", b"PK\x05\x06"), b"\x93NUMPY"  # zip: a member first, or an empty archive
 
 
-class UploadError(ValueError):
+class UploadError(BadInput):
     """An upload that cannot be used; ``field`` is the file (or form field) it is about."""
 
     def __init__(self, field: str, message: str) -> None:
@@ -130,7 +131,7 @@ def _read_npy(name: str, key: str, stream, max_images: int, max_pixels: int) -> 
     try:
         version = fmt.read_magic(stream)
         if version not in ((1, 0), (2, 0)):
-            raise ValueError(f".npy format version {version} is not supported (1.0 and 2.0 are)")
+            raise BadInput(f".npy format version {version} is not supported (1.0 and 2.0 are)")
         read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
         shape, fortran, dtype = read_header(stream)
     except (ValueError, OSError, EOFError) as exc:

@@ -30,12 +30,13 @@ from infra.settings import Settings
 from training.catalog.layouts import Problem, SourceItem, scan
 from training.catalog.preprocess import FOCUS_SWEEP_EDGES, Pipeline, contact_sheet, focus_bands, pipeline
 from training.catalog.splits import DEFAULT_FRACTIONS, assign_splits, fold_plan, split_overlap
+from infra.errors import BadInput
 
 _GRAY16 = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 TRUTH_FLAGS = {"lateral_flip": ("flipped", "mirrored"), "invert_negative": ("inverted", "inverted"), "focus": ("blurry", "blurred")}
 
 
-class BadFile(Exception):
+class BadFile(BadInput):
     """A source file that cannot enter the manifest; ``kind`` is one of the report's kinds."""
 
     def __init__(self, kind: str, reason: str) -> None:
@@ -233,9 +234,9 @@ def resolve_merges(
                 classes[int(token)] if token.isdigit() and int(token) < len(classes) else None
             )
             if source is None:
-                raise ValueError(f"--merge {new}: label {token!r} is not a class of the source (classes: {', '.join(classes)})")
+                raise BadInput(f"--merge {new}: label {token!r} is not a class of the source (classes: {', '.join(classes)})")
             if source in mapping:
-                raise ValueError(f"--merge {new}: label {source!r} is already merged into {mapping[source]!r}")
+                raise BadInput(f"--merge {new}: label {source!r} is already merged into {mapping[source]!r}")
             mapping[source] = new
     return list(merges), mapping
 
@@ -245,7 +246,7 @@ def parse_merge(text: str) -> tuple[str, list[str]]:
     new, _, sources = text.partition("=")
     tokens = [t.strip() for t in sources.split(",") if t.strip()]
     if not new.strip() or not tokens:
-        raise ValueError(f"--merge {text!r} is invalid: use NEW=LABEL[,LABEL…], e.g. KL01=0,1")
+        raise BadInput(f"--merge {text!r} is invalid: use NEW=LABEL[,LABEL…], e.g. KL01=0,1")
     return new.strip(), tokens
 
 
@@ -255,7 +256,7 @@ def read_truth(path: Path) -> dict[str, dict[str, bool]]:
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     if not rows or "path" not in rows[0]:
-        raise ValueError(f"truth file {path} needs a 'path' column")
+        raise BadInput(f"truth file {path} needs a 'path' column")
     flags = {f for _, f in TRUTH_FLAGS.values()} & set(rows[0])
     return {row["path"]: {f: row[f].strip() in {"1", "true", "True"} for f in flags} for row in rows}
 

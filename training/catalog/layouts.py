@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from infra.errors import BadInput
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -56,7 +57,7 @@ class Scan:
     problems: list[Problem]
 
 
-class LayoutError(ValueError):
+class LayoutError(BadInput):
     """The source as a whole cannot be read in the requested layout: nothing to ingest."""
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+from infra.errors import BadInput
 
 __all__ = [
     "CHEN2019_GRADE_COUNTS",
@@ -98,19 +99,19 @@ class PhantomSpec:
         for name in ("mirrored_fraction", "inverted_fraction", "blurred_fraction"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+                raise BadInput(f"{name} must be a number in [0, 1], got {value!r}")
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+                raise BadInput(f"{name} must be in [0, 1], got {value!r}")
         try:
             if isinstance(self.grade_weights, str):
                 raise TypeError
             weights = tuple(float(w) for w in self.grade_weights)
         except (TypeError, ValueError):
-            raise ValueError(f"grade_weights must be 5 numbers, got {self.grade_weights!r}") from None
+            raise BadInput(f"grade_weights must be 5 numbers, got {self.grade_weights!r}") from None
         if len(weights) != len(KL_NAMES):
-            raise ValueError(f"grade_weights must have {len(KL_NAMES)} entries, got {len(weights)}")
+            raise BadInput(f"grade_weights must have {len(KL_NAMES)} entries, got {len(weights)}")
         if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
-            raise ValueError(f"grade_weights must be finite, >= 0 and not all zero, got {weights!r}")
+            raise BadInput(f"grade_weights must be finite, >= 0 and not all zero, got {weights!r}")
         object.__setattr__(self, "grade_weights", weights)
         for name in ("size", "seed", "images_per_patient"):
             object.__setattr__(self, name, int(getattr(self, name)))
@@ -120,9 +121,9 @@ class PhantomSpec:
 
 def _check_int(name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise BadInput(f"{name} must be an integer, got {value!r}")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        raise BadInput(f"{name} must be >= {minimum}, got {value!r}")
 
 
 @dataclass(frozen=True, eq=False)

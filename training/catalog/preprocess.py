@@ -27,6 +27,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.transform import resize as _sk_resize
 from skimage.util import montage
+from infra.errors import BadInput
 
 __all__ = [
     "FLIP_DETECTORS",
@@ -68,7 +69,7 @@ def _max_value(img: np.ndarray) -> int:
 
 def _check_image(img: np.ndarray) -> np.ndarray:
     if not isinstance(img, np.ndarray) or img.ndim != 2:
-        raise ValueError(f"expected a 2-D grayscale array, got shape {getattr(img, 'shape', None)}")
+        raise BadInput(f"expected a 2-D grayscale array, got shape {getattr(img, 'shape', None)}")
     _max_value(img)
     return img
 
@@ -95,7 +96,7 @@ def _lookup(registry: dict[str, Any], kind: str, name: str) -> Any:
     try:
         return registry[name]
     except KeyError:
-        raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(sorted(registry))}") from None
+        raise BadInput(f"unknown {kind} {name!r}; known: {', '.join(sorted(registry))}") from None
 
 
 # --------------------------------------------------------------------- detectors
@@ -204,7 +205,7 @@ def contact_sheet(
     2-px dark separators and frame. Empty input gives a blank tile.
     """
     if per_row < 1 or tile < 1 or max_images < 1:
-        raise ValueError("per_row, tile and max_images must be >= 1")
+        raise BadInput("per_row, tile and max_images must be >= 1")
     thumbs = [_resize(_to_uint8(_check_image(im)), tile) for im in list(images)[:max_images]]
     if not thumbs:
         return np.zeros((tile, tile), dtype=np.uint8)
@@ -283,7 +284,7 @@ class Resize(_Params):
 
     def __post_init__(self) -> None:
         if isinstance(self.size, bool) or not isinstance(self.size, (int, np.integer)) or self.size < 1:
-            raise ValueError(f"size must be a positive integer, got {self.size!r}")
+            raise BadInput(f"size must be a positive integer, got {self.size!r}")
         object.__setattr__(self, "size", int(self.size))
 
     def apply(self, img: np.ndarray) -> tuple[np.ndarray, dict]:

@@ -22,6 +22,7 @@ from infra.object_store import ObjectStore
 from infra.settings import Settings, get_settings
 from training.catalog.ingest import IngestOptions, IngestResult, ingest
 from training.catalog.phantom import KL_NAMES, PhantomSpec, make_phantom, write_phantom
+from infra.errors import BadInput
 
 PHANTOM_NAME = "phantom-knee"
 
@@ -104,9 +105,9 @@ def select_records(
     records = manifest.select(split=split, labels=labels, subset=subset)
     if not records:
         if not labels:
-            raise ValueError(f"dataset {manifest.ref} has no images with split={split!r} subset={subset!r}")
+            raise BadInput(f"dataset {manifest.ref} has no images with split={split!r} subset={subset!r}")
         wanted = ", ".join(f"{manifest.classes[c] if c < len(manifest.classes) else '?'} ({c})" for c in labels)
-        raise ValueError(
+        raise BadInput(
             f"dataset {manifest.ref} has no images of class {wanted} (split={split!r}, subset={subset!r}); "
             f"its classes are {list(manifest.classes)}"
         )

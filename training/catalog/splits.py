@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 
 from training.catalog.store import Catalog, CatalogError, ImageRecord, Manifest
+from infra.errors import BadInput
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS: dict[str, float] = {"train": 0.8, "val": 0.1, "test": 0.1}
@@ -24,12 +25,12 @@ _MAX_FOLDS = 20
 def fold_plan(fractions: Mapping[str, float]) -> tuple[int, dict[str, int]]:
     """Smallest fold count k ≤ 20 that expresses every fraction as a whole number of folds."""
     if set(fractions) - set(SPLITS) or not fractions:
-        raise ValueError(f"split fractions must name some of {', '.join(SPLITS)}, got {dict(fractions)}")
+        raise BadInput(f"split fractions must name some of {', '.join(SPLITS)}, got {dict(fractions)}")
     if any(f < 0 for f in fractions.values()) or abs(sum(fractions.values()) - 1) > 1e-6:
-        raise ValueError(f"split fractions must be >= 0 and sum to 1, got {dict(fractions)}")
+        raise BadInput(f"split fractions must be >= 0 and sum to 1, got {dict(fractions)}")
     exact = {s: Fraction(f).limit_denominator(_MAX_FOLDS) for s, f in fractions.items()}
     if any(abs(float(exact[s]) - f) > 1e-6 for s, f in fractions.items()):
-        raise ValueError(f"split fractions must be multiples of 1/k for some k <= {_MAX_FOLDS}, got {dict(fractions)}")
+        raise BadInput(f"split fractions must be multiples of 1/k for some k <= {_MAX_FOLDS}, got {dict(fractions)}")
     k = math.lcm(*(f.denominator for f in exact.values()))
     return k, {s: int(f * k) for s, f in exact.items()}
 
@@ -51,13 +52,13 @@ def assign_splits(
     from sklearn.model_selection import StratifiedGroupKFold
 
     if len(labels) != len(patients):
-        raise ValueError(f"{len(labels)} labels but {len(patients)} patient ids")
+        raise BadInput(f"{len(labels)} labels but {len(patients)} patient ids")
     k, folds_per_split = fold_plan(fractions)
     groups = [p if p is not None else f"\0item{i}" for i, p in enumerate(patients)]
     if k == 1:
         return [next(s for s, n in folds_per_split.items() if n)] * len(labels)
     if len(set(groups)) < k:
-        raise ValueError(
+        raise BadInput(
             f"{len(set(groups))} patients are too few for splits {dict(fractions)}: they need at least {k}"
         )
     owner = [s for s, n in folds_per_split.items() for _ in range(n)]  # fold index → split
@@ -99,7 +100,7 @@ def _term(term: str) -> tuple[str, bool, str]:
     key, _, value = term.partition("!=" if negate else "=")
     key, value = key.strip(), value.strip()
     if key not in {"split", "label", "subset"} or not value:
-        raise ValueError(f"selector term {term!r} is invalid: use split=…, label=… or subset=… (or !=)")
+        raise BadInput(f"selector term {term!r} is invalid: use split=…, label=… or subset=… (or !=)")
     return key, negate, value
 
 
@@ -108,7 +109,7 @@ def _label_index(manifest: Manifest, value: str) -> int:
         return manifest.classes.index(value)
     if value.isdigit() and int(value) < len(manifest.classes):
         return int(value)
-    raise ValueError(f"label {value!r} is not a class of {manifest.ref} (classes: {', '.join(manifest.classes)})")
+    raise BadInput(f"label {value!r} is not a class of {manifest.ref} (classes: {', '.join(manifest.classes)})")
 
 
 # -- leakage check ------------------------------------------------------------------------

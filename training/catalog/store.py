@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from infra.object_store import ObjectNotFoundError, ObjectStore, sha256_bytes
+from infra.errors import BadInput, NotFound
 
 PREFIX = "catalog"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
@@ -41,8 +42,12 @@ Progress = Callable[[int, int], None]
 _READ_CHUNK = 512  # records fetched before they are decoded (see Catalog.read_pixels)
 
 
-class CatalogError(ValueError):
+class CatalogError(BadInput):
     """Bad dataset reference, missing version, or content that fails its hash."""
+
+
+class DatasetNotFound(NotFound, CatalogError):
+    """A dataset name or ``name@version`` that the catalog does not hold (HTTP 404)."""
 
 
 @dataclass(frozen=True)
@@ -322,9 +327,9 @@ class Catalog:
         try:
             version = json.loads(self.store.get_bytes(key))["version"]
             if not isinstance(version, str) or not _VERSION.match(version):
-                raise ValueError(f"bad version {version!r}")
+                raise BadInput(f"bad version {version!r}")
         except ObjectNotFoundError:
-            raise CatalogError(f"dataset {ref.name!r} does not exist in the catalog") from None
+            raise DatasetNotFound(f"dataset {ref.name!r} does not exist in the catalog") from None
         except (ValueError, TypeError, KeyError) as exc:
             raise CatalogError(f"latest pointer {self.store.uri(key)} of {ref.name!r} is corrupt: {exc}") from None
         return DatasetRef(ref.name, version)
@@ -335,7 +340,7 @@ class Catalog:
         try:
             raw = json.loads(self.store.get_bytes(key))
         except ObjectNotFoundError:
-            raise CatalogError(f"dataset version {ref} does not exist in the catalog") from None
+            raise DatasetNotFound(f"dataset version {ref} does not exist in the catalog") from None
         except ValueError as exc:  # not JSON / not UTF-8
             raise CatalogError(f"manifest {self.store.uri(key)} of {ref} is not valid JSON (tampered?): {exc}") from None
         try:

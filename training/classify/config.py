@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field, model_validator
 
 from training.nets.classifier_presets import ClassifierPreset, get_classifier_preset
+from infra.errors import BadInput
 
 
 class ClassifierTrainConfig(BaseModel):
@@ -31,7 +32,7 @@ class ClassifierTrainConfig(BaseModel):
     def _pretrained_needs_hash(self) -> ClassifierTrainConfig:
         get_classifier_preset(self.arch)  # unknown arch: the preset's message names the known ones
         if (self.pretrained is None) != (self.pretrained_sha256 is None):
-            raise ValueError("pretrained and pretrained_sha256 go together: weights load only after a sha256 check")
+            raise BadInput("pretrained and pretrained_sha256 go together: weights load only after a sha256 check")
         return self
 
     def preset(self) -> ClassifierPreset:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from infra.settings import Settings, get_settings
+from infra.errors import BadInput
 
 __all__ = ["FROM_SCRATCH_TAGS", "PretrainedReport", "load_pretrained", "read_verified"]
 
@@ -60,16 +61,16 @@ def _read(source: str, settings: Settings | None) -> bytes:
         settings = settings or get_settings()
         bucket, _, key = source.removeprefix("s3://").partition("/")
         if bucket != settings.bucket:
-            raise ValueError(f"--pretrained {source}: bucket {bucket!r} is not the configured bucket "
+            raise BadInput(f"--pretrained {source}: bucket {bucket!r} is not the configured bucket "
                              f"{settings.bucket!r}")
         try:
             return ObjectStore(settings).get_bytes(key)
         except ObjectNotFoundError:
-            raise ValueError(f"--pretrained {source}: no such object") from None
+            raise BadInput(f"--pretrained {source}: no such object") from None
     try:
         return Path(source).expanduser().read_bytes()
     except OSError as exc:
-        raise ValueError(f"--pretrained {source}: cannot read the file ({exc.strerror or exc})") from None
+        raise BadInput(f"--pretrained {source}: cannot read the file ({exc.strerror or exc})") from None
 
 
 def read_verified(source: str, sha256: str, settings: Settings | None = None) -> bytes:
@@ -83,7 +84,7 @@ def read_verified(source: str, sha256: str, settings: Settings | None = None) ->
     data = _read(source, settings)
     got = hashlib.sha256(data).hexdigest()
     if got != sha256.strip().lower():
-        raise ValueError(f"--pretrained {source}: sha256 {got} does not match the expected {sha256}")
+        raise BadInput(f"--pretrained {source}: sha256 {got} does not match the expected {sha256}")
     return data
 
 
@@ -106,11 +107,11 @@ def _checkpoint(source: str, sha256: str, settings: Settings | None) -> dict:
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a file that is not a checkpoint
-        raise ValueError(f"--pretrained {source}: not a torch state dict ({exc})") from None
+        raise BadInput(f"--pretrained {source}: not a torch state dict ({exc})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ValueError(f"--pretrained {source}: expected a state dict, got {type(state).__name__}")
+        raise BadInput(f"--pretrained {source}: expected a state dict, got {type(state).__name__}")
     _last = ((source, sha256), state)
     return state
 
@@ -146,7 +147,7 @@ def load_pretrained(module: nn.Module, source: str, sha256: str, settings: Setti
         else:
             skipped.append(key)
     if not matched.keys() & dict(module.named_parameters()).keys():
-        raise ValueError(f"--pretrained {source}: no parameter matches the module by name and shape "
+        raise BadInput(f"--pretrained {source}: no parameter matches the module by name and shape "
                          "(a checkpoint of another architecture?)")
     module.load_state_dict(matched, strict=False)
     return PretrainedReport(source=source, sha256=sha256.strip().lower(), loaded=list(matched), skipped=skipped,

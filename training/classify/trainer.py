@@ -27,6 +27,7 @@ from training.classify.loop import (
     load_results,
     train_loop,
 )
+from infra.errors import BadInput
 
 Progress = Callable[[str], None]
 CLASSIFIER_EXPERIMENT = "synthray-classifier"
@@ -59,7 +60,7 @@ def _check_cluster(cfg: ClassifierTrainConfig) -> None:
     kind = "GPU" if cfg.use_gpu else "CPU"
     have = int(ray.cluster_resources().get(kind, 0))
     if cfg.workers > have:
-        raise ValueError(f"--workers {cfg.workers} needs {cfg.workers} {kind}s but the Ray cluster has {have}")
+        raise BadInput(f"--workers {cfg.workers} needs {cfg.workers} {kind}s but the Ray cluster has {have}")
 
 
 def fit_classifiers(
@@ -92,10 +93,10 @@ def fit_classifiers(
 
     settings = settings or get_settings()
     if len({j.key for j in jobs}) != len(jobs):
-        raise ValueError("job keys must be unique")
+        raise BadInput("job keys must be unique")
     for job in jobs:
         if len(job.train_index) < cfg.workers:
-            raise ValueError(f"run {job.key!r} has {len(job.train_index)} training images, fewer than "
+            raise BadInput(f"run {job.key!r} has {len(job.train_index)} training images, fewer than "
                              f"{cfg.workers} worker(s)")
     connect(settings)
     _check_cluster(cfg)
@@ -162,7 +163,7 @@ def train_classifier(
     pools = [manifest.select(split=s) for s in splits]
     for split, records in zip(splits, pools, strict=True):
         if not records:
-            raise ValueError(f"dataset {manifest.ref} has no images in split {split!r}")
+            raise BadInput(f"dataset {manifest.ref} has no images in split {split!r}")
     cat = catalog(settings)
     arrays = [cat.read_pixels(records) for records in pools]
     labels = [np.array([r.label for r in records], dtype=np.int64) for records in pools]

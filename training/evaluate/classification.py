@@ -32,6 +32,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     roc_auc_score,
 )
+from infra.errors import BadInput
 
 if "matplotlib.pyplot" not in sys.modules:  # headless default; never switch (and close figures of) a live pyplot
     matplotlib.use("Agg")
@@ -63,7 +64,7 @@ def sanitize_metric_name(name: str) -> str:
     """
     safe = _UNSAFE.sub("_", str(name))
     if not safe:
-        raise ValueError("an empty class name cannot name a metric key")
+        raise BadInput("an empty class name cannot name a metric key")
     return safe
 
 
@@ -71,7 +72,7 @@ def predicted_labels(proba: np.ndarray) -> np.ndarray:
     """The predicted class of each row of ``(N, K)`` class probabilities (argmax; ties → lowest index)."""
     proba = np.asarray(proba)
     if proba.ndim != 2:
-        raise ValueError(f"proba must be (N, K) class probabilities, got shape {proba.shape}")
+        raise BadInput(f"proba must be (N, K) class probabilities, got shape {proba.shape}")
     return proba.argmax(axis=1)
 
 
@@ -89,26 +90,26 @@ def check_inputs(y_true: Sequence[int], proba: np.ndarray, n_classes: int | None
     y = np.asarray(y_true)
     p = np.asarray(proba, dtype=np.float64)
     if y.ndim != 1:
-        raise ValueError(f"y_true must be 1-D labels, got shape {y.shape}")
+        raise BadInput(f"y_true must be 1-D labels, got shape {y.shape}")
     if y.size and not np.issubdtype(y.dtype, np.integer):
         if not np.all(np.equal(np.mod(y, 1), 0)):
-            raise ValueError("y_true must hold integer class labels")
+            raise BadInput("y_true must hold integer class labels")
     y = y.astype(np.int64)
     if p.ndim != 2:
-        raise ValueError(f"{name} must be (N, K) class probabilities, got shape {p.shape}")
+        raise BadInput(f"{name} must be (N, K) class probabilities, got shape {p.shape}")
     if p.shape[0] != len(y):
-        raise ValueError(f"{name} has {p.shape[0]} rows but y_true has {len(y)} labels")
+        raise BadInput(f"{name} has {p.shape[0]} rows but y_true has {len(y)} labels")
     if len(y) == 0:
-        raise ValueError("y_true is empty")
+        raise BadInput("y_true is empty")
     k = p.shape[1]
     if n_classes is not None and k != n_classes:
-        raise ValueError(f"{name} has K={k} columns but there are {n_classes} class names")
+        raise BadInput(f"{name} has K={k} columns but there are {n_classes} class names")
     if k < 2:
-        raise ValueError(f"{name} needs K >= 2 classes, got {k}")
+        raise BadInput(f"{name} needs K >= 2 classes, got {k}")
     if y.min() < 0 or y.max() >= k:
-        raise ValueError(f"y_true labels must be in range({k}), got min {y.min()} max {y.max()}")
+        raise BadInput(f"y_true labels must be in range({k}), got min {y.min()} max {y.max()}")
     if not np.allclose(p.sum(axis=1), 1.0, rtol=0, atol=_ROW_SUM_ATOL):
-        raise ValueError(f"{name} rows must sum to 1 (softmax probabilities)")
+        raise BadInput(f"{name} rows must sum to 1 (softmax probabilities)")
     return y, p
 
 
@@ -154,7 +155,7 @@ def get_metric(name: str) -> ClassificationMetric:
     try:
         return CLASSIFICATION_METRICS[name]
     except KeyError:
-        raise ValueError(f"unknown classification metric {name!r}; known: "
+        raise BadInput(f"unknown classification metric {name!r}; known: "
                          f"{', '.join(sorted(CLASSIFICATION_METRICS))}") from None
 
 
@@ -187,7 +188,7 @@ def classification_metrics(y_true: Sequence[int], proba: np.ndarray, class_names
     """
     names = [sanitize_metric_name(n) for n in class_names]
     if len(set(names)) != len(names):
-        raise ValueError(f"class names collide after sanitizing: {list(class_names)} -> {names}")
+        raise BadInput(f"class names collide after sanitizing: {list(class_names)} -> {names}")
     y, p = check_inputs(y_true, proba, n_classes=len(names))
     out = {name: m.fn(y, p) for name, m in CLASSIFICATION_METRICS.items()}
     precision, recall, f1, support = precision_recall_fscore_support(
@@ -220,7 +221,7 @@ def confusion_figure(y_true: Sequence[int], proba_or_pred: np.ndarray, class_nam
     pred = predicted_labels(arr) if arr.ndim == 2 else arr.astype(np.int64)
     y = np.asarray(y_true, dtype=np.int64)
     if pred.shape != y.shape:
-        raise ValueError(f"proba_or_pred has {len(pred)} rows but y_true has {len(y)} labels")
+        raise BadInput(f"proba_or_pred has {len(pred)} rows but y_true has {len(y)} labels")
     counts = confusion_matrix(y, pred, labels=range(k))
     rates = confusion_matrix(y, pred, labels=range(k), normalize="true")  # rows of absent classes: 0
     fig = Figure(figsize=(1.2 * k + 2.5, 1.2 * k + 2.0), layout="constrained")

@@ -25,6 +25,7 @@ import numpy as np
 from scipy.stats import bootstrap, permutation_test
 
 from training.evaluate.classification import check_inputs, get_metric
+from infra.errors import BadInput
 
 __all__ = ["MeanCI", "PairedTest", "mean_ci", "paired_permutation_test"]
 
@@ -57,9 +58,9 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95, n_resamples: int 
         seed: the draws' seed, so a report reproduces to the digit.
     """
     if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+        raise BadInput(f"confidence must be in (0, 1), got {confidence}")
     if n_resamples < 1:
-        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+        raise BadInput(f"n_resamples must be >= 1, got {n_resamples}")
     x = np.asarray(values, dtype=np.float64).ravel()
     x = x[~np.isnan(x)]
     if x.size == 0:
@@ -107,7 +108,7 @@ def paired_permutation_test(y_true: Sequence[int], proba_candidate: np.ndarray, 
     """
     fn = get_metric(metric).fn
     if n_resamples < 1:
-        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+        raise BadInput(f"n_resamples must be >= 1, got {n_resamples}")
     y, cand = check_inputs(y_true, proba_candidate, name="proba_candidate")
     _, base = check_inputs(y, proba_baseline, n_classes=cand.shape[1], name="proba_baseline")
     n = len(y)

@@ -7,6 +7,7 @@ closest to the real set's; keeping that here stops every caller from re-deciding
 from __future__ import annotations
 
 from dataclasses import dataclass
+from infra.errors import BadInput
 
 __all__ = ["METRICS", "Metric", "better"]
 
@@ -37,11 +38,11 @@ def better(name: str, candidate: float, incumbent: float, real: float | None = N
     try:
         metric = METRICS[name]
     except KeyError:
-        raise ValueError(f"unknown metric {name!r}; known: {', '.join(sorted(METRICS))}") from None
+        raise BadInput(f"unknown metric {name!r}; known: {', '.join(sorted(METRICS))}") from None
     if metric.better == "lower":
         return candidate < incumbent
     if metric.better == "higher":
         return candidate > incumbent
     if real is None:
-        raise ValueError(f"metric {name!r} compares against the real set's value; pass real=")
+        raise BadInput(f"metric {name!r} compares against the real set's value; pass real=")
     return abs(candidate - real) < abs(incumbent - real)

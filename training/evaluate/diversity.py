@@ -33,6 +33,7 @@ import numpy as np
 from scipy.special import entr, rel_entr
 
 from training.evaluate.ssim import ms_ssim, ms_ssim_levels
+from infra.errors import BadInput
 
 __all__ = [
     "ClassifierScores",
@@ -67,7 +68,7 @@ def same_class_pairs(labels: Sequence[int], n_pairs: int, seed: int = 0) -> np.n
     counts = {c: int((labels == c).sum()) for c in np.unique(labels)}
     eligible = np.flatnonzero([counts[c] >= 2 for c in labels])
     if len(eligible) == 0:
-        raise ValueError("MS-SSIM diversity needs a class with at least two images")
+        raise BadInput("MS-SSIM diversity needs a class with at least two images")
     rng = np.random.default_rng(seed)
     first = rng.choice(eligible, size=n_pairs)
     pairs = np.empty((n_pairs, 2), dtype=np.int64)
@@ -88,12 +89,12 @@ def ms_ssim_diversity(
     """Mean ± std MS-SSIM of ``n_pairs`` random same-class pairs of uint8 (N, H, W) images."""
     images = np.asarray(images)
     if images.ndim != 3:
-        raise ValueError(f"expected grayscale uint8 (N, H, W) images, got shape {images.shape}")
+        raise BadInput(f"expected grayscale uint8 (N, H, W) images, got shape {images.shape}")
     labels = np.zeros(len(images), np.int64) if labels is None else np.asarray(labels)
     if len(labels) != len(images):
-        raise ValueError(f"{len(labels)} labels for {len(images)} images")
+        raise BadInput(f"{len(labels)} labels for {len(images)} images")
     if n_pairs < 1:
-        raise ValueError(f"n_pairs must be >= 1, got {n_pairs}")
+        raise BadInput(f"n_pairs must be >= 1, got {n_pairs}")
     pairs = same_class_pairs(labels, n_pairs, seed)
     levels = ms_ssim_levels(*images.shape[1:])
     values = np.concatenate([
@@ -116,17 +117,17 @@ def label_distribution(labels: Sequence[int], num_classes: int) -> np.ndarray:
     """p(y*): the empirical label distribution of the training data."""
     labels = np.asarray(labels, dtype=np.int64)
     if labels.size == 0 or labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(f"training labels must be in [0, {num_classes}), got {np.unique(labels)[:10]}")
+        raise BadInput(f"training labels must be in [0, {num_classes}), got {np.unique(labels)[:10]}")
     return np.bincount(labels, minlength=num_classes) / labels.size
 
 
 def _check_probs(probs: np.ndarray, prior: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     probs, prior = np.asarray(probs, np.float64), np.asarray(prior, np.float64)
     if probs.ndim != 2 or prior.shape != (probs.shape[1],):
-        raise ValueError(f"need p(y|x) as (N, C) and p(y*) as (C,), got {probs.shape} and {prior.shape}")
+        raise BadInput(f"need p(y|x) as (N, C) and p(y*) as (C,), got {probs.shape} and {prior.shape}")
     for name, p in (("p(y|x) rows", probs), ("p(y*)", prior)):
         if (p < 0).any() or not np.allclose(p.sum(-1), 1, atol=1e-5):
-            raise ValueError(f"{name} must be probability distributions (non-negative, summing to 1)")
+            raise BadInput(f"{name} must be probability distributions (non-negative, summing to 1)")
     return probs, prior
 
 
@@ -164,7 +165,7 @@ def classifier_scores(
 ) -> ClassifierScores:
     """AM and Mode scores of generated uint8 images under the caller's domain classifier."""
     if len(images) == 0:
-        raise ValueError("no images")
+        raise BadInput("no images")
     probs = np.concatenate([
         np.asarray(classifier(images[s : s + batch_size]), np.float64) for s in range(0, len(images), batch_size)
     ])

@@ -72,6 +72,7 @@ from training.evaluate.inception_weights import (
 )
 from infra.object_store import ObjectStore
 from infra.settings import Settings, get_settings
+from infra.errors import BadInput
 
 if TYPE_CHECKING:
     from pytorch_fid.inception import InceptionV3
@@ -176,7 +177,7 @@ def inception(
     so no process-wide TORCH_HOME change is needed and nothing is ever downloaded.
     """
     if dims not in FID_DIMS:
-        raise ValueError(f"dims must be one of {FID_DIMS} (pytorch-fid's InceptionV3 blocks), got {dims}")
+        raise BadInput(f"dims must be one of {FID_DIMS} (pytorch-fid's InceptionV3 blocks), got {dims}")
     weights = fid_weights(settings)
     key = (weights.sha256, dims, str(torch.device(device)))
     with _lock:
@@ -215,9 +216,9 @@ def _check_images(images: np.ndarray) -> np.ndarray:
     if arr.ndim == 4 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if not (arr.ndim == 3 or (arr.ndim == 4 and arr.shape[-1] == 3)):
-        raise ValueError(f"expected (N, H, W), (N, H, W, 1) or (N, H, W, 3), got {arr.shape}")
+        raise BadInput(f"expected (N, H, W), (N, H, W, 1) or (N, H, W, 3), got {arr.shape}")
     if arr.shape[0] == 0:
-        raise ValueError("no images")
+        raise BadInput("no images")
     return arr
 
 
@@ -269,7 +270,7 @@ def features(
     Batch size does not change the numbers beyond float noise; it only trades memory for speed.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise BadInput(f"batch_size must be >= 1, got {batch_size}")
     arr = _check_images(images)
     with _torch_threads(threads):
         return _extract(arr, model, batch_size, _counter(arr.shape[0], progress))
@@ -281,7 +282,7 @@ def features(
 def statistics(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance, as ``pytorch_fid.fid_score.calculate_activation_statistics``."""
     if feats.ndim != 2 or feats.shape[0] < 2:
-        raise ValueError(f"need at least 2 feature rows for a covariance, got {feats.shape}")
+        raise BadInput(f"need at least 2 feature rows for a covariance, got {feats.shape}")
     return np.mean(feats, axis=0), np.cov(feats, rowvar=False)
 
 
@@ -304,7 +305,7 @@ def trace_sqrt_product(
 def _check_stats(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> None:
     d = mu1.shape[0]
     if mu1.shape != mu2.shape or s1.shape != (d, d) or s2.shape != (d, d):
-        raise ValueError(
+        raise BadInput(
             f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}"
         )
 
@@ -332,7 +333,7 @@ def frechet_distance(
 
         return float(calculate_frechet_distance(mu1, s1, mu2, s2))
     if method != "eigh":
-        raise ValueError(f"method must be 'eigh' or 'sqrtm', got {method!r}")
+        raise BadInput(f"method must be 'eigh' or 'sqrtm', got {method!r}")
     diff = mu1 - mu2
     tr_covmean = trace_sqrt_product(s1, s2, sqrt_s1)
     return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
@@ -352,9 +353,9 @@ def bootstrap_fid(
     of dims x dims: ~2 s at 2048-d on 2 CPUs), so budget draws accordingly.
     """
     if draws < 2:
-        raise ValueError(f"bootstrap draws must be >= 2, got {draws}")
+        raise BadInput(f"bootstrap draws must be >= 2, got {draws}")
     if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+        raise BadInput(f"confidence must be in (0, 1), got {confidence}")
     rng = np.random.default_rng(seed)
     values = np.empty(draws)
     for i in range(draws):
@@ -423,10 +424,10 @@ def compute_fid(
     """
     settings = settings or get_settings()
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise BadInput(f"batch_size must be >= 1, got {batch_size}")
     real, fake = _check_images(real), _check_images(fake)
     if real.shape[0] < 2 or fake.shape[0] < 2:
-        raise ValueError(f"FID needs >= 2 images per set, got {real.shape[0]} and {fake.shape[0]}")
+        raise BadInput(f"FID needs >= 2 images per set, got {real.shape[0]} and {fake.shape[0]}")
     weights = fid_weights(settings)
     weights_uri = publish_weights(store, settings) if store is not None else None
     model = inception(settings, dims=dims, device=device)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from infra.errors import BadInput
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "load_image_folder"]
 
@@ -40,17 +41,17 @@ def _read(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-                raise ValueError(f"{path}: {img.mode} image; FID's rule is defined on 8-bit files")
+                raise BadInput(f"{path}: {img.mode} image; FID's rule is defined on 8-bit files")
             return np.asarray(img if img.mode in ("L", "RGB") else img.convert("RGB"))
     except OSError as exc:
-        raise ValueError(f"{path}: cannot read image ({exc})") from None
+        raise BadInput(f"{path}: cannot read image ({exc})") from None
 
 
 def load_image_folder(folder: Path, n: int | None = None) -> ImageFolder:
     """The first ``n`` images (all if None) of ``folder``; see the module docstring for the rule."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"{folder}: not a directory")
+        raise BadInput(f"{folder}: not a directory")
     paths, labels, names = _files(folder), None, None
     if not paths:
         names = sorted(d.name for d in folder.iterdir() if d.is_dir() and _files(d))
@@ -58,16 +59,16 @@ def load_image_folder(folder: Path, n: int | None = None) -> ImageFolder:
         paths = [p for group in per_class for p in group]
         labels = np.concatenate([np.full(len(g), i) for i, g in enumerate(per_class)]) if names else None
     if not paths:
-        raise ValueError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in it or in class subfolders")
+        raise BadInput(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in it or in class subfolders")
     if n is not None:
         if n > len(paths):
-            raise ValueError(f"{folder}: asked for {n} images, found {len(paths)}")
+            raise BadInput(f"{folder}: asked for {n} images, found {len(paths)}")
         paths, labels = paths[:n], None if labels is None else labels[:n]
     arrays = [_read(p) for p in paths]
     first = arrays[0].shape
     for path, arr in zip(paths, arrays):
         if arr.shape[:2] != first[:2]:
-            raise ValueError(f"{path}: size {arr.shape[1]}x{arr.shape[0]} differs from {first[1]}x{first[0]}")
+            raise BadInput(f"{path}: size {arr.shape[1]}x{arr.shape[0]} differs from {first[1]}x{first[0]}")
     if any(a.ndim != arrays[0].ndim for a in arrays):  # mixed gray and colour: pytorch-fid sees RGB
         arrays = [np.repeat(a[..., None], 3, -1) if a.ndim == 2 else a for a in arrays]
     return ImageFolder(np.stack(arrays), paths, names, labels)

@@ -51,6 +51,7 @@ import click
 import torch
 
 from infra.compat import ensure_torchvision
+from infra.errors import Unavailable
 
 if TYPE_CHECKING:
     from pytorch_fid.inception import InceptionV3
@@ -90,7 +91,7 @@ _FC_CLASSES = 1008
 _CHUNK = 1 << 20
 
 
-class FidWeightsError(RuntimeError):
+class FidWeightsError(Unavailable):
     """The weights cannot be provisioned or do not reproduce the reference features."""
 
 

@@ -23,6 +23,8 @@ matrices are computed once, so a draw costs three quadratic forms.
 
 from __future__ import annotations
 
+from infra.errors import BadInput
+
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -85,13 +87,13 @@ def kid(
     """
     real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
     if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
-        raise ValueError(f"need two (N, d) feature sets of one d, got {real.shape} and {fake.shape}")
+        raise BadInput(f"need two (N, d) feature sets of one d, got {real.shape} and {fake.shape}")
     if len(real) < 2 or len(fake) < 2:
-        raise ValueError(f"KID needs >= 2 samples per set, got {len(real)} and {len(fake)}")
+        raise BadInput(f"KID needs >= 2 samples per set, got {len(real)} and {len(fake)}")
     if bootstrap and bootstrap < 2:
-        raise ValueError(f"bootstrap draws must be 0 or >= 2, got {bootstrap}")
+        raise BadInput(f"bootstrap draws must be 0 or >= 2, got {bootstrap}")
     if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+        raise BadInput(f"confidence must be in (0, 1), got {confidence}")
     kxx, kyy, kxy = polynomial_kernel(real, real), polynomial_kernel(fake, fake), polynomial_kernel(real, fake)
     point = float(_weighted_mmd2(kxx, kyy, kxy, np.ones((1, len(real))), np.ones((1, len(fake))))[0])
     low = high = None

@@ -43,6 +43,7 @@ from infra.settings import Settings, get_settings
 from training.evaluate.fid import ProgressFn, _check_images, features, fid_weights, inception
 from training.evaluate.reference import ReferenceStats, reference_images
 from training.evaluate.ssim import ssim_matrix
+from infra.errors import BadInput
 
 __all__ = ["MEMORIZATION_PREFIX", "contact_sheet", "memorization_audit", "nearest_neighbours"]
 
@@ -119,7 +120,7 @@ def _pairs_csv(rows: list[dict]) -> bytes:
 def _ssim_part(fake: np.ndarray, reals: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Best SSIM of each fake against all reals (value, index) and the real→real 99th percentile."""
     if fake.ndim != 3 or reals.ndim != 3 or fake.shape[1:] != reals.shape[1:]:
-        raise ValueError(
+        raise BadInput(
             f"pixel SSIM needs grayscale synthetic and training images of one size, got "
             f"{fake.shape[1:]} and {reals.shape[1:]}"
         )
@@ -163,19 +164,19 @@ def memorization_audit(
     store = store or ObjectStore(settings)
     fake = _check_images(fake)
     if ref.features is None or ref.labels is None:
-        raise ValueError(f"reference {ref.key} carries no features; load it with reference_statistics()")
+        raise BadInput(f"reference {ref.key} carries no features; load it with reference_statistics()")
     if fid_weights(settings).sha256 != ref.weights_sha256:
-        raise ValueError(f"reference {ref.key} was computed with other Inception weights")
+        raise BadInput(f"reference {ref.key} was computed with other Inception weights")
     if fake_labels is not None and len(fake_labels) != len(fake):
-        raise ValueError(f"{len(fake_labels)} fake_labels for {len(fake)} synthetic images")
+        raise BadInput(f"{len(fake_labels)} fake_labels for {len(fake)} synthetic images")
     if top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+        raise BadInput(f"top_k must be >= 1, got {top_k}")
     classes = Catalog(store).manifest(ref.dataset).classes
 
     if feats is None:
         feats = features(fake, inception(settings, dims=ref.dims), batch_size, progress=progress)
     elif feats.shape != (len(fake), ref.dims):
-        raise ValueError(f"feats has shape {feats.shape}, expected ({len(fake)}, {ref.dims})")
+        raise BadInput(f"feats has shape {feats.shape}, expected ({len(fake)}, {ref.dims})")
     dist, idx, real_nn = nearest_neighbours(ref.features.astype(np.float64), feats)
     real_p1 = float(np.percentile(real_nn, 1))
     labels = np.asarray(fake_labels) if fake_labels is not None else ref.labels[idx]

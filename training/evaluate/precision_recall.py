@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from sklearn.metrics import pairwise_distances_chunked
 from sklearn.neighbors import NearestNeighbors
+from infra.errors import BadInput
 
 __all__ = ["PrecisionRecall", "precision_recall"]
 
@@ -50,9 +51,9 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> Precisio
     """Improved precision/recall of two feature sets ``(m, d)`` and ``(n, d)``."""
     real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
     if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
-        raise ValueError(f"need two (N, d) feature sets of one d, got {real.shape} and {fake.shape}")
+        raise BadInput(f"need two (N, d) feature sets of one d, got {real.shape} and {fake.shape}")
     if k < 1 or min(len(real), len(fake)) <= k:
-        raise ValueError(f"k must be >= 1 and below each set's size, got k={k} for {len(real)} and {len(fake)}")
+        raise BadInput(f"k must be >= 1 and below each set's size, got k={k} for {len(real)} and {len(fake)}")
     return PrecisionRecall(
         precision=_coverage(fake, real, _radii(real, k)),
         recall=_coverage(real, fake, _radii(fake, k)),

@@ -56,6 +56,7 @@ from training.evaluate.fid import (
     sqrt_psd,
     statistics,
 )
+from infra.errors import BadInput
 
 __all__ = [
     "REFERENCE_PREFIX",
@@ -119,9 +120,9 @@ def selected_records(
     records = select_records(manifest, split=split, labels=labels, subset=subset)
     if n is not None:
         if n < 2:
-            raise ValueError(f"n must be >= 2 for a covariance, got {n}")
+            raise BadInput(f"n must be >= 2 for a covariance, got {n}")
         if n > len(records):
-            raise ValueError(
+            raise BadInput(
                 f"n={n} but dataset {manifest.ref} has only {len(records)} images with "
                 f"split={split!r} subset={subset!r} labels={labels!r}"
             )
@@ -186,17 +187,17 @@ def _encode(feats: np.ndarray, mu: np.ndarray, sigma: np.ndarray, records: Seque
 def _check_cached(data: bytes, published_sha: str | None, spec: dict, shas: Sequence[str]) -> tuple[dict, dict]:
     """(arrays, meta) of a cached npz; ValueError saying what is wrong with it otherwise."""
     if hashlib.sha256(data).hexdigest() != published_sha:
-        raise ValueError("its bytes do not match the sha256 it was published with")
+        raise BadInput("its bytes do not match the sha256 it was published with")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
         meta = json.loads(str(arrays["meta"]))
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"it does not parse ({exc!r})") from None
+        raise BadInput(f"it does not parse ({exc!r})") from None
     if meta.get("spec") != spec:
-        raise ValueError("its stored spec differs from the key's")
+        raise BadInput("its stored spec differs from the key's")
     if meta.get("images_sha256") != _images_digest(shas) or list(arrays["image_sha256"]) != list(shas):
-        raise ValueError("its image list differs from the selection")
+        raise BadInput("its image list differs from the selection")
     return arrays, meta
 
 
@@ -249,7 +250,7 @@ def reference_statistics(
         device: torch device for Inception.
     """
     if dims not in FID_DIMS:
-        raise ValueError(f"dims must be one of {FID_DIMS}, got {dims}")
+        raise BadInput(f"dims must be one of {FID_DIMS}, got {dims}")
     settings = settings or get_settings()
     cat = _catalog(settings)
     manifest = cat.manifest(dataset)
@@ -271,7 +272,7 @@ def reference_statistics(
             pixels = _reference_pixels(cat, manifest, records[start : start + _CHUNK])
             image_size = image_size or tuple(pixels.shape[1:3])
             if tuple(pixels.shape[1:3]) != image_size:
-                raise ValueError(f"dataset {manifest.ref} mixes image sizes {image_size} and {pixels.shape[1:3]}")
+                raise BadInput(f"dataset {manifest.ref} mixes image sizes {image_size} and {pixels.shape[1:3]}")
             chunks.append(_extract(pixels, model, batch_size, on_batch))
     feats = np.concatenate(chunks)
     mu, sigma = statistics(feats)
@@ -291,9 +292,9 @@ def _reference_pixels(cat: Catalog, manifest: Manifest, records: Sequence[ImageR
     try:
         pixels = cat.read_pixels(records)
     except ValueError as exc:  # np.stack of different shapes
-        raise ValueError(f"dataset {manifest.ref}: images of one reference must share one size ({exc})") from None
+        raise BadInput(f"dataset {manifest.ref}: images of one reference must share one size ({exc})") from None
     if pixels.dtype != np.uint8:
-        raise ValueError(
+        raise BadInput(
             f"dataset {manifest.ref} has {pixels.dtype} pixels; FID's rule is defined on 8-bit images "
             "(ingest with 8-bit output, e.g. --preprocess knee)"
         )
@@ -309,10 +310,10 @@ def reference_images(
     spec = ref.spec
     manifest = cat.manifest(ref.dataset)
     if manifest.version != spec["manifest_sha"]:
-        raise ValueError(f"reference {ref.key} was computed on version {spec['manifest_sha']}, not {manifest.version}")
+        raise BadInput(f"reference {ref.key} was computed on version {spec['manifest_sha']}, not {manifest.version}")
     records = selected_records(manifest, spec["split"], spec["subset"], spec["labels"], spec["n"])
     if tuple(r.sha256 for r in records) != ref.image_sha256:
-        raise ValueError(f"the selection of {ref.dataset} no longer matches reference {ref.key}")
+        raise BadInput(f"the selection of {ref.dataset} no longer matches reference {ref.key}")
     chosen = records if indices is None else [records[int(i)] for i in indices]
     return _reference_pixels(cat, manifest, chosen)
 
@@ -329,13 +330,13 @@ def fake_features(
     settings = settings or get_settings()
     weights = fid_weights(settings)
     if weights.sha256 != ref.weights_sha256:
-        raise ValueError(
+        raise BadInput(
             f"reference {ref.key} was computed with weights {ref.weights_sha256[:12]}…, "
             f"but the provisioned weights are {weights.sha256[:12]}…"
         )
     fake = _check_images(fake)
     if fake.shape[0] < 2:
-        raise ValueError(f"need >= 2 synthetic images, got {fake.shape[0]}")
+        raise BadInput(f"need >= 2 synthetic images, got {fake.shape[0]}")
     if fake.shape[0] != ref.n:
         log.info("n_fake=%d != n_real=%d (FID is biased in n)", fake.shape[0], ref.n)
     if tuple(fake.shape[1:3]) != tuple(ref.image_size):
@@ -353,7 +354,7 @@ def fid_from_reference_features(
     ci = None
     if bootstrap:
         if ref.features is None:
-            raise ValueError(f"reference {ref.key} carries no features to bootstrap")
+            raise BadInput(f"reference {ref.key} carries no features to bootstrap")
         ci = bootstrap_fid(ref.features.astype(np.float64), feats, bootstrap, confidence, seed)
     return FidResult(
         fid=fid, n_real=ref.n, n_fake=len(feats), dims=ref.dims, weights_sha256=ref.weights_sha256,

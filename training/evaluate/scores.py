@@ -15,6 +15,7 @@ from training.evaluate.fid import ProgressFn
 from training.evaluate.kid import KidResult, kid
 from training.evaluate.precision_recall import PrecisionRecall, precision_recall
 from training.evaluate.reference import ReferenceStats, fake_features, fid_from_reference_features
+from infra.errors import BadInput
 
 __all__ = ["EVALUATIONS", "evaluate", "kid_to_reference", "precision_recall_to_reference"]
 
@@ -23,7 +24,7 @@ EVALUATIONS = ("fid", "kid", "precision_recall")
 
 def _real(ref: ReferenceStats) -> np.ndarray:
     if ref.features is None:
-        raise ValueError(f"reference {ref.key} carries no features; load it with reference_statistics()")
+        raise BadInput(f"reference {ref.key} carries no features; load it with reference_statistics()")
     return ref.features.astype(np.float64)
 
 
@@ -68,7 +69,7 @@ def evaluate(
     """
     unknown = set(metrics) - set(EVALUATIONS)
     if unknown:
-        raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {', '.join(EVALUATIONS)}")
+        raise BadInput(f"unknown metrics {sorted(unknown)}; choose from {', '.join(EVALUATIONS)}")
     if feats is None:
         feats = fake_features(fake, ref, settings, batch_size, progress)
     out: dict[str, dict] = {}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from infra.errors import BadInput
 
 __all__ = ["MS_SSIM_WEIGHTS", "ms_ssim", "ms_ssim_levels", "ssim", "ssim_matrix"]
 
@@ -51,9 +52,9 @@ def _as_gray(images: np.ndarray | torch.Tensor, dtype: torch.dtype) -> torch.Ten
     if x.ndim == 4 and x.shape[-1] == 1:
         x = x[..., 0]
     if x.ndim != 3:
-        raise ValueError(f"SSIM expects grayscale (N, H, W) images, got shape {tuple(x.shape)}")
+        raise BadInput(f"SSIM expects grayscale (N, H, W) images, got shape {tuple(x.shape)}")
     if min(x.shape[1:]) < WIN_SIZE:
-        raise ValueError(f"SSIM needs images of at least {WIN_SIZE}x{WIN_SIZE} px, got {tuple(x.shape[1:])}")
+        raise BadInput(f"SSIM needs images of at least {WIN_SIZE}x{WIN_SIZE} px, got {tuple(x.shape[1:])}")
     return x.unsqueeze(1).to(dtype)
 
 
@@ -72,7 +73,7 @@ def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """SSIM of image pairs ``a[i]``, ``b[i]`` (uint8, same shape) as float64 (N,)."""
     x, y = _as_gray(a, torch.float64), _as_gray(b, torch.float64)
     if x.shape != y.shape:
-        raise ValueError(f"SSIM pairs must have one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise BadInput(f"SSIM pairs must have one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     return _ssim_cs(x, y, _window(torch.float64))[0].numpy()
 
 
@@ -84,7 +85,7 @@ def ssim_matrix(a: np.ndarray, b: np.ndarray, max_elements: int = 2**25) -> np.n
     """
     x, y = _as_gray(a, torch.float32), _as_gray(b, torch.float32)
     if x.shape[1:] != y.shape[1:]:
-        raise ValueError(f"SSIM needs one image size, got {tuple(x.shape[2:])} and {tuple(y.shape[2:])}")
+        raise BadInput(f"SSIM needs one image size, got {tuple(x.shape[2:])} and {tuple(y.shape[2:])}")
     win = _window(torch.float32)
     mu_y = _blur(y, win)  # (Nb, 1, h, w)
     var_y = _blur(y * y, win) - mu_y**2
@@ -109,7 +110,7 @@ def ms_ssim_levels(height: int, width: int) -> int:
     side = min(height, width)
     levels = max((n for n in range(1, len(MS_SSIM_WEIGHTS) + 1) if side > (WIN_SIZE - 1) * 2 ** (n - 1)), default=0)
     if levels == 0:
-        raise ValueError(f"MS-SSIM needs images larger than {WIN_SIZE - 1} px on each side, got {height}x{width}")
+        raise BadInput(f"MS-SSIM needs images larger than {WIN_SIZE - 1} px on each side, got {height}x{width}")
     return levels
 
 
@@ -117,11 +118,11 @@ def ms_ssim(a: np.ndarray, b: np.ndarray, levels: int | None = None) -> np.ndarr
     """MS-SSIM of image pairs ``a[i]``, ``b[i]`` (uint8, same shape) as float64 (N,)."""
     x, y = _as_gray(a, torch.float64), _as_gray(b, torch.float64)
     if x.shape != y.shape:
-        raise ValueError(f"MS-SSIM pairs must have one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise BadInput(f"MS-SSIM pairs must have one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     fit = ms_ssim_levels(*x.shape[2:])
     levels = fit if levels is None else levels
     if not 1 <= levels <= fit:
-        raise ValueError(f"{x.shape[2]}x{x.shape[3]} images allow 1..{fit} MS-SSIM scales, got {levels}")
+        raise BadInput(f"{x.shape[2]}x{x.shape[3]} images allow 1..{fit} MS-SSIM scales, got {levels}")
     weights = torch.tensor(MS_SSIM_WEIGHTS[:levels], dtype=torch.float64)
     if levels < len(MS_SSIM_WEIGHTS):  # the published five sum to 1.0001: keep them as published
         weights = weights / weights.sum()

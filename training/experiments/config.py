@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from training.classify.config import ClassifierTrainConfig
+from infra.errors import BadInput
 
 GRIDS = ("knee-table5", "fracture-table4", "spine-methods", "custom")
 BASELINE = "Real"
@@ -59,9 +60,9 @@ class GeneratorSet(_Strict):
     @model_validator(mode="after")
     def _one_kind(self) -> GeneratorSet:
         if (self.per_class is None) == (self.conditional is None):
-            raise ValueError("a generator set has exactly one of per_class or conditional")
+            raise BadInput("a generator set has exactly one of per_class or conditional")
         if self.per_class is not None and not self.per_class:
-            raise ValueError("per_class must name at least one class")
+            raise BadInput("per_class must name at least one class")
         return self
 
     def model_for(self, class_name: str) -> str | None:
@@ -114,21 +115,21 @@ class ExperimentConfig(_Strict):
         from training.evaluate.classification import CLASSIFICATION_METRICS
 
         if self.metric not in CLASSIFICATION_METRICS:
-            raise ValueError(f"metric {self.metric!r} is not one of {', '.join(sorted(CLASSIFICATION_METRICS))}")
+            raise BadInput(f"metric {self.metric!r} is not one of {', '.join(sorted(CLASSIFICATION_METRICS))}")
         if self.grid == "custom" and not self.cells:
-            raise ValueError("grid custom needs cells")
+            raise BadInput("grid custom needs cells")
         if self.grid != "custom" and self.cells:
-            raise ValueError(f"cells are only for grid custom (grid is {self.grid})")
+            raise BadInput(f"cells are only for grid custom (grid is {self.grid})")
         if self.grid != "custom" and not self.generators:
-            raise ValueError(f"grid {self.grid} needs at least one generator set under generators")
+            raise BadInput(f"grid {self.grid} needs at least one generator set under generators")
         if self.grid in ("knee-table5", "fracture-table4") and len(self.generators) != 1:
-            raise ValueError(f"grid {self.grid} uses one generator set; generators has {len(self.generators)}")
+            raise BadInput(f"grid {self.grid} uses one generator set; generators has {len(self.generators)}")
         for cell in self.cells:
             if cell.n_synthetic and cell.generators not in self.generators:
-                raise ValueError(f"cell {cell.name!r}: generators {cell.generators!r} is not a generator set "
+                raise BadInput(f"cell {cell.name!r}: generators {cell.generators!r} is not a generator set "
                                  f"({', '.join(self.generators) or 'none defined'})")
         if self.fractions is not None and (not self.fractions or any(f <= 0 for f in self.fractions)):
-            raise ValueError("fractions must be positive")
+            raise BadInput("fractions must be positive")
         return self
 
     @classmethod
@@ -138,11 +139,11 @@ class ExperimentConfig(_Strict):
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except OSError as err:
-            raise ValueError(f"--config {path}: {err.strerror}") from None
+            raise BadInput(f"--config {path}: {err.strerror}") from None
         except yaml.YAMLError as err:
-            raise ValueError(f"--config {path}: not valid YAML ({str(err).splitlines()[0]})") from None
+            raise BadInput(f"--config {path}: not valid YAML ({str(err).splitlines()[0]})") from None
         if not isinstance(raw, dict):
-            raise ValueError(f"--config {path}: expected a mapping at the top level")
+            raise BadInput(f"--config {path}: expected a mapping at the top level")
         for dotted, value in (overrides or {}).items():
             node = raw
             *parents, leaf = dotted.split(".")
@@ -155,7 +156,7 @@ class ExperimentConfig(_Strict):
             first = err.errors()[0]
             message = first["msg"].removeprefix("Value error, ")  # cross-field checks name their fields
             where = ".".join(str(p) for p in first["loc"])
-            raise ValueError(f"{path}: {where}: {message}" if where else f"{path}: {message}") from None
+            raise BadInput(f"{path}: {where}: {message}" if where else f"{path}: {message}") from None
 
 
 # -- grids -----------------------------------------------------------------------------------
@@ -183,7 +184,7 @@ def expand_cells(cfg: ExperimentConfig, real_counts: dict[str, int]) -> list[Cel
         (gen,) = sets
         target = cfg.augment_class or "normal"  # the fracture thesis augments its normal class
         if target not in classes:
-            raise ValueError(f"augment_class {target!r} is not a class of the real pool ({', '.join(classes)})")
+            raise BadInput(f"augment_class {target!r} is not a class of the real pool ({', '.join(classes)})")
         cells = [Cell(name="+0 %")] + [Cell(name=f"+{_pct(f)} {target}", generators=gen,
                                             synthetic={target: round(f * real_counts[target])})
                                        for f in (cfg.fractions or [0.1, 0.5, 1.0])]
@@ -194,19 +195,19 @@ def expand_cells(cfg: ExperimentConfig, real_counts: dict[str, int]) -> list[Cel
         cells = list(cfg.cells)
     baselines = [c for c in cells if c.is_baseline]
     if not baselines:
-        raise ValueError("cells: one cell must be real-only (real: 1, no synthetic images): the baseline")
+        raise BadInput("cells: one cell must be real-only (real: 1, no synthetic images): the baseline")
     for cell in cells:
         unknown = set(cell.synthetic) - set(classes)
         if unknown:
-            raise ValueError(f"cell {cell.name!r}: {sorted(unknown)} are not classes of the real pool ({', '.join(classes)})")
+            raise BadInput(f"cell {cell.name!r}: {sorted(unknown)} are not classes of the real pool ({', '.join(classes)})")
         if not cell.real and not cell.n_synthetic:
-            raise ValueError(f"cell {cell.name!r} has no training images (real 0 and no synthetic)")
+            raise BadInput(f"cell {cell.name!r} has no training images (real 0 and no synthetic)")
     if cfg.tstr:
         covered = {c.generators for c in cells if c.real == 0}
         cells += [Cell(name=f"TSTR ({name})", real=0, generators=name, synthetic=dict(real_counts))
                   for name in sets if name not in covered and any(c.generators == name for c in cells)]
     names = [c.name for c in cells]
     if len(set(names)) != len(names):
-        raise ValueError(f"cell names must be unique, got {names}")
+        raise BadInput(f"cell names must be unique, got {names}")
     baseline = baselines[0]
     return [baseline] + [c for c in cells if c is not baseline]

@@ -18,6 +18,7 @@ import numpy as np
 from training.catalog.store import ImageRecord, Manifest
 from training.classify.loop import ClassifierData, ClassifierJob
 from training.experiments.config import Cell, ExperimentConfig
+from infra.errors import BadInput
 
 Progress = Callable[[str], None]
 _TRAIN_POOL, _TEST_POOL = 0, 1  # seed streams of the synthetic training pools and test sets
@@ -41,7 +42,7 @@ def _take(manifest: Manifest, split: str, count: int | None, subset: str | None,
     records = manifest.select(split=split, subset=subset)
     where = f"dataset {manifest.ref} split {split!r}" + (f" subset {subset!r}" if subset else "")
     if not records:
-        raise ValueError(f"{where} has no images")
+        raise BadInput(f"{where} has no images")
     k = len(manifest.classes)
     by_class = [[r for r in records if r.label == i] for i in range(k)]
     if balanced:
@@ -49,11 +50,11 @@ def _take(manifest: Manifest, split: str, count: int | None, subset: str | None,
         short = [(manifest.classes[i], len(rs)) for i, rs in enumerate(by_class) if len(rs) < per_class]
         if short or per_class == 0:
             have = ", ".join(f"{c}: {n}" for c, n in short) or "too few for one per class"
-            raise ValueError(f"{where}: a balanced {count or 'selection'} needs {per_class} images per class; "
+            raise BadInput(f"{where}: a balanced {count or 'selection'} needs {per_class} images per class; "
                              f"it has {have}")
         return [r for rs in by_class for r in rs[:per_class]]
     if count and len(records) < count:
-        raise ValueError(f"{where} has {len(records)} images, fewer than the {count} asked for")
+        raise BadInput(f"{where} has {len(records)} images, fewer than the {count} asked for")
     chosen = records[:count] if count else records
     return sorted(chosen, key=lambda r: r.label)
 
@@ -91,7 +92,7 @@ def resolve_sources(cfg: ExperimentConfig, cells: list[Cell], classes: list[str]
     for set_name, class_name in sorted(needed):
         spec = cfg.generators[set_name].model_for(class_name)
         if spec is None:
-            raise ValueError(f"generators.{set_name}: no generator for class {class_name!r} "
+            raise BadInput(f"generators.{set_name}: no generator for class {class_name!r} "
                              f"(per_class names {', '.join(cfg.generators[set_name].per_class or {})})")
         version = versions.get(spec) or resolve_version(client, spec)
         versions[spec] = version
@@ -99,7 +100,7 @@ def resolve_sources(cfg: ExperimentConfig, cells: list[Cell], classes: list[str]
         if version.tags.get("conditional") == "True":
             gen_classes = json.loads(version.tags.get("classes", "[]"))
             if class_name not in gen_classes:
-                raise ValueError(f"generators.{set_name}: {spec} makes classes {gen_classes}, not {class_name!r}")
+                raise BadInput(f"generators.{set_name}: {spec} makes classes {gen_classes}, not {class_name!r}")
             label = gen_classes.index(class_name)
         sources[(set_name, class_name)] = SyntheticSource(set_name, class_name,
                                                           f"models:/{version.name}/{version.version}", label)

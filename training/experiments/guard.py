@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 from training.catalog.store import Catalog, ImageRecord
 from training.catalog.splits import overlap
+from infra.errors import BadInput
 
 
-class LeakageError(ValueError):
+class LeakageError(BadInput):
     """A generator's training data shares patients or images with a real evaluation set."""
 
 

@@ -20,6 +20,7 @@ from training.classify.loop import JobResult
 from training.experiments.config import Cell, ExperimentConfig
 from training.evaluate.classification import classification_metrics, metric_value
 from training.evaluate.compare import MeanCI, PairedTest, mean_ci, paired_permutation_test
+from infra.errors import BadInput
 
 # Column → (source, metric): "test"/"val" metrics of the selected epoch.
 COLUMNS = {
@@ -74,7 +75,7 @@ def build_rows(cfg: ExperimentConfig, cells: list[Cell], results: dict[str, JobR
         paired = None
         if cell is not baseline:
             if [r.seed for r in runs] != [r.seed for r in base_runs]:
-                raise ValueError(f"cell {cell.name!r} ran seeds {[r.seed for r in runs]}, the baseline "
+                raise BadInput(f"cell {cell.name!r} ran seeds {[r.seed for r in runs]}, the baseline "
                                  f"{[r.seed for r in base_runs]}: they must pair up")
             # Pairs are (seed, test image): seed r of every cell starts from the same weights, so
             # the pooled statistic is the difference of the table's means (exactly, for accuracy).

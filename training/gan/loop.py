@@ -35,6 +35,7 @@ from infra.tracking import configure
 from training.gan.config import GanTrainConfig
 from training.gan.losses import make_loss
 from training.nets.sampler import GeneratorSampler, to_uint8
+from infra.errors import BadInput
 
 CHECKPOINT_FILE = "gan.pt"
 MLFLOW_BATCH = 1000  # MLflow's log_batch limit on metrics per call
@@ -55,7 +56,7 @@ def lr_lambda(form: str, decay: float) -> Callable[[int], float]:
         return lambda t: (1.0 - decay) ** t
     if form == "none":
         return lambda t: 1.0
-    raise ValueError(f"unknown decay_form {form!r}")
+    raise BadInput(f"unknown decay_form {form!r}")
 
 
 def epoch_seed(seed: int, rank: int, epoch: int) -> int:
@@ -242,7 +243,7 @@ def train_loop(loop_config: dict) -> None:
     batch = max(1, hp["batch_size"] // world)
     steps = _min_across_workers(len(images) // batch, world)
     if steps == 0:
-        raise ValueError(f"dataset {cfg.dataset} shard {rank} has {len(images)} images, fewer than one batch of {batch}")
+        raise BadInput(f"dataset {cfg.dataset} shard {rank} has {len(images)} images, fewer than one batch of {batch}")
 
     reference, tracker, progress = None, None, None
     if rank == 0:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from infra.errors import BadInput
 
 Scalars = dict[str, torch.Tensor]
 
@@ -91,4 +92,4 @@ def make_loss(kind: str, gp_lambda: float = 10.0) -> WganGpLoss | BceLoss | Acga
         return BceLoss()
     if kind == "acgan":
         return AcganLoss()
-    raise ValueError(f"unknown loss {kind!r}; choose wgan-gp, bce or acgan")
+    raise BadInput(f"unknown loss {kind!r}; choose wgan-gp, bce or acgan")

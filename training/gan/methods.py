@@ -21,6 +21,7 @@ from typing import Literal
 
 from training.catalog.store import Manifest
 from training.gan.config import GanTrainConfig
+from infra.errors import BadInput
 
 Method = Literal["I", "II", "III", "IV"]
 
@@ -71,7 +72,7 @@ def plan_method(
     records = manifest.select(split=base.split, subset=base.subset)
     counts = Counter(r.label for r in records)
     if not counts:
-        raise ValueError(f"dataset {manifest.ref} has no images in split={base.split!r} subset={base.subset!r}")
+        raise BadInput(f"dataset {manifest.ref} has no images in split={base.split!r} subset={base.subset!r}")
     ref = str(manifest.ref)
 
     def step(name: str, n: int, **update) -> PlanStep:
@@ -92,7 +93,7 @@ def plan_method(
                 plan.append(step(f"class{c}", counts[c], class_label=c, balance="none", init_from="pretrain",
                                  transfer_critic=transfer_critic, epochs=finetune_epochs or base.epochs))
         return plan
-    raise ValueError(f"unknown method {method!r}; choose I, II, III or IV")
+    raise BadInput(f"unknown method {method!r}; choose I, II, III or IV")
 
 
 def run_plan(plan: list[PlanStep], settings=None, progress: Callable[[str], None] = print) -> dict:

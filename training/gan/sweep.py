@@ -21,6 +21,8 @@ hyperparameters and trains for the epochs left (optimizer moments start fresh).
 
 from __future__ import annotations
 
+from infra.errors import BadInput
+
 import json
 import math
 import tempfile
@@ -62,9 +64,9 @@ class Distribution(BaseModel):
     def _check(self) -> Distribution:
         if self.kind != "choice":
             if len(self.values) != 2 or not self.values[0] < self.values[1]:
-                raise ValueError(f"{self.kind} needs [low, high] with low < high, got {self.values}")
+                raise BadInput(f"{self.kind} needs [low, high] with low < high, got {self.values}")
             if self.kind == "loguniform" and self.values[0] <= 0:
-                raise ValueError(f"loguniform needs low > 0, got {self.values[0]}")
+                raise BadInput(f"loguniform needs low > 0, got {self.values[0]}")
         return self
 
     @classmethod
@@ -75,7 +77,7 @@ class Distribution(BaseModel):
             return cls(kind=kind, values=values if isinstance(values, list) else [values])
         if isinstance(obj, (int, float)) and not isinstance(obj, bool):
             return cls(kind="choice", values=[obj])
-        raise ValueError(f"expected {{kind: [values]}} or a number, got {obj!r}")
+        raise BadInput(f"expected {{kind: [values]}} or a number, got {obj!r}")
 
     @classmethod
     def parse(cls, text: str) -> Distribution:
@@ -120,7 +122,7 @@ class SearchSpace(BaseModel, extra="forbid"):
         for key in INTEGER_KEYS:
             dist = getattr(self, key)
             if dist and (dist.kind in ("loguniform", "uniform") or any(int(v) != v or v < 1 for v in dist.values)):
-                raise ValueError(f"{key} takes positive integers: use choice or randint, got {dist.describe()}")
+                raise BadInput(f"{key} takes positive integers: use choice or randint, got {dist.describe()}")
         return self
 
     @classmethod
@@ -130,17 +132,17 @@ class SearchSpace(BaseModel, extra="forbid"):
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"search space {path}: {exc}") from None
+            raise BadInput(f"search space {path}: {exc}") from None
         try:
             for key, spec in (overrides or {}).items():
                 if key not in SWEEPABLE:
-                    raise ValueError(f"--space {key}: not sweepable; choose from {', '.join(SWEEPABLE)}")
+                    raise BadInput(f"--space {key}: not sweepable; choose from {', '.join(SWEEPABLE)}")
                 data[key] = Distribution.parse(spec)
             return cls.model_validate(data)
         except ValidationError as exc:
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"])
-            raise ValueError(f"search space {path}: {where}: {err['msg']}") from None
+            raise BadInput(f"search space {path}: {where}: {err['msg']}") from None
 
     def items(self) -> dict[str, Distribution]:
         return {k: v for k in SWEEPABLE if (v := getattr(self, k)) is not None}

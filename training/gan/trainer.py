@@ -25,6 +25,7 @@ from infra.tracking import configure, run_url
 from training.gan.config import GanTrainConfig
 from training.gan.loop import _load_state, train_loop
 from training.nets.sampler import GeneratorSampler
+from infra.errors import BadInput
 
 __all__ = ["GanTrainConfig", "GanTrainResult", "load_sampler", "train_gan"]
 
@@ -70,7 +71,7 @@ def _check_cluster(cfg: GanTrainConfig) -> None:
     kind = "GPU" if cfg.use_gpu else "CPU"
     have = int(ray.cluster_resources().get(kind, 0))
     if cfg.workers > have:
-        raise ValueError(f"--workers {cfg.workers} needs {cfg.workers} {kind}s but the Ray cluster has {have}")
+        raise BadInput(f"--workers {cfg.workers} needs {cfg.workers} {kind}s but the Ray cluster has {have}")
 
 
 def _check_selection(cfg: GanTrainConfig, settings: Settings):
@@ -83,13 +84,13 @@ def _check_selection(cfg: GanTrainConfig, settings: Settings):
     sizes = Counter((r.width, r.height) for r in records)
     if set(sizes) != {(preset.image_size, preset.image_size)}:
         found = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.most_common())
-        raise ValueError(
+        raise BadInput(
             f"dataset {manifest.ref} has {found} images but {cfg.arch} makes "
             f"{preset.image_size}x{preset.image_size}; ingest with --resize {preset.image_size} or pick another --arch"
         )
     batch = cfg.hyperparameters()["batch_size"]
     if len(records) // cfg.workers < max(1, batch // cfg.workers):
-        raise ValueError(f"dataset {manifest.ref} selection has {len(records)} images, fewer than one batch of "
+        raise BadInput(f"dataset {manifest.ref} selection has {len(records)} images, fewer than one batch of "
                          f"{batch // cfg.workers} per worker on {cfg.workers} workers; lower --batch-size")
     return manifest, records
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from infra.errors import BadInput
 
 
 class AcganGenerator(nn.Module):
@@ -39,7 +40,7 @@ class AcganGenerator(nn.Module):
     ) -> None:
         super().__init__()
         if len(widths) != 3:
-            raise ValueError(f"the spine AC-GAN has 3 transposed convolutions, so widths needs 3 entries, got {len(widths)}")
+            raise BadInput(f"the spine AC-GAN has 3 transposed convolutions, so widths needs 3 entries, got {len(widths)}")
         self.num_classes, self.latent_dim = num_classes, latent_dim
         self.base_shape = (widths[0], base_size, base_size)
         self.stem = nn.Sequential(nn.Linear(latent_dim + num_classes, widths[0] * base_size**2), nn.ReLU(True))

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from infra.errors import BadInput
 
 __all__ = ["HEADS", "ImageClassifier", "SmallCNN", "to_grayscale"]
 
@@ -54,9 +55,9 @@ class SmallCNN(nn.Module):
     ) -> None:
         super().__init__()
         if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+            raise BadInput(f"num_classes must be >= 1, got {num_classes}")
         if not channels:
-            raise ValueError("channels must name at least one stage")
+            raise BadInput("channels must name at least one stage")
         stages: list[nn.Module] = []
         in_ch = in_channels
         for out_ch in channels:
@@ -77,9 +78,9 @@ def to_grayscale(image: np.ndarray) -> np.ndarray:
     if arr.dtype != np.uint8:
         raise TypeError(f"images must be uint8, got {arr.dtype}")
     if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (1, 3))):
-        raise ValueError(f"an image must be (H, W), (H, W, 1) or (H, W, 3), got {arr.shape}")
+        raise BadInput(f"an image must be (H, W), (H, W, 1) or (H, W, 3), got {arr.shape}")
     if 0 in arr.shape[:2]:
-        raise ValueError(f"an image must not be empty, got {arr.shape}")
+        raise BadInput(f"an image must not be empty, got {arr.shape}")
     if arr.ndim == 3 and arr.shape[-1] == 3:
         return arr.astype(np.float32) @ np.asarray(_LUMA, dtype=np.float32)
     return arr.reshape(arr.shape[:2]).astype(np.float32)
@@ -101,17 +102,17 @@ class ImageClassifier(nn.Module):
                  in_channels: int = 1, head: str = "softmax") -> None:
         super().__init__()
         if len(class_names) < 1 or len(set(class_names)) != len(class_names):
-            raise ValueError(f"class_names must be non-empty and unique, got {list(class_names)}")
+            raise BadInput(f"class_names must be non-empty and unique, got {list(class_names)}")
         if image_size < 1 or in_channels < 1:
-            raise ValueError(f"image_size and in_channels must be >= 1, got {image_size}, {in_channels}")
+            raise BadInput(f"image_size and in_channels must be >= 1, got {image_size}, {in_channels}")
         self.backbone = backbone.eval()
         self.class_names = [str(c) for c in class_names]
         self.image_size = int(image_size)
         self.in_channels = int(in_channels)
         if head not in HEADS:
-            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+            raise BadInput(f"head must be one of {', '.join(HEADS)}, got {head!r}")
         if head == "sigmoid" and len(self.class_names) != 2:
-            raise ValueError(f"a sigmoid head is binary (one logit, two classes), got {len(self.class_names)} classes")
+            raise BadInput(f"a sigmoid head is binary (one logit, two classes), got {len(self.class_names)} classes")
         self.head = head
 
     @property
@@ -152,11 +153,11 @@ class ImageClassifier(nn.Module):
         images, which may differ in size (each is resized on its own).
         """
         if isinstance(images, np.ndarray) and images.ndim not in (3, 4):
-            raise ValueError(f"a stacked array must be (N, H, W) or (N, H, W, 3), got {images.shape}; "
+            raise BadInput(f"a stacked array must be (N, H, W) or (N, H, W, 3), got {images.shape}; "
                              "pass a single image as [image]")
         items = list(images)
         if not items:
-            raise ValueError("no images")
+            raise BadInput("no images")
         size = (self.image_size, self.image_size)
         out = []
         for item in items:

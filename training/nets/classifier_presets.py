@@ -21,6 +21,7 @@ from typing import Literal
 from torch import nn
 
 from training.nets.classifier import SmallCNN
+from infra.errors import BadInput
 
 __all__ = ["CLASSIFIER_PRESETS", "ClassifierPreset", "get_classifier_preset", "parameter_counts"]
 
@@ -107,10 +108,10 @@ class ClassifierPreset:
     def head_for(self, num_classes: int, multilabel: bool = False) -> Head:
         """The head for a task: "sigmoid" (one logit), "softmax" (K logits) or "multilabel" (K logits)."""
         if num_classes < 2:
-            raise ValueError(f"{self.name}: num_classes must be >= 2, got {num_classes}")
+            raise BadInput(f"{self.name}: num_classes must be >= 2, got {num_classes}")
         if multilabel:
             if not self.supports_multilabel:
-                raise ValueError(f"{self.name} has no multi-label head; use a densenet preset")
+                raise BadInput(f"{self.name} has no multi-label head; use a densenet preset")
             return "multilabel"
         if self.head == "sigmoid" and num_classes == 2:
             return "sigmoid"
@@ -182,4 +183,4 @@ def get_classifier_preset(name: str) -> ClassifierPreset:
     try:
         return CLASSIFIER_PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown classifier preset {name!r}; known: {', '.join(CLASSIFIER_PRESETS)}") from None
+        raise BadInput(f"unknown classifier preset {name!r}; known: {', '.join(CLASSIFIER_PRESETS)}") from None

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from infra.errors import BadInput
 
 
 def _up(in_ch: int, out_ch: int, first: bool) -> list[nn.Module]:
@@ -76,7 +77,7 @@ class DcganDiscriminator(nn.Module):
     ) -> None:
         super().__init__()
         if image_size != 4 * 2 ** len(widths):
-            raise ValueError(f"image_size {image_size} needs {image_size}/4 = 2^len(widths); got {len(widths)} widths")
+            raise BadInput(f"image_size {image_size} needs {image_size}/4 = 2^len(widths); got {len(widths)} widths")
         layers: list[nn.Module] = []
         in_ch = channels
         for i, out_ch in enumerate(widths):

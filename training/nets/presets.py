@@ -22,6 +22,7 @@ from torch import nn
 from training.nets.acgan import AcganDiscriminator, AcganGenerator
 from training.nets.dcgan import DcganDiscriminator, DcganGenerator
 from training.nets.wgan_gp import KneeCritic, KneeGenerator
+from infra.errors import BadInput
 
 Loss = Literal["wgan-gp", "bce", "acgan"]
 
@@ -90,7 +91,7 @@ class GanPreset:
         k = num_classes or self.num_classes
         gen, critic = make_g(self, k), make_d(self, k)
         if gen.image_size != self.image_size:
-            raise ValueError(f"preset {self.name!r}: generator makes {gen.image_size}px, image_size is {self.image_size}")
+            raise BadInput(f"preset {self.name!r}: generator makes {gen.image_size}px, image_size is {self.image_size}")
         return gen, critic
 
 
@@ -139,7 +140,7 @@ def get_preset(name: str) -> GanPreset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown GAN preset {name!r}; choose one of {sorted(PRESETS)}") from None
+        raise BadInput(f"unknown GAN preset {name!r}; choose one of {sorted(PRESETS)}") from None
 
 
 def build_gan(name: str, num_classes: int | None = None) -> tuple[nn.Module, nn.Module]:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from training.nets import RENDER_LAYOUT
+from infra.errors import BadInput
 
 # Rows per forward pass when sampling; fixed, because the pixels may depend on the batch shape.
 CHUNK = 64
@@ -50,7 +51,7 @@ class GeneratorSampler(nn.Module):
         if label is None:
             label = self.class_index
         if label is not None and not 0 <= label < (self.num_classes or 0):
-            raise ValueError(f"label {label} is outside this generator's classes 0..{(self.num_classes or 0) - 1}")
+            raise BadInput(f"label {label} is outside this generator's classes 0..{(self.num_classes or 0) - 1}")
         return torch.full((n,), label, dtype=torch.long) if label is not None else torch.arange(n) % self.num_classes
 
     def latents(self, n: int, seed: int) -> torch.Tensor:
@@ -73,7 +74,7 @@ class GeneratorSampler(nn.Module):
         is the same whether it was asked for alone, with others, or inside a Serve batch.
         """
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise BadInput(f"batch_size must be >= 1, got {batch_size}")
         self.generator.eval()
         n = len(z)
         pad = -n % batch_size or (batch_size if n == 0 else 0)  # n == 0 still yields (0, H, W)
@@ -93,9 +94,9 @@ class GeneratorSampler(nn.Module):
         ``label`` picks the class of a conditional generator (see :meth:`labels`).
         """
         if n < 0 or batch_size < 1:
-            raise ValueError(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+            raise BadInput(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
         if label is not None and not self.conditional:
-            raise ValueError("label is only for conditional generators; this one is unconditional")
+            raise BadInput("label is only for conditional generators; this one is unconditional")
         return self.render(self.latents(n, seed), self.labels(n, label) if self.conditional else None, batch_size)
 
 

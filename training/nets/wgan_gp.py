@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from training.nets.layers import CenterCrop, conv_same, same_size
+from infra.errors import BadInput
 
 
 class KneeGenerator(nn.Module):
@@ -93,7 +94,7 @@ class KneeCritic(nn.Module):
     ) -> None:
         super().__init__()
         if len(dropouts) != len(widths):
-            raise ValueError(f"dropouts has {len(dropouts)} entries but widths has {len(widths)}")
+            raise BadInput(f"dropouts has {len(dropouts)} entries but widths has {len(widths)}")
         layers: list[nn.Module] = [nn.ZeroPad2d(zero_pad)]
         in_ch = in_channels
         for out_ch, p in zip(widths, dropouts):

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from infra.settings import Settings, get_settings
 from infra.tracking import configure, model_uri, run_url
 from training.registry.cards import CARD_FILE, GRID_FILE, CardFacts, cas_section, render_card
+from infra.errors import BadInput, NotFound
 
 if TYPE_CHECKING:  # torch stays out of light importers (the Serve ingress parses model names)
     import numpy as np
@@ -54,7 +55,7 @@ MODEL_REF_HELP = "'NAME@alias' (e.g. 'gan-phantom-knee-wgan-gp-knee-small@champi
 Progress = Callable[[str], None]
 
 
-class RegistryError(ValueError):
+class RegistryError(BadInput):
     """A registry request that cannot be honoured; the message says which name/version/alias."""
 
 
@@ -68,7 +69,7 @@ def parse_model(model: str) -> tuple[str, str | None, str | None]:
     """``(name, alias, version)`` of a model reference; exactly one of alias/version is set."""
     match = _MODEL_REF.match(model)
     if match is None:
-        raise ValueError(f"model must be {MODEL_REF_HELP}, got {model!r}")
+        raise BadInput(f"model must be {MODEL_REF_HELP}, got {model!r}")
     return match["name"], match["alias"], match["version"]
 
 
