@@ -66,7 +66,7 @@ from infra.object_store import ObjectNotFoundError, ObjectStore
 from infra.settings import Settings
 from services.serving.packaging import SYNTHETIC_NOTICE, read_images, to_npz
 from training.nets import RENDER_LAYOUT
-from infra.errors import BadInput, Unavailable
+from infra.errors import BadInput, Conflict, NotFound, SynthrayError, Unavailable
 
 log = logging.getLogger("synthray.batch")
 
@@ -83,6 +83,22 @@ _STATUS_EVERY_S = 1.0  # status.json is rewritten at most this often while shard
 
 class BatchBusyError(Unavailable):
     """The batch's coordinator is winding down (cancel in progress or just exiting); retry in a few seconds."""
+
+
+# The two below are also ValueErrors: ``load_images`` raised ValueError for them before the error
+# vocabulary existed, and callers that catch that keep working.
+class BatchNotFound(NotFound, ValueError):
+    """No batch has this id (HTTP 404)."""
+
+
+class BatchNotReady(Conflict, ValueError):
+    """The batch exists but has not succeeded (queued, running, failed, cancelled): no images yet (HTTP 409)."""
+
+
+class BatchCorrupt(SynthrayError):
+    """A stored shard does not match its manifest's sha256: the store's problem, not the client's (HTTP 500)."""
+
+    http_status = 500
 
 
 @dataclass(frozen=True)
@@ -144,28 +160,30 @@ def _normalize(n: int, seed: int, per_class: dict[int, int] | None, settings: Se
                ) -> tuple[tuple[int, int], ...] | None:
     """Validate the request; per_class as sorted ``(class, count)`` pairs without zero counts."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise BadInput(f"n must be a positive integer, got {n!r}")
+        raise BadInput(f"n must be a positive integer, got {n!r}", field="n")
     if settings is not None and n > settings.batch_max_images:
-        raise BadInput(f"n={n} is above the per-batch limit of {settings.batch_max_images} images (batch_max_images)")
+        raise BadInput(f"n={n} is above the per-batch limit of {settings.batch_max_images} images (batch_max_images)",
+                       field="n")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _SEED_MASK:
-        raise BadInput(f"seed must be an integer in 0..2**63-1, got {seed!r}")
+        raise BadInput(f"seed must be an integer in 0..2**63-1, got {seed!r}", field="seed")
     if per_class is None:
         return None
     if not isinstance(per_class, dict) or not per_class:
-        raise BadInput("per_class must be a non-empty mapping {class index: count}")
+        raise BadInput("per_class must be a non-empty mapping {class index: count}", field="per_class")
     pairs: dict[int, int] = {}
     for key, count in per_class.items():
         try:
             label = int(key)
         except (TypeError, ValueError):
-            raise BadInput(f"per_class keys must be class indices, got {key!r}") from None
+            raise BadInput(f"per_class keys must be class indices, got {key!r}", field="per_class") from None
         if label < 0 or label in pairs:
-            raise BadInput(f"per_class has an invalid or repeated class index {key!r}")
+            raise BadInput(f"per_class has an invalid or repeated class index {key!r}", field="per_class")
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise BadInput(f"per_class[{key!r}] must be a non-negative integer, got {count!r}")
+            raise BadInput(f"per_class[{key!r}] must be a non-negative integer, got {count!r}", field="per_class")
         pairs[label] = count
     if sum(pairs.values()) != n:
-        raise BadInput(f"per_class counts sum to {sum(pairs.values())}, but n is {n}; they must be equal")
+        raise BadInput(f"per_class counts sum to {sum(pairs.values())}, but n is {n}; they must be equal",
+                       field="per_class")
     return tuple(sorted((c, k) for c, k in pairs.items() if k))
 
 
@@ -569,9 +587,10 @@ def submit(model: BatchModel, n: int, seed: int, per_class: dict[int, int] | Non
     """Start (or find) the batch for this request; its status, at once (the work runs in Ray).
 
     Idempotent: a running or succeeded batch is returned as is; a failed or cancelled one
-    is resumed (shards already written are kept). Raises ValueError for an invalid request
-    (``per_class`` not summing to ``n``, ``n`` above ``batch_max_images``), BatchBusyError
-    when the batch's previous coordinator is still shutting down.
+    is resumed (shards already written are kept). Raises :class:`~infra.errors.BadInput`
+    naming the field (``n``, ``seed``, ``per_class``) for an invalid request (``per_class`` not
+    summing to ``n``, ``n`` above ``batch_max_images``), BatchBusyError when the batch's previous
+    coordinator is still shutting down.
 
     Args:
         fail_once: TEST HOOK: shard index whose first attempt is killed (default: the
@@ -657,9 +676,10 @@ def cancel(batch_id: str, settings: Settings) -> dict[str, Any] | None:
 def _manifest(batch_id: str, settings: Settings) -> dict[str, Any]:
     status = get_status(batch_id, settings)
     if status is None:
-        raise BadInput(f"unknown batch {batch_id!r}")
+        raise BatchNotFound(f"unknown batch {batch_id!r}", field="batch_id")
     if status["state"] != SUCCEEDED:
-        raise BadInput(f"batch {batch_id} is {status['state']}, not succeeded; its images cannot be loaded yet")
+        raise BatchNotReady(f"batch {batch_id} is {status['state']}, not succeeded; its images cannot be loaded yet",
+                            field="batch_id")
     return json.loads(ObjectStore(settings).get_bytes(manifest_key(batch_id)))
 
 
@@ -675,17 +695,18 @@ def _shard_images(batch_id: str, settings: Settings, limit: int | None) -> Itera
     by_key = {row["key"]: row for row in rows}
     for key, data in store.get_many(keys):
         if hashlib.sha256(data).hexdigest() != by_key[key]["sha256"]:
-            raise BadInput(f"{store.uri(key)} does not match the sha256 in batch {batch_id}'s manifest")
+            raise BatchCorrupt(f"{store.uri(key)} does not match the sha256 in batch {batch_id}'s manifest")
         yield read_images(data)
 
 
 def load_images(batch_id: str, settings: Settings, limit: int | None = None) -> np.ndarray:
     """uint8 images of a succeeded batch in manifest order (at most ``limit``), each shard verified.
 
-    Raises ValueError if the batch is unknown or not succeeded.
+    Raises BatchNotFound (404) for an unknown batch, BatchNotReady (409) for one that has not
+    succeeded (both also ValueErrors), BatchCorrupt (500) for a shard failing its sha256.
     """
     if limit is not None and limit < 1:
-        raise BadInput(f"limit must be positive, got {limit}")
+        raise BadInput(f"limit must be positive, got {limit}", field="limit")
     images = np.concatenate(list(_shard_images(batch_id, settings, limit)))
     return images if limit is None else images[:limit]
 

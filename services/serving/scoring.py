@@ -1,9 +1,10 @@
 """Scoring deployments of the Serve app: FID against catalog references, and classifiers.
 
 Both follow :class:`services.serving.app.Synthesizer`: torch and MLflow are imported inside methods
-(the Api ingress imports this module for :class:`Failure` and :class:`ClassifierRef` and stays
-small), blocking work runs in ``asyncio.to_thread``, and ordinary client errors come back as a
-:class:`Failure` value instead of an exception, so replicas do not log tracebacks for them.
+(the Api ingress imports this module for :class:`ClassifierRef` and stays small), blocking
+work runs in ``asyncio.to_thread``, and ordinary client errors come back as an
+:mod:`infra.errors` value (:class:`~infra.errors.BadInput`, :class:`~infra.errors.NotFound` …,
+naming the request field) instead of being raised, so replicas do not log tracebacks for them.
 
 ``FidScorer``
     Holds pytorch-fid's Inception (loaded once per replica) and scores uint8 images, given
@@ -33,6 +34,7 @@ Uploaded images are scored in memory only and never persisted (see :mod:`service
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import threading
 from collections import OrderedDict
@@ -43,16 +45,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from ray import serve
 
+from infra.errors import BadInput, NotFound, SynthrayError, Unavailable
 from infra.settings import Settings, get_settings
 from training.registry.generators import KIND_TAG, parse_model
-from infra.errors import BadInput
 
 if TYPE_CHECKING:
     from services.cli.eval import ReferenceArg
     from training.evaluate.reference import ReferenceStats
     from training.nets.classifier import ImageClassifier
 
-__all__ = ["ClassifierRef", "Classifier", "Failure", "FidScorer"]
+__all__ = ["ClassifierRef", "Classifier", "CorruptContent", "FidScorer"]
 
 log = logging.getLogger(__name__)
 
@@ -64,41 +66,36 @@ FID_DIMS = 2048  # pool3 features: FID proper
 SPLIT_ALL = "all"  # as eval_cli --split: no split filter
 
 
-@dataclass(frozen=True)
-class Failure:
-    """Why a scoring request cannot be served, as an HTTP status and a message naming the field.
+class CorruptContent(SynthrayError):
+    """Catalog content behind a reference failed its checks (tampered, half-written): the server's
+    problem, not the client's, so a 500 that still says what failed."""
 
-    Returned rather than raised (see the module docstring). ``field`` is the request field at
-    fault (``reference``, ``images``, ``batch_id``, ``limit``, ``model``) or None.
-    """
-
-    status: int  # 404 unknown dataset/model/batch, 409 batch not finished, 422 invalid input, 503 dependency down
-    detail: str
-    field: str | None = None
+    http_status = 500
 
 
-def _fail(status: int, field: str | None, message: str) -> Failure:
-    return Failure(status, f"{field}: {message}" if field else message, field)
+def _bad(field: str, message: str) -> BadInput:
+    """A 422 naming the request field at fault (``reference``, ``images``, ``limit``, ``model`` …)."""
+    return BadInput(f"{field}: {message}", field=field)
 
 
 # -- FID -----------------------------------------------------------------------------------------
 
 
-def parse_reference(reference: str) -> ReferenceArg | Failure:
+def parse_reference(reference: str) -> ReferenceArg | BadInput:
     """``NAME[@VER][:SUBSET][:CLASS]`` parsed by the eval CLI's own rule, or a 422."""
     import click
 
     from services.cli.eval import _reference
 
     if not isinstance(reference, str) or not reference.strip():
-        return _fail(422, "reference", "is empty; use NAME[@VER][:SUBSET][:CLASS], e.g. phantom-knee@1a2b:gan-train:KL0")
+        return _bad("reference", "is empty; use NAME[@VER][:SUBSET][:CLASS], e.g. phantom-knee@1a2b:gan-train:KL0")
     try:
         return _reference(None, None, reference)
     except click.BadParameter as exc:
-        return _fail(422, "reference", exc.message)
+        return _bad("reference", exc.message)
 
 
-def _labels(classes: Sequence[str], label: str | None, dataset: str) -> list[int] | None | Failure:
+def _labels(classes: Sequence[str], label: str | None, dataset: str) -> list[int] | None | BadInput:
     """A class name or index → label list, as ``eval_cli._resolve_labels`` (on a loaded manifest)."""
     if label is None:
         return None
@@ -106,27 +103,16 @@ def _labels(classes: Sequence[str], label: str | None, dataset: str) -> list[int
         return [list(classes).index(label)]
     if label.isdigit() and int(label) < len(classes):
         return [int(label)]
-    return _fail(422, "reference", f"class {label!r} is not in {dataset} (classes: {', '.join(classes)})")
+    return _bad("reference", f"class {label!r} is not in {dataset} (classes: {', '.join(classes)})")
 
 
-def _batch_failure(batch_id: str, exc: Exception) -> Failure:
-    """``services.batches.jobs.load_images`` errors → 404 unknown, 409 not (yet) succeeded, else 500.
-
-    An exception carrying an int ``status`` decides; otherwise its message, which for
-    ``load_images`` is ``unknown batch …`` or ``batch … is STATE, not succeeded …``; anything
-    else (e.g. a shard failing its sha256) is the server's problem, not the client's.
-    """
-    status = getattr(exc, "status", None)
-    if not isinstance(status, int):
-        text = str(exc).lower()
-        if isinstance(exc, LookupError) or any(w in text for w in ("unknown", "not found", "no such", "does not exist")):
-            status = 404
-        elif "not succeeded" in text:
-            status = 409
-        else:
-            status = 500
-    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError's str() quotes
-    return _fail(status, "batch_id", f"batch {batch_id!r}: {message}")
+def _batch_error(batch_id: str, exc: SynthrayError) -> SynthrayError:
+    """A batch error as the scorer reports it: the same class, so the same status (404 unknown,
+    409 not succeeded, 500 a shard failing its sha256 …), worded and fielded as ``batch_id``."""
+    error = copy.copy(exc)  # a SynthrayError copies (as it pickles) with its class and state
+    error.args = (f"batch_id: batch {batch_id!r}: {exc.message}",)
+    error.field = "batch_id"
+    return error
 
 
 @serve.deployment
@@ -186,7 +172,7 @@ class FidScorer:
         limit: int | None = None,
         *,
         split: str = "train",
-    ) -> dict[str, Any] | Failure:
+    ) -> dict[str, Any] | SynthrayError:
         """FID of ``images`` (uint8 ``(N,H,W)`` / ``(N,H,W,3)``) or of batch ``batch_id`` vs ``reference``.
 
         Args:
@@ -198,43 +184,44 @@ class FidScorer:
 
         Returns:
             ``{"fid", "n_real", "n_fake", "weights_sha256", "reference_key", "dataset", "dims"}``
-            (``dataset`` is the resolved ``name@version``), or a :class:`Failure`.
+            (``dataset`` is the resolved ``name@version``), or the :class:`~infra.errors.SynthrayError`
+            that says why not (422 naming the field, 404, 409, 503, 500 for corrupt content).
         """
         spec = parse_reference(reference)
-        if isinstance(spec, Failure):
+        if isinstance(spec, SynthrayError):
             return spec
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 2):
-            return _fail(422, "limit", f"must be an integer >= 2 (FID needs a covariance), got {limit!r}")
+            return _bad("limit", f"must be an integer >= 2 (FID needs a covariance), got {limit!r}")
         if (images is None) == (batch_id is None):
-            return _fail(422, "images", "give exactly one of images or batch_id")
+            return _bad("images", "give exactly one of images or batch_id")
         if images is not None:
             fake = await asyncio.to_thread(_candidate, images, limit, "images")
         else:
             fake = await asyncio.to_thread(self._batch_images, batch_id, limit)
-        if isinstance(fake, Failure):
+        if isinstance(fake, SynthrayError):
             return fake
-        ref = await asyncio.to_thread(self._reference, spec, split)
-        if isinstance(ref, Failure):
+        ref = await asyncio.to_thread(self._reference_stats, spec, split)
+        if isinstance(ref, SynthrayError):
             return ref
         return await asyncio.to_thread(self._fid, fake, ref)
 
-    def _batch_images(self, batch_id: str, limit: int | None) -> np.ndarray | Failure:
+    def _batch_images(self, batch_id: str, limit: int | None) -> np.ndarray | SynthrayError:
         if not isinstance(batch_id, str) or not batch_id:
-            return _fail(422, "batch_id", "must be a non-empty string")
+            return _bad("batch_id", "must be a non-empty string")
         from infra.object_store import ObjectStoreError
         from services.batches.jobs import load_images
 
         try:
             images = load_images(batch_id, self._settings, limit)
-        except (ValueError, LookupError) as exc:
-            return _batch_failure(batch_id, exc)
-        except ObjectStoreError as exc:
-            return _fail(503, None, f"object store unavailable: {exc}")
+        except ObjectStoreError as exc:  # down, or refusing: either way nothing the client can fix
+            return Unavailable(f"object store unavailable: {exc}")
+        except SynthrayError as exc:  # unknown (404), not succeeded (409), corrupt shard (500)
+            return _batch_error(batch_id, exc)
         return _candidate(images, limit, "batch_id")
 
-    def _reference(self, spec: ReferenceArg, split: str) -> ReferenceStats | Failure:
+    def _reference_stats(self, spec: ReferenceArg, split: str) -> ReferenceStats | SynthrayError:
         """Memoized reference statistics of a parsed reference (S3 cache underneath)."""
-        from training.catalog.store import Catalog, CatalogError, DatasetRef
+        from training.catalog.store import Catalog, CatalogError, DatasetNotFound, DatasetRef
         from training.evaluate.inception_weights import FidWeightsError
         from infra.object_store import ObjectStore, ObjectStoreError
         from training.evaluate.reference import reference_statistics
@@ -242,7 +229,7 @@ class FidScorer:
         try:
             wanted = DatasetRef.parse(spec.dataset)
         except CatalogError as exc:
-            return _fail(422, "reference", str(exc))
+            return _bad("reference", str(exc))
         try:
             if self._catalog is None:
                 self._catalog = Catalog(ObjectStore(self._settings))
@@ -253,9 +240,9 @@ class FidScorer:
             manifest = self._catalog.manifest(resolved)
             if spec.subset is not None and spec.subset not in manifest.subsets:
                 known = ", ".join(sorted(manifest.subsets)) or "none"
-                return _fail(422, "reference", f"dataset {resolved} has no subset {spec.subset!r} (subsets: {known})")
+                return _bad("reference", f"dataset {resolved} has no subset {spec.subset!r} (subsets: {known})")
             labels = _labels(manifest.classes, spec.label, str(resolved))
-            if isinstance(labels, Failure):
+            if isinstance(labels, SynthrayError):
                 return labels
             with self._work:
                 if (hit := self._memo(key)) is not None:  # computed by a concurrent request meanwhile
@@ -265,16 +252,16 @@ class FidScorer:
                     str(resolved), split=None if split == SPLIT_ALL else split, subset=spec.subset, labels=labels,
                     n=None, settings=self._settings, dims=self._dims,
                 )
-        except CatalogError as exc:
-            if "does not exist" in str(exc):  # the catalog's wording for a missing name or version
-                return _fail(404, "reference", str(exc))
-            return _fail(500, "reference", f"catalog content failed its checks: {exc}")
+        except DatasetNotFound as exc:  # a missing name or version
+            return NotFound(f"reference: {exc}", field="reference")
+        except CatalogError as exc:  # any other catalog error here is stored content failing its checks
+            return CorruptContent(f"reference: catalog content failed its checks: {exc}", field="reference")
         except FidWeightsError as exc:
-            return _fail(503, None, f"FID weights unavailable: {exc}")
+            return Unavailable(f"FID weights unavailable: {exc}")
         except ObjectStoreError as exc:
-            return _fail(503, None, f"object store unavailable: {exc}")
+            return Unavailable(f"object store unavailable: {exc}")
         except ValueError as exc:  # empty selection, non-8-bit or mixed-size dataset
-            return _fail(422, "reference", str(exc))
+            return _bad("reference", str(exc))
         self._remember(key, stats)
         return stats
 
@@ -292,7 +279,7 @@ class FidScorer:
             while len(self._references) > self._max_references:
                 self._references.popitem(last=False)
 
-    def _fid(self, fake: np.ndarray, ref: ReferenceStats) -> dict[str, Any] | Failure:
+    def _fid(self, fake: np.ndarray, ref: ReferenceStats) -> dict[str, Any] | Unavailable:
         from training.evaluate.inception_weights import FidWeightsError
         from training.evaluate.reference import fid_to_reference
 
@@ -301,7 +288,7 @@ class FidScorer:
                 self._inception()
                 result = fid_to_reference(fake, ref, self._settings)
         except FidWeightsError as exc:
-            return _fail(503, None, f"FID weights unavailable: {exc}")
+            return Unavailable(f"FID weights unavailable: {exc}")
         return {
             "fid": result.fid, "n_real": result.n_real, "n_fake": result.n_fake,
             "weights_sha256": result.weights_sha256, "reference_key": result.reference_key,
@@ -309,23 +296,23 @@ class FidScorer:
         }
 
 
-def _candidate(images: np.ndarray | Sequence[np.ndarray], limit: int | None, field: str) -> np.ndarray | Failure:
+def _candidate(images: np.ndarray | Sequence[np.ndarray], limit: int | None, field: str) -> np.ndarray | BadInput:
     """The synthetic side as one uint8 ``(N,H,W)`` / ``(N,H,W,3)`` array of >= 2 images, or a 422."""
     from training.evaluate.fid import _check_images  # the exact rule features() applies
 
     if not isinstance(images, np.ndarray):
         shapes = {np.shape(img) for img in images}
         if len(shapes) > 1:
-            return _fail(422, field, f"FID needs images of one size, got sizes {sorted(shapes)[:4]}")
+            return _bad(field, f"FID needs images of one size, got sizes {sorted(shapes)[:4]}")
         images = np.stack(list(images)) if shapes else np.zeros((0, 1, 1), np.uint8)
     if limit is not None:
         images = images[:limit]
     try:
         arr = _check_images(images)
     except (TypeError, ValueError) as exc:
-        return _fail(422, field, str(exc))
+        return _bad(field, str(exc))
     if arr.shape[0] < 2:
-        return _fail(422, field, f"FID needs at least 2 images, got {arr.shape[0]}")
+        return _bad(field, f"FID needs at least 2 images, got {arr.shape[0]}")
     return arr
 
 
@@ -346,21 +333,21 @@ class ClassifierRef:
         return f"models:/{self.name}/{self.version}"
 
 
-def _classify_images(images: Sequence[np.ndarray], max_images: int) -> list[np.ndarray] | Failure:
+def _classify_images(images: Sequence[np.ndarray], max_images: int) -> list[np.ndarray] | BadInput:
     """Checked uint8 ``(H,W)`` / ``(H,W,1)`` / ``(H,W,3)`` images, or a 422 naming ``images[i]``."""
     items = list(images) if images is not None else []
     if not items:
-        return _fail(422, "images", "no images")
+        return _bad("images", "no images")
     if len(items) > max_images:
-        return _fail(422, "images", f"{len(items)} images, more than the {max_images} allowed per request")
+        return _bad("images", f"{len(items)} images, more than the {max_images} allowed per request")
     for i, img in enumerate(items):
         arr = np.asarray(img)
         if arr.dtype != np.uint8:
-            return _fail(422, f"images[{i}]", f"must be uint8, got {arr.dtype}")
+            return _bad(f"images[{i}]", f"must be uint8, got {arr.dtype}")
         if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (1, 3))) or 0 in arr.shape[:2]:
-            return _fail(422, f"images[{i}]", f"must be a non-empty (H, W), (H, W, 1) or (H, W, 3) image, got {arr.shape}")
+            return _bad(f"images[{i}]", f"must be a non-empty (H, W), (H, W, 1) or (H, W, 3) image, got {arr.shape}")
         if arr.shape[0] * arr.shape[1] > MAX_PIXELS:
-            return _fail(422, f"images[{i}]", f"{arr.shape[0]}x{arr.shape[1]} is more than {MAX_PIXELS} pixels")
+            return _bad(f"images[{i}]", f"{arr.shape[0]}x{arr.shape[1]} is more than {MAX_PIXELS} pixels")
     return items
 
 
@@ -385,11 +372,11 @@ class Classifier:
         self._client = self._mlflow.MlflowClient()
         self._max_images = max_images
 
-    async def resolve(self, model: str) -> ClassifierRef | Failure:
+    async def resolve(self, model: str) -> ClassifierRef | SynthrayError:
         """``NAME@alias`` / ``NAME/VERSION`` → concrete classifier version; asked fresh every time."""
         return await asyncio.to_thread(self._resolve, model)
 
-    def _resolve(self, model: str) -> ClassifierRef | Failure:
+    def _resolve(self, model: str) -> ClassifierRef | SynthrayError:
         import json
 
         from mlflow.exceptions import MlflowException, RestException
@@ -399,7 +386,7 @@ class Classifier:
         try:
             name, alias, version = parse_model(model)
         except (TypeError, ValueError) as exc:
-            return _fail(422, "model", str(exc))
+            return _bad("model", str(exc))
         try:
             if alias is not None:
                 found = self._client.get_model_version_by_alias(name, alias)
@@ -410,13 +397,13 @@ class Classifier:
         except RestException as exc:
             reason = exc.message.removeprefix(f"{exc.error_code}: ")
             if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                return _fail(404, "model", f"model {model!r} not found in the registry: {reason}")
-            return _fail(503, "model", f"model registry error for {model!r}: {reason}")
+                return NotFound(f"model: model {model!r} not found in the registry: {reason}", field="model")
+            return Unavailable(f"model: model registry error for {model!r}: {reason}", field="model")
         except MlflowException as exc:
-            return _fail(503, None, f"model registry at {self._settings.mlflow_tracking_uri} unreachable: {exc.message}")
+            return Unavailable(f"model registry at {self._settings.mlflow_tracking_uri} unreachable: {exc.message}")
         if kind != CLASSIFIER_KIND:
-            return _fail(422, "model", f"model {model!r} (version {found.version}) is a {kind or 'model of unknown kind'}, "
-                                       f"not a {CLASSIFIER_KIND}")
+            return _bad("model", f"model {model!r} (version {found.version}) is a {kind or 'model of unknown kind'}, "
+                                 f"not a {CLASSIFIER_KIND}")
         try:
             classes = tuple(json.loads((found.tags or {}).get("classes", "[]")))
         except ValueError:
@@ -433,7 +420,8 @@ class Classifier:
 
         return load_classifier(uri, self._settings)
 
-    async def classify(self, model: str | ClassifierRef, images: Sequence[np.ndarray]) -> list[dict[str, Any]] | Failure:
+    async def classify(self, model: str | ClassifierRef, images: Sequence[np.ndarray]
+                       ) -> list[dict[str, Any]] | SynthrayError:
         """Class probabilities of each uint8 image under ``model``.
 
         Args:
@@ -444,13 +432,13 @@ class Classifier:
 
         Returns:
             One ``{"probabilities": {class: p}, "label": class, "model": name, "version": v}``
-            per image, in order, or a :class:`Failure`.
+            per image, in order, or the :class:`~infra.errors.SynthrayError` that says why not.
         """
         items = _classify_images(images, self._max_images)
-        if isinstance(items, Failure):
+        if isinstance(items, SynthrayError):
             return items
         ref = model if isinstance(model, ClassifierRef) else await self.resolve(model)
-        if isinstance(ref, Failure):
+        if isinstance(ref, SynthrayError):
             return ref
         classifier = await self._classifier(ref.uri)
         return await asyncio.to_thread(self._predict, classifier, ref, items)

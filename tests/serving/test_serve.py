@@ -113,7 +113,8 @@ def test_unreachable_registry_is_a_503_not_a_crash(monkeypatch, tmp_path) -> Non
 
     import mlflow
 
-    from services.serving.model_directory import LookupFailure, ModelDirectory
+    from infra.errors import Unavailable
+    from services.serving.model_directory import ModelDirectory
 
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
@@ -126,25 +127,26 @@ def test_unreachable_registry_is_a_503_not_a_crash(monkeypatch, tmp_path) -> Non
     finally:  # the directory points the process-wide MLflow client at the dead URI
         mlflow.set_tracking_uri(before[0])
         mlflow.set_registry_uri(before[1])
-    assert isinstance(result, LookupFailure)
-    assert result.status == 503 and uri in result.detail
+    assert isinstance(result, Unavailable)
+    assert result.http_status == 503 and uri in result.message
 
 
 def test_backpressure_becomes_503_with_retry_after() -> None:
     import asyncio
 
-    from fastapi import HTTPException
     from ray.serve.exceptions import BackPressureError
 
-    from services.serving.app import _call
+    from infra.errors import Unavailable
+    from services.serving.app import _call, error_response
 
     async def overloaded():
         raise BackPressureError(num_queued_requests=9, max_queued_requests=8, retry_after_s=2.4)
 
-    with pytest.raises(HTTPException) as err:
+    with pytest.raises(Unavailable) as err:
         asyncio.run(_call(overloaded()))
-    assert err.value.status_code == 503 and err.value.headers == {"Retry-After": "2"}
-    assert "max_queued_requests=8" in err.value.detail
+    response = asyncio.run(error_response(None, err.value))
+    assert response.status_code == 503 and response.headers["Retry-After"] == "2"
+    assert "max_queued_requests=8" in json.loads(response.body)["detail"]
 
 
 def test_api_keys_from_settings_and_file(tmp_path) -> None:
