@@ -53,6 +53,8 @@ from infra.settings import get_settings
 from services.serving import prometheus as metrics
 from services.serving.auth import KeyChecker
 from services.serving.body_limit import BodyLimit
+from services.serving.classifier import Classifier
+from services.serving.fid_scorer import FidScorer
 from services.serving.model_directory import ModelDirectory, ModelRef
 from services.serving.schemas import (
     API_VERSION,
@@ -67,7 +69,6 @@ from services.serving.schemas import (
     SweepRequest,
     SynthesizeRequest,
 )
-from services.serving.scoring import Classifier, FidScorer
 from services.serving.synthesizer import Synthesizer
 from training.registry.generators import GENERATOR_KIND, parse_model
 

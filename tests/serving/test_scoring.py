@@ -17,7 +17,8 @@ import pytest
 
 from infra.errors import Conflict, SynthrayError
 from infra.settings import Settings
-from services.serving.scoring import Classifier, ClassifierRef, FidScorer
+from services.serving.classifier import Classifier, ClassifierRef
+from services.serving.fid_scorer import FidScorer
 from services.serving.uploads import MAX_PIXELS, UploadError, decode_upload, decode_uploads
 
 DATASET = "phantom-metrics"  # the metrics tests' phantom: same spec, same version

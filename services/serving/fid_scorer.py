@@ -1,32 +1,25 @@
-"""Scoring deployments of the Serve app: FID against catalog references, and classifiers.
+"""The ``FidScorer`` deployment of the Serve app: FID against catalog references.
 
-Both follow :class:`services.serving.app.Synthesizer`: torch and MLflow are imported inside methods
-(the Api ingress imports this module for :class:`ClassifierRef` and stays small), blocking
-work runs in ``asyncio.to_thread``, and ordinary client errors come back as an
-:mod:`infra.errors` value (:class:`~infra.errors.BadInput`, :class:`~infra.errors.NotFound` …,
-naming the request field) instead of being raised, so replicas do not log tracebacks for them.
+It follows :class:`services.serving.synthesizer.Synthesizer`: torch is imported inside methods,
+blocking work runs in ``asyncio.to_thread``, and ordinary client errors come back as an
+:mod:`infra.errors` value (:class:`~infra.errors.BadInput` naming the request field,
+:class:`~infra.errors.NotFound` …) instead of being raised, so the replica does not log
+tracebacks for them.
 
-``FidScorer``
-    Holds pytorch-fid's Inception (loaded once per replica) and scores uint8 images, given
-    directly or as a finished batch job, against a catalog reference
-    ``NAME[@VER][:SUBSET][:CLASS]`` — the syntax and rules of ``synthray eval fid
-    --reference`` (:mod:`services.cli.eval`). The real side is what the CLI uses by default:
-    **every** image of the selection in split ``train`` (no ``--n``), so a served FID equals
-    ``synthray eval fid --reference R --images DIR`` on the same images, and it shares the
-    CLI's statistics cached in the object store (keyed by content hash,
-    :func:`training.evaluate.reference.reference_statistics`). On top of that cache each
-    replica keeps the last few references in memory (LRU), keyed by the *resolved*
-    ``name@version``, so a bare ``name`` still follows a newly published version.
-    ``n_fake`` is however many images came; FID is biased in n, so both counts are returned.
-    A reference that is in neither cache is computed inside the first request that needs it
-    (the whole selection through Inception, ~10-30 img/s on 2 CPUs); ``synthray eval fid``
-    with the same reference and no ``--n`` pre-computes exactly that cache entry.
-
-``Classifier``
-    Resolves ``NAME@alias`` / ``NAME/VERSION`` against the MLflow registry on every request
-    (a moved alias takes effect at once), refuses versions not tagged
-    ``synthray.kind=classifier`` (e.g. a generator), and keeps a few loaded classifiers per
-    replica with ``@serve.multiplexed`` keyed by the concrete ``models:/NAME/V``.
+It holds pytorch-fid's Inception (loaded once per replica) and scores uint8 images, given
+directly or as a finished batch job, against a catalog reference ``NAME[@VER][:SUBSET][:CLASS]``,
+parsed by the same rule as ``synthray eval fid --reference``
+(:mod:`training.evaluate.reference_spec`). The real side is what the CLI uses by default:
+**every** image of the selection in split ``train`` (no ``--n``), so a served FID equals
+``synthray eval fid --reference R --images DIR`` on the same images, and it shares the CLI's
+statistics cached in the object store (keyed by content hash,
+:func:`training.evaluate.reference.reference_statistics`). On top of that cache each replica
+keeps the last few references in memory (LRU), keyed by the *resolved* ``name@version``, so a
+bare ``name`` still follows a newly published version. ``n_fake`` is however many images came;
+FID is biased in n, so both counts are returned. A reference that is in neither cache is
+computed inside the first request that needs it (the whole selection through Inception,
+~10-30 img/s on 2 CPUs); ``synthray eval fid`` with the same reference and no ``--n``
+pre-computes exactly that cache entry.
 
 Uploaded images are scored in memory only and never persisted (see :mod:`services.serving.uploads`).
 """
@@ -39,7 +32,6 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -47,23 +39,18 @@ from ray import serve
 
 from infra.errors import BadInput, NotFound, SynthrayError, Unavailable
 from infra.settings import Settings, get_settings
-from training.registry.generators import KIND_TAG, parse_model
 
 if TYPE_CHECKING:
-    from services.cli.eval import ReferenceArg
     from training.evaluate.reference import ReferenceStats
-    from training.nets.classifier import ImageClassifier
+    from training.evaluate.reference_spec import ReferenceSpec
 
-__all__ = ["ClassifierRef", "Classifier", "CorruptContent", "FidScorer"]
+__all__ = ["CorruptContent", "FidScorer"]
 
 log = logging.getLogger(__name__)
 
 REFERENCES_PER_REPLICA = 4  # reference statistics memoized per FidScorer replica (~40-80 MB each at 2048-d)
-CLASSIFIERS_PER_REPLICA = 3  # classifiers cached per Classifier replica (LRU, @serve.multiplexed)
-MAX_CLASSIFY_IMAGES = 256  # images per classify call
-MAX_PIXELS = 4096 * 4096  # per image, as services.serving.uploads
 FID_DIMS = 2048  # pool3 features: FID proper
-SPLIT_ALL = "all"  # as eval_cli --split: no split filter
+SPLIT_ALL = "all"  # as ``synthray eval --split``: no split filter
 
 
 class CorruptContent(SynthrayError):
@@ -81,29 +68,16 @@ def _bad(field: str, message: str) -> BadInput:
 # -- FID -----------------------------------------------------------------------------------------
 
 
-def parse_reference(reference: str) -> ReferenceArg | BadInput:
-    """``NAME[@VER][:SUBSET][:CLASS]`` parsed by the eval CLI's own rule, or a 422."""
-    import click
+def _spec(reference: str) -> ReferenceSpec | BadInput:
+    """The ``reference`` field parsed by the eval CLI's own rule, or a 422 naming it."""
+    from training.evaluate.reference_spec import REFERENCE_SYNTAX, ReferenceSpec
 
-    from services.cli.eval import _reference
-
-    if not isinstance(reference, str) or not reference.strip():
-        return _bad("reference", "is empty; use NAME[@VER][:SUBSET][:CLASS], e.g. phantom-knee@1a2b:gan-train:KL0")
+    if not isinstance(reference, str) or not reference.strip():  # JSON may send "" or "  "
+        return _bad("reference", f"is empty; use {REFERENCE_SYNTAX}, e.g. phantom-knee@1a2b:gan-train:KL0")
     try:
-        return _reference(None, None, reference)
-    except click.BadParameter as exc:
+        return ReferenceSpec.parse(reference)
+    except BadInput as exc:
         return _bad("reference", exc.message)
-
-
-def _labels(classes: Sequence[str], label: str | None, dataset: str) -> list[int] | None | BadInput:
-    """A class name or index → label list, as ``eval_cli._resolve_labels`` (on a loaded manifest)."""
-    if label is None:
-        return None
-    if label in classes:
-        return [list(classes).index(label)]
-    if label.isdigit() and int(label) < len(classes):
-        return [int(label)]
-    return _bad("reference", f"class {label!r} is not in {dataset} (classes: {', '.join(classes)})")
 
 
 def _batch_error(batch_id: str, exc: SynthrayError) -> SynthrayError:
@@ -138,8 +112,8 @@ class FidScorer:
             raise BadInput(f"dims must be one of {BLOCKS}, got {dims}")
         self._settings = settings or get_settings()
         self._dims = dims
-        self._max_references = max(1, max_references)
-        self._references: OrderedDict[tuple, ReferenceStats] = OrderedDict()
+        self._lru_size = max(1, max_references)
+        self._lru: OrderedDict[tuple, ReferenceStats] = OrderedDict()
         # Inception runs one request at a time: torch's thread count is process-wide and the
         # extraction already uses every core of the replica.
         self._work = threading.Lock()
@@ -187,7 +161,7 @@ class FidScorer:
             (``dataset`` is the resolved ``name@version``), or the :class:`~infra.errors.SynthrayError`
             that says why not (422 naming the field, 404, 409, 503, 500 for corrupt content).
         """
-        spec = parse_reference(reference)
+        spec = _spec(reference)
         if isinstance(spec, SynthrayError):
             return spec
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 2):
@@ -200,7 +174,7 @@ class FidScorer:
             fake = await asyncio.to_thread(self._batch_images, batch_id, limit)
         if isinstance(fake, SynthrayError):
             return fake
-        ref = await asyncio.to_thread(self._reference_stats, spec, split)
+        ref = await asyncio.to_thread(self._real_stats, spec, split)
         if isinstance(ref, SynthrayError):
             return ref
         return await asyncio.to_thread(self._fid, fake, ref)
@@ -219,12 +193,13 @@ class FidScorer:
             return _batch_error(batch_id, exc)
         return _candidate(images, limit, "batch_id")
 
-    def _reference_stats(self, spec: ReferenceArg, split: str) -> ReferenceStats | SynthrayError:
+    def _real_stats(self, spec: ReferenceSpec, split: str) -> ReferenceStats | SynthrayError:
         """Memoized reference statistics of a parsed reference (S3 cache underneath)."""
         from training.catalog.store import Catalog, CatalogError, DatasetNotFound, DatasetRef
         from training.evaluate.inception_weights import FidWeightsError
         from infra.object_store import ObjectStore, ObjectStoreError
         from training.evaluate.reference import reference_statistics
+        from training.evaluate.reference_spec import resolve_labels
 
         try:
             wanted = DatasetRef.parse(spec.dataset)
@@ -241,9 +216,7 @@ class FidScorer:
             if spec.subset is not None and spec.subset not in manifest.subsets:
                 known = ", ".join(sorted(manifest.subsets)) or "none"
                 return _bad("reference", f"dataset {resolved} has no subset {spec.subset!r} (subsets: {known})")
-            labels = _labels(manifest.classes, spec.label, str(resolved))
-            if isinstance(labels, SynthrayError):
-                return labels
+            labels = resolve_labels(manifest.classes, spec.label, str(resolved))  # BadInput: below
             with self._work:
                 if (hit := self._memo(key)) is not None:  # computed by a concurrent request meanwhile
                     return hit
@@ -260,24 +233,24 @@ class FidScorer:
             return Unavailable(f"FID weights unavailable: {exc}")
         except ObjectStoreError as exc:
             return Unavailable(f"object store unavailable: {exc}")
-        except ValueError as exc:  # empty selection, non-8-bit or mixed-size dataset
+        except ValueError as exc:  # unknown class, empty selection, non-8-bit or mixed-size dataset
             return _bad("reference", str(exc))
         self._remember(key, stats)
         return stats
 
     def _memo(self, key: tuple) -> ReferenceStats | None:
         with self._memo_lock:
-            stats = self._references.get(key)
+            stats = self._lru.get(key)
             if stats is not None:
-                self._references.move_to_end(key)
+                self._lru.move_to_end(key)
             return stats
 
     def _remember(self, key: tuple, stats: ReferenceStats) -> None:
         with self._memo_lock:
-            self._references[key] = stats
-            self._references.move_to_end(key)
-            while len(self._references) > self._max_references:
-                self._references.popitem(last=False)
+            self._lru[key] = stats
+            self._lru.move_to_end(key)
+            while len(self._lru) > self._lru_size:
+                self._lru.popitem(last=False)
 
     def _fid(self, fake: np.ndarray, ref: ReferenceStats) -> dict[str, Any] | Unavailable:
         from training.evaluate.inception_weights import FidWeightsError
@@ -314,141 +287,3 @@ def _candidate(images: np.ndarray | Sequence[np.ndarray], limit: int | None, fie
     if arr.shape[0] < 2:
         return _bad(field, f"FID needs at least 2 images, got {arr.shape[0]}")
     return arr
-
-
-# -- classifiers ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ClassifierRef:
-    """A registry reference resolved to a concrete classifier version."""
-
-    name: str
-    version: str
-    run_id: str | None
-    classes: tuple[str, ...] = ()  # from the version's ``classes`` tag (informational)
-
-    @property
-    def uri(self) -> str:
-        return f"models:/{self.name}/{self.version}"
-
-
-def _classify_images(images: Sequence[np.ndarray], max_images: int) -> list[np.ndarray] | BadInput:
-    """Checked uint8 ``(H,W)`` / ``(H,W,1)`` / ``(H,W,3)`` images, or a 422 naming ``images[i]``."""
-    items = list(images) if images is not None else []
-    if not items:
-        return _bad("images", "no images")
-    if len(items) > max_images:
-        return _bad("images", f"{len(items)} images, more than the {max_images} allowed per request")
-    for i, img in enumerate(items):
-        arr = np.asarray(img)
-        if arr.dtype != np.uint8:
-            return _bad(f"images[{i}]", f"must be uint8, got {arr.dtype}")
-        if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (1, 3))) or 0 in arr.shape[:2]:
-            return _bad(f"images[{i}]", f"must be a non-empty (H, W), (H, W, 1) or (H, W, 3) image, got {arr.shape}")
-        if arr.shape[0] * arr.shape[1] > MAX_PIXELS:
-            return _bad(f"images[{i}]", f"{arr.shape[0]}x{arr.shape[1]} is more than {MAX_PIXELS} pixels")
-    return items
-
-
-@serve.deployment
-class Classifier:
-    """Registry lookups, classifier cache and classification; see the module docstring.
-
-    Args:
-        settings: the MLflow URI (default: the SYNTHRAY_* environment).
-        max_images: images per ``classify`` call.
-        torch_threads: intra-op threads (0 = every usable CPU; Ray would leave one).
-    """
-
-    def __init__(self, settings: Settings | None = None, max_images: int = MAX_CLASSIFY_IMAGES,
-                 torch_threads: int = 0) -> None:
-        from infra.cpus import set_torch_threads
-        from infra.tracking import configure
-
-        set_torch_threads(torch_threads)
-        self._settings = settings or get_settings()
-        self._mlflow = configure(self._settings)
-        self._client = self._mlflow.MlflowClient()
-        self._max_images = max_images
-
-    async def resolve(self, model: str) -> ClassifierRef | SynthrayError:
-        """``NAME@alias`` / ``NAME/VERSION`` → concrete classifier version; asked fresh every time."""
-        return await asyncio.to_thread(self._resolve, model)
-
-    def _resolve(self, model: str) -> ClassifierRef | SynthrayError:
-        import json
-
-        from mlflow.exceptions import MlflowException, RestException
-
-        from training.registry.classifiers import CLASSIFIER_KIND
-
-        try:
-            name, alias, version = parse_model(model)
-        except (TypeError, ValueError) as exc:
-            return _bad("model", str(exc))
-        try:
-            if alias is not None:
-                found = self._client.get_model_version_by_alias(name, alias)
-            else:
-                found = self._client.get_model_version(name, version)
-            # Versions logged by hand may lack the tag; the registered model always has it.
-            kind = (found.tags or {}).get(KIND_TAG) or self._client.get_registered_model(name).tags.get(KIND_TAG)
-        except RestException as exc:
-            reason = exc.message.removeprefix(f"{exc.error_code}: ")
-            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                return NotFound(f"model: model {model!r} not found in the registry: {reason}", field="model")
-            return Unavailable(f"model: model registry error for {model!r}: {reason}", field="model")
-        except MlflowException as exc:
-            return Unavailable(f"model registry at {self._settings.mlflow_tracking_uri} unreachable: {exc.message}")
-        if kind != CLASSIFIER_KIND:
-            return _bad("model", f"model {model!r} (version {found.version}) is a {kind or 'model of unknown kind'}, "
-                                 f"not a {CLASSIFIER_KIND}")
-        try:
-            classes = tuple(json.loads((found.tags or {}).get("classes", "[]")))
-        except ValueError:
-            classes = ()
-        return ClassifierRef(name=found.name, version=str(found.version), run_id=found.run_id, classes=classes)
-
-    @serve.multiplexed(max_num_models_per_replica=CLASSIFIERS_PER_REPLICA)
-    async def _classifier(self, uri: str) -> ImageClassifier:
-        return await asyncio.to_thread(self._load, uri)
-
-    def _load(self, uri: str) -> ImageClassifier:
-        """Plain loader behind the multiplexed cache (``@serve.multiplexed`` needs a replica)."""
-        from training.registry.classifiers import load_classifier
-
-        return load_classifier(uri, self._settings)
-
-    async def classify(self, model: str | ClassifierRef, images: Sequence[np.ndarray]
-                       ) -> list[dict[str, Any]] | SynthrayError:
-        """Class probabilities of each uint8 image under ``model``.
-
-        Args:
-            model: ``NAME@alias`` / ``NAME/VERSION``, or a :class:`ClassifierRef` from
-                :meth:`resolve` (then call with ``.options(multiplexed_model_id=ref.uri)`` so
-                Serve routes to a replica that already holds it).
-            images: uint8 ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)`` images of any size.
-
-        Returns:
-            One ``{"probabilities": {class: p}, "label": class, "model": name, "version": v}``
-            per image, in order, or the :class:`~infra.errors.SynthrayError` that says why not.
-        """
-        items = _classify_images(images, self._max_images)
-        if isinstance(items, SynthrayError):
-            return items
-        ref = model if isinstance(model, ClassifierRef) else await self.resolve(model)
-        if isinstance(ref, SynthrayError):
-            return ref
-        classifier = await self._classifier(ref.uri)
-        return await asyncio.to_thread(self._predict, classifier, ref, items)
-
-    @staticmethod
-    def _predict(classifier: ImageClassifier, ref: ClassifierRef, images: Sequence[np.ndarray]) -> list[dict[str, Any]]:
-        probs = classifier.predict_proba(list(images))
-        names = classifier.class_names
-        return [
-            {"probabilities": {c: float(p) for c, p in zip(names, row)}, "label": names[int(row.argmax())],
-             "model": ref.name, "version": ref.version}
-            for row in probs
-        ]
