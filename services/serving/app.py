@@ -277,7 +277,7 @@ class Api:
     @api.post(BATCHES_PATH, status_code=202, responses=_ERRORS, dependencies=AUTH)
     async def submit_batch(self, body: BatchRequest) -> JSONResponse:
         """Start (or find) the batch job for this request: 202 with its id; re-POSTing is idempotent."""
-        from services.batches import jobs as batch_jobs
+        from services.batches import api as batch_api
 
         if body.n > self.settings.batch_max_images:
             raise field_error("n", f"n must be at most {self.settings.batch_max_images} per batch", body.n)
@@ -285,25 +285,25 @@ class Api:
         per_class = None
         if body.per_class is not None:
             per_class = await _call(self._synth(ref).class_indices.remote(ref, body.per_class))
-        model = batch_jobs.BatchModel(name=ref.name, version=ref.version, run_id=ref.run_id)
+        model = batch_api.BatchModel(name=ref.name, version=ref.version, run_id=ref.run_id)
         # Invalid requests raise BadInput naming n/seed/per_class; a coordinator still winding
         # down raises BatchBusyError (Unavailable): the handler answers both.
-        state = await asyncio.to_thread(batch_jobs.submit, model, body.n, body.seed, per_class, self.settings)
+        state = await asyncio.to_thread(batch_api.submit, model, body.n, body.seed, per_class, self.settings)
         return JSONResponse(state, status_code=202, headers={"Location": f"{BATCHES_PATH}/{state['batch_id']}"})
 
     @api.get(BATCHES_PATH + "/{batch_id}", responses=_ERRORS, dependencies=AUTH)
     async def batch_status(self, batch_id: str) -> dict[str, Any]:
         """Status, progress, and (when done) the manifest URI and presigned URLs."""
-        from services.batches import jobs as batch_jobs
+        from services.batches import api as batch_api
 
-        return await self._batch_call(batch_jobs.get_status, batch_id)
+        return await self._batch_call(batch_api.get_status, batch_id)
 
     @api.post(BATCHES_PATH + "/{batch_id}/cancel", responses=_ERRORS, dependencies=AUTH)
     async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
         """Stop a running batch (finished shards stay; no manifest is published)."""
-        from services.batches import jobs as batch_jobs
+        from services.batches import api as batch_api
 
-        return await self._batch_call(batch_jobs.cancel, batch_id)
+        return await self._batch_call(batch_api.cancel, batch_id)
 
     async def _batch_call(self, fn, batch_id: str) -> dict[str, Any]:
         """``fn(batch_id, settings)`` off the event loop; 404 for a malformed or unknown id."""

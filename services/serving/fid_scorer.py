@@ -183,7 +183,7 @@ class FidScorer:
         if not isinstance(batch_id, str) or not batch_id:
             return _bad("batch_id", "must be a non-empty string")
         from infra.object_store import ObjectStoreError
-        from services.batches.jobs import load_images
+        from services.batches.api import load_images
 
         try:
             images = load_images(batch_id, self._settings, limit)

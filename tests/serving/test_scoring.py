@@ -260,8 +260,8 @@ class _NotReady(Conflict):
 
 @pytest.fixture
 def batches(monkeypatch: pytest.MonkeyPatch, fake: np.ndarray) -> list[tuple]:
-    """A stand-in ``services.batches.jobs.load_images`` (the real one is another module's)."""
-    import services.batches.jobs as real
+    """A stand-in ``services.batches.api.load_images`` (the real one is another module's)."""
+    import services.batches.api as real
 
     calls: list[tuple] = []
 
@@ -278,9 +278,9 @@ def batches(monkeypatch: pytest.MonkeyPatch, fake: np.ndarray) -> list[tuple]:
             raise _NotReady("batch 'coded' failed")
         return fake[:limit] if limit else fake
 
-    module = types.ModuleType("services.batches.jobs")
+    module = types.ModuleType("services.batches.api")
     module.load_images = load_images
-    monkeypatch.setitem(sys.modules, "services.batches.jobs", module)
+    monkeypatch.setitem(sys.modules, "services.batches.api", module)
     return calls
 
 

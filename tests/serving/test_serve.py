@@ -211,7 +211,7 @@ def _register_classifier(stack: Settings):
 
 def _wait_gone(stack: Settings, timeout_s: float = 60) -> None:
     """Cancelled coordinators wind down (their running shards are cancelled) and exit."""
-    from services.batches import jobs as batch_jobs
+    from services.batches import api as batch_jobs
 
     deadline = time.monotonic() + timeout_s
     while batch_jobs.active_batches(stack):
@@ -235,7 +235,7 @@ def served(stack: Settings):
         serve_ops.down(stack, progress=print)
         # Batches outlive Serve by design; the ones the tests (and the fuzzer) started must not
         # keep the 2 cores busy for the modules after this one.
-        from services.batches import jobs as batch_jobs
+        from services.batches import api as batch_jobs
 
         for batch in batch_jobs.active_batches(stack):
             batch_jobs.cancel(batch, stack)
