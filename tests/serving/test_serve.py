@@ -639,6 +639,67 @@ def test_bad_input_is_a_4xx_naming_the_field(served, http, cond, classifier, ref
         assert body["detail"], body
 
 
+# -- the one error table over HTTP: each path answers with the status of the class it raises -----
+def _error_paths() -> list[tuple]:
+    from infra.errors import BadInput, NotFound
+    from services.batches.api import BatchNotFound
+    from training.catalog.store import DatasetNotFound
+
+    unknown_batch = "b-0123456789abcdef0123"
+    return [
+        # (id, method, path, request kwargs, the infra.errors class raised on that path, field or None)
+        ("422-class-from-synthesizer", "POST", "/v1/synthesize",
+         {"json": {"model": f"{NAME}@champion", "n": 1, "seed": 0, "class": "L1"}}, BadInput, "class"),
+        ("422-reference-from-fid-scorer", "POST", "/v1/fid",
+         {"json": {"reference": "a:b:c:d", "candidate": {"batch_id": unknown_batch}}}, BadInput, "reference"),
+        ("422-per-class-from-synthesizer", "POST", "/v1/batches",
+         {"json": {"model": f"{NAME}@champion", "n": 3, "per_class": {"L1": 3}}}, BadInput, "per_class"),
+        ("404-model-from-directory", "POST", "/v1/synthesize",
+         {"json": {"model": f"{NAME}-nope@champion", "n": 1}}, NotFound, None),
+        ("404-batch-from-api", "GET", f"/v1/batches/{unknown_batch}", {}, NotFound, None),
+        ("404-batch-from-fid-scorer", "POST", "/v1/fid",
+         {"json": {"reference": REFERENCE_NAME, "candidate": {"batch_id": unknown_batch}}}, BatchNotFound, None),
+        ("404-dataset-from-catalog", "POST", "/v1/fid",
+         {"json": {"reference": "no-such-dataset", "candidate": {"model": f"{NAME}@champion", "n": 2}}},
+         DatasetNotFound, None),
+    ]
+
+
+ERROR_PATHS = _error_paths()
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize(("method", "path", "kwargs", "error", "field"), [row[1:] for row in ERROR_PATHS],
+                         ids=[row[0] for row in ERROR_PATHS])
+def test_error_paths_answer_with_their_class_status(served, http, reference, method, path, kwargs, error,
+                                                    field) -> None:
+    """422/404 raised or returned anywhere behind the Api come out with the class's http_status."""
+    response = http.request(method, path, **kwargs)
+    assert response.status_code == error.http_status, response.text
+    detail = response.json()["detail"]
+    if field is not None:  # a 422 naming its field: FastAPI's validation shape
+        assert [err["loc"] for err in detail] == [["body", field]], detail
+    else:
+        assert isinstance(detail, str) and detail, detail
+    assert "retry-after" not in response.headers
+
+
+@pytest.mark.stack
+def test_scoring_an_unfinished_batch_is_a_conflict(served, http, reference) -> None:
+    """409: the batch exists but has not succeeded (cancelled at once), so it has no images to score."""
+    from infra.errors import Conflict
+    from services.batches.api import BatchNotReady
+
+    submitted = http.post("/v1/batches", json={"model": f"{NAME}@champion", "n": 2000, "seed": 4242})
+    assert submitted.status_code == 202, submitted.text
+    batch_id = submitted.json()["batch_id"]
+    cancelled = http.post(f"/v1/batches/{batch_id}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled", cancelled.text
+    response = http.post("/v1/fid", json={"reference": reference, "candidate": {"batch_id": batch_id}})
+    assert response.status_code == BatchNotReady.http_status == Conflict.http_status == 409, response.text
+    assert "cancelled, not succeeded" in response.json()["detail"]
+
+
 # -- schemathesis against the served OpenAPI spec ------------------------------------------------
 # Driven through hypothesis directly (schemathesis' pytest plugin does not run under pytest 9).
 FUZZ_EXAMPLES = 8  # per operation: bounded, on loopback
