@@ -61,11 +61,8 @@ class CorruptContent(SynthrayError):
 
 
 def _bad(field: str, message: str) -> BadInput:
-    """A 422 naming the request field at fault (``reference``, ``images``, ``limit``, ``model`` …)."""
+    """A 422 naming the request field at fault (``reference``, ``images``, ``batch_id``, ``limit``)."""
     return BadInput(f"{field}: {message}", field=field)
-
-
-# -- FID -----------------------------------------------------------------------------------------
 
 
 def _spec(reference: str) -> ReferenceSpec | BadInput:

@@ -9,6 +9,7 @@ through the deployments) are in ``test_serve.py``, on its running Serve app.
 from __future__ import annotations
 
 import asyncio
+import copy
 
 import pytest
 from fastapi import FastAPI
@@ -54,8 +55,8 @@ def client() -> TestClient:
 
     @app.get("/returned/{index}")
     async def returned_case(index: int) -> None:  # as a deployment's returned value, through _call
-        async def deployment_call():
-            return CASES[index][0]
+        async def deployment_call():  # a copy, as Ray hands the Api (which may re-field it)
+            return copy.copy(CASES[index][0])
 
         await _call(deployment_call())
 
@@ -117,6 +118,6 @@ def test_errors_returned_by_deployments_survive_pickling() -> None:
     import pickle
 
     for error, *_ in CASES:
-        copy = pickle.loads(pickle.dumps(error))
-        assert type(copy) is type(error) and copy.message == error.message and copy.field == error.field
-        assert getattr(copy, "retry_after_s", None) == getattr(error, "retry_after_s", None)
+        arrived = pickle.loads(pickle.dumps(error))
+        assert type(arrived) is type(error) and arrived.message == error.message and arrived.field == error.field
+        assert getattr(arrived, "retry_after_s", None) == getattr(error, "retry_after_s", None)
