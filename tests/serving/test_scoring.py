@@ -217,6 +217,7 @@ def test_reference_memo_is_a_small_lru(stack, dataset, fake, counted_references)
         ("no-such-dataset", 404, "'no-such-dataset' does not exist"),
         (f"{DATASET}@{'ab' * 32}", 404, "does not exist"),
         (f"{DATASET}::KL9", 422, "class 'KL9'"),
+        (f"{DATASET}::²", 422, "class '²'"),  # "²".isdigit(), yet no index: a 422, not a 500
         (f"{DATASET}:no-such-subset", 422, "no subset 'no-such-subset'"),
     ],
 )

@@ -97,6 +97,24 @@ def test_parse_model_rejects_ambiguous_references(model) -> None:
         parse_model(model)
 
 
+@pytest.mark.parametrize(("value", "words"), [("²", "unknown class '²'"), ("L9", "unknown class 'L9'"),
+                                             ("3", "outside"), ("1", None), (1, None), ("L2", None)])
+def test_class_values_resolve_or_name_the_field(value, words) -> None:
+    """Class names or ASCII-digit indices; anything else is a 422 naming ``class``, never a crash."""
+    from types import SimpleNamespace
+
+    from infra.errors import BadInput
+    from services.serving.model_directory import ModelRef
+    from services.serving.synthesizer import resolve_label
+
+    sampler = SimpleNamespace(conditional=True, num_classes=3, class_index=None)
+    label = resolve_label(sampler, ModelRef("gan-x", "1", None, classes=("L1", "L2", "L3")), value)
+    if words is None:
+        assert label == {"1": 1, 1: 1, "L2": 1}[value]
+    else:
+        assert isinstance(label, BadInput) and label.field == "class" and words in label.message, label
+
+
 def test_up_without_ray_names_the_fix(tmp_path) -> None:
     import socket
 
