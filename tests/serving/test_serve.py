@@ -673,7 +673,7 @@ def _error_paths() -> list[tuple]:
         ("422-per-class-from-synthesizer", "POST", "/v1/batches",
          {"json": {"model": f"{NAME}@champion", "n": 3, "seed": 0, "per_class": {"L1": 3}}}, BadInput, "per_class"),
         ("404-model-from-directory", "POST", "/v1/synthesize",
-         {"json": {"model": f"{NAME}-nope@champion", "n": 1}}, NotFound, None),
+         {"json": {"model": f"{NAME}-nope@champion", "n": 1, "seed": 0}}, NotFound, None),
         ("404-batch-from-api", "GET", f"/v1/batches/{unknown_batch}", {}, NotFound, None),
         ("404-batch-from-fid-scorer", "POST", "/v1/fid",
          {"json": {"reference": REFERENCE_NAME, "candidate": {"batch_id": unknown_batch}}}, BatchNotFound, None),
