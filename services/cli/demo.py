@@ -14,6 +14,7 @@ from pathlib import Path
 
 from infra.settings import Settings, get_settings
 from infra.stack import LocalStack
+from training.registry.refs import ModelReference
 
 Echo = Callable[[str], None]
 
@@ -124,7 +125,7 @@ def run_demo(opts: DemoOptions = DemoOptions(), settings: Settings | None = None
         report.lines = [
             ("dataset", dataset),
             ("MLflow run", result.run_url),
-            ("model", f"models:/{served} (version {reg.version}, {verdict.note})"),
+            ("model", f"{ModelReference.parse(served).uri} (version {reg.version}, {verdict.note})"),
             ("FID", f"{fid:.2f} with n_real={n_real}, n_fake={n_fake} (epoch {epoch})"),
             ("batch folder", f"{folder} ({len(pngs)} PNGs)"),
             ("Serve", f"{base}/docs"),
