@@ -41,6 +41,7 @@ import numpy as np
 from infra.errors import BadInput
 from infra.settings import Settings
 from training.nets import RENDER_LAYOUT
+from training.registry.refs import version_uri
 
 NAMESPACE = "synthray"  # Ray namespace of the coordinator actors
 PREFIX = "synthetic"
@@ -60,7 +61,7 @@ class BatchModel:
 
     @property
     def uri(self) -> str:
-        return f"models:/{self.name}/{self.version}"
+        return version_uri(self.name, self.version)
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,8 @@ from services.serving.schemas import (
     SynthesizeRequest,
 )
 from services.serving.synthesizer import Synthesizer
-from training.registry.generators import GENERATOR_KIND, parse_model
+from training.registry.generators import parse_model
+from training.registry.tags import GENERATOR_KIND
 
 V1 = f"/{API_VERSION}"
 log = logging.getLogger("ray.serve")

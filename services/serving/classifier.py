@@ -26,7 +26,9 @@ from ray import serve
 
 from infra.errors import BadInput, NotFound, SynthrayError, Unavailable
 from infra.settings import Settings, get_settings
-from training.registry.generators import KIND_TAG, parse_model
+from training.registry.generators import parse_model
+from training.registry.refs import version_uri
+from training.registry.tags import KIND as KIND_TAG
 
 if TYPE_CHECKING:
     from training.nets.classifier import ImageClassifier
@@ -54,7 +56,7 @@ class ClassifierRef:
 
     @property
     def uri(self) -> str:
-        return f"models:/{self.name}/{self.version}"
+        return version_uri(self.name, self.version)
 
 
 def _classify_images(images: Sequence[np.ndarray], max_images: int) -> list[np.ndarray] | BadInput:

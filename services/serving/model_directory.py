@@ -32,7 +32,9 @@ from ray import serve
 
 from infra.errors import NotFound, SynthrayError, Unavailable
 from infra.settings import Settings, get_settings
-from training.registry.generators import KIND_TAG, parse_model
+from training.registry.generators import parse_model
+from training.registry.refs import version_uri
+from training.registry.tags import KIND as KIND_TAG
 
 log = logging.getLogger("ray.serve")
 
@@ -56,7 +58,7 @@ class ModelRef:
 
     @property
     def uri(self) -> str:
-        return f"models:/{self.name}/{self.version}"
+        return version_uri(self.name, self.version)
 
 
 @dataclass
