@@ -1,7 +1,7 @@
 """Batch jobs: images per second written to the object store, against generation alone (issue 10, item 3).
 
 Both sides make the same images: the shards of one batch, ``sampler.generate(count, shard_seed)``
-for every shard of the plan (:func:`services.batches.jobs.plan_shards`).
+for every shard of the plan (:func:`services.batches.ids.plan_shards`).
 
 * ``generation alone``: those calls in this process, one after another, torch on every usable
   CPU; nothing is encoded or stored.
@@ -25,7 +25,7 @@ import click
 from _common import bench_generator, serve_client, write_json
 
 from infra.settings import get_settings
-from services.batches.jobs import plan_shards
+from services.batches.ids import plan_shards
 
 
 def generation_alone(sampler, shards) -> float:

@@ -173,7 +173,7 @@ def drill_s3_ingest(n: int) -> dict:
 def drill_s3_batch(n: int, outage_s: float) -> dict:
     """Kill S3 while a batch job writes shards; no manifest until every shard is stored and hashed."""
     from infra.object_store import ObjectStore
-    from services.batches.jobs import manifest_key
+    from services.batches.ids import manifest_key
 
     settings = get_settings()
     stack, store = LocalStack(settings), ObjectStore(settings)

@@ -3,60 +3,61 @@
 The synthetic side is a PNG folder (``--images DIR``) or a registered generator
 (``--model models:/NAME@alias``, sampled with ``--seed``); the real side is a catalog
 selection, ``--reference NAME[@VER][:SUBSET][:CLASS]`` plus ``--split`` (CLASS is a class name
-or index; leave SUBSET empty to give only a class: ``phantom-knee@abc::KL2``).
+or index; leave SUBSET empty to give only a class: ``phantom-knee@abc::KL2``). That syntax and
+the class rule are :mod:`training.evaluate.reference_spec`'s, shared with ``POST /v1/fid``;
+this module only turns their errors into click's ``--reference`` messages.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+from infra.errors import BadInput
 from infra.settings import get_settings
+
+if TYPE_CHECKING:  # imported lazily below: importing training.evaluate pulls in torch
+    from training.evaluate.reference_spec import ReferenceSpec
 
 DIMS = ("64", "192", "768", "2048")
 
 
-@dataclass(frozen=True)
-class ReferenceArg:
-    dataset: str
-    subset: str | None
-    label: str | None  # class name or index, resolved against the manifest
-
-
-def _reference(_ctx, _param, text: str | None) -> ReferenceArg | None:
+def _spec_option(_ctx, _param, text: str | None) -> ReferenceSpec | None:
+    """``--reference`` callback: :meth:`ReferenceSpec.parse`, its error as click's bad-value message."""
     if text is None:
         return None
-    parts = text.split(":")
-    if len(parts) > 3 or not parts[0]:
-        raise click.BadParameter(f"{text!r}: use NAME[@VER][:SUBSET][:CLASS], e.g. phantom-knee@1a2b:gan-train:KL0")
-    parts += [""] * (3 - len(parts))
-    return ReferenceArg(parts[0], parts[1] or None, parts[2] or None)
+    from training.evaluate.reference_spec import ReferenceSpec
+
+    try:
+        return ReferenceSpec.parse(text)
+    except BadInput as exc:
+        raise click.BadParameter(exc.message) from None
 
 
-def _resolve_labels(dataset: str, label: str | None) -> list[int] | None:
-    if label is None:
+def _labels_of(spec: ReferenceSpec) -> list[int] | None:
+    """The spec's class against its dataset's manifest (:func:`resolve_labels`), as a --reference error."""
+    if spec.label is None:
         return None
     from training.catalog.selection import catalog
+    from training.evaluate.reference_spec import resolve_labels
 
-    classes = catalog(get_settings()).manifest(dataset).classes
-    if label in classes:
-        return [classes.index(label)]
-    if label.isdigit() and int(label) < len(classes):
-        return [int(label)]
-    raise click.BadParameter(f"class {label!r} is not in {dataset} (classes: {', '.join(classes)})",
-                             param_hint="--reference")
+    classes = catalog(get_settings()).manifest(spec.dataset).classes
+    try:
+        return resolve_labels(classes, spec.label, spec.dataset)
+    except BadInput as exc:
+        raise click.BadParameter(exc.message, param_hint="--reference") from None
 
 
-def _load_reference(ref: ReferenceArg, split: str, n: int | None, dims: int, batch_size: int):
+def _real_stats(ref: ReferenceSpec, split: str, n: int | None, dims: int, batch_size: int):
     from training.evaluate import reference_statistics
 
     click.echo(f"reference: {ref.dataset} split={split} subset={ref.subset} class={ref.label} n={n or 'all'}", err=True)
     stats = reference_statistics(
         ref.dataset, split=None if split == "all" else split, subset=ref.subset,
-        labels=_resolve_labels(ref.dataset, ref.label), n=n, settings=get_settings(), dims=dims,
+        labels=_labels_of(ref), n=n, settings=get_settings(), dims=dims,
         batch_size=batch_size, progress=_progress("reference"),
     )
     click.echo(f"reference: {stats.n} images, {'cache hit' if stats.cached else 'computed'} "
@@ -91,7 +92,7 @@ def _synthetic(images: Path | None, model: str | None, n: int | None, seed: int,
 
 def _common(fn):
     for option in reversed([
-        click.option("--reference", "reference", required=True, callback=_reference,
+        click.option("--reference", "reference", required=True, callback=_spec_option,
                      metavar="NAME[@VER][:SUBSET][:CLASS]", help="real images: a catalog selection"),
         click.option("--split", default="train", show_default=True, help="split of the reference ('all' = every split)"),
         click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
@@ -124,7 +125,7 @@ def eval_fid(reference, split, images, model, n, seed, dims, batch_size, as_json
     """FID of synthetic images vs cached reference statistics (n, weights and reference key reported)."""
     from training.evaluate import evaluate
 
-    stats = _load_reference(reference, split, n, int(dims), batch_size)
+    stats = _real_stats(reference, split, n, int(dims), batch_size)
     fake, _, _ = _synthetic(images, model, n if n is not None or images is not None else stats.n, seed)
     metrics = ["fid"] + (["kid"] if kid else []) + (["precision_recall"] if pr else [])
     result = evaluate(fake, stats, metrics, batch_size=batch_size, progress=_progress("synthetic"),
@@ -160,7 +161,7 @@ def eval_memorization(reference, split, images, model, n, seed, dims, batch_size
     """
     from training.evaluate import memorization_audit
 
-    stats = _load_reference(reference, split, None, int(dims), batch_size)
+    stats = _real_stats(reference, split, None, int(dims), batch_size)
     fake, labels, names = _synthetic(images, model, n, seed)
     if labels is not None:  # class subfolders: map their names onto the dataset's classes
         from training.catalog.selection import catalog
@@ -195,7 +196,7 @@ def eval_memorization(reference, split, images, model, n, seed, dims, batch_size
 @eval_group.command("diversity")
 @click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="folder of PNGs (class subfolders give the classes)")
-@click.option("--reference", "reference", callback=_reference, default=None,
+@click.option("--reference", "reference", callback=_spec_option, default=None,
               metavar="NAME[@VER][:SUBSET][:CLASS]", help="real images from the catalog (labels from the manifest)")
 @click.option("--model", default=None, metavar="models:/NAME@ALIAS", help="registered generator (one class)")
 @click.option("--split", default="train", show_default=True, help="split of --reference ('all' = every split)")
@@ -217,7 +218,7 @@ def eval_diversity(images, reference, model, split, n, pairs, seed, as_json) -> 
         cat = catalog(get_settings())
         manifest = cat.manifest(reference.dataset)
         records = selected_records(manifest, None if split == "all" else split, reference.subset,
-                                   _resolve_labels(reference.dataset, reference.label), n)
+                                   _labels_of(reference), n)
         pixels, labels = cat.read_pixels(records), [r.label for r in records]
     else:
         pixels, labels, _ = _synthetic(images, model, n, seed)

@@ -16,9 +16,16 @@ key): ``POST synthesize``, ``POST batches``, ``GET batches/{id}``, ``POST batche
 ``POST fid``, ``POST fid/images``, ``POST classify``, ``GET models``,
 ``POST latent/interpolate``, ``POST latent/sweep``, ``POST admin/reload``.
 
-Status codes: 401 no/wrong key; 404 unknown model/alias/version/batch; 413 body too large;
-422 invalid body, naming the field (FastAPI's error shape); 503 registry unreachable or
-overloaded (with ``Retry-After``). Bad input never yields a 5xx.
+Status codes: 401 no/wrong key; 404 unknown model/alias/version/batch/dataset; 409 batch not
+succeeded yet; 413 body too large; 422 invalid body, naming the field (FastAPI's error shape);
+503 registry or object store unreachable, or overloaded (with ``Retry-After``). Bad input never
+yields a 5xx.
+
+Errors: every domain error is an :class:`infra.errors.SynthrayError`, whether the Api raises
+it or a deployment returns it (deployments return theirs as values, so replicas do not log
+tracebacks for client errors; :func:`_call` raises them here). One exception handler,
+:func:`error_response`, turns any of them into the response by its class's ``http_status``;
+no status is derived from message text.
 
 No ``from __future__ import annotations`` here: Serve's ingress re-wraps the route methods,
 and FastAPI then cannot resolve string annotations (the body turns into a query param).
@@ -29,7 +36,8 @@ import logging
 import time
 from typing import Any
 
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -39,12 +47,15 @@ from ray.serve import Application
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
+from infra.errors import RETRY_AFTER_S, NotFound, SynthrayError, Unavailable
 from infra.object_store import ObjectStoreUnavailable
 from infra.settings import get_settings
 from services.serving import prometheus as metrics
 from services.serving.auth import KeyChecker
 from services.serving.body_limit import BodyLimit
-from services.serving.model_directory import LookupFailure, ModelDirectory, ModelRef
+from services.serving.classifier import Classifier
+from services.serving.fid_scorer import FidScorer
+from services.serving.model_directory import ModelDirectory, ModelRef
 from services.serving.schemas import (
     API_VERSION,
     BATCHES_PATH,
@@ -58,13 +69,11 @@ from services.serving.schemas import (
     SweepRequest,
     SynthesizeRequest,
 )
-from services.serving.scoring import Classifier, FidScorer
 from services.serving.synthesizer import Synthesizer
 from training.registry.generators import parse_model
 from training.registry.tags import GENERATOR_KIND
 
 V1 = f"/{API_VERSION}"
-RETRY_AFTER_S = 2
 log = logging.getLogger("ray.serve")
 
 api = FastAPI(
@@ -91,10 +100,11 @@ def require_key(credentials: HTTPAuthorizationCredentials | None = Depends(_bear
 AUTH = [Depends(require_key)]
 _ERRORS = {
     401: {"description": "Missing or invalid API key."},
-    404: {"description": "No such registered model, alias, version or batch."},
+    404: {"description": "No such registered model, alias, version, batch or dataset."},
+    409: {"description": "The batch has not succeeded (yet)."},
     413: {"description": "Request body too large."},
     422: {"description": "Invalid body; the error names the field."},
-    503: {"description": "Model registry unreachable, or overloaded (see Retry-After)."},
+    503: {"description": "Model registry or object store unreachable, or overloaded (see Retry-After)."},
 }
 
 
@@ -109,53 +119,55 @@ async def _count(request: Request, call_next):
     return response
 
 
-@api.exception_handler(ObjectStoreUnavailable)
-async def _store_unavailable(request: Request, exc: ObjectStoreUnavailable) -> JSONResponse:
-    """S3 down or restarting (batch status, FID references...): a 503 to retry, not a 500."""
-    return JSONResponse({"detail": f"object store unavailable, retry later: {exc}"}, status_code=503,
-                        headers={"Retry-After": str(RETRY_AFTER_S)})
-
-
 def field_error(field: str, msg: str, value: Any = None, kind: str = "value_error") -> RequestValidationError:
     """A 422 in FastAPI's own validation shape, so clients parse one error format."""
     return RequestValidationError([{"type": kind, "loc": ("body", field), "msg": msg, "input": value}])
+
+
+@api.exception_handler(SynthrayError)
+async def error_response(request: Request, exc: SynthrayError) -> JSONResponse:
+    """The one mapping of the error vocabulary to HTTP, by the class's ``http_status``.
+
+    A 422 that names a field has FastAPI's own validation shape (what a pydantic error gives),
+    so clients parse one format; anything else is ``{"detail": message}``. An
+    :class:`~infra.errors.Unavailable` (registry or S3 down, overload, a lost replica) says
+    when to retry (``Retry-After``).
+    """
+    if exc.http_status == 422 and exc.field:
+        return await request_validation_exception_handler(request, field_error(exc.field, exc.message))
+    detail = exc.message
+    if isinstance(exc, ObjectStoreUnavailable):  # S3 down or restarting (batch status, references…)
+        detail = f"object store unavailable, retry later: {detail}"
+    headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if isinstance(exc, Unavailable) else None
+    return JSONResponse({"detail": detail}, status_code=exc.http_status, headers=headers)
 
 
 # Deployment-side field names → the request field a client sent.
 _FIELDS = {"images": "candidate", "batch_id": "candidate", "limit": "candidate"}
 
 
-def _raise_failure(failure: Any, uploads: bool = False) -> None:
-    """LookupFailure-like (status, detail[, field]) → the matching HTTP error."""
-    field = getattr(failure, "field", None)
-    if field:
-        field = "files" if uploads and field.startswith("images") else _FIELDS.get(field.split("[")[0], field)
-    if failure.status == 422 and field:
-        raise field_error(field, failure.detail)
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if failure.status == 503 else None
-    raise HTTPException(failure.status, failure.detail, headers=headers)
-
-
-def _is_failure(value: Any) -> bool:
-    return hasattr(value, "status") and hasattr(value, "detail") and not isinstance(value, (bytes, dict, list))
-
-
 async def _call(response, uploads: bool = False) -> Any:
-    """Await a handle call; overload → 503 with Retry-After; a returned failure → its 4xx/503."""
+    """Await a handle call; overload or a lost replica → Unavailable; a returned SynthrayError is raised.
+
+    Deployments return their client errors (see the module docstring); raised here, the one
+    handler answers them. Their field is the deployment's argument name, remapped to the
+    request field the client sent (``uploads``: images came as ``files``).
+    """
     try:
         value = await response
     except BackPressureError as exc:
-        retry = exc.retry_after_s or RETRY_AFTER_S
-        raise HTTPException(503, f"overloaded, retry later: {exc.message}",
-                            headers={"Retry-After": str(max(1, round(retry)))}) from None
+        raise Unavailable(f"overloaded, retry later: {exc.message}",
+                          retry_after_s=exc.retry_after_s or RETRY_AFTER_S) from None
     except (RayActorError, ActorUnavailableError) as exc:
         # The replica died mid-request (Serve starts another in seconds): transient, and every
         # call here is idempotent, so say "retry" (503) rather than "bug" (500).
         log.warning("replica lost during a request: %s", str(exc).splitlines()[0])
-        raise HTTPException(503, "a serving replica restarted during the request; retry",
-                            headers={"Retry-After": str(RETRY_AFTER_S)}) from None
-    if _is_failure(value):
-        _raise_failure(value, uploads)
+        raise Unavailable("a serving replica restarted during the request; retry") from None
+    if isinstance(value, SynthrayError):
+        if value.field:  # a fresh copy from Ray: ours to re-field
+            field = value.field
+            value.field = "files" if uploads and field.startswith("images") else _FIELDS.get(field.split("[")[0], field)
+        raise value
     return value
 
 
@@ -266,7 +278,7 @@ class Api:
     @api.post(BATCHES_PATH, status_code=202, responses=_ERRORS, dependencies=AUTH)
     async def submit_batch(self, body: BatchRequest) -> JSONResponse:
         """Start (or find) the batch job for this request: 202 with its id; re-POSTing is idempotent."""
-        from services.batches import jobs as batch_jobs
+        from services.batches import api as batch_api
 
         if body.n > self.settings.batch_max_images:
             raise field_error("n", f"n must be at most {self.settings.batch_max_images} per batch", body.n)
@@ -274,35 +286,31 @@ class Api:
         per_class = None
         if body.per_class is not None:
             per_class = await _call(self._synth(ref).class_indices.remote(ref, body.per_class))
-        model = batch_jobs.BatchModel(name=ref.name, version=ref.version, run_id=ref.run_id)
-        try:
-            state = await asyncio.to_thread(batch_jobs.submit, model, body.n, body.seed, per_class, self.settings)
-        except batch_jobs.BatchBusyError as exc:
-            raise HTTPException(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)}) from None
-        except ValueError as exc:
-            field = next((f for f in ("per_class", "seed") if f in str(exc)), "n")
-            raise field_error(field, str(exc)) from None
+        model = batch_api.BatchModel(name=ref.name, version=ref.version, run_id=ref.run_id)
+        # Invalid requests raise BadInput naming n/seed/per_class; a coordinator still winding
+        # down raises BatchBusyError (Unavailable): the handler answers both.
+        state = await asyncio.to_thread(batch_api.submit, model, body.n, body.seed, per_class, self.settings)
         return JSONResponse(state, status_code=202, headers={"Location": f"{BATCHES_PATH}/{state['batch_id']}"})
 
     @api.get(BATCHES_PATH + "/{batch_id}", responses=_ERRORS, dependencies=AUTH)
     async def batch_status(self, batch_id: str) -> dict[str, Any]:
         """Status, progress, and (when done) the manifest URI and presigned URLs."""
-        from services.batches import jobs as batch_jobs
+        from services.batches import api as batch_api
 
-        return await self._batch_call(batch_jobs.get_status, batch_id)
+        return await self._batch_call(batch_api.get_status, batch_id)
 
     @api.post(BATCHES_PATH + "/{batch_id}/cancel", responses=_ERRORS, dependencies=AUTH)
     async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
         """Stop a running batch (finished shards stay; no manifest is published)."""
-        from services.batches import jobs as batch_jobs
+        from services.batches import api as batch_api
 
-        return await self._batch_call(batch_jobs.cancel, batch_id)
+        return await self._batch_call(batch_api.cancel, batch_id)
 
     async def _batch_call(self, fn, batch_id: str) -> dict[str, Any]:
         """``fn(batch_id, settings)`` off the event loop; 404 for a malformed or unknown id."""
         state = await asyncio.to_thread(fn, batch_id, self.settings) if _valid_batch_id(batch_id) else None
         if state is None:
-            raise HTTPException(404, f"no batch {batch_id!r}")
+            raise NotFound(f"no batch {batch_id!r}", field="batch_id")
         return state
 
     # -- scoring -------------------------------------------------------------------------------
@@ -383,4 +391,4 @@ def build_app(args: dict[str, Any]) -> Application:
                     args=options.model_dump())
 
 
-__all__ = ["Api", "LookupFailure", "ModelRef", "build_app", "parse_model"]
+__all__ = ["Api", "ModelRef", "build_app", "error_response", "parse_model"]

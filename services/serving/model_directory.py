@@ -12,6 +12,11 @@ Requests are resolved to a concrete :class:`ModelRef` *before* any work starts a
 through, so a request in flight during a swap finishes on the version it started with.
 If the registry is unreachable during a poll, the last known map keeps serving (logged);
 only a name never seen before needs the registry there and then (else 503).
+
+Client errors come back as :mod:`infra.errors` values (:class:`~infra.errors.NotFound` for an
+unknown model, :class:`~infra.errors.Unavailable` for a registry that does not answer), returned
+rather than raised: an unknown model is an ordinary client error, and a raised exception would
+be logged by the replica as a failed request with a traceback. They pickle across Ray as they are.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from typing import Any
 
 from ray import serve
 
+from infra.errors import NotFound, SynthrayError, Unavailable
 from infra.settings import Settings, get_settings
 from training.registry.generators import parse_model
 from training.registry.tags import KIND as KIND_TAG
+from training.registry.refs import version_uri
 
 log = logging.getLogger("ray.serve")
 
@@ -36,19 +43,6 @@ KEY_METRICS = (
     "fid", "fid.n_real", "kid", "kid.ci_low", "kid.ci_high", "memorization.fraction_below_real_p1",
     "accuracy", "auc", "macro_f1", "image_size", "dataset", "class",
 )
-
-
-@dataclass(frozen=True)
-class LookupFailure:
-    """Why a request cannot be served, as an HTTP status and message.
-
-    Returned rather than raised: an unknown model is an ordinary client error, and a raised
-    exception would be logged by the replica as a failed request with a traceback.
-    """
-
-    status: int  # 404 unknown model/alias/version, 422 wrong kind or class, 503 registry unreachable
-    detail: str
-    field: str | None = None  # the request field at fault, when there is one
 
 
 @dataclass(frozen=True)
@@ -64,7 +58,7 @@ class ModelRef:
 
     @property
     def uri(self) -> str:
-        return f"models:/{self.name}/{self.version}"
+        return version_uri(self.name, self.version)
 
 
 @dataclass
@@ -104,7 +98,7 @@ class ModelDirectory:
         return ModelRef(name=name, version=str(found.version), run_id=found.run_id,
                         kind=tags.get(KIND_TAG, kind), classes=classes, tags=tags)
 
-    def _lookup(self, spec: str) -> ModelRef | LookupFailure:
+    def _lookup(self, spec: str) -> ModelRef | SynthrayError:
         from mlflow.exceptions import MlflowException, RestException
 
         name, alias, version = parse_model(spec)
@@ -117,8 +111,8 @@ class ModelDirectory:
             if alias is not None:
                 version = entry.aliases.get(alias)
                 if version is None:
-                    return LookupFailure(404, f"model {spec!r} not found: {name!r} has no alias {alias!r} "
-                                              f"(aliases: {sorted(entry.aliases) or 'none'})", "model")
+                    return NotFound(f"model {spec!r} not found: {name!r} has no alias {alias!r} "
+                                    f"(aliases: {sorted(entry.aliases) or 'none'})", field="model")
             key = (name, version)
             if key not in self._versions:
                 self._versions[key] = self._read_version(name, version, entry.kind)
@@ -126,10 +120,10 @@ class ModelDirectory:
         except RestException as exc:
             reason = exc.message.removeprefix(f"{exc.error_code}: ")
             if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                return LookupFailure(404, f"model {spec!r} not found in the registry: {reason}", "model")
-            return LookupFailure(503, f"model registry error for {spec!r}: {reason}")
+                return NotFound(f"model {spec!r} not found in the registry: {reason}", field="model")
+            return Unavailable(f"model registry error for {spec!r}: {reason}")
         except MlflowException as exc:
-            return LookupFailure(503, f"model registry at {self._settings.mlflow_tracking_uri} unreachable: {exc.message}")
+            return Unavailable(f"model registry at {self._settings.mlflow_tracking_uri} unreachable: {exc.message}")
 
     def _refresh(self) -> dict[str, dict[str, str]]:
         """Re-read every known model's aliases; ``{name: {alias: "old -> new"}}`` of what moved."""
@@ -160,7 +154,7 @@ class ModelDirectory:
             await asyncio.sleep(self._poll_s)
             await asyncio.to_thread(self._refresh)
 
-    async def resolve(self, spec: str) -> ModelRef | LookupFailure:
+    async def resolve(self, spec: str) -> ModelRef | SynthrayError:
         """``NAME@alias`` / ``NAME/VERSION`` → :class:`ModelRef`, from the map (registry on a miss)."""
         self._ensure_poller()
         return await asyncio.to_thread(self._lookup, spec)
@@ -181,7 +175,7 @@ class ModelDirectory:
             return f"model registry at {self._settings.mlflow_tracking_uri} unreachable: {exc.message}"
         return None
 
-    async def list_models(self) -> list[dict[str, Any]] | LookupFailure:
+    async def list_models(self) -> list[dict[str, Any]] | SynthrayError:
         """Every registered model with its aliases and the key metrics of each aliased version."""
         from mlflow.exceptions import MlflowException
 
@@ -209,4 +203,4 @@ class ModelDirectory:
         try:
             return await asyncio.to_thread(read)
         except MlflowException as exc:
-            return LookupFailure(503, f"model registry at {self._settings.mlflow_tracking_uri} unreachable: {exc.message}")
+            return Unavailable(f"model registry at {self._settings.mlflow_tracking_uri} unreachable: {exc.message}")

@@ -13,12 +13,14 @@
   one latent dimension swept from −4.2 to +4.2 around a seed's latent.
 
 Client errors (unknown class, a class for an unconditional model) come back as a
-:class:`LookupFailure` naming the field, never as an exception.
+:class:`~infra.errors.BadInput` value naming the field, returned rather than raised, so the
+replica does not log a traceback for an ordinary client error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,8 +29,9 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from infra.errors import BadInput, SynthrayError
 from infra.settings import Settings, get_settings
-from services.serving.model_directory import LookupFailure, ModelRef
+from services.serving.model_directory import ModelRef
 
 MODELS_PER_REPLICA = 3  # generators cached per replica (LRU)
 SWEEP_RANGE = (-4.2, 4.2)  # knee paper, Fig. 4
@@ -48,7 +51,7 @@ def _job_images(jobs: Sequence[_Job]) -> int:
     return sum(job.n for job in jobs)
 
 
-def resolve_label(sampler: Any, ref: ModelRef, value: str | int | None) -> int | None | LookupFailure:
+def resolve_label(sampler: Any, ref: ModelRef, value: str | int | None) -> int | None | BadInput:
     """A request's ``class`` (name or index) → the label to generate with, or why not.
 
     A per-class generator (trained on one class only) accepts its own class and nothing else.
@@ -56,23 +59,24 @@ def resolve_label(sampler: Any, ref: ModelRef, value: str | int | None) -> int |
     if value is None:
         return None
     names = list(ref.classes)
-    if isinstance(value, str) and not value.isdigit():
+    # Only ASCII digits are an index: "²".isdigit() is True, and int("²") would raise (a 500).
+    if isinstance(value, str) and not re.fullmatch(r"[0-9]+", value):
         if value not in names:
-            return LookupFailure(422, f"unknown class {value!r} for {ref.name}/{ref.version}; classes: {names}", "class")
+            return BadInput(f"unknown class {value!r} for {ref.name}/{ref.version}; classes: {names}", field="class")
         index = names.index(value)
     else:
         index = int(value)
     if sampler.conditional:
         if not 0 <= index < sampler.num_classes:
-            return LookupFailure(422, f"class {value!r} is outside {ref.name}/{ref.version}'s classes "
-                                      f"0..{sampler.num_classes - 1} {names}", "class")
+            return BadInput(f"class {value!r} is outside {ref.name}/{ref.version}'s classes "
+                            f"0..{sampler.num_classes - 1} {names}", field="class")
         return index
     if sampler.class_index is not None:
         if index != sampler.class_index:
-            return LookupFailure(422, f"{ref.name}/{ref.version} was trained on class {sampler.class_name!r} "
-                                      f"(index {sampler.class_index}) only; got class {value!r}", "class")
+            return BadInput(f"{ref.name}/{ref.version} was trained on class {sampler.class_name!r} "
+                            f"(index {sampler.class_index}) only; got class {value!r}", field="class")
         return None
-    return LookupFailure(422, f"{ref.name}/{ref.version} is unconditional; omit class", "class")
+    return BadInput(f"{ref.name}/{ref.version} is unconditional; omit class", field="class")
 
 
 def _meta(ref: ModelRef, **extra: Any) -> dict[str, Any]:
@@ -139,46 +143,46 @@ class Synthesizer:
 
         return await asyncio.to_thread(to_png_zip if fmt == "png-zip" else to_npz, images, meta)
 
-    async def synthesize(self, ref: ModelRef, n: int, seed: int, cls: str | int | None, fmt: str) -> bytes | LookupFailure:
+    async def synthesize(self, ref: ModelRef, n: int, seed: int, cls: str | int | None, fmt: str) -> bytes | SynthrayError:
         """``n`` images of ``ref`` from ``seed`` (optionally of class ``cls``), packaged as ``fmt``."""
         images = await self.images(ref, n, seed, cls)
-        if isinstance(images, LookupFailure):
+        if isinstance(images, SynthrayError):
             return images
         return await self._pack(images, _meta(ref, seed=seed, **({"class": cls} if cls is not None else {})), fmt)
 
-    async def images(self, ref: ModelRef, n: int, seed: int, cls: str | int | None) -> np.ndarray | LookupFailure:
+    async def images(self, ref: ModelRef, n: int, seed: int, cls: str | int | None) -> np.ndarray | SynthrayError:
         """The raw uint8 images of a synthesize request (for FID scoring), same pixels as synthesize."""
         sampler = await self._generator(ref.uri)
         label = resolve_label(sampler, ref, cls)
-        if isinstance(label, LookupFailure):
+        if isinstance(label, SynthrayError):
             return label
         job = _Job(sampler, n, seed, label)
         if n > self._max_batch_images:  # e.g. FID candidates: too big to share a batch, and needs none
             return (await self._on_torch_thread(self._render_jobs, [job]))[0]
         return await self._render_batch(job)
 
-    async def class_indices(self, ref: ModelRef, per_class: dict[str, int]) -> dict[int, int] | LookupFailure:
+    async def class_indices(self, ref: ModelRef, per_class: dict[str, int]) -> dict[int, int] | SynthrayError:
         """A batch's ``per_class`` counts keyed by label index; only for conditional generators."""
         sampler = await self._generator(ref.uri)
         if not sampler.conditional:
-            return LookupFailure(422, f"per_class needs a conditional generator; {ref.name}/{ref.version} is not one",
-                                 "per_class")
+            return BadInput(f"per_class needs a conditional generator; {ref.name}/{ref.version} is not one",
+                            field="per_class")
         counts: dict[int, int] = {}
         for name, count in per_class.items():
             label = resolve_label(sampler, ref, name)
-            if isinstance(label, LookupFailure):
-                return LookupFailure(422, f"per_class: {label.detail}", "per_class")
+            if isinstance(label, SynthrayError):
+                return BadInput(f"per_class: {label.message}", field="per_class")
             counts[label] = counts.get(label, 0) + count
         return counts
 
     async def interpolate(self, ref: ModelRef, seed_a: int, seed_b: int, steps: int, cls: str | int | None,
-                          fmt: str) -> bytes | LookupFailure:
+                          fmt: str) -> bytes | SynthrayError:
         """``steps`` images along the straight line from seed_a's latent to seed_b's."""
         import torch
 
         sampler = await self._generator(ref.uri)
         label = resolve_label(sampler, ref, cls)
-        if isinstance(label, LookupFailure):
+        if isinstance(label, SynthrayError):
             return label
         t = torch.linspace(0, 1, steps).unsqueeze(1)
         z = (1 - t) * sampler.latents(1, seed_a) + t * sampler.latents(1, seed_b)
@@ -187,15 +191,15 @@ class Synthesizer:
         return await self._pack(images, meta, fmt)
 
     async def sweep(self, ref: ModelRef, seed: int, dim: int, steps: int, cls: str | int | None,
-                    fmt: str) -> bytes | LookupFailure:
+                    fmt: str) -> bytes | SynthrayError:
         """``steps`` images: seed's latent with dimension ``dim`` set to −4.2 … +4.2."""
         import torch
 
         sampler = await self._generator(ref.uri)
         if not 0 <= dim < sampler.latent_dim:
-            return LookupFailure(422, f"dim must be in 0..{sampler.latent_dim - 1} for {ref.name}/{ref.version}", "dim")
+            return BadInput(f"dim must be in 0..{sampler.latent_dim - 1} for {ref.name}/{ref.version}", field="dim")
         label = resolve_label(sampler, ref, cls)
-        if isinstance(label, LookupFailure):
+        if isinstance(label, SynthrayError):
             return label
         z = sampler.latents(1, seed).repeat(steps, 1)
         z[:, dim] = torch.linspace(*SWEEP_RANGE, steps)

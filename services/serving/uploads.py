@@ -39,8 +39,7 @@ class UploadError(BadInput):
     """An upload that cannot be used; ``field`` is the file (or form field) it is about."""
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field, self.message = field, message
+        super().__init__(f"{field}: {message}", field=field)  # .message is the whole line, as str()
 
 
 def decode_uploads(files: Iterable[tuple[str, bytes]], max_images: int = MAX_IMAGES,

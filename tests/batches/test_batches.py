@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from infra.settings import PROJECT_ROOT, Settings
-from services.batches import jobs as bj
+from services.batches import api as bj
 from services.serving.packaging import read_images, read_manifest
 
 UNCOND, COND = "gan-batch-test-wgan-gp-knee-small", "gan-batch-test-acgan-spine-small"
@@ -63,7 +63,7 @@ def test_invalid_requests_name_the_field(n, per_class, match) -> None:
 
 
 def test_importing_the_module_does_not_import_torch() -> None:
-    code = "import sys, services.batches.jobs; sys.exit('torch' in sys.modules)"
+    code = "import sys, services.batches.api; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT).returncode == 0
 
 
@@ -185,7 +185,7 @@ class TestBatch:
         assert bj.cancel(bid, stack)["state"] == bj.SUCCEEDED  # finished: cancel is a no-op
 
     def test_status_from_another_process(self, finished, stack) -> None:
-        code = ("import json, sys; from infra.settings import get_settings; from services.batches.jobs import get_status;"
+        code = ("import json, sys; from infra.settings import get_settings; from services.batches.api import get_status;"
                 "s = get_status(sys.argv[1], get_settings()); print(json.dumps([s['state'], s['progress']]))")
         out = subprocess.run([sys.executable, "-c", code, finished["batch_id"]], cwd=PROJECT_ROOT, check=True,
                              capture_output=True, text=True, timeout=120).stdout

@@ -15,8 +15,10 @@ import types
 import numpy as np
 import pytest
 
+from infra.errors import Conflict, SynthrayError
 from infra.settings import Settings
-from services.serving.scoring import Classifier, ClassifierRef, Failure, FidScorer
+from services.serving.classifier import Classifier, ClassifierRef
+from services.serving.fid_scorer import FidScorer
 from services.serving.uploads import MAX_PIXELS, UploadError, decode_upload, decode_uploads
 
 DATASET = "phantom-metrics"  # the metrics tests' phantom: same spec, same version
@@ -157,7 +159,7 @@ def test_served_fid_equals_fid_to_reference(stack, fake) -> None:
     small = str(publish_phantom(30, PhantomSpec(size=64, seed=7), name="phantom-scoring", settings=stack,
                                 progress=lambda _: None).ref)
     result = asyncio.run(FidScorer.func_or_class(stack).score("phantom-scoring", images=fake[:8]))  # bare name
-    assert not isinstance(result, Failure), result
+    assert not isinstance(result, SynthrayError), result
     ref = reference_statistics(small, split="train", settings=stack)  # eval CLI default: all of train
     expected = fid_to_reference(fake[:8], ref, stack)
     assert result["fid"] == pytest.approx(expected.fid, rel=1e-6)
@@ -171,7 +173,7 @@ def test_reference_is_memoized_and_limit_cuts_the_candidates(scorer, dataset, fa
     from training.evaluate.reference import fid_to_reference, reference_statistics
 
     first = asyncio.run(scorer.score(DATASET, images=fake))
-    assert not isinstance(first, Failure), first
+    assert not isinstance(first, SynthrayError), first
     ref = reference_statistics(dataset, split="train", settings=stack, dims=DIMS)
     assert first["fid"] == pytest.approx(fid_to_reference(fake, ref, stack).fid, rel=1e-6)
     assert (first["reference_key"], first["dims"]) == (ref.key, DIMS)
@@ -188,7 +190,7 @@ def test_class_reference_matches_the_class_selection(scorer, dataset, fake, stac
     from training.evaluate.reference import fid_to_reference, reference_statistics
 
     by_name = asyncio.run(scorer.score(f"{dataset}::KL0", images=fake))
-    assert not isinstance(by_name, Failure), by_name
+    assert not isinstance(by_name, SynthrayError), by_name
     ref = reference_statistics(dataset, split="train", labels=[0], settings=stack, dims=DIMS)
     assert by_name["reference_key"] == ref.key and by_name["n_real"] == ref.n
     assert by_name["fid"] == pytest.approx(fid_to_reference(fake, ref, stack).fid, rel=1e-6)
@@ -200,7 +202,7 @@ def test_class_reference_matches_the_class_selection(scorer, dataset, fake, stac
 def test_reference_memo_is_a_small_lru(stack, dataset, fake, counted_references) -> None:
     scorer = FidScorer.func_or_class(stack, max_references=1, dims=DIMS)
     for reference in (dataset, f"{dataset}::KL0", dataset):
-        assert not isinstance(asyncio.run(scorer.score(reference, images=fake[:3])), Failure)
+        assert not isinstance(asyncio.run(scorer.score(reference, images=fake[:3])), SynthrayError)
     assert len(counted_references) == 3  # the second dataset evicted the first
 
 
@@ -215,21 +217,22 @@ def test_reference_memo_is_a_small_lru(stack, dataset, fake, counted_references)
         ("no-such-dataset", 404, "'no-such-dataset' does not exist"),
         (f"{DATASET}@{'ab' * 32}", 404, "does not exist"),
         (f"{DATASET}::KL9", 422, "class 'KL9'"),
+        (f"{DATASET}::²", 422, "class '²'"),  # "²".isdigit(), yet no index: a 422, not a 500
         (f"{DATASET}:no-such-subset", 422, "no subset 'no-such-subset'"),
     ],
 )
 def test_bad_references_are_failures_naming_the_field(scorer, dataset, fake, reference, status, words) -> None:
     result = asyncio.run(scorer.score(reference, images=fake))
-    assert isinstance(result, Failure), result
-    assert (result.status, result.field) == (status, "reference")
-    assert result.detail.startswith("reference: ") and words in result.detail, result.detail
+    assert isinstance(result, SynthrayError), result
+    assert (result.http_status, result.field) == (status, "reference")
+    assert result.message.startswith("reference: ") and words in result.message, result.message
 
 
 @pytest.mark.stack
 def test_empty_split_is_a_422(scorer, dataset, fake) -> None:
     result = asyncio.run(scorer.score(dataset, images=fake, split="no-such-split"))
-    assert isinstance(result, Failure) and (result.status, result.field) == (422, "reference")
-    assert "split='no-such-split'" in result.detail
+    assert isinstance(result, SynthrayError) and (result.http_status, result.field) == (422, "reference")
+    assert "split='no-such-split'" in result.message
 
 
 @pytest.mark.stack
@@ -248,34 +251,37 @@ def test_empty_split_is_a_422(scorer, dataset, fake) -> None:
 )
 def test_bad_candidates_are_422_naming_the_field(scorer, dataset, kwargs, field, words) -> None:
     result = asyncio.run(scorer.score(dataset, **kwargs))
-    assert isinstance(result, Failure), result
-    assert (result.status, result.field) == (422, field) and words in result.detail, result.detail
+    assert isinstance(result, SynthrayError), result
+    assert (result.http_status, result.field) == (422, field) and words in result.message, result.message
 
 
-class _NotReady(ValueError):
-    status = 409
+class _NotReady(Conflict):
+    """A Conflict of another class than load_images' own: the class decides, not the words."""
 
 
 @pytest.fixture
 def batches(monkeypatch: pytest.MonkeyPatch, fake: np.ndarray) -> list[tuple]:
-    """A stand-in ``services.batches.jobs.load_images`` (the real one is another module's)."""
+    """A stand-in ``services.batches.api.load_images`` (the real one is another module's)."""
+    import services.batches.api as real
+
     calls: list[tuple] = []
 
     def load_images(batch_id: str, settings: Settings, limit: int | None = None) -> np.ndarray:
         calls.append((batch_id, limit))
         if batch_id == "unknown":
-            raise ValueError("unknown batch 'unknown'")
+            raise real.BatchNotFound("unknown batch 'unknown'")
         if batch_id == "running":  # load_images' own wording
-            raise ValueError("batch running is running, not succeeded; its images cannot be loaded yet")
+            raise real.BatchNotReady("batch running is running, not succeeded; its images cannot be loaded yet")
         if batch_id == "tampered":
-            raise ValueError("s3://b/batches/tampered/shard-0.npz does not match the sha256 in batch tampered's manifest")
+            raise real.BatchCorrupt("s3://b/batches/tampered/shard-0.npz does not match the sha256 in batch "
+                                    "tampered's manifest")
         if batch_id == "coded":
             raise _NotReady("batch 'coded' failed")
         return fake[:limit] if limit else fake
 
-    module = types.ModuleType("services.batches.jobs")
+    module = types.ModuleType("services.batches.api")
     module.load_images = load_images
-    monkeypatch.setitem(sys.modules, "services.batches.jobs", module)
+    monkeypatch.setitem(sys.modules, "services.batches.api", module)
     return calls
 
 
@@ -291,8 +297,8 @@ def test_batch_images_are_scored_like_direct_ones(scorer, dataset, fake, batches
 @pytest.mark.parametrize(("batch_id", "status"), [("unknown", 404), ("running", 409), ("coded", 409), ("tampered", 500)])
 def test_unusable_batches_are_404_409_or_500(scorer, dataset, batches, batch_id, status) -> None:
     result = asyncio.run(scorer.score(dataset, batch_id=batch_id))
-    assert isinstance(result, Failure) and (result.status, result.field) == (status, "batch_id")
-    assert batch_id in result.detail
+    assert isinstance(result, SynthrayError) and (result.http_status, result.field) == (status, "batch_id")
+    assert batch_id in result.message
 
 
 # -- classifiers (stack) -------------------------------------------------------------------------
@@ -343,7 +349,7 @@ def test_classify_alias_returns_probabilities_label_and_version(classifier, clas
     _, champion = classifiers
     images = _images()
     results = asyncio.run(classifier.classify(f"{CLF}@champion", images))
-    assert not isinstance(results, Failure), results
+    assert not isinstance(results, SynthrayError), results
     expected = load_classifier(champion.uri, stack).predict_proba(images)
     assert len(results) == len(images)
     for row, want in zip(results, expected):
@@ -415,8 +421,8 @@ def generator(stack: Settings) -> str:
 def test_unknown_or_wrong_kind_models_are_failures(classifier, classifiers, generator, model, status, words) -> None:
     model = generator if model == "GENERATOR" else model
     result = asyncio.run(classifier.classify(model, _images()))
-    assert isinstance(result, Failure), result
-    assert (result.status, result.field) == (status, "model") and words in result.detail, result.detail
+    assert isinstance(result, SynthrayError), result
+    assert (result.http_status, result.field) == (status, "model") and words in result.message, result.message
 
 
 @pytest.mark.stack
@@ -432,7 +438,7 @@ def test_unknown_or_wrong_kind_models_are_failures(classifier, classifiers, gene
 )
 def test_bad_classify_images_are_422(classifier, images, field, words) -> None:
     result = asyncio.run(classifier.classify(f"{CLF}@champion", images))
-    assert isinstance(result, Failure) and (result.status, result.field) == (422, field) and words in result.detail
+    assert isinstance(result, SynthrayError) and (result.http_status, result.field) == (422, field) and words in result.message
 
 
 def test_multiplexed_loader_needs_a_replica(tmp_path) -> None:
@@ -460,6 +466,6 @@ def test_classifier_deployment_on_real_serve(stack, classifiers) -> None:
         results = handle.options(multiplexed_model_id=ref.uri).classify.remote(ref, _images()).result(timeout_s=120)
         assert [r["version"] for r in results] == [champion.version] * 3
         missing = handle.classify.remote("no-such-classifier@champion", _images()).result(timeout_s=120)
-        assert isinstance(missing, Failure) and missing.status == 404
+        assert isinstance(missing, SynthrayError) and missing.http_status == 404
     finally:
         serve.shutdown()  # as services.serving.deploy.down: nothing left running for later tests

@@ -97,6 +97,24 @@ def test_parse_model_rejects_ambiguous_references(model) -> None:
         parse_model(model)
 
 
+@pytest.mark.parametrize(("value", "words"), [("²", "unknown class '²'"), ("L9", "unknown class 'L9'"),
+                                             ("3", "outside"), ("1", None), (1, None), ("L2", None)])
+def test_class_values_resolve_or_name_the_field(value, words) -> None:
+    """Class names or ASCII-digit indices; anything else is a 422 naming ``class``, never a crash."""
+    from types import SimpleNamespace
+
+    from infra.errors import BadInput
+    from services.serving.model_directory import ModelRef
+    from services.serving.synthesizer import resolve_label
+
+    sampler = SimpleNamespace(conditional=True, num_classes=3, class_index=None)
+    label = resolve_label(sampler, ModelRef("gan-x", "1", None, classes=("L1", "L2", "L3")), value)
+    if words is None:
+        assert label == {"1": 1, 1: 1, "L2": 1}[value]
+    else:
+        assert isinstance(label, BadInput) and label.field == "class" and words in label.message, label
+
+
 def test_up_without_ray_names_the_fix(tmp_path) -> None:
     import socket
 
@@ -113,7 +131,8 @@ def test_unreachable_registry_is_a_503_not_a_crash(monkeypatch, tmp_path) -> Non
 
     import mlflow
 
-    from services.serving.model_directory import LookupFailure, ModelDirectory
+    from infra.errors import Unavailable
+    from services.serving.model_directory import ModelDirectory
 
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
@@ -126,25 +145,26 @@ def test_unreachable_registry_is_a_503_not_a_crash(monkeypatch, tmp_path) -> Non
     finally:  # the directory points the process-wide MLflow client at the dead URI
         mlflow.set_tracking_uri(before[0])
         mlflow.set_registry_uri(before[1])
-    assert isinstance(result, LookupFailure)
-    assert result.status == 503 and uri in result.detail
+    assert isinstance(result, Unavailable)
+    assert result.http_status == 503 and uri in result.message
 
 
 def test_backpressure_becomes_503_with_retry_after() -> None:
     import asyncio
 
-    from fastapi import HTTPException
     from ray.serve.exceptions import BackPressureError
 
-    from services.serving.app import _call
+    from infra.errors import Unavailable
+    from services.serving.app import _call, error_response
 
     async def overloaded():
         raise BackPressureError(num_queued_requests=9, max_queued_requests=8, retry_after_s=2.4)
 
-    with pytest.raises(HTTPException) as err:
+    with pytest.raises(Unavailable) as err:
         asyncio.run(_call(overloaded()))
-    assert err.value.status_code == 503 and err.value.headers == {"Retry-After": "2"}
-    assert "max_queued_requests=8" in err.value.detail
+    response = asyncio.run(error_response(None, err.value))
+    assert response.status_code == 503 and response.headers["Retry-After"] == "2"
+    assert "max_queued_requests=8" in json.loads(response.body)["detail"]
 
 
 def test_api_keys_from_settings_and_file(tmp_path) -> None:
@@ -209,7 +229,7 @@ def _register_classifier(stack: Settings):
 
 def _wait_gone(stack: Settings, timeout_s: float = 60) -> None:
     """Cancelled coordinators wind down (their running shards are cancelled) and exit."""
-    from services.batches import jobs as batch_jobs
+    from services.batches import api as batch_jobs
 
     deadline = time.monotonic() + timeout_s
     while batch_jobs.active_batches(stack):
@@ -233,7 +253,7 @@ def served(stack: Settings):
         serve_ops.down(stack, progress=print)
         # Batches outlive Serve by design; the ones the tests (and the fuzzer) started must not
         # keep the 2 cores busy for the modules after this one.
-        from services.batches import jobs as batch_jobs
+        from services.batches import api as batch_jobs
 
         for batch in batch_jobs.active_batches(stack):
             batch_jobs.cancel(batch, stack)
@@ -635,6 +655,67 @@ def test_bad_input_is_a_4xx_naming_the_field(served, http, cond, classifier, ref
         assert field in {str(err["loc"][-1]) for err in body["detail"]}, body
     else:
         assert body["detail"], body
+
+
+# -- the one error table over HTTP: each path answers with the status of the class it raises -----
+def _error_paths() -> list[tuple]:
+    from infra.errors import BadInput, NotFound
+    from services.batches.api import BatchNotFound
+    from training.catalog.store import DatasetNotFound
+
+    unknown_batch = "b-0123456789abcdef0123"
+    return [
+        # (id, method, path, request kwargs, the infra.errors class raised on that path, field or None)
+        ("422-class-from-synthesizer", "POST", "/v1/synthesize",
+         {"json": {"model": f"{NAME}@champion", "n": 1, "seed": 0, "class": "L1"}}, BadInput, "class"),
+        ("422-reference-from-fid-scorer", "POST", "/v1/fid",
+         {"json": {"reference": "a:b:c:d", "candidate": {"batch_id": unknown_batch}}}, BadInput, "reference"),
+        ("422-per-class-from-synthesizer", "POST", "/v1/batches",
+         {"json": {"model": f"{NAME}@champion", "n": 3, "seed": 0, "per_class": {"L1": 3}}}, BadInput, "per_class"),
+        ("404-model-from-directory", "POST", "/v1/synthesize",
+         {"json": {"model": f"{NAME}-nope@champion", "n": 1, "seed": 0}}, NotFound, None),
+        ("404-batch-from-api", "GET", f"/v1/batches/{unknown_batch}", {}, NotFound, None),
+        ("404-batch-from-fid-scorer", "POST", "/v1/fid",
+         {"json": {"reference": REFERENCE_NAME, "candidate": {"batch_id": unknown_batch}}}, BatchNotFound, None),
+        ("404-dataset-from-catalog", "POST", "/v1/fid",
+         {"json": {"reference": "no-such-dataset", "candidate": {"model": f"{NAME}@champion", "n": 2}}},
+         DatasetNotFound, None),
+    ]
+
+
+ERROR_PATHS = _error_paths()
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize(("method", "path", "kwargs", "error", "field"), [row[1:] for row in ERROR_PATHS],
+                         ids=[row[0] for row in ERROR_PATHS])
+def test_error_paths_answer_with_their_class_status(served, http, reference, method, path, kwargs, error,
+                                                    field) -> None:
+    """422/404 raised or returned anywhere behind the Api come out with the class's http_status."""
+    response = http.request(method, path, **kwargs)
+    assert response.status_code == error.http_status, response.text
+    detail = response.json()["detail"]
+    if field is not None:  # a 422 naming its field: FastAPI's validation shape
+        assert [err["loc"] for err in detail] == [["body", field]], detail
+    else:
+        assert isinstance(detail, str) and detail, detail
+    assert "retry-after" not in response.headers
+
+
+@pytest.mark.stack
+def test_scoring_an_unfinished_batch_is_a_conflict(served, http, reference) -> None:
+    """409: the batch exists but has not succeeded (cancelled at once), so it has no images to score."""
+    from infra.errors import Conflict
+    from services.batches.api import BatchNotReady
+
+    submitted = http.post("/v1/batches", json={"model": f"{NAME}@champion", "n": 2000, "seed": 4242})
+    assert submitted.status_code == 202, submitted.text
+    batch_id = submitted.json()["batch_id"]
+    cancelled = http.post(f"/v1/batches/{batch_id}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled", cancelled.text
+    response = http.post("/v1/fid", json={"reference": reference, "candidate": {"batch_id": batch_id}})
+    assert response.status_code == BatchNotReady.http_status == Conflict.http_status == 409, response.text
+    assert "cancelled, not succeeded" in response.json()["detail"]
 
 
 # -- schemathesis against the served OpenAPI spec ------------------------------------------------
