@@ -10,7 +10,7 @@ process can answer ``GET /v1/batches/{id}``.
 
 Identity (idempotent retries)
     ``batch_id = "b-" + sha256(canonical JSON of {model name, concrete version, n, seed, render layout,
-    per_class})[:20]``: re-POSTing a request returns the same batch. A failed or cancelled
+    seed derivation (infra.seeds.SEED_DERIVATION), per_class})[:20]``: re-POSTing a request returns the same batch. A failed or cancelled
     batch is resumed by submitting it again; an existing batch keeps its recorded shard size.
 
 Seed rule (idempotent over seed ranges)
@@ -65,7 +65,7 @@ import ray
 from infra.object_store import ObjectNotFoundError, ObjectStore
 from infra.settings import Settings
 from services.serving.packaging import SYNTHETIC_NOTICE, read_images, to_npz
-from training.nets import RENDER_LAYOUT
+from training.nets import RENDER_LAYOUT, SEED_DERIVATION
 from infra.errors import BadInput, Unavailable
 
 log = logging.getLogger("synthray.batch")
@@ -173,7 +173,8 @@ def batch_id(model: BatchModel, n: int, seed: int, per_class: dict[int, int] | N
     """``b-`` + 20 hex of the sha256 of the resolved request; equal requests, equal ids."""
     pairs = _normalize(n, seed, per_class)
     request = {"model": model.name, "version": str(model.version), "n": n, "seed": seed,
-               "per_class": _per_class_json(pairs), "render_layout": RENDER_LAYOUT}
+               "per_class": _per_class_json(pairs), "render_layout": RENDER_LAYOUT,
+               "seed_derivation": SEED_DERIVATION}
     return "b-" + hashlib.sha256(_canonical(request)).hexdigest()[:20]
 
 
@@ -481,6 +482,7 @@ class _Coordinator:
         manifest = {
             "synthetic": True, "notice": SYNTHETIC_NOTICE, "batch_id": self.job.batch_id,
             "model": self.state["model"], "n": self.job.n, "seed": self.job.seed, "render_layout": RENDER_LAYOUT,
+            "seed_derivation": SEED_DERIVATION,
             "per_class": self.state["per_class"], "shard_size": self.job.shard_size,
             "seed_rule": "shard_seed = SeedSequence([seed, class + 1, k]).generate_state(1, uint64)[0] & (2**63 - 1), "
                          "class = -1 without per_class; images = sampler.generate(count, shard_seed, label=class)",

@@ -34,6 +34,7 @@ from infra.settings import Settings, get_settings
 from infra.tracking import configure, model_uri, run_url
 from training.registry.cards import CARD_FILE, GRID_FILE, CardFacts, cas_section, render_card
 from infra.errors import BadInput, NotFound
+from infra.names import safe_name
 
 if TYPE_CHECKING:  # torch stays out of light importers (the Serve ingress parses model names)
     import numpy as np
@@ -69,8 +70,8 @@ def parse_model(model: str) -> tuple[str, str | None, str | None]:
     """``(name, alias, version)`` of a model reference; exactly one of alias/version is set."""
     match = _MODEL_REF.match(model)
     if match is None:
-        raise BadInput(f"model must be {MODEL_REF_HELP}, got {model!r}")
-    return match["name"], match["alias"], match["version"]
+        raise BadInput(f"model must be {MODEL_REF_HELP}, got {model!r}", field="model")
+    return safe_name(match["name"], "model name"), match["alias"], match["version"]
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,8 @@ def register_run(
     """
     from dataclasses import replace
 
+    if name is not None:
+        safe_name(name, "--name")  # before any download: a model name is a key in the registry's store
     settings = settings or get_settings()
     sampler, facts = _facts(_client(settings), run_id, checkpoint, settings, progress)
     name = name or registered_name(facts.dataset, facts.arch, facts.class_name)
