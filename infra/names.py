@@ -32,7 +32,7 @@ def name_problem(value: object, max_length: int = MAX_NAME) -> str | None:
     if len(value) > max_length:
         return f"is {len(value)} characters long (at most {max_length})"
     if value in (".", ".."):
-        return f"{value!r} would name a folder, not a file or class"
+        return "names the current or parent folder"
     if "/" in value or "\\" in value:
         return "contains a path separator ('/' or '\\')"
     if value != value.strip():
