@@ -160,7 +160,7 @@ def test_issue_input_cli_ingest_merge_and_export_stay_confined(tmp_path: Path, c
     assert "--merge target '/abs/merged'" in phantom.output
 
     out = runner.invoke(main, ["catalog", "ingest", str(table), "--name", name, "--layout", "csv",
-                               "--merge", "xy=x,y", "--report-dir", str(tmp_path / "report")])
+                               "--merge", "xy=x,y", "--split", "train=1", "--report-dir", str(tmp_path / "report")])
     assert out.exit_code == 0, out.output
     assert out.output.count("skipped bad-label") == 4
     ref = out.output.strip().splitlines()[-1]
