@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import uuid
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np

@@ -137,7 +137,7 @@ def test_init_from_must_fit_the_architecture(stack: Settings, phantom: str, no_c
 @pytest.mark.stack
 @pytest.mark.parametrize(("update", "message"), [
     ({"dataset": "no-such-dataset"}, "dataset 'no-such-dataset' does not exist"),
-    ({"class_label": 9}, "--class 9: dataset .* has classes 0..4"),
+    ({"class_label": 9}, r"has no images of class \? \(9\)"),
     ({"subset": "nope"}, "has no subset 'nope'"),
     ({"batch_size": 5000}, "fewer than one batch"),
     ({"limit": 1, "batch_size": 1}, "FID reference of dataset .* a covariance needs at least 2"),

@@ -52,8 +52,7 @@ def check_run(cfg: GanTrainConfig, settings: Settings | None = None, *, init_fro
     from training.gan.trainer import _check_selection
 
     settings = settings or get_settings()
-    manifest, records = _check_class(cfg, settings)
-    manifest, records = _check_selection(cfg, settings)
+    manifest, records = _check_selection(cfg, settings)  # dataset, split/subset/class, stored size, batch
     _check_reference(cfg, manifest, records)
     if cfg.init_from and not init_from_later_step:
         num_classes = len(manifest.classes) if cfg.preset().conditional else 1
@@ -68,18 +67,6 @@ def check_plan(configs: Sequence[tuple[str, GanTrainConfig, bool]], settings: Se
             check_run(cfg, settings, init_from_later_step=later)
         except SynthrayError as err:
             raise type(err)(f"plan step {name!r}: {err.message}", field=err.field) from None
-
-
-def _check_class(cfg: GanTrainConfig, settings: Settings):
-    from training.catalog.selection import catalog
-
-    manifest = catalog(settings).manifest(cfg.dataset)  # NotFound for a missing dataset/version
-    if cfg.class_label is not None and cfg.class_label >= len(manifest.classes):
-        raise BadInput(f"--class {cfg.class_label}: dataset {manifest.ref} has classes 0..{len(manifest.classes) - 1} "
-                       f"({', '.join(manifest.classes)})", field="--class")
-    if cfg.subset is not None:
-        manifest.subset(cfg.subset)  # names the subsets there are
-    return manifest, None
 
 
 def _check_reference(cfg: GanTrainConfig, manifest, records: list) -> None:
