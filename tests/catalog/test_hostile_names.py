@@ -14,6 +14,7 @@ PNGs into ``DIR/../escaped/``, into the absolute path and into ``DIR/../merged/`
 from __future__ import annotations
 
 import csv
+import io
 import json
 import uuid
 from dataclasses import asdict, replace
@@ -130,11 +131,28 @@ def test_experiment_and_registry_names_are_one_component(name: str) -> None:
         register_run("run-id", name=f"{name}/x")  # before MLflow is asked anything
 
 
-def test_client_downloads_are_confined(tmp_path: Path) -> None:
-    from infra.names import confined
+@pytest.mark.parametrize("member", ["../../escaped.png", "/abs/escaped.png", "a/../../escaped.png"])
+def test_client_downloads_are_confined(tmp_path: Path, member: str) -> None:
+    """``synthray generate`` unpacks the server's zip: a hostile member name cannot leave --out."""
+    import zipfile
 
-    with pytest.raises(BadInput):  # what services.client does with each zip member / URL tail
-        confined(tmp_path / "out", "../../escaped.png")
+    import httpx
+
+    from infra.settings import Settings
+    from services.client import ApiClient
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("ok.png", b"png")
+        zf.writestr(member, b"png")
+    answers = {"/healthz": httpx.Response(200, json={"max_sync_images": 8}),
+               "/v1/synthesize": httpx.Response(200, content=buf.getvalue(),
+                                                headers={"x-model-name": "m", "x-model-version": "1"})}
+    client = ApiClient(Settings(state_dir=tmp_path / "state"), url="http://127.0.0.1:9", api_key="k")
+    client.request = lambda method, path, **kw: answers[path]  # type: ignore[method-assign]
+    with pytest.raises(BadInput, match="would leave"):
+        client.generate("m@champion", 2, 0, tmp_path / "deep" / "out", echo=lambda _: None)
+    assert not list(tmp_path.rglob("escaped.png*"))
 
 
 # -- the issue's input through the real CLI and S3 ----------------------------------------------
