@@ -55,36 +55,29 @@ def _ours(a: Path, b: Path, batch_size: int) -> dict:
     from infra.compat import ensure_torchvision
 
     ensure_torchvision()
-    from training.evaluate.fid import (
-        features,
-        fid_weights,
-        frechet_distance,
-        inception,
-        sqrt_psd,
-        statistics,
-    )
+    from training.evaluate import fid as F
     from training.evaluate.images import load_image_folder
 
     t_import = time.perf_counter()
     real, fake = load_image_folder(a).images, load_image_folder(b).images
     t_decode = time.perf_counter()
-    model = inception(dims=2048)
-    fid_weights()
+    model = F.inception(dims=2048)
+    F.fid_weights()
     t_model = time.perf_counter()
-    f_real, f_fake = features(real, model, batch_size), features(fake, model, batch_size)
+    f_real, f_fake = F.features(real, model, batch_size), F.features(fake, model, batch_size)
     t_feats = time.perf_counter()
-    (mu1, s1), (mu2, s2) = statistics(f_real), statistics(f_fake)
-    fid = frechet_distance(mu1, s1, mu2, s2)
+    (mu1, s1), (mu2, s2) = F.statistics(f_real), F.statistics(f_fake)
+    fid = F.frechet_distance(mu1, s1, mu2, s2)
     t_fid = time.perf_counter()
 
-    sqrt_s1 = sqrt_psd(s1)  # what a cached ReferenceStats keeps (once per process)
+    sqrt_s1 = F.sqrt_psd(s1)  # what a cached ReferenceStats keeps (once per process)
     t_warm = time.perf_counter()
-    f2 = features(fake, model, batch_size)
-    fid_cached = frechet_distance(mu1, s1, *statistics(f2), sqrt_s1=sqrt_s1)
+    f2 = F.features(fake, model, batch_size)
+    fid_cached = F.frechet_distance(mu1, s1, *F.statistics(f2), sqrt_s1=sqrt_s1)
     t_cached = time.perf_counter()
 
     t_sq = time.perf_counter()
-    fid_sqrtm = frechet_distance(mu1, s1, mu2, s2, method="sqrtm")
+    fid_sqrtm = F.frechet_distance(mu1, s1, mu2, s2, method="sqrtm")
     t_sq_end = time.perf_counter()
     return {
         "fid": fid, "fid_cached_reference": fid_cached, "fid_sqrtm": fid_sqrtm,

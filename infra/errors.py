@@ -130,7 +130,7 @@ def classify(exc: BaseException, what: str = "") -> SynthrayError | None:
             return Conflict(f"{prefix}{_first_line(exc)}")
         if code in _MLFLOW_BAD_INPUT:
             return BadInput(f"{prefix}{_first_line(exc)}")
-        if _is_connection_error(exc.__cause__ or exc.__context__) or "Max retries exceeded" in _first_line(exc):
+        if _is_connection_error(exc.__cause__ or exc.__context__):
             return Unavailable(f"{prefix}cannot reach the MLflow server ({_first_line(exc)})")
         return None
     if _is_connection_error(exc):

@@ -24,8 +24,7 @@ import psutil
 
 from infra.settings import Settings, get_settings
 from infra.errors import SynthrayError
-
-Progress = Callable[[str], None]
+from infra.progress import Progress
 
 
 class StackError(SynthrayError):

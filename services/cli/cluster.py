@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
+
 from infra.errors import SynthrayError
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "synthray"
@@ -36,16 +37,27 @@ class ClusterError(SynthrayError):
     """The job could not be submitted or did not succeed; the message is one line."""
 
 
+def _cli_root() -> click.Group:
+    """The ``synthray`` root group, found through its console-script entry point (pyproject.toml).
+
+    The CLI registers this module's ``cluster`` group, so importing the CLI here would make the
+    two modules import each other; the entry point is the installed CLI itself.
+    """
+    from importlib.metadata import entry_points
+
+    (entry,) = entry_points(group="console_scripts", name="synthray")
+    return entry.load()
+
+
 def parse_command(args: Sequence[str]) -> click.Command:
     """Parse ``synthray ARGS`` with the real CLI, without running it; the leaf command.
 
     Unknown commands, unknown options, bad types and missing required options raise
     ``click.UsageError``, exactly as the job's driver would fail, minutes later, on the cluster.
     """
-    from services.cli.main import main
-
-    ctx = main.make_context("synthray", list(args))
-    command: click.Command = main
+    root = _cli_root()
+    ctx = root.make_context("synthray", list(args))
+    command: click.Command = root
     while isinstance(command, click.Group):
         name, sub, rest = command.resolve_command(ctx, [*ctx._protected_args, *ctx.args])
         if sub is None:
@@ -186,3 +198,28 @@ def submit_ray(request: JobRequest, address: str, echo: Echo = print, poll_s: fl
         seen = len(logs)
     echo(f"cluster: Ray job {job_id} {status.value}")
     return status.value
+
+
+@click.group("cluster")
+def cluster() -> None:
+    """Run training on a Kubernetes cluster (KubeRay RayJob) or an existing Ray cluster."""
+
+
+@cluster.command("train", context_settings={"allow_interspersed_args": False})
+@click.option("--workers", type=click.IntRange(1, 1024), default=2, show_default=True,
+              help="worker pods of the job's Ray cluster (match the command's --workers)")
+@click.option("--gpus", type=click.IntRange(0, 16), default=0, show_default=True,
+              help="GPUs per worker; > 0 uses the chart's GPU worker group")
+@click.option("--ray-address", default=None, help="submit to this Ray job API (http://HEAD:8265) instead of kubectl")
+@click.option("--release", default="synthray", show_default=True, help="Helm release name (object names, Services)")
+@click.option("--namespace", default=None, help="Kubernetes namespace [default: the context's]")
+@click.option("--values", "values_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="chart values files, as given to helm install (image, S3, MLflow)")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
+def cluster_train(workers, gpus, ray_address, release, namespace, values_files, command) -> None:
+    """Submit `synthray COMMAND…` (train/sweep/experiment) and follow it; exit 1 unless it succeeds."""
+    request = JobRequest(list(command), workers=workers, gpus=gpus, release=release, namespace=namespace,
+                         values_files=list(values_files))
+    status = submit_ray(request, ray_address, click.echo) if ray_address else submit_kube(request, click.echo)
+    if status != "SUCCEEDED":
+        raise click.ClickException(f"the job ended {status}")

@@ -12,8 +12,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import click
+
 from infra.settings import Settings, get_settings
 from infra.stack import LocalStack
+from training.registry.refs import ModelReference
 
 Echo = Callable[[str], None]
 
@@ -124,7 +127,7 @@ def run_demo(opts: DemoOptions = DemoOptions(), settings: Settings | None = None
         report.lines = [
             ("dataset", dataset),
             ("MLflow run", result.run_url),
-            ("model", f"models:/{served} (version {reg.version}, {verdict.note})"),
+            ("model", f"{ModelReference.parse(served).uri} (version {reg.version}, {verdict.note})"),
             ("FID", f"{fid:.2f} with n_real={n_real}, n_fake={n_fake} (epoch {epoch})"),
             ("batch folder", f"{folder} ({len(pngs)} PNGs)"),
             ("Serve", f"{base}/docs"),
@@ -138,3 +141,20 @@ def run_demo(opts: DemoOptions = DemoOptions(), settings: Settings | None = None
         echo(f"  {seconds:7.1f} s  {title}")
     echo(f"  {total:7.1f} s  total")
     return report
+
+
+@click.command("demo")
+@click.option("--images", type=click.IntRange(64, 100_000), default=1000, show_default=True)
+@click.option("--image-size", type=click.IntRange(32, 512), default=64, show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 1000), default=5, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--fid-n", type=click.IntRange(2, 50_000), default=300, show_default=True)
+@click.option("--batch-n", type=click.IntRange(1, 256), default=16, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/demo"),
+              show_default=True)
+@click.option("--max-fid", type=click.FloatRange(min=0, min_open=True), default=1000.0, show_default=True,
+              help="the demo's FID promotion gate")
+def demo(**kwargs) -> None:
+    """Stack up → phantom → Ray Train GAN → FID → registry → Serve batch, with a summary."""
+    run_demo(DemoOptions(**kwargs), get_settings(), echo=click.echo)

@@ -60,7 +60,8 @@ from services.serving.schemas import (
 )
 from services.serving.scoring import Classifier, FidScorer
 from services.serving.synthesizer import Synthesizer
-from training.registry.generators import GENERATOR_KIND, parse_model
+from training.registry.generators import parse_model
+from training.registry.tags import GENERATOR_KIND
 
 V1 = f"/{API_VERSION}"
 RETRY_AFTER_S = 2

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +28,12 @@ import yaml
 
 from infra.settings import PROJECT_ROOT, Settings, get_settings
 from infra.errors import SynthrayError
+from infra.progress import Progress
 
 CONFIG_PATH = Path(__file__).with_name("serve_config.yaml")
 CODE_VERSION_VAR = "SYNTHRAY_SERVE_CODE_VERSION"
 _SOURCE_PACKAGES = ("infra", "training", "services")
 _POLL_S = 0.5
-
-Progress = Callable[[str], None]
 
 
 class ServeError(SynthrayError):

@@ -26,7 +26,8 @@ from typing import Any
 from ray import serve
 
 from infra.settings import Settings, get_settings
-from training.registry.generators import KIND_TAG, parse_model
+from training.registry.generators import parse_model
+from training.registry.tags import KIND as KIND_TAG
 
 log = logging.getLogger("ray.serve")
 

@@ -44,7 +44,8 @@ import numpy as np
 from ray import serve
 
 from infra.settings import Settings, get_settings
-from training.registry.generators import KIND_TAG, parse_model
+from training.registry.generators import parse_model
+from training.registry.tags import KIND as KIND_TAG
 from infra.errors import BadInput
 
 if TYPE_CHECKING:

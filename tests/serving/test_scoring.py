@@ -375,7 +375,7 @@ def test_classifier_registry_tags(classifiers, stack) -> None:
 
     from mlflow import MlflowClient
 
-    from training.registry.generators import KIND_TAG
+    from training.registry.tags import KIND as KIND_TAG
 
     _, champion = classifiers
     client = MlflowClient(stack.mlflow_tracking_uri)

@@ -236,33 +236,51 @@ class _Params:
 
 
 @dataclass(frozen=True)
-class LateralFlip(_Params):
-    """Mirror right knees to the canonical left-knee orientation (paper step 1)."""
+class _DetectorStep(_Params):
+    """A step that a pluggable detector switches on per image; ``flag`` records the decision."""
 
-    name: ClassVar[str] = "lateral_flip"
-    detector: str = "fibula"
+    detectors: ClassVar[dict]
+    kind: ClassVar[str]
+    flag: ClassVar[str]
+    detector: str
 
     def __post_init__(self) -> None:
-        _lookup(FLIP_DETECTORS, "flip detector", self.detector)
+        _lookup(self.detectors, self.kind, self.detector)  # an unknown detector fails at construction
 
     def apply(self, img: np.ndarray) -> tuple[np.ndarray, dict]:
-        flip = bool(_lookup(FLIP_DETECTORS, "flip detector", self.detector)(_check_image(img)))
-        return (np.ascontiguousarray(img[:, ::-1]) if flip else img), {"flipped": flip}
+        hit = bool(_lookup(self.detectors, self.kind, self.detector)(_check_image(img)))
+        return (self.transform(img) if hit else img), {self.flag: hit}
+
+    def transform(self, img: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
-class InvertNegative(_Params):
+class LateralFlip(_DetectorStep):
+    """Mirror right knees to the canonical left-knee orientation (paper step 1)."""
+
+    name: ClassVar[str] = "lateral_flip"
+    detectors: ClassVar[dict] = FLIP_DETECTORS
+    kind: ClassVar[str] = "flip detector"
+    flag: ClassVar[str] = "flipped"
+    detector: str = "fibula"
+
+    def transform(self, img: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(img[:, ::-1])
+
+
+@dataclass(frozen=True)
+class InvertNegative(_DetectorStep):
     """Turn negatives (bone dark) into positives: max_value - img (paper step 2)."""
 
     name: ClassVar[str] = "invert_negative"
+    detectors: ClassVar[dict] = NEGATIVE_DETECTORS
+    kind: ClassVar[str] = "negative detector"
+    flag: ClassVar[str] = "inverted"
     detector: str = "border"
 
-    def __post_init__(self) -> None:
-        _lookup(NEGATIVE_DETECTORS, "negative detector", self.detector)
-
-    def apply(self, img: np.ndarray) -> tuple[np.ndarray, dict]:
-        neg = bool(_lookup(NEGATIVE_DETECTORS, "negative detector", self.detector)(_check_image(img)))
-        return ((_max_value(img) - img).astype(img.dtype) if neg else img), {"inverted": neg}
+    def transform(self, img: np.ndarray) -> np.ndarray:
+        return (_max_value(img) - img).astype(img.dtype)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from infra.object_store import ObjectNotFoundError, ObjectStore, sha256_bytes
+from infra.progress import CountProgress
 from infra.errors import BadInput, NotFound
 from infra.names import confined, name_problem
 
@@ -39,7 +40,6 @@ PREFIX = "catalog"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 _VERSION = re.compile(r"^[0-9a-f]{1,64}$")
 _SUBSET = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-Progress = Callable[[int, int], None]
 _READ_CHUNK = 512  # records fetched before they are decoded (see Catalog.read_pixels)
 
 
@@ -242,7 +242,7 @@ class Catalog:
         items: Iterable[tuple[bytes, dict]],
         classes: list[str],
         description: str = "",
-        progress: Progress | None = None,
+        progress: CountProgress | None = None,
         subsets: Mapping[str, Iterable[str]] | None = None,
         preprocessing: list[dict] | None = None,
         attachments: Sequence[Attachment] = (),
@@ -280,7 +280,7 @@ class Catalog:
         preprocessing: list[dict] | None = None,
         attachments: Sequence[Attachment] = (),
         blobs: Mapping[str, bytes] | None = None,
-        progress: Progress | None = None,
+        progress: CountProgress | None = None,
     ) -> Manifest:
         """Publish a version from records; blobs not passed in must already be stored.
 
@@ -323,7 +323,7 @@ class Catalog:
         except ObjectNotFoundError as exc:
             raise CatalogError(f"cannot publish: {exc} (a version may only reference stored images)") from None
 
-    def _put_blobs(self, blobs: dict[str, bytes], progress: Progress | None) -> None:
+    def _put_blobs(self, blobs: dict[str, bytes], progress: CountProgress | None) -> None:
         """Upload blobs not already stored; an existing blob counts only if its recorded hash matches."""
 
         def put(item: tuple[str, bytes]) -> None:
@@ -429,7 +429,7 @@ class Catalog:
             out.extend(self._map(decode_png, blobs))
         return np.stack(out) if out else np.empty((0,), np.uint8)
 
-    def verify(self, ref: DatasetRef | str, progress: Progress | None = None) -> VerifyReport:
+    def verify(self, ref: DatasetRef | str, progress: CountProgress | None = None) -> VerifyReport:
         """Re-hash every object of a version and list every problem (not just the first)."""
         manifest = self.manifest(ref)
         records = list({r.sha256: r for r in manifest.records}.values())
@@ -454,7 +454,7 @@ class Catalog:
 
     def export(
         self, ref: DatasetRef | str, directory: Path, records: Sequence[ImageRecord] | None = None,
-        progress: Progress | None = None,
+        progress: CountProgress | None = None,
     ) -> Path:
         """Write verified PNGs as ``DIR/{split}/{label_name}/{sha256}.png`` plus ``manifest.json``.
 

@@ -27,6 +27,7 @@ from infra.settings import get_settings
 from infra.tracking import configure
 from training.classify.config import ClassifierTrainConfig
 from training.nets.classifier import ImageClassifier
+from training.registry import tags as tag
 
 RESULTS_FILE, MODEL_FILE = "results.pt", "best_model.pt"
 EVAL_CHUNK = 256  # images per forward pass when scoring (bounded memory)
@@ -162,8 +163,8 @@ def train_job(model, job: ClassifierJob, data: ClassifierData, hp: dict, device,
 
 
 def _mlflow_run(tracker, experiment_id: str, parent_run_id: str, job: ClassifierJob, base_tags: dict) -> str:
-    tags = {"mlflow.parentRunId": parent_run_id, "mlflow.runName": job.key, "synthray.kind": "classifier-training",
-            "synthray.experiment.cell": job.cell, "synthray.experiment.seed": str(job.seed), **base_tags, **job.tags}
+    tags = {"mlflow.parentRunId": parent_run_id, "mlflow.runName": job.key, tag.KIND: tag.CLASSIFIER_TRAINING_KIND,
+            tag.EXPERIMENT_CELL: job.cell, tag.EXPERIMENT_SEED: str(job.seed), **base_tags, **job.tags}
     run = tracker.create_run(experiment_id, tags=tags)
     from mlflow.entities import Param
 

@@ -17,10 +17,11 @@ from torch import nn
 
 from infra.settings import Settings, get_settings
 from infra.errors import BadInput
+from training.registry import tags as tag
 
 __all__ = ["FROM_SCRATCH_TAGS", "PretrainedReport", "load_pretrained", "read_verified"]
 
-FROM_SCRATCH_TAGS: dict[str, str] = {"synthray.pretrained": "none (trained from scratch)"}
+FROM_SCRATCH_TAGS: dict[str, str] = {tag.PRETRAINED: "none (trained from scratch)"}
 
 
 @dataclass(frozen=True)
@@ -44,13 +45,13 @@ class PretrainedReport:
     def tags(self) -> dict[str, str]:
         """MLflow tags recording the starting weights."""
         tags = {
-            "synthray.pretrained": self.source,
-            "synthray.pretrained.sha256": self.sha256,
-            "synthray.pretrained.loaded": str(len(self.loaded)),
-            "synthray.pretrained.skipped": str(len(self.skipped)),
+            tag.PRETRAINED: self.source,
+            tag.PRETRAINED_SHA256: self.sha256,
+            tag.PRETRAINED_LOADED: str(len(self.loaded)),
+            tag.PRETRAINED_SKIPPED: str(len(self.skipped)),
         }
         if self.notes:
-            tags["synthray.pretrained.notes"] = "; ".join(self.notes)
+            tags[tag.PRETRAINED_NOTES] = "; ".join(self.notes)
         return tags
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -29,8 +28,9 @@ from training.classify.loop import (
     train_loop,
 )
 from infra.errors import BadInput
+from training.registry import tags as tag
+from infra.progress import Progress
 
-Progress = Callable[[str], None]
 CLASSIFIER_EXPERIMENT = "synthray-classifier"
 
 
@@ -52,7 +52,7 @@ def pretrained_tags(cfg: ClassifierTrainConfig) -> dict[str, str]:
 
     if not cfg.pretrained:
         return dict(FROM_SCRATCH_TAGS)
-    return {"synthray.pretrained": cfg.pretrained, "synthray.pretrained.sha256": str(cfg.pretrained_sha256)}
+    return {tag.PRETRAINED: cfg.pretrained, tag.PRETRAINED_SHA256: str(cfg.pretrained_sha256)}
 
 
 def check_inputs(cfg: ClassifierTrainConfig, classes: list[str], settings: Settings | None = None) -> None:
@@ -186,11 +186,11 @@ def train_classifier(
     job = ClassifierJob(key=f"real/seed {seed}", cell="real", seed=seed, train_index=np.arange(len(arrays[0])),
                         params={"dataset": str(manifest.ref), "n_real": len(arrays[0]), "n_synthetic": 0,
                                 **cfg.hyperparameters()})
-    tags = {"synthray.dataset": str(manifest.ref), **pretrained_tags(cfg)}
+    tags = {tag.DATASET: str(manifest.ref), **pretrained_tags(cfg)}
     mlflow = configure(settings)
     experiment = mlflow.set_experiment(cfg.experiment)
     with mlflow.start_run(run_name=f"classifier-{cfg.arch}-{manifest.ref}",
-                          tags={"synthray.kind": "classifier", **tags}) as parent:
+                          tags={tag.KIND: tag.CLASSIFIER_KIND, **tags}) as parent:
         url = run_url(settings, experiment.experiment_id, parent.info.run_id)
         progress(f"classifier: MLflow run {url}")
         fit = fit_classifiers(cfg, list(manifest.classes), data, [job], parent_run_id=parent.info.run_id,

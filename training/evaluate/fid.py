@@ -73,6 +73,7 @@ from training.evaluate.inception_weights import (
 from infra.object_store import ObjectStore
 from infra.settings import Settings, get_settings
 from infra.errors import BadInput
+from infra.progress import CountProgress
 
 if TYPE_CHECKING:
     from pytorch_fid.inception import InceptionV3
@@ -82,7 +83,6 @@ __all__ = [
     "RESIZE_RULE",
     "WEIGHTS_PREFIX",
     "FidResult",
-    "ProgressFn",
     "bootstrap_fid",
     "compute_fid",
     "features",
@@ -107,7 +107,6 @@ WEIGHTS_PREFIX = STORE_PREFIX
 FID_DIMS = (64, 192, 768, 2048)  # pytorch-fid's InceptionV3 output blocks; 2048 = FID
 
 #: ``progress(done, total, images_per_second)``, called after every batch.
-ProgressFn = Callable[[int, int, float], None]
 
 
 @dataclass(frozen=True)
@@ -229,7 +228,7 @@ def _to_batch(chunk: np.ndarray) -> torch.Tensor:
     return x.to(torch.float32).div(255).contiguous()
 
 
-def _counter(total: int, progress: ProgressFn | None) -> Callable[[int], None]:
+def _counter(total: int, progress: CountProgress | None) -> Callable[[int], None]:
     """Per-batch callback turning batch sizes into ``progress(done, total, img/s)``."""
     done, t0 = 0, time.perf_counter()
 
@@ -262,7 +261,7 @@ def features(
     model: InceptionV3,
     batch_size: int = 50,
     *,
-    progress: ProgressFn | None = None,
+    progress: CountProgress | None = None,
     threads: int | None = None,
 ) -> np.ndarray:
     """Inception features ``(N, dims)`` float64 of uint8 images, by the module's rule.
@@ -405,7 +404,7 @@ def compute_fid(
     fake: np.ndarray,
     settings: Settings | None = None,
     batch_size: int = 50,
-    progress: ProgressFn | None = None,
+    progress: CountProgress | None = None,
     *,
     store: ObjectStore | None = None,
     dims: int = 2048,

@@ -40,11 +40,12 @@ from sklearn.neighbors import NearestNeighbors
 from training.catalog.store import Catalog
 from infra.object_store import ObjectStore
 from infra.settings import Settings, get_settings
-from training.evaluate.fid import ProgressFn, _check_images, features, fid_weights, inception
+from training.evaluate.fid import _check_images, features, fid_weights, inception
 from training.evaluate.reference import ReferenceStats, reference_images
 from training.evaluate.ssim import ssim_matrix
 from infra.errors import BadInput
 from infra.names import confined, safe_name
+from infra.progress import CountProgress
 
 __all__ = ["MEMORIZATION_PREFIX", "contact_sheet", "memorization_audit", "nearest_neighbours"]
 
@@ -142,7 +143,7 @@ def memorization_audit(
     store: ObjectStore | None = None,
     out_dir: Path | None = None,
     batch_size: int = 50,
-    progress: ProgressFn | None = None,
+    progress: CountProgress | None = None,
     feats: np.ndarray | None = None,
 ) -> dict:
     """Nearest training image of every synthetic image, vs the training set's own spacing.

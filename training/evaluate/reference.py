@@ -43,7 +43,6 @@ from training.evaluate.fid import (
     FID_DIMS,
     RESIZE_RULE,
     FidResult,
-    ProgressFn,
     _check_images,
     _counter,
     _extract,
@@ -57,6 +56,7 @@ from training.evaluate.fid import (
     statistics,
 )
 from infra.errors import BadInput
+from infra.progress import CountProgress
 
 __all__ = [
     "REFERENCE_PREFIX",
@@ -231,7 +231,7 @@ def reference_statistics(
     labels: Sequence[int] | None = None,
     n: int | None = None,
     settings: Settings | None = None,
-    progress: ProgressFn | None = None,
+    progress: CountProgress | None = None,
     *,
     dims: int = 2048,
     batch_size: int = 50,
@@ -323,7 +323,7 @@ def fake_features(
     ref: ReferenceStats,
     settings: Settings | None = None,
     batch_size: int = 50,
-    progress: ProgressFn | None = None,
+    progress: CountProgress | None = None,
     device: str = "cpu",
 ) -> np.ndarray:
     """Inception features of synthetic uint8 images, comparable with ``ref`` (same weights, dims)."""
@@ -369,7 +369,7 @@ def fid_to_reference(
     ref: ReferenceStats,
     settings: Settings | None = None,
     batch_size: int = 50,
-    progress: ProgressFn | None = None,
+    progress: CountProgress | None = None,
     *,
     bootstrap: int = 0,
     confidence: float = 0.95,

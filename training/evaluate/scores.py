@@ -11,11 +11,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from infra.settings import Settings
-from training.evaluate.fid import ProgressFn
 from training.evaluate.kid import KidResult, kid
 from training.evaluate.precision_recall import PrecisionRecall, precision_recall
 from training.evaluate.reference import ReferenceStats, fake_features, fid_from_reference_features
 from infra.errors import BadInput
+from infra.progress import CountProgress
 
 __all__ = ["EVALUATIONS", "evaluate", "kid_to_reference", "precision_recall_to_reference"]
 
@@ -55,7 +55,7 @@ def evaluate(
     metrics: Sequence[str] = EVALUATIONS,
     settings: Settings | None = None,
     batch_size: int = 50,
-    progress: ProgressFn | None = None,
+    progress: CountProgress | None = None,
     *,
     fid_bootstrap: int = 0,
     kid_bootstrap: int = 1000,

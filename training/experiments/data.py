@@ -10,7 +10,6 @@ Seed r of every cell uses the same classifier seed, which pairs the cells run by
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,8 +18,9 @@ from training.catalog.store import ImageRecord, Manifest
 from training.classify.loop import ClassifierData, ClassifierJob
 from training.experiments.config import Cell, ExperimentConfig
 from infra.errors import BadInput
+from training.registry.refs import version_uri
+from infra.progress import Progress
 
-Progress = Callable[[str], None]
 _TRAIN_POOL, _TEST_POOL = 0, 1  # seed streams of the synthetic training pools and test sets
 
 
@@ -103,7 +103,7 @@ def resolve_sources(cfg: ExperimentConfig, cells: list[Cell], classes: list[str]
                 raise BadInput(f"generators.{set_name}: {spec} makes classes {gen_classes}, not {class_name!r}")
             label = gen_classes.index(class_name)
         sources[(set_name, class_name)] = SyntheticSource(set_name, class_name,
-                                                          f"models:/{version.name}/{version.version}", label)
+                                                          version_uri(version.name, version.version), label)
     return sources, versions
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from training.catalog.store import Catalog, ImageRecord
 from training.catalog.splits import overlap
 from infra.errors import BadInput
+from training.registry.refs import version_uri
 
 
 class LeakageError(BadInput):
@@ -36,7 +37,7 @@ def lineage(version, catalog: Catalog) -> Lineage:
     """The training records of a registered generator version (from its ``dataset*`` tags)."""
     from training.catalog.selection import select_records
 
-    model = f"models:/{version.name}/{version.version}"
+    model = version_uri(version.name, version.version)
     tags = version.tags or {}
     if "dataset" not in tags or "dataset.selection" not in tags:
         raise LeakageError(f"{model} has no dataset lineage tags (dataset, dataset.selection): cannot show its "

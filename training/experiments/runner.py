@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +22,9 @@ from training.experiments.config import Cell, ExperimentConfig, expand_cells
 from training.experiments.data import RealPools, assemble, real_pools, resolve_sources, synthesize
 from training.experiments.guard import check_disjoint, lineage
 from training.experiments.report import Row, build_rows, plot, table_frame, table_markdown
+from training.registry import tags as tag
+from infra.progress import Progress
 
-Progress = Callable[[str], None]
 CAS_PREFIX = "cas."  # generator version tags: classification accuracy score of the latest experiment
 
 
@@ -143,8 +143,8 @@ def run_experiment(cfg: ExperimentConfig, settings: Settings | None = None, prog
     mlflow = configure(settings)
     client = mlflow.MlflowClient()
     experiment = mlflow.set_experiment(cfg.experiment)
-    tags = {"synthray.dataset": p.dataset, "synthray.experiment.name": cfg.name, **pretrained_tags(cfg.classifier)}
-    with mlflow.start_run(run_name=f"augment-{cfg.name}", tags={"synthray.kind": "augmentation-experiment", **tags}) as run:
+    tags = {tag.DATASET: p.dataset, tag.EXPERIMENT_NAME: cfg.name, **pretrained_tags(cfg.classifier)}
+    with mlflow.start_run(run_name=f"augment-{cfg.name}", tags={tag.KIND: tag.AUGMENTATION_EXPERIMENT_KIND, **tags}) as run:
         parent = run.info.run_id
         url = run_url(settings, experiment.experiment_id, parent)
         progress(f"experiment: MLflow parent run {url}")
@@ -160,7 +160,7 @@ def run_experiment(cfg: ExperimentConfig, settings: Settings | None = None, prog
         progress(table)
         _record_cas(client, p, rows, parent)
         best = fit.results[fit.best_key]
-        mlflow.set_tags({"synthray.experiment.best_run": best.run_id, "synthray.experiment.best_cell": best.cell})
+        mlflow.set_tags({tag.EXPERIMENT_BEST_RUN: best.run_id, tag.EXPERIMENT_BEST_CELL: best.cell})
     reg = None
     if cfg.register_best:
         name = cfg.register_name or classifier_name(p.dataset, cfg.classifier.arch)

@@ -27,7 +27,6 @@ import json
 import math
 import tempfile
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +39,8 @@ from infra.ray_runtime import connect, storage
 from infra.settings import Settings, get_settings
 from infra.tracking import configure, run_url
 from training.gan.config import GanTrainConfig
+from training.registry import tags as tag
+from infra.progress import Progress
 
 DEFAULT_SPACE = Path(__file__).with_name("sweep_space.yaml")
 # Search-space key → GanTrainConfig field.
@@ -47,11 +48,9 @@ SWEEPABLE = {"lr_g": "lr", "lr_d": "lr_d", "critic_steps": "critic_steps", "gp_l
              "batch_size": "batch_size", "latent_dim": "latent_dim"}
 INTEGER_KEYS = {"critic_steps", "batch_size", "latent_dim"}
 POINTER_FILE = "train_checkpoint.json"
-TRIAL_TAG = "synthray.sweep.trial_id"  # joins a child run to its Tune trial
+TRIAL_TAG = tag.SWEEP_TRIAL_ID  # joins a child run to its Tune trial
 TRAIN_CHECKPOINT = "train_checkpoint"  # PBT trials' metric naming their Train checkpoint
 TRIAL_DRIVER_MEMORY = 512 * 2**20  # bytes; Ray's logical memory resource
-
-Progress = Callable[[str], None]
 
 
 class Distribution(BaseModel):
@@ -328,8 +327,8 @@ def _close_stopped(client, rows: list[TrialRow]) -> None:
     depending on where the stop caught them): close them as KILLED, with their best checkpoint."""
     for row in rows:
         if row.status == "STOPPED" and row.run_id:
-            client.set_tag(row.run_id, "synthray.sweep.stopped_at_epoch", str(row.epochs))
-            client.set_tag(row.run_id, "synthray.checkpoint", row.checkpoint)
+            client.set_tag(row.run_id, tag.SWEEP_STOPPED_AT_EPOCH, str(row.epochs))
+            client.set_tag(row.run_id, tag.CHECKPOINT, row.checkpoint)
             client.set_terminated(row.run_id, "KILLED")
 
 
@@ -373,7 +372,7 @@ def run_sweep(cfg: SweepConfig, settings: Settings | None = None, progress: Prog
     client = mlflow.MlflowClient()
     path, fs = storage(settings)
     with mlflow.start_run(run_name=f"sweep-{cfg.base.arch}-{dataset}",
-                          tags={"synthray.kind": "gan-sweep", "synthray.dataset": dataset}) as parent:
+                          tags={tag.KIND: tag.GAN_SWEEP_KIND, tag.DATASET: dataset}) as parent:
         parent_id = parent.info.run_id
         url = run_url(settings, experiment.experiment_id, parent_id)
         progress(f"sweep: MLflow parent run {url}")
@@ -413,8 +412,8 @@ def run_sweep(cfg: SweepConfig, settings: Settings | None = None, progress: Prog
         mlflow.log_text(frame.to_csv(index=False), "sweep/trials.csv")
         mlflow.log_text(table_markdown(rows), "sweep/trials.md")
         mlflow.log_metric("best_fid", best.best_fid)
-        mlflow.set_tags({"synthray.sweep.best_trial": best.trial_id, "synthray.sweep.best_run_id": best.run_id or "",
-                         "synthray.checkpoint": best.checkpoint or "",
+        mlflow.set_tags({tag.SWEEP_BEST_TRIAL: best.trial_id, tag.SWEEP_BEST_RUN_ID: best.run_id or "",
+                         tag.CHECKPOINT: best.checkpoint or "",
                          **{f"synthray.sweep.best.{k}": str(v) for k, v in best.config.items()}})
     return SweepResult(parent_run_id=parent_id, run_url=url, trials=rows, best=best)
 

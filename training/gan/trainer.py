@@ -27,6 +27,7 @@ from training.gan.config import GanTrainConfig
 from training.gan.loop import _load_state, train_loop
 from training.nets.sampler import GeneratorSampler
 from infra.errors import BadInput
+from training.registry import tags as tag
 
 __all__ = ["GanTrainConfig", "GanTrainResult", "load_sampler", "train_gan"]
 
@@ -173,10 +174,10 @@ def train_gan(
         run_id = run.info.run_id
         mlflow.log_params({**cfg.model_dump(exclude_none=True), **cfg.hyperparameters(),
                            "num_classes": num_classes, "n_train": len(records)})
-        mlflow.set_tags({"synthray.dataset": dataset, "synthray.dataset.manifest_sha256": manifest.ref.version,
-                         "synthray.dataset.manifest_key": Catalog.manifest_key(manifest.name, manifest.version),
-                         "synthray.kind": "gan-training", "mlflow.source.git.commit": _git_commit(),
-                         **({"synthray.fid.reference_key": loop_config["reference_key"]} if cfg.fid_every else {})})
+        mlflow.set_tags({tag.DATASET: dataset, tag.DATASET_MANIFEST_SHA256: manifest.ref.version,
+                         tag.DATASET_MANIFEST_KEY: Catalog.manifest_key(manifest.name, manifest.version),
+                         tag.KIND: tag.GAN_TRAINING_KIND, "mlflow.source.git.commit": _git_commit(),
+                         **({tag.FID_REFERENCE_KEY: loop_config["reference_key"]} if cfg.fid_every else {})})
         url = run_url(settings, experiment.experiment_id, run_id)
         progress(f"train: MLflow run {url}")
         trainer = torch_trainer(  # a worker's input error is final, not retried
@@ -202,8 +203,8 @@ def train_gan(
         progress(f"train: {cfg.epochs} epoch(s) on {cfg.workers} worker(s) in {time.perf_counter() - started:.0f} s")
         checkpoint, metrics = _select_checkpoint(result)
         checkpoint_path = f"s3://{checkpoint.path}"
-        mlflow.set_tags({"synthray.checkpoint": checkpoint_path, "synthray.checkpoint.latest": f"s3://{result.checkpoint.path}",
-                         "synthray.checkpoint.epoch": str(metrics.get("epoch"))})
+        mlflow.set_tags({tag.CHECKPOINT: checkpoint_path, tag.CHECKPOINT_LATEST: f"s3://{result.checkpoint.path}",
+                         tag.CHECKPOINT_EPOCH: str(metrics.get("epoch"))})
         if np.isfinite(metrics.get("fid", np.nan)):
             mlflow.log_metric("best_fid", metrics["fid"], step=int(metrics["epoch"]))
         if cfg.fid_every:

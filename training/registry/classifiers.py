@@ -16,14 +16,16 @@ from typing import TYPE_CHECKING
 
 from infra.settings import Settings, get_settings
 from infra.tracking import configure
-from training.registry.generators import CHAMPION, KIND_TAG, PIP_REQUIREMENTS, RegistryError
+from training.registry import tags as tag
+from training.registry.models import CHAMPION, PIP_REQUIREMENTS, RegistryError, ensure_registered_model
+from training.registry.refs import alias_uri, version_uri
 
 if TYPE_CHECKING:  # torch stays out of light importers
     from training.nets.classifier import ImageClassifier
 
 __all__ = ["CLASSIFIER_KIND", "CONTRACT", "RegisteredClassifier", "load_classifier", "log_classifier"]
 
-CLASSIFIER_KIND = "classifier"
+CLASSIFIER_KIND = tag.CLASSIFIER_KIND
 CONTRACT = "predict_proba(uint8 (N,H,W) | (N,H,W,3) | list of images) -> float64 (N, K) softmax over tag 'classes'"
 
 
@@ -39,11 +41,11 @@ class RegisteredClassifier:
 
     @property
     def uri(self) -> str:
-        return f"models:/{self.name}/{self.version}"
+        return version_uri(self.name, self.version)
 
     @property
     def alias_uri(self) -> str | None:
-        return f"models:/{self.name}@{self.alias}" if self.alias else None
+        return alias_uri(self.name, self.alias) if self.alias else None
 
 
 def _signature(classifier: ImageClassifier):
@@ -52,22 +54,6 @@ def _signature(classifier: ImageClassifier):
 
     x = classifier.preprocess(np.zeros((2, classifier.image_size, classifier.image_size), dtype=np.uint8))
     return infer_signature(x.numpy(), classifier(x).detach().numpy())
-
-
-def _ensure_registered_model(client, name: str) -> None:
-    """Create ``name`` as a classifier, or check that an existing one is not another kind."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.create_registered_model(name, tags={KIND_TAG: CLASSIFIER_KIND},
-                                       description="Image classifier registered by synthray.")
-        return
-    except MlflowException as exc:
-        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
-            raise
-    kind = client.get_registered_model(name).tags.get(KIND_TAG)
-    if kind not in (None, CLASSIFIER_KIND):
-        raise RegistryError(f"registered model {name!r} holds {kind} versions; a classifier needs another name")
 
 
 def log_classifier(
@@ -97,10 +83,10 @@ def log_classifier(
         raise TypeError(f"expected an ImageClassifier, got {type(classifier).__name__}")
     mlflow = configure(settings or get_settings())
     client = mlflow.MlflowClient()
-    _ensure_registered_model(client, name)
+    ensure_registered_model(client, name, CLASSIFIER_KIND, "Image classifier registered by synthray.")
     classifier = classifier.cpu().eval()
     version_tags = {str(k): str(v) for k, v in (tags or {}).items()} | {
-        KIND_TAG: CLASSIFIER_KIND, "contract": CONTRACT, "classes": json.dumps(classifier.class_names),
+        tag.KIND: CLASSIFIER_KIND, "contract": CONTRACT, "classes": json.dumps(classifier.class_names),
         "image_size": str(classifier.image_size), "in_channels": str(classifier.in_channels),
         "arch": type(classifier.backbone).__name__,
     }

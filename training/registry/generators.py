@@ -25,39 +25,33 @@ from __future__ import annotations
 import json
 import re
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from infra.settings import Settings, get_settings
-from infra.tracking import configure, model_uri, run_url
+from infra.tracking import configure, run_url
 from training.registry.cards import CARD_FILE, GRID_FILE, CardFacts, cas_section, render_card
-from infra.errors import BadInput, NotFound
 from infra.names import safe_name
+from infra.errors import classify
+from training.registry import tags as tag
+from training.registry.models import (  # noqa: F401 - re-exported: the registry's public names
+    CHALLENGER,
+    CHAMPION,
+    PIP_REQUIREMENTS,
+    PREVIOUS_CHAMPION,
+    RegistryError,
+    ensure_registered_model,
+)
+from training.registry.refs import MODEL_REF_HELP, ModelReference, alias_uri, version_uri  # noqa: F401
+from infra.progress import Progress
 
 if TYPE_CHECKING:  # torch stays out of light importers (the Serve ingress parses model names)
     import numpy as np
 
     from training.nets.sampler import GeneratorSampler
 
-# Explicit requirements: MLflow would otherwise infer them by re-importing the model in a
-# subprocess, which costs ~15 s per registration on 2 cores.
-PIP_REQUIREMENTS = ["torch==2.13.0", "numpy"]
-CHALLENGER, CHAMPION, PREVIOUS_CHAMPION = "challenger", "champion", "previous-champion"
-GENERATOR_KIND = "gan-generator"
 CONTRACT = "generate(n, seed, label=None) -> uint8 (n, H, W); same arguments, same bytes"
-KIND_TAG = "synthray.kind"
-
-# NAME@alias or NAME/VERSION, optionally written as a full models:/ URI.
-_MODEL_REF = re.compile(r"^(?:models:/)?(?P<name>[A-Za-z0-9_.-]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>[1-9][0-9]*))$")
-MODEL_REF_HELP = "'NAME@alias' (e.g. 'gan-phantom-knee-wgan-gp-knee-small@champion') or 'NAME/VERSION' (e.g. '…/3')"
-
-Progress = Callable[[str], None]
-
-
-class RegistryError(BadInput):
-    """A registry request that cannot be honoured; the message says which name/version/alias."""
 
 
 def registered_name(dataset: str, arch: str, class_name: str | None = None) -> str:
@@ -68,10 +62,8 @@ def registered_name(dataset: str, arch: str, class_name: str | None = None) -> s
 
 def parse_model(model: str) -> tuple[str, str | None, str | None]:
     """``(name, alias, version)`` of a model reference; exactly one of alias/version is set."""
-    match = _MODEL_REF.match(model)
-    if match is None:
-        raise BadInput(f"model must be {MODEL_REF_HELP}, got {model!r}", field="model")
-    return safe_name(match["name"], "model name"), match["alias"], match["version"]
+    ref = ModelReference.parse(model)
+    return ref.name, ref.alias, ref.version
 
 
 @dataclass(frozen=True)
@@ -84,11 +76,11 @@ class RegisteredGenerator:
 
     @property
     def uri(self) -> str:
-        return model_uri(self.name, self.alias)
+        return alias_uri(self.name, self.alias)
 
     @property
     def version_uri(self) -> str:
-        return f"models:/{self.name}/{self.version}"
+        return version_uri(self.name, self.version)
 
 
 def _client(settings: Settings | None):
@@ -99,10 +91,15 @@ def resolve_version(client, spec: str):
     """The ``ModelVersion`` of ``NAME@alias`` or ``NAME/VERSION`` (a bare NAME means @champion)."""
     from mlflow.exceptions import MlflowException
 
-    name, alias, version = parse_model(spec if ("@" in spec or "/" in spec) else f"{spec}@{CHAMPION}")
+    ref = ModelReference.parse(spec, default_alias=CHAMPION)
+    name, alias, version = ref.name, ref.alias, ref.version
     try:
         return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     except MlflowException as exc:
+        # not found → NotFound (404 / "not found"), outage → Unavailable, else a RegistryError
+        known = classify(exc, f"model {spec!r}")
+        if known is not None:
+            raise known from None
         reason = exc.message.removeprefix(f"{exc.error_code}: ").splitlines()[0]
         raise RegistryError(f"model {spec!r}: {reason}") from None
 
@@ -139,7 +136,7 @@ def _version_tags(facts: CardFacts, sampler: GeneratorSampler) -> dict[str, str]
     """Every fact a gate, `registry list` or Serve reads, as string tags set at creation."""
     fid, kid, mem = facts.fid, facts.kid, facts.memorization
     tags = {
-        KIND_TAG: GENERATOR_KIND, "arch": facts.arch, "contract": CONTRACT,
+        tag.KIND: tag.GENERATOR_KIND, "arch": facts.arch, "contract": CONTRACT,
         "dataset": facts.dataset, "dataset.manifest_sha256": facts.manifest_sha256,
         "dataset.selection": json.dumps(facts.selection, sort_keys=True),
         "image_size": facts.image_size, "latent_dim": facts.latent_dim,
@@ -180,7 +177,7 @@ def _facts(client, run_id: str, checkpoint: str | None, settings: Settings, prog
 
     run = client.get_run(run_id)
     tags = run.data.tags
-    checkpoint = checkpoint or tags.get("synthray.checkpoint")
+    checkpoint = checkpoint or tags.get(tag.CHECKPOINT)
     if not checkpoint:
         raise RegistryError(f"run {run_id} has no synthray.checkpoint tag (did it finish?); pass --checkpoint")
     progress(f"register: loading {checkpoint}")
@@ -284,23 +281,13 @@ def log_generator(
         )
         if card_dir:
             mlflow.log_artifacts(str(card_dir), f"model_card/{info.model_id}")  # beside the run, images rendered
-    _ensure_registered_model(client, name)
+    ensure_registered_model(client, name, tag.GENERATOR_KIND,
+                            "GAN generator registered by synthray (see each version's card).")
     version = client.create_model_version(name, source=info.model_uri, run_id=run.info.run_id, tags=tags or {},
                                           description=description, model_id=info.model_id)
     client.set_registered_model_alias(name, alias, version.version)
     return RegisteredGenerator(name=name, version=str(version.version), run_id=run.info.run_id, alias=alias,
                                tags=dict(tags or {}))
-
-
-def _ensure_registered_model(client, name: str) -> None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.create_registered_model(name, tags={KIND_TAG: GENERATOR_KIND},
-                                       description="GAN generator registered by synthray (see each version's card).")
-    except MlflowException as exc:
-        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
-            raise
 
 
 def model_card(spec: str, settings: Settings | None = None) -> str:
@@ -309,7 +296,7 @@ def model_card(spec: str, settings: Settings | None = None) -> str:
 
     client = _client(settings)
     version = resolve_version(client, spec)
-    repo = ModelsArtifactRepository(f"models:/{version.name}/{version.version}")
+    repo = ModelsArtifactRepository(version_uri(version.name, version.version))
     with tempfile.TemporaryDirectory() as tmp:
         card = Path(repo.download_artifacts(f"extra_files/{CARD_FILE}", tmp)).read_text()
     cas = cas_section(version.tags or {})

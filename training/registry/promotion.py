@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 from infra.settings import Settings, get_settings
 from infra.tracking import configure
 from training.evaluate import better
+from training.registry.refs import version_uri
 from training.registry.generators import (
     CHAMPION,
     PREVIOUS_CHAMPION,
@@ -109,7 +110,7 @@ def _memorization_gate(version, gates: PromotionGates) -> GateResult:
 
 
 def _determinism_gate(version, gates: PromotionGates, settings: Settings) -> GateResult:
-    uri = f"models:/{version.name}/{version.version}"
+    uri = version_uri(version.name, version.version)
     try:
         generator = load_generator(uri, settings)
         first = generator.generate(gates.determinism_n, seed=gates.determinism_seed)
