@@ -241,9 +241,9 @@ def test_dcgan_trains_with_bce(stack: Settings, phantom: str, client) -> None:
     (["--batch-size", "5000"], r"selection has \d+ images, fewer than one batch of 2500 per worker"),
 ], ids=["resolution", "class", "workers", "batch"])
 def test_bad_requests_fail_fast_with_one_line(stack: Settings, phantom: str, args: list[str], message: str) -> None:
-    from services.cli.train import train
+    from services.cli.main import main  # the one handler that prints "Error: …"
 
-    result = CliRunner().invoke(train, ["gan", "--dataset", phantom, "--epochs", "1", *args])
+    result = CliRunner().invoke(main, ["train", "gan", "--dataset", phantom, "--epochs", "1", *args])
     assert result.exit_code == 1, result.output
     assert re.search(message, result.output), result.output
     assert result.output.count("Error:") == 1 and "Traceback" not in result.output

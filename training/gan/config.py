@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from infra.seeds import TRAIN_MAX_SEED
+
 from training.nets.presets import GanPreset, get_preset
 
 
@@ -25,7 +27,7 @@ class GanTrainConfig(BaseModel):
     balance: Literal["none", "first", "random"] = Field(
         "none", description="undersample every class to the smallest (spine paper Method II)")
     limit: int | None = Field(None, ge=1, description="use only the first N images")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=TRAIN_MAX_SEED)  # torch.manual_seed keeps 32 bits (infra.seeds)
     batch_size: int | None = Field(None, ge=1, description="global batch size")
     lr: float | None = Field(None, gt=0, description="learning rate of G (and of D unless lr_d is set)")
     lr_d: float | None = Field(None, gt=0, description="learning rate of the critic/discriminator")

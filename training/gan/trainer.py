@@ -20,6 +20,7 @@ import numpy as np
 
 from training.catalog.store import Catalog
 from infra.ray_runtime import connect, storage
+from infra.train_failures import fit_or_input_error, torch_trainer
 from infra.settings import PROJECT_ROOT, Settings, get_settings
 from infra.tracking import configure, run_url
 from training.gan.config import GanTrainConfig
@@ -82,7 +83,7 @@ def _check_selection(cfg: GanTrainConfig, settings: Settings):
     preset = cfg.preset()
     manifest = catalog(settings).manifest(cfg.dataset)
     records = select_records(manifest, **cfg.selection())
-    sizes = Counter((r.width, r.height) for r in records)
+    sizes = Counter(manifest.stored_size(r) for r in records)  # what is stored, not the source
     if set(sizes) != {(preset.image_size, preset.image_size)}:
         found = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.most_common())
         raise BadInput(
@@ -146,7 +147,7 @@ def train_gan(
         callbacks: Ray Train ``UserCallback``s (a Tune trial passes ``TuneReportCallback``).
     """
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     settings = settings or get_settings()
     preset = cfg.preset()
@@ -154,7 +155,10 @@ def train_gan(
 
     dataset = str(catalog(settings).resolve(cfg.dataset))  # pin the version for the run
     cfg = cfg.model_copy(update={"dataset": dataset})
-    manifest, records = _check_selection(cfg, settings)
+    from training.gan.preflight import check_run
+
+    checked = check_run(cfg, settings)  # every input, before the cluster is even joined
+    manifest, records = checked.manifest, checked.records
     connect(settings)
     _check_cluster(cfg)
     num_classes = len(manifest.classes) if preset.conditional else 1
@@ -176,7 +180,7 @@ def train_gan(
                          **({tag.FID_REFERENCE_KEY: loop_config["reference_key"]} if cfg.fid_every else {})})
         url = run_url(settings, experiment.experiment_id, run_id)
         progress(f"train: MLflow run {url}")
-        trainer = TorchTrainer(
+        trainer = torch_trainer(  # a worker's input error is final, not retried
             train_loop,
             train_loop_config=loop_config | {"run_id": run_id},
             torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
@@ -195,7 +199,7 @@ def train_gan(
             ),
         )
         started = time.perf_counter()
-        result = trainer.fit()
+        result = fit_or_input_error(trainer)
         progress(f"train: {cfg.epochs} epoch(s) on {cfg.workers} worker(s) in {time.perf_counter() - started:.0f} s")
         checkpoint, metrics = _select_checkpoint(result)
         checkpoint_path = f"s3://{checkpoint.path}"

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from infra.settings import Settings, get_settings
 from infra.tracking import configure, run_url
 from training.registry.cards import CARD_FILE, GRID_FILE, CardFacts, cas_section, render_card
+from infra.names import safe_name
 from infra.errors import classify
 from training.registry import tags as tag
 from training.registry.models import (  # noqa: F401 - re-exported: the registry's public names
@@ -226,6 +227,8 @@ def register_run(
     """
     from dataclasses import replace
 
+    if name is not None:
+        safe_name(name, "--name")  # before any download: a model name is a key in the registry's store
     settings = settings or get_settings()
     sampler, facts = _facts(_client(settings), run_id, checkpoint, settings, progress)
     name = name or registered_name(facts.dataset, facts.arch, facts.class_name)
