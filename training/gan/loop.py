@@ -33,6 +33,8 @@ from torch import nn
 from infra.settings import get_settings
 from infra.tracking import configure
 from training.gan.config import GanTrainConfig
+from training.gan.augment import AdaController, Augment, AugmentedCritic
+from training.gan.ema import Ema
 from training.gan.losses import make_loss
 from training.nets.sampler import GeneratorSampler, to_uint8
 
@@ -139,27 +141,34 @@ class GanPair:
 
 
 def train_step(pair: GanPair, loss, real: torch.Tensor, y: torch.Tensor, hp: dict,
-               autocast: Callable = contextlib.nullcontext) -> dict[str, torch.Tensor]:
+               autocast: Callable = contextlib.nullcontext, augment: Augment | None = None,
+               ada: AdaController | None = None) -> dict[str, torch.Tensor]:
     """One generator update after ``critic_steps`` critic updates on fresh noise; the losses.
 
     Fake labels follow the real batch's classes (conditional presets), so a class-imbalanced
-    run (spine Method I) generates in the data's proportions.
+    run (spine Method I) generates in the data's proportions. With ``augment``, D sees
+    ``augment(x)`` for reals and fakes in D's steps and in G's step (DiffAugment/ADA); ``ada``
+    accumulates each D step's E[sign(D(real))] (the caller adjusts p when it is due).
     """
     n, device = real.shape[0], real.device
+    d_critic = pair.critic if augment is None else AugmentedCritic(pair.critic, augment)
     for _ in range(hp["critic_steps"]):
         with torch.no_grad(), autocast():
             fake = pair.generate(torch.randn(n, hp["latent_dim"], device=device), y)
         with autocast():
-            d_out = loss.critic_loss(pair.critic, real, fake, y, y)
+            d_out = loss.critic_loss(d_critic, real, fake, y, y)
         pair.opt_d.zero_grad(set_to_none=True)
         d_out["loss"].backward()
         pair.opt_d.step()
         pair.sched_d.step()
+        if ada is not None:
+            ada.accumulate(float(d_out["real_sign"]) * n, n)
     # G step through the bare critic with frozen weights: no critic gradients, no DDP sync.
     critic = unwrap(pair.critic).requires_grad_(False)
+    g_critic = critic if augment is None else AugmentedCritic(critic, augment)
     try:
         with autocast():
-            g_out = loss.generator_loss(critic, pair.generate(torch.randn(n, hp["latent_dim"], device=device), y), y)
+            g_out = loss.generator_loss(g_critic, pair.generate(torch.randn(n, hp["latent_dim"], device=device), y), y)
         pair.opt_g.zero_grad(set_to_none=True)
         g_out["loss"].backward()
         pair.opt_g.step()
