@@ -119,15 +119,16 @@ def cluster_train(workers, gpus, ray_address, release, namespace, values_files, 
 @click.command("demo")
 @click.option("--images", type=click.IntRange(64, 100_000), default=1000, show_default=True)
 @click.option("--image-size", type=click.IntRange(32, 512), default=64, show_default=True)
-@click.option("--epochs", type=click.IntRange(1, 1000), default=5, show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 1000), default=8, show_default=True)
+@click.option("--steps-per-epoch", type=click.IntRange(1), default=375, show_default=True)
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.option("--fid-n", type=click.IntRange(2, 50_000), default=300, show_default=True)
 @click.option("--batch-n", type=click.IntRange(1, 256), default=16, show_default=True)
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/demo"),
               show_default=True)
-@click.option("--max-fid", type=click.FloatRange(min=0, min_open=True), default=1000.0, show_default=True,
-              help="the demo's FID promotion gate")
+@click.option("--max-floor-ratio", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="the demo's promotion gate: FID <= this x the real-vs-real floor at n = --fid-n")
 def demo(**kwargs) -> None:
     """Stack up → phantom → Ray Train GAN → FID → registry → Serve batch, with a summary."""
     from services.cli.demo import DemoOptions, run_demo

@@ -72,6 +72,19 @@ class BceLoss:
         return {"loss": _bce(critic(fake), 1.0)}
 
 
+class HingeLoss:
+    """Hinge loss (Lim & Ye 2017; Miyato et al. 2018, Eq. 16-17, the BigGAN/DiffAugment choice):
+    D minimises E[max(0, 1 − D(real))] + E[max(0, 1 + D(fake))], G minimises −E[D(fake)]."""
+
+    def critic_loss(self, critic: nn.Module, real, fake, y_real=None, y_fake=None) -> Scalars:
+        lr, lf = critic(real).float(), critic(fake).float()
+        return {"loss": F.relu(1.0 - lr).mean() + F.relu(1.0 + lf).mean(),
+                "d_real": lr.mean().detach(), "d_fake": lf.mean().detach(), "real_sign": _sign_mean(lr)}
+
+    def generator_loss(self, critic: nn.Module, fake, y_fake=None) -> Scalars:
+        return {"loss": -critic(fake).float().mean()}
+
+
 class AcganLoss:
     """Odena et al. 2017: source loss L_S (BCE) and class loss L_C (cross-entropy).
 
@@ -91,12 +104,14 @@ class AcganLoss:
         return {"loss": _bce(s, 1.0) + F.cross_entropy(c.float(), y_fake)}
 
 
-def make_loss(kind: str, gp_lambda: float = 10.0) -> WganGpLoss | BceLoss | AcganLoss:
+def make_loss(kind: str, gp_lambda: float = 10.0) -> WganGpLoss | BceLoss | HingeLoss | AcganLoss:
     """The loss object of a preset's ``loss`` name."""
     if kind == "wgan-gp":
         return WganGpLoss(gp_lambda)
     if kind == "bce":
         return BceLoss()
+    if kind == "hinge":
+        return HingeLoss()
     if kind == "acgan":
         return AcganLoss()
-    raise ValueError(f"unknown loss {kind!r}; choose wgan-gp, bce or acgan")
+    raise ValueError(f"unknown loss {kind!r}; choose wgan-gp, bce, hinge or acgan")
