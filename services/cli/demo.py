@@ -41,11 +41,11 @@ class DemoOptions:
 
     images: int = 1000
     image_size: int = 64
-    epochs: int = 8
-    steps_per_epoch: int = 375
+    epochs: int = 5
+    steps_per_epoch: int = 400
     workers: int = 2
     fid_n: int = 300
-    fid_quick_n: int = 100
+    fid_quick_n: int = 64
     batch_n: int = 16
     seed: int = 0
     arch: str = "dcgan-knee-cpu"
@@ -136,7 +136,7 @@ def run_demo(opts: DemoOptions = DemoOptions(), settings: Settings | None = None
     from training.catalog.phantom import PhantomSpec
     from training.registry.promotion import PromotionGates, promote
     from training.gan.trainer import GanTrainConfig, train_gan
-    from training.evaluate.floor import with_floor
+    from training.evaluate.floor import derive_reference, real_floor, with_floor
     from training.evaluate.reference import reference_images
     from training.registry.generators import load_generator
 
@@ -147,10 +147,16 @@ def run_demo(opts: DemoOptions = DemoOptions(), settings: Settings | None = None
     with _step(report, 1, "stack up (SeaweedFS S3, MLflow server, Ray head)", echo):
         LocalStack(settings).up(progress=echo)
 
-    with _step(report, 2, f"phantom dataset: {opts.images} images, {opts.image_size}px → catalog", echo):
+    with _step(report, 2, f"phantom dataset: {opts.images} images, {opts.image_size}px → catalog; FID reference", echo):
         manifest = publish_phantom(opts.images, PhantomSpec(size=opts.image_size, seed=opts.seed),
                                    settings=settings, progress=echo)
         dataset = str(manifest.ref)
+        # The FID reference and its real-vs-real floor (one Inception pass over 2n real images,
+        # cached in S3 by content), so the training step below finds them ready.
+        n_train = len(manifest.select(split="train"))
+        wide = reference_statistics(dataset, split="train", n=min(2 * opts.fid_n, n_train), settings=settings)
+        floor_n = real_floor(derive_reference(wide, min(opts.fid_n, n_train), settings), settings, superset=wide)
+        echo(f"fid: {floor_n.describe()} ({floor_n.method}, {'cached' if wide.cached else 'computed'})")
 
     with _step(report, 3, f"train {opts.arch} on Ray Train ({opts.workers} workers, {opts.epochs} epochs)", echo):
         # A quick FID (fid_quick_n) every epoch for the curve; the selection FID at the last

@@ -162,10 +162,22 @@ def derive_reference(superset, n: int, settings: Settings | None = None):
     The first n images of a selection are a prefix of its first 2n, so the statistics of the
     n-reference follow from the 2n-reference's features without another Inception pass. Reads
     the cache first; what it publishes is byte-compatible with ``reference_statistics``.
+
+    Args:
+        superset: reference statistics with features (``reference_statistics`` of the same
+            selection at a larger n).
+        n: rows to keep, 2 <= n <= superset.n.
+        settings: object store.
+
+    Returns:
+        The n-reference (``superset`` itself when n == superset.n).
+
+    Raises:
+        ValueError: n out of range, or ``superset`` has no features.
     """
     import hashlib
+    from types import SimpleNamespace
 
-    from training.catalog.store import ImageRecord  # noqa: F401  (type of the records below)
     from training.evaluate.reference import ReferenceStats, _encode, _load, reference_key
 
     if not 2 <= n <= superset.n:
@@ -182,12 +194,7 @@ def derive_reference(superset, n: int, settings: Settings | None = None):
         return hit
     feats = superset.features[:n]
     mu, sigma = statistics(feats)
-
-    class _Row:  # what _encode reads of a record
-        def __init__(self, sha: str, label: int) -> None:
-            self.sha256, self.label = sha, label
-
-    rows = [_Row(s, int(lab)) for s, lab in zip(shas, superset.labels[:n])]
+    rows = [SimpleNamespace(sha256=s, label=int(lab)) for s, lab in zip(shas, superset.labels[:n])]  # what _encode reads
     data = _encode(feats, mu, sigma, rows, spec, superset.image_size, superset.dataset)
     store.put_bytes(key, data, metadata={"sha256": hashlib.sha256(data).hexdigest(), "dataset": superset.dataset})
     return ReferenceStats(

@@ -392,12 +392,17 @@ def _reference(loop_config: dict):
 def _fid(gen: nn.Module, preset, hp: dict, cfg: GanTrainConfig, reference, loop_config: dict) -> dict:
     """FID of n_fake = n_real samples (the knee paper's rule) against the cached reference."""
     from training.evaluate.generator import fakes_like
+    from infra.cpus import available_cpus
     from training.evaluate import fid_to_reference
+    from training.evaluate.fid import _torch_threads
 
     sampler = GeneratorSampler(gen, hp["latent_dim"], class_index=cfg.class_label,
                                num_classes=loop_config["num_classes"] if preset.conditional else None)
     was_training = gen.training
     fake, _ = fakes_like(sampler, reference, seed=cfg.seed + 1)
     gen.train(was_training)
-    result = fid_to_reference(fake, reference)
+    # The other workers wait for rank 0 at their next gradient all-reduce (blocked, not
+    # spinning), so Inception may use every usable CPU meanwhile, not the worker's one thread.
+    with _torch_threads(available_cpus()):
+        result = fid_to_reference(fake, reference)
     return {"fid": result.fid, "fid_n_real": result.n_real, "fid_n_fake": result.n_fake}
