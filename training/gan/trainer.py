@@ -247,7 +247,7 @@ def train_gan(
 def reference_request(cfg: GanTrainConfig, n_train: int) -> dict:
     """Keyword arguments of ``reference_statistics`` for a run's FID reference.
 
-    The reference is the first n images of the training selection (split/subset/class), with
+    The reference is the first n images, in image-hash order, of the training selection (split/subset/class), with
     n = the number of training images unless ``fid_n`` caps it; a balanced (Method II) run
     still compares against its unbalanced selection, the distribution it should cover.
     """
