@@ -36,6 +36,18 @@ def _common(fn):
         click.option("--seed", type=click.IntRange(0, TRAIN_MAX_SEED), default=0, show_default=True),
         click.option("--register/--no-register", default=True, show_default=True,
                      help="evaluate and register each generator as the challenger"),
+        click.option("--steps-per-epoch", type=click.IntRange(1), default=None,
+                     help="generator steps per epoch (default: one pass over the data)"),
+        click.option("--fid-quick-n", type=click.IntRange(2), default=None,
+                     help="also a quick FID at this n on every epoch (metric fid_quick)"),
+        click.option("--augment", type=click.Choice(["none", "diffaugment", "ada"]), default=None,
+                     help="augmentation before D (default: the preset's; paper presets: none)"),
+        click.option("--ada-target", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.6,
+                     show_default=True, help="ADA's target r_t = E[sign(D(real))]"),
+        click.option("--ada-kimg", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True,
+                     help="ADA: thousands of images for p to go from 0 to 1"),
+        click.option("--ema-kimg", type=click.FloatRange(min=0), default=None,
+                     help="EMA generator half-life in thousands of images (default: the preset's, 10; 0 = off)"),
     ]
     for option in reversed(options):
         fn = option(fn)
