@@ -80,6 +80,21 @@ def _train(r: dict) -> list[Row]:
                 r["ratio_steady"], "≥ 0.8", r["ratio_steady"] >= 0.8)]
 
 
+def _quality(r: dict) -> list[Row]:
+    rows = []
+    for rec in r["recipes"]:
+        got = rec["reached"]
+        value = (f"{got['train_s']:.0f} s ({got['steps']} steps), FID {got['fid']:.1f}" if got else
+                 f"not reached in {rec['train_s']:.0f} s ({rec['steps']} steps); best FID {rec['best_fid']:.1f}")
+        rows.append(Row(f"time to FID ≤ {r['factor']:g}× floor, {rec['arch']} (n = {r['n']}, 1 thread)", value,
+                        f"floor {r['floor']:.1f} → goal FID {r['goal_fid']:.1f}; budget {rec['budget_s']:.0f} s",
+                        None, "reached within budget", got is not None))
+        rows.append(Row(f"training img/s vs FLOP limit, {rec['arch']} (batch {rec['batch']})", f"{rec['img_s']:.1f} img/s",
+                        f"{rec['limit_img_s']:.1f} img/s = 1-thread matmul ÷ {rec['gflop_per_image']:.3f} GFLOP/image/step",
+                        rec["ratio_to_limit"], "context (no goal)", None))
+    return rows
+
+
 def _catalog(r: dict) -> list[Row]:
     med = r["seconds_median"]
     ratio = r["ratios"]["catalog_read / raw_download"]
@@ -137,6 +152,7 @@ BENCHES: dict[str, tuple[list[str], Path, Callable[[dict], list[Row]]]] = {
     "catalog": (["benchmarks/catalog_read.py"], OUT / "catalog_read.json", _catalog),
     "batch": (["benchmarks/batch_throughput.py"], OUT / "batch_throughput.json", _batch),
     "faults": (["benchmarks/fault_drills.py"], OUT / "fault_drills.json", _faults),
+    "quality": (["benchmarks/time_to_quality.py"], OUT / "time_to_quality.json", _quality),
 }
 
 

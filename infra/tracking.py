@@ -26,6 +26,3 @@ def configure(settings: Settings | None = None):
 def run_url(settings: Settings, experiment_id: str, run_id: str) -> str:
     return f"{settings.mlflow_tracking_uri}/#/experiments/{experiment_id}/runs/{run_id}"
 
-
-def model_uri(name: str, alias: str = "champion") -> str:
-    return f"models:/{name}@{alias}"

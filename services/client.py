@@ -24,6 +24,7 @@ from infra.settings import Settings
 from services.serving.auth import client_key
 from services.serving.deploy import base_url
 from infra.errors import SynthrayError
+from infra.names import confined
 
 Echo = Callable[[str], None]
 
@@ -96,7 +97,7 @@ class ApiClient:
             body = {"model": model, "n": n, "seed": seed, "format": "png-zip"} | ({"class": cls} if cls else {})
             response = self.request("POST", "/v1/synthesize", json=body)
             with zipfile.ZipFile(io.BytesIO(response.content)) as zf:
-                files = [_write(out_dir / name, zf.read(name)) for name in zf.namelist()]
+                files = [_write(confined(out_dir, name), zf.read(name)) for name in zf.namelist()]  # no zip-slip
             echo(f"{n} images from {response.headers['x-model-name']} v{response.headers['x-model-version']} "
                  f"(seed {seed}) → {out_dir}")
             return GenerateResult(out_dir, files, dict(response.headers))
@@ -127,6 +128,6 @@ class ApiClient:
                 response = plain.get(url)
                 response.raise_for_status()
                 name = httpx.URL(url).path.rsplit("/", 1)[-1]
-                files.append(_write(out_dir / name, response.content))
+                files.append(_write(confined(out_dir, name), response.content))
         echo(f"batch {batch_id}: {len(files)} files → {out_dir}")
         return GenerateResult(out_dir, files, {}, batch_id)

@@ -36,7 +36,7 @@ from services.batches.ids import (
 )
 from services.batches.shard import SHARD_MAX_RETRIES, check_classes, describe, generate_shard
 from services.serving.packaging import SYNTHETIC_NOTICE
-from training.nets import RENDER_LAYOUT
+from training.nets import RENDER_LAYOUT, SEED_DERIVATION
 
 log = logging.getLogger("synthray.batch")
 
@@ -205,6 +205,7 @@ class Coordinator:
         manifest = {
             "synthetic": True, "notice": SYNTHETIC_NOTICE, "batch_id": self.job.batch_id,
             "model": self.state["model"], "n": self.job.n, "seed": self.job.seed, "render_layout": RENDER_LAYOUT,
+            "seed_derivation": SEED_DERIVATION,
             "per_class": self.state["per_class"], "shard_size": self.job.shard_size,
             "seed_rule": "shard_seed = SeedSequence([seed, class + 1, k]).generate_state(1, uint64)[0] & (2**63 - 1), "
                          "class = -1 without per_class; images = sampler.generate(count, shard_seed, label=class)",

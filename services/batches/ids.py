@@ -4,7 +4,7 @@ The HTTP ingress imports this (through :mod:`services.batches.api`), so it stays
 
 Identity (idempotent retries)
     ``batch_id = "b-" + sha256(canonical JSON of {model name, concrete version, n, seed, render layout,
-    per_class})[:20]``: re-POSTing a request returns the same batch. A failed or cancelled
+    seed derivation (training.nets.SEED_DERIVATION), per_class})[:20]``: re-POSTing a request returns the same batch. A failed or cancelled
     batch is resumed by submitting it again; an existing batch keeps its recorded shard size.
 
 Seed rule (idempotent over seed ranges)
@@ -40,7 +40,7 @@ import numpy as np
 
 from infra.errors import BadInput
 from infra.settings import Settings
-from training.nets import RENDER_LAYOUT
+from training.nets import RENDER_LAYOUT, SEED_DERIVATION
 from training.registry.refs import version_uri
 
 NAMESPACE = "synthray"  # Ray namespace of the coordinator actors
@@ -141,7 +141,8 @@ def batch_id(model: BatchModel, n: int, seed: int, per_class: dict[int, int] | N
     """``b-`` + 20 hex of the sha256 of the resolved request; equal requests, equal ids."""
     pairs = normalize_request(n, seed, per_class)
     request = {"model": model.name, "version": str(model.version), "n": n, "seed": seed,
-               "per_class": per_class_json(pairs), "render_layout": RENDER_LAYOUT}
+               "per_class": per_class_json(pairs), "render_layout": RENDER_LAYOUT,
+               "seed_derivation": SEED_DERIVATION}
     return "b-" + hashlib.sha256(canonical_json(request)).hexdigest()[:20]
 
 

@@ -45,6 +45,8 @@ def _pairs(_ctx, param, values: tuple[str, ...]) -> dict[str, str]:
 def _echo_report(report: dict) -> None:
     """The counts a person checks after an ingest, one table at a time."""
     click.echo(f"  ingested {report['ingested']} of {report['scanned']} files; skipped {report['skipped'] or 'none'}")
+    if (turned := report.get("exif_oriented", {})).get("applied"):
+        click.echo(f"  EXIF orientation applied to {turned['applied']} file(s): {turned['by_orientation']}")
     if report.get("excluded_by_merge"):
         click.echo(f"  excluded by --merge/--classes: {report['excluded_by_merge']}")
     for problem in report["problems"][:20]:
@@ -74,10 +76,12 @@ def _save_report(cat, result, report_dir: Path | None) -> None:
     click.echo(f"  report and contact sheets: {cat.store.uri(cat.attachment_key(manifest.name, manifest.version, ''))}")
     if report_dir is None:
         return
+    from infra.names import confined
+
     report_dir.mkdir(parents=True, exist_ok=True)
-    (report_dir / "report.json").write_text(json.dumps(result.report, indent=1, sort_keys=True))
+    confined(report_dir, "report.json").write_text(json.dumps(result.report, indent=1, sort_keys=True))
     for name, sheet in result.sheets.items():
-        (report_dir / f"{name}.png").write_bytes(encode_png(sheet))
+        confined(report_dir, f"{name}.png").write_bytes(encode_png(sheet))
     click.echo(f"  written to {report_dir}/ (report.json{', ' + str(len(result.sheets)) + ' contact sheets' if result.sheets else ''})")
 
 

@@ -130,6 +130,11 @@ def check_services(settings: Settings) -> Iterator[Check]:
         if row["state"] == "ready":
             yield Check(names[svc.name], True, f"up, pid {row['pid']}, {where}")
             continue
+        if row["state"] == "starting" and port_in_use(settings.bind_host, port):
+            # The process runs and listens; its readiness probe uses our credentials, which
+            # the checks below judge separately (a wrong S3 secret is not a dead server).
+            yield Check(names[svc.name], True, f"up, pid {row['pid']}, listening, {where}")
+            continue
         error = _last_error(log) if log.exists() else None
         detail = f"{row['state']}: {where}"
         if row["state"] == "stopped" and port_in_use(settings.bind_host, port):

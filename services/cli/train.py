@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from infra.seeds import TRAIN_MAX_SEED
+
 from training.nets.presets import PRESETS
 from infra.errors import BadInput
 
@@ -31,9 +33,21 @@ def _common(fn):
         click.option("--fid-every", type=click.IntRange(0), default=5, show_default=True,
                      help="FID every k epochs and at the last; 0 disables"),
         click.option("--fid-n", type=click.IntRange(2), default=None, help="cap n_real = n_fake (default: all)"),
-        click.option("--seed", type=click.IntRange(0), default=0, show_default=True),
+        click.option("--seed", type=click.IntRange(0, TRAIN_MAX_SEED), default=0, show_default=True),
         click.option("--register/--no-register", default=True, show_default=True,
                      help="evaluate and register each generator as the challenger"),
+        click.option("--steps-per-epoch", type=click.IntRange(1), default=None,
+                     help="generator steps per epoch (default: one pass over the data)"),
+        click.option("--fid-quick-n", type=click.IntRange(2), default=None,
+                     help="also a quick FID at this n on every epoch (metric fid_quick)"),
+        click.option("--augment", type=click.Choice(["none", "diffaugment", "ada"]), default=None,
+                     help="augmentation before D (default: the preset's; paper presets: none)"),
+        click.option("--ada-target", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.6,
+                     show_default=True, help="ADA's target r_t = E[sign(D(real))]"),
+        click.option("--ada-kimg", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True,
+                     help="ADA: thousands of images for p to go from 0 to 1"),
+        click.option("--ema-kimg", type=click.FloatRange(min=0), default=None,
+                     help="EMA generator half-life in thousands of images (default: the preset's, 10; 0 = off)"),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -124,7 +138,7 @@ def sweep() -> None:
 @click.option("--class", "class_label", type=click.IntRange(0), default=None)
 @click.option("--limit", type=click.IntRange(1), default=None)
 @click.option("--fid-n", type=click.IntRange(2), default=None)
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, TRAIN_MAX_SEED), default=0, show_default=True)
 @click.option("--register/--no-register", default=True, show_default=True,
               help="register the best trial's best checkpoint as the challenger")
 def sweep_gan_cmd(trials, workers_per_trial, scheduler, space_file, space_flags, max_concurrent, register,
@@ -165,7 +179,7 @@ def sweep_gan_cmd(trials, workers_per_trial, scheduler, space_file, space_flags,
 @click.option("--multilabel", is_flag=True, help="independent sigmoid per class (DenseNet presets)")
 @click.option("--pretrained", default=None, help="starting weights: a state dict PATH or s3://bucket/key")
 @click.option("--pretrained-sha256", default=None, help="expected sha256 of --pretrained (required with it)")
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, TRAIN_MAX_SEED), default=0, show_default=True)
 @click.option("--register/--no-register", default=True, show_default=True,
               help="register the lowest-validation-loss model as classifier-{dataset}-{arch}@champion")
 def train_classifier_cmd(dataset: str, seed: int, register: bool, **kwargs) -> None:

@@ -27,8 +27,8 @@ from ray import serve
 from infra.errors import BadInput, NotFound, SynthrayError, Unavailable
 from infra.settings import Settings, get_settings
 from training.registry.generators import parse_model
-from training.registry.refs import version_uri
 from training.registry.tags import KIND as KIND_TAG
+from training.registry.refs import version_uri
 
 if TYPE_CHECKING:
     from training.nets.classifier import ImageClassifier

@@ -154,8 +154,10 @@ class FidScorer:
             split: the reference's split, ``all`` for every split (eval_cli ``--split``).
 
         Returns:
-            ``{"fid", "n_real", "n_fake", "weights_sha256", "reference_key", "dataset", "dims"}``
-            (``dataset`` is the resolved ``name@version``), or the :class:`~infra.errors.SynthrayError`
+            ``{"fid", "n_real", "n_fake", "weights_sha256", "reference_key", "dataset", "dims", "floor",
+            "floor_n", "floor_method", "summary"}`` (``dataset`` is the resolved ``name@version``;
+            ``floor`` is the real-vs-real FID at n = n_real, :mod:`training.evaluate.floor`, the number
+            to read ``fid`` against when n_fake = n_real), or the :class:`~infra.errors.SynthrayError`
             that says why not (422 naming the field, 404, 409, 503, 500 for corrupt content).
         """
         spec = _spec(reference)
@@ -250,6 +252,7 @@ class FidScorer:
                 self._lru.popitem(last=False)
 
     def _fid(self, fake: np.ndarray, ref: ReferenceStats) -> dict[str, Any] | Unavailable:
+        from training.evaluate.floor import real_floor, with_floor
         from training.evaluate.inception_weights import FidWeightsError
         from training.evaluate.reference import fid_to_reference
 
@@ -257,12 +260,16 @@ class FidScorer:
             with self._work:
                 self._inception()
                 result = fid_to_reference(fake, ref, self._settings)
+                # The real-vs-real floor at the reference's n, cached beside its statistics.
+                floor = real_floor(ref, self._settings, superset=ref)
         except FidWeightsError as exc:
             return Unavailable(f"FID weights unavailable: {exc}")
         return {
             "fid": result.fid, "n_real": result.n_real, "n_fake": result.n_fake,
             "weights_sha256": result.weights_sha256, "reference_key": result.reference_key,
             "dataset": ref.dataset, "dims": result.dims,
+            "floor": floor.fid, "floor_n": floor.n, "floor_method": floor.method,
+            "summary": with_floor(result.fid, floor),
         }
 
 

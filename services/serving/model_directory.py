@@ -5,8 +5,9 @@ asked for, and re-reads it from the MLflow registry every ``registry_poll_s`` se
 ``get_registered_model`` call per name: it returns the aliases) or at once on
 ``POST /v1/admin/reload``. So when ``champion`` moves (``synthray registry promote`` or the
 MLflow UI), new requests get the new version within one poll interval, and a reload reaches
-every replica at once because there is only one map. Versions are immutable, so their
-details (run id, tags) are cached for good.
+every replica at once because there is only one map. A version's details (run id, tags)
+never change, so they are cached until the version is deleted or archived: every poll and
+reload drops those, and the next request for one is a 404.
 
 Requests are resolved to a concrete :class:`ModelRef` *before* any work starts and carry it
 through, so a request in flight during a swap finishes on the version it started with.
@@ -33,8 +34,8 @@ from ray import serve
 from infra.errors import NotFound, SynthrayError, Unavailable
 from infra.settings import Settings, get_settings
 from training.registry.generators import parse_model
-from training.registry.refs import version_uri
 from training.registry.tags import KIND as KIND_TAG
+from training.registry.refs import version_uri
 
 log = logging.getLogger("ray.serve")
 
@@ -43,6 +44,9 @@ KEY_METRICS = (
     "fid", "fid.n_real", "kid", "kid.ci_low", "kid.ci_high", "memorization.fraction_below_real_p1",
     "accuracy", "auc", "macro_f1", "image_size", "dataset", "class",
 )
+
+
+ARCHIVED = "Archived"  # MLflow's stage name for a retired version
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class ModelRef:
     kind: str = ""
     classes: tuple[str, ...] = ()
     tags: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    stage: str = field(default="", compare=False)  # MLflow's stage; "Archived" versions are not served
 
     @property
     def uri(self) -> str:
@@ -96,7 +101,7 @@ class ModelDirectory:
         except json.JSONDecodeError:
             classes = ()
         return ModelRef(name=name, version=str(found.version), run_id=found.run_id,
-                        kind=tags.get(KIND_TAG, kind), classes=classes, tags=tags)
+                        kind=tags.get(KIND_TAG, kind), classes=classes, tags=tags, stage=found.current_stage or "")
 
     def _lookup(self, spec: str) -> ModelRef | SynthrayError:
         from mlflow.exceptions import MlflowException, RestException
@@ -115,7 +120,10 @@ class ModelDirectory:
                                     f"(aliases: {sorted(entry.aliases) or 'none'})", field="model")
             key = (name, version)
             if key not in self._versions:
-                self._versions[key] = self._read_version(name, version, entry.kind)
+                ref = self._read_version(name, version, entry.kind)
+                if ref.stage == ARCHIVED:
+                    return NotFound(f"model {spec!r} not found: version {version} is archived", field="model")
+                self._versions[key] = ref
             return self._versions[key]
         except RestException as exc:
             reason = exc.message.removeprefix(f"{exc.error_code}: ")
@@ -126,16 +134,31 @@ class ModelDirectory:
             return Unavailable(f"model registry at {self._settings.mlflow_tracking_uri} unreachable: {exc.message}")
 
     def _refresh(self) -> dict[str, dict[str, str]]:
-        """Re-read every known model's aliases; ``{name: {alias: "old -> new"}}`` of what moved."""
-        from mlflow.exceptions import MlflowException
+        """Re-read every known model's aliases and live versions; ``{name: {alias: "old -> new"}}`` of what moved.
+
+        Versions never change, but they can be deleted or archived: a cached version that is
+        no longer live is dropped here (poll and reload alike), so the next request for it
+        reads the registry and gets a 404. A model deleted as a whole is forgotten.
+        """
+        from mlflow.exceptions import MlflowException, RestException
 
         moved: dict[str, dict[str, str]] = {}
         for name, old in list(self._models.items()):
             try:
                 new = self._read_model(name)
+                live = self._live_versions(name)
+            except RestException as exc:
+                if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                    log.info("registered model %s was deleted; forgetting it", name)
+                    self._forget(name, keep=set())
+                    moved[name] = {a: f"{v} -> None" for a, v in old.aliases.items()}
+                    continue
+                log.warning("registry poll of %s failed; keeping its last known aliases: %s", name, exc.message)
+                continue
             except MlflowException as exc:
                 log.warning("registry poll of %s failed; keeping its last known aliases: %s", name, exc.message)
                 continue
+            self._forget(name, keep=live)
             changes = {a: f"{old.aliases.get(a)} -> {v}" for a, v in new.aliases.items() if old.aliases.get(a) != v}
             changes |= {a: f"{v} -> None" for a, v in old.aliases.items() if a not in new.aliases}
             if changes:
@@ -143,6 +166,19 @@ class ModelDirectory:
                 moved[name] = changes
             self._models[name] = new
         return moved
+
+    def _live_versions(self, name: str) -> set[str]:
+        """Versions of ``name`` that exist and are not archived (one registry call per model)."""
+        found = self._client.search_model_versions(f"name = '{name}'", max_results=10_000)
+        return {str(v.version) for v in found if (v.current_stage or "") != ARCHIVED}
+
+    def _forget(self, name: str, keep: set[str]) -> None:
+        """Drop cached versions of ``name`` outside ``keep`` (and the model itself when ``keep`` is empty)."""
+        for key in [k for k in self._versions if k[0] == name and k[1] not in keep]:
+            log.info("model version %s/%s was deleted or archived; no longer served", *key)
+            del self._versions[key]
+        if not keep:
+            self._models.pop(name, None)
 
     # -- the deployment's methods ------------------------------------------------------------
     def _ensure_poller(self) -> None:

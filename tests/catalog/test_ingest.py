@@ -194,7 +194,8 @@ def test_chen_kl_with_merges_and_the_knee_preprocessing(tmp_path: Path, cat: Cat
         split, grade = record.source_path.split("/")[:2]
         assert record.split == split and record.label == (0 if int(grade) <= 1 else 1)
         assert record.patient_id == record.source_path.split("/")[2][:7]
-        assert (record.width, record.height, record.bit_depth) == (299, 299, 8)
+        assert (record.source_width, record.source_height, record.source_bit_depth) == (299, 299, 8)
+        assert (record.width, record.height, record.bit_depth, record.mode) == (210, 210, 8, "L")  # stored
         assert [s["step"] for s in record.preprocessing] == [
             "lateral_flip", "invert_negative", "equalize_hist", "resize", "focus"]
         # What is stored is exactly the pipeline's output on the source file.

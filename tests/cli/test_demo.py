@@ -24,8 +24,8 @@ pytestmark = pytest.mark.stack
 def test_demo_end_to_end(stack: Settings, tmp_path: Path) -> None:
     out = tmp_path / "demo"
     cmd = [
-        sys.executable, "-m", "services.cli.main", "demo", "--images", "96", "--epochs", "1",
-        "--fid-n", "24", "--batch-n", "4", "--seed", "7", "--out", str(out),
+        sys.executable, "-m", "services.cli.main", "demo", "--images", "96", "--epochs", "1", "--steps-per-epoch", "3",
+        "--fid-n", "24", "--batch-n", "4", "--seed", "7", "--out", str(out), "--max-floor-ratio", "1000",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=900)
     log = proc.stdout + proc.stderr
@@ -36,14 +36,21 @@ def test_demo_end_to_end(stack: Settings, tmp_path: Path) -> None:
         assert f"== [{step}/7] done in" in proc.stdout
     assert re.search(r"^\s+[\d.]+ s\s+total$", proc.stdout, re.M)
 
-    summary = dict(re.findall(r"^(dataset|model|FID|batch folder)\s+(.+)$", proc.stdout, re.M))
+    summary = dict(re.findall(r"^(dataset|model|FID|KID|batch folder|contact sheet|FID curve)\s+(.+)$",
+                              proc.stdout, re.M))
     assert re.fullmatch(r"phantom-knee@[0-9a-f]{16}", summary["dataset"])
-    assert summary["model"].startswith("models:/gan-phantom-knee-wgan-gp-knee-small@champion")
-    fid = re.fullmatch(r"([\d.]+) with n_real=(\d+), n_fake=(\d+) \(epoch (\d+)\)", summary["FID"])
-    assert fid and float(fid[1]) > 0 and fid[2] == fid[3] == "24" and fid[4] == "1"
-    assert "fid: reference statistics from the cache" in proc.stdout  # training computed it once
+    assert summary["model"].startswith("models:/gan-phantom-knee-dcgan-knee-cpu@champion")
+    fid = re.fullmatch(r"FID ([\d.]+), real-vs-real floor ([\d.]+) at n = 24 \(([\d.]+)× floor\) "
+                       r"\(n_real=(\d+), n_fake=(\d+), epoch (\d+), EMA generator\)", summary["FID"])
+    assert fid and float(fid[1]) > float(fid[2]) > 0 and fid[4] == fid[5] == "24" and fid[6] == "1", summary["FID"]
+    assert re.match(r"[\d.]+, 95 % CI \[", summary["KID"])
+    assert "fid: reference statistics from the cache" in proc.stdout  # step 2 computed it once
+    assert "promotion bar: FID <= 1000 x floor" in proc.stdout
+    sheet, curve = Path(summary["contact sheet"]), Path(summary["FID curve"])
+    assert sheet.parent == curve.parent == out and Image.open(sheet).size[0] > 8 * 64
+    assert Image.open(curve).format == "PNG"
 
-    pngs = sorted(out.glob("*/*.png"))
+    pngs = sorted(out.glob("*/*.png"))  # the batch folder's (the sheet and the curve sit beside it)
     assert len(pngs) == 4
     images = [np.asarray(Image.open(p)) for p in pngs]
     assert all(img.shape == (64, 64) and img.dtype == np.uint8 for img in images)
@@ -52,7 +59,7 @@ def test_demo_end_to_end(stack: Settings, tmp_path: Path) -> None:
     # The served images are the registered model's images for that seed.
     from training.registry.generators import load_generator
 
-    expected = load_generator("models:/gan-phantom-knee-wgan-gp-knee-small@champion", settings=stack).generate(4, 7)
+    expected = load_generator("models:/gan-phantom-knee-dcgan-knee-cpu@champion", settings=stack).generate(4, 7)
     assert np.array_equal(np.stack(images), expected)
 
     from services.serving import deploy as serve

@@ -14,7 +14,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from training.gan.losses import AcganLoss, BceLoss, WganGpLoss, gradient_penalty, make_loss
+from training.gan.losses import AcganLoss, BceLoss, HingeLoss, WganGpLoss, gradient_penalty, make_loss
 from training.nets.wgan_gp import KneeCritic
 
 
@@ -127,7 +127,19 @@ def test_acgan_loss_adds_source_and_class_terms() -> None:
     assert wrong["loss_class"].item() > 30  # fake labels disagree with what D sees
 
 
+def test_hinge_loss_by_hand_and_real_sign() -> None:
+    real, fake = torch.ones(4, 1, 2, 2), -torch.ones(4, 1, 2, 2)
+    # D(real) = 0.5, D(fake) = -0.25: max(0, 1 - 0.5) + max(0, 1 - 0.25) = 1.25
+    out = HingeLoss().critic_loss(_Fixed(0.5, -0.25), real, fake)
+    assert out["loss"].item() == pytest.approx(1.25) and out["real_sign"].item() == 1.0
+    assert HingeLoss().critic_loss(_Fixed(2.0, -3.0), real, fake)["loss"].item() == 0.0  # beyond the margins
+    assert HingeLoss().generator_loss(_Fixed(2.0, -3.0), fake)["loss"].item() == pytest.approx(3.0)
+    # every loss reports ADA's r_t = E[sign(D(real))]
+    assert BceLoss().critic_loss(_Fixed(-1.0, 0.0), real, fake)["real_sign"].item() == -1.0
+
+
 def test_make_loss_names() -> None:
     assert isinstance(make_loss("wgan-gp", 5.0), WganGpLoss) and make_loss("wgan-gp", 5.0).gp_lambda == 5.0
-    with pytest.raises(ValueError, match="unknown loss 'hinge'"):
-        make_loss("hinge")
+    assert isinstance(make_loss("hinge"), HingeLoss)
+    with pytest.raises(ValueError, match="unknown loss 'hinges'"):
+        make_loss("hinges")

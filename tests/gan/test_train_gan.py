@@ -25,7 +25,7 @@ from infra.object_store import ObjectStore
 from infra.settings import Settings
 from training.catalog.selection import load_tensors, publish_phantom
 from training.gan.methods import PlanStep, run_plan
-from training.gan.loop import epoch_seed, lr_lambda
+from training.gan.loop import checkpoint_state, epoch_seed, lr_lambda
 from training.registry.generators import load_generator, register_run, registered_name
 from training.nets.presets import get_preset
 from training.catalog.phantom import PhantomSpec
@@ -63,8 +63,10 @@ def phantom(stack: Settings) -> str:
 
 
 def _config(dataset: str, **kw) -> GanTrainConfig:
+    # ADA with a short traverse (p can move 0.26 per 4-step adjustment), so its state changes in
+    # a run this short and the resume test has something to restore.
     return GanTrainConfig(dataset=dataset, epochs=EPOCHS, workers=2, batch_size=32, grid_size=4,
-                          fid_every=2, fid_n=48, keep_checkpoints=1, **kw)
+                          fid_every=2, fid_n=48, keep_checkpoints=1, augment="ada", ada_kimg=0.5, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -197,9 +199,19 @@ def test_killed_worker_resumes_from_checkpoint_exactly(run, stack: Settings, cli
     assert _history(client, result.run_id, "epoch")[EPOCHS] == EPOCHS
     # Same config, same seed: the resumed run ends where the uninterrupted one did.
     assert result.metrics["epoch"] == reference.metrics["epoch"]
-    got = dict(result.sampler.generator.named_parameters())
+    got = dict(result.sampler.generator.named_parameters())  # the EMA generator
     for name, p in reference.sampler.generator.named_parameters():
         torch.testing.assert_close(got[name], p, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    # The checkpoints hold raw G and EMA both, and ADA's state: all restored exactly.
+    mine, theirs = checkpoint_state(result.checkpoint_path), checkpoint_state(reference.checkpoint_path)
+    for key in ("generator", "generator_ema"):
+        for name, value in theirs[key].items():
+            torch.testing.assert_close(mine[key][name], value, rtol=1e-5, atol=1e-6, msg=lambda m: f"{key}.{name}: {m}")
+    assert any(not torch.equal(mine["generator"][k], mine["generator_ema"][k]) for k in mine["generator"])
+    assert mine["ada"]["p"] == pytest.approx(theirs["ada"]["p"], abs=1e-12)
+    p_history = _history(client, result.run_id, "ada_p")
+    assert p_history == pytest.approx(_history(client, reference.run_id, "ada_p"), abs=1e-12)
+    assert max(p_history.values()) > 0, p_history  # ADA moved p in this run: there was state to restore
     assert _history(client, result.run_id, "lr_g")[EPOCHS] == pytest.approx(
         _history(client, reference.run_id, "lr_g")[EPOCHS], rel=1e-9)
 
@@ -226,6 +238,25 @@ def test_conditional_acgan_and_warm_start(stack: Settings, phantom: str) -> None
     assert images.shape == (4, 64, 64) and images.dtype == np.uint8
 
 
+def test_fid_falls_from_the_first_epoch_to_the_last(stack: Settings, phantom: str, client) -> None:
+    """The small-CPU recipe learns: its EMA generator's FID at the last epoch is well below the first's.
+
+    A measured property of one short real run (FID every epoch, n = 48), not a timing.
+    """
+    cfg = GanTrainConfig(dataset=phantom, arch="dcgan-knee-cpu", epochs=3, workers=2, batch_size=32,
+                         steps_per_epoch=60, grid_size=4, fid_every=1, fid_n=48, keep_checkpoints=1)
+    lines: list[str] = []
+    result = train_gan(cfg, settings=stack, progress=lines.append)
+    fid = _history(client, result.run_id, "fid")
+    assert sorted(fid) == [1, 2, 3], fid
+    assert fid[3] < 0.8 * fid[1], fid
+    assert result.floor is not None and 0 < result.floor.fid < fid[3]  # a real-vs-real floor below the fakes
+    params = client.get_run(result.run_id).data.params
+    assert params["augment"] == "diffaugment" and params["ema_kimg"] == "10.0"
+    assert client.get_run(result.run_id).data.metrics["fid_floor"] == pytest.approx(result.floor.fid)
+    assert any("real-vs-real floor" in line for line in lines)
+
+
 def test_dcgan_trains_with_bce(stack: Settings, phantom: str, client) -> None:
     cfg = GanTrainConfig(dataset=phantom, arch="dcgan-fracture-small", epochs=1, workers=2, batch_size=32,
                          grid_size=4, fid_every=0)
@@ -241,9 +272,9 @@ def test_dcgan_trains_with_bce(stack: Settings, phantom: str, client) -> None:
     (["--batch-size", "5000"], r"selection has \d+ images, fewer than one batch of 2500 per worker"),
 ], ids=["resolution", "class", "workers", "batch"])
 def test_bad_requests_fail_fast_with_one_line(stack: Settings, phantom: str, args: list[str], message: str) -> None:
-    from services.cli.train import train
+    from services.cli.main import main  # the one handler that prints "Error: …"
 
-    result = CliRunner().invoke(train, ["gan", "--dataset", phantom, "--epochs", "1", *args])
+    result = CliRunner().invoke(main, ["train", "gan", "--dataset", phantom, "--epochs", "1", *args])
     assert result.exit_code == 1, result.output
     assert re.search(message, result.output), result.output
     assert result.output.count("Error:") == 1 and "Traceback" not in result.output

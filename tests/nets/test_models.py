@@ -113,7 +113,7 @@ def test_every_preset_builds_consistently() -> None:
 
 
 def test_every_paper_preset_has_a_small_sibling_of_the_same_family() -> None:
-    papers = [name for name in PRESETS if not name.endswith("-small")]
+    papers = [name for name in PRESETS if not name.endswith(("-small", "-cpu"))]
     assert sorted(papers) == ["acgan-spine", "dcgan-fracture", "wgan-gp-knee"]
     for name in papers:
         small, paper = get_preset(f"{name}-small"), get_preset(name)
@@ -122,6 +122,15 @@ def test_every_paper_preset_has_a_small_sibling_of_the_same_family() -> None:
         g_paper, d_paper = paper.build()
         assert type(g_small) is type(g_paper) and type(d_small) is type(d_paper)
         assert count_parameters(g_small) < count_parameters(g_paper) / 4
+
+
+def test_paper_presets_keep_their_recipe_and_the_cpu_recipe_augments() -> None:
+    """Augmentation is off unless asked for, except in the small-CPU recipe; every preset has an EMA."""
+    for name, preset in PRESETS.items():
+        assert preset.augment == ("diffaugment" if name.endswith("-cpu") else "none"), name
+        assert preset.ema_kimg > 0, name
+    cpu = get_preset("dcgan-knee-cpu")
+    assert cpu.family == "dcgan" and cpu.loss == "bce" and cpu.image_size == 64
 
 
 def test_preset_with_inconsistent_image_size_is_refused() -> None:

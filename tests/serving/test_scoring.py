@@ -166,6 +166,12 @@ def test_served_fid_equals_fid_to_reference(stack, fake) -> None:
     assert result["n_real"] == ref.n == expected.n_real and result["n_fake"] == 8
     assert result["reference_key"] == ref.key and result["weights_sha256"] == ref.weights_sha256
     assert result["dataset"] == small and result["dims"] == 2048
+    # read against the real-vs-real floor at the same n, cached beside the reference
+    from training.evaluate.floor import real_floor
+
+    floor = real_floor(ref, stack)
+    assert floor.cached and result["floor"] == pytest.approx(floor.fid) and result["floor_n"] == ref.n
+    assert result["floor_method"] == "bootstrap" and "real-vs-real floor" in result["summary"]
 
 
 @pytest.mark.stack

@@ -546,6 +546,31 @@ class TestHttp:
             time.sleep(0.2)
         print(f"alias move seen by the API after {time.monotonic() - moved_at:.1f} s (poll {POLL_S} s)")
 
+    def test_deleted_or_archived_versions_are_404_after_reload_and_poll(self, http, stack) -> None:
+        """Issue 21 item 3: the version cache honours deletion and archival (reload and poll alike)."""
+        import mlflow
+
+        name = "gan-serve-delete-test"
+        _register(20, stack, name=name)
+        second = _register(21, stack, name=name)
+        third = _register(22, stack, name=name)
+        client = mlflow.MlflowClient()
+        for version in (second, third):
+            body = {"model": f"{name}/{version.version}", "n": 1, "seed": 1, "format": "npz"}
+            first = http.post("/v1/synthesize", json=body)
+            assert first.status_code == 200 and first.headers["x-model-version"] == version.version
+        client.delete_model_version(name, second.version)  # deleted, then an explicit reload
+        assert http.post("/v1/admin/reload").status_code == 200
+        gone = http.post("/v1/synthesize", json={"model": f"{name}/{second.version}", "n": 1, "seed": 1})
+        assert gone.status_code == 404, gone.text
+        client.transition_model_version_stage(name, third.version, "Archived")  # archived; only the poll runs
+        deadline = time.monotonic() + POLL_S + 30
+        body = {"model": f"{name}/{third.version}", "n": 1, "seed": 1, "format": "npz"}
+        while (answer := http.post("/v1/synthesize", json=body)).status_code == 200:
+            assert time.monotonic() < deadline, "the poll never dropped the archived version"
+            time.sleep(0.2)
+        assert answer.status_code == 404 and "archived" in answer.text, answer.text
+
     def test_metrics_count_requests_and_images(self, served, http) -> None:
         _post(http, n=2)
         text = httpx.get(f"{served[0]}/metrics").text

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from training.catalog.store import Attachment, Catalog, DatasetRef, ImageRecord, Manifest, decode_png, encode_png
 from infra.object_store import sha256_bytes
@@ -31,8 +31,11 @@ from training.catalog.layouts import Problem, SourceItem, scan
 from training.catalog.preprocess import FOCUS_SWEEP_EDGES, Pipeline, contact_sheet, focus_bands, pipeline
 from training.catalog.splits import DEFAULT_FRACTIONS, assign_splits, fold_plan, split_overlap
 from infra.errors import BadInput
+from infra.names import safe_name
+from infra.seeds import SEED_DERIVATION
 
 _GRAY16 = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+_EXIF_ORIENTATION = 0x0112  # TIFF/EXIF tag 274: 1 = upright, 2-8 = mirrored and/or rotated
 TRUTH_FLAGS = {"lateral_flip": ("flipped", "mirrored"), "invert_negative": ("inverted", "inverted"), "focus": ("blurry", "blurred")}
 
 
@@ -85,6 +88,15 @@ class IngestOptions:
     focus_sweep: bool = False
     engine: str = "threads"
 
+    def validate(self) -> None:
+        """Refuse bad names before a single file is read (:func:`infra.names.safe_name`)."""
+        DatasetRef.parse(self.name)
+        for new in self.merges:
+            safe_name(new, "--merge target")
+        for name in self.classes or ():
+            safe_name(name, "--classes entry")
+        fold_plan(self.fractions)
+
     def pipeline(self) -> Pipeline:
         if self.preset == "none":
             return pipeline("none")
@@ -100,11 +112,22 @@ class Prepared:
     source_sha256: str
     png: bytes
     sha256: str  # of ``png``: the blob's key, hashed once here
-    bit_depth: int
+    bit_depth: int  # of the source file (after orientation)
     width: int
     height: int
     steps: list[dict]
     mode: str
+    orientation: int = 1  # the source's EXIF orientation, applied before anything else
+    stored_shape: tuple[int, ...] = ()
+    stored_dtype: str = "uint8"
+
+    @property
+    def stored(self) -> dict:
+        """What the catalog stores: width, height, bit depth and PIL mode of the blob."""
+        height, width = self.stored_shape[:2]
+        depth = 16 if self.stored_dtype == "uint16" else 8
+        mode = "RGB" if len(self.stored_shape) == 3 else ("I;16" if depth == 16 else "L")
+        return {"width": int(width), "height": int(height), "bit_depth": depth, "mode": mode}
 
 
 @dataclass
@@ -120,26 +143,49 @@ def read_image(data: bytes, what: str) -> tuple[np.ndarray, int, str]:
 
     RGB files whose three channels are identical are grayscale saved as RGB (common in
     exported radiographs) and are accepted; any real colour, palette or alpha is ``wrong-mode``.
+    The file's EXIF orientation is applied first (see :func:`read_oriented`).
+    """
+    pixels, depth, mode, _ = read_oriented(data, what)
+    return pixels, depth, mode
+
+
+def read_oriented(data: bytes, what: str) -> tuple[np.ndarray, int, str, int]:
+    """:func:`read_image` plus the EXIF orientation (1-8) that was applied to the pixels.
+
+    Orientation comes before anything else: a JPEG stored 64 wide x 48 high with
+    Orientation = 6 is the 48 x 64 image a viewer shows, and every later step (mode check,
+    flip detector, resize, focus) sees that image (Pillow's ``ImageOps.exif_transpose``).
     """
     if not data:
         raise BadFile("zero-size", f"{what} is empty (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            mode, pixels = img.mode, np.asarray(img)
+            orientation = _orientation(img)
+            upright = ImageOps.exif_transpose(img) if orientation != 1 else img
+            mode, pixels = upright.mode, np.asarray(upright)
     except UnidentifiedImageError:
         raise BadFile("unreadable", f"{what} is not a PNG or JPEG image") from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise BadFile("unreadable", f"{what} cannot be decoded: {exc}") from None
     if mode == "L":
-        return pixels, 8, mode
+        return pixels, 8, mode, orientation
     if mode in _GRAY16:
         if pixels.min() < 0 or pixels.max() > 65535:
             raise BadFile("wrong-mode", f"{what} is 32-bit integer ({mode}) outside the 16-bit range")
-        return pixels.astype(np.uint16), 16, mode
+        return pixels.astype(np.uint16), 16, mode, orientation
     if mode == "RGB" and (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 0] == pixels[..., 2]).all():
-        return np.ascontiguousarray(pixels[..., 0]), 8, mode
+        return np.ascontiguousarray(pixels[..., 0]), 8, mode, orientation
     raise BadFile("wrong-mode", f"{what} has mode {mode}: only 8/16-bit grayscale is ingested")
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation of an open image: 1 (upright) when absent or out of range."""
+    try:
+        value = int(img.getexif().get(_EXIF_ORIENTATION, 1))
+    except (TypeError, ValueError, OSError, SyntaxError):  # a corrupt EXIF block reads as upright
+        return 1
+    return value if 1 <= value <= 8 else 1
 
 
 def _prepare(item: SourceItem, pipe: Pipeline) -> Prepared:
@@ -147,11 +193,13 @@ def _prepare(item: SourceItem, pipe: Pipeline) -> Prepared:
         data = item.path.read_bytes()
     except OSError as exc:
         raise BadFile("unreadable", f"{item.rel_path} cannot be read: {exc.strerror or exc}") from None
-    pixels, depth, mode = read_image(data, item.rel_path)
+    pixels, depth, mode, orientation = read_oriented(data, item.rel_path)
     height, width = pixels.shape[:2]
     out, steps = pipe.run(pixels)
-    png = encode_png(np.ascontiguousarray(out))
-    return Prepared(item, sha256_bytes(data), png, sha256_bytes(png), depth, width, height, steps, mode)
+    out = np.ascontiguousarray(out)
+    png = encode_png(out)
+    return Prepared(item, sha256_bytes(data), png, sha256_bytes(png), depth, width, height, steps, mode,
+                    orientation, out.shape, str(out.dtype))
 
 
 def _vet(item: SourceItem, pipe: Pipeline) -> Prepared | Problem:
@@ -246,8 +294,8 @@ def parse_merge(text: str) -> tuple[str, list[str]]:
     new, _, sources = text.partition("=")
     tokens = [t.strip() for t in sources.split(",") if t.strip()]
     if not new.strip() or not tokens:
-        raise BadInput(f"--merge {text!r} is invalid: use NEW=LABEL[,LABEL…], e.g. KL01=0,1")
-    return new.strip(), tokens
+        raise BadInput(f"--merge {text!r} is invalid: use NEW=LABEL[,LABEL…], e.g. KL01=0,1", field="--merge")
+    return safe_name(new.strip(), "--merge target"), tokens
 
 
 # -- ground truth -------------------------------------------------------------------------
@@ -289,8 +337,7 @@ def ingest(
 ) -> IngestResult:
     """Scan, vet, preprocess and publish ``src`` as a version of ``options.name``."""
     started = time.perf_counter()
-    DatasetRef.parse(options.name)  # refuse bad options before reading a single file
-    fold_plan(options.fractions)
+    options.validate()  # refuse bad options (names, fractions) before reading a single file
     pipe = options.pipeline()
     found = scan(src, options.layout, options.patient_regex)
     classes, mapping = resolve_merges(options.merges, found.classes, options.classes)
@@ -307,7 +354,8 @@ def ingest(
     layout_splits = [p.item.split for p in prepared]
     if options.resplit or not prepared or None in layout_splits:
         splits = assign_splits(labels, [p.item.patient_id for p in prepared], options.fractions, options.seed)
-        split_rule = {"rule": "stratified-group-kfold", "fractions": dict(options.fractions), "seed": options.seed}
+        split_rule = {"rule": "stratified-group-kfold", "fractions": dict(options.fractions), "seed": options.seed,
+                      "seed_derivation": SEED_DERIVATION}
     else:
         splits, split_rule = layout_splits, {"rule": f"from layout {options.layout}"}
 
@@ -316,9 +364,15 @@ def ingest(
         attributes = {**p.item.attributes, "source_sha256": p.source_sha256}
         if p.mode != "L":
             attributes["source_mode"] = p.mode
+        if p.orientation != 1:
+            attributes["exif_orientation"] = str(p.orientation)  # applied: the pixels are upright
+        stored = p.stored
         fields = {
-            "label": label, "label_name": classes[label], "split": split,
-            "source_path": p.item.rel_path, "bit_depth": p.bit_depth, "width": p.width, "height": p.height,
+            "label": label, "label_name": classes[label], "split": split, "source_path": p.item.rel_path,
+            # width/height/bit_depth/mode: the stored blob; source_*: the file as read (upright)
+            "bit_depth": stored["bit_depth"], "width": stored["width"], "height": stored["height"],
+            "mode": stored["mode"], "source_width": p.width, "source_height": p.height,
+            "source_bit_depth": p.bit_depth, "source_mode": p.mode,
             "patient_id": p.item.patient_id, "preprocessing": p.steps, "attributes": attributes,
         }
         items_out.append((p.png, fields))
@@ -329,6 +383,7 @@ def ingest(
         "excluded_by_merge": dict(excluded), "splits": split_rule, "pipeline": pipe.describe(),
         **summarize(records),
         "skipped": dict(Counter(p.kind for p in problems)),
+        "exif_oriented": _orientation_counts(prepared),
         "problems": [{"path": p.rel_path, "kind": p.kind, "reason": p.reason} for p in problems],
         "detectors": detector_scores(records, truth) if truth else {},
     }
@@ -348,6 +403,12 @@ def ingest(
     report["seconds"] = round(time.perf_counter() - started, 2)
     progress(f"ingest: published {manifest.ref}: {len(manifest.records)} images, {len(problems)} skipped, {report['seconds']} s")
     return IngestResult(manifest, report, sheets)
+
+
+def _orientation_counts(prepared: Sequence[Prepared]) -> dict:
+    """How many ingested files had a non-upright EXIF orientation applied, by orientation."""
+    turned = Counter(str(p.orientation) for p in prepared if p.orientation != 1)
+    return {"applied": sum(turned.values()), "by_orientation": dict(sorted(turned.items()))}
 
 
 def _step_info(record: ImageRecord, step: str) -> dict | None:

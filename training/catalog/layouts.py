@@ -18,6 +18,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from infra.errors import BadInput
+from infra.names import name_problem
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -81,7 +82,8 @@ def scan_imagefolder(src: str | Path, patient_regex: str | None = None) -> Scan:
     """
     root = _directory(src)
     patient_of = _patient_matcher(patient_regex)
-    class_dirs = {d.name: d for d in _visible(root.iterdir()) if d.is_dir()}
+    all_dirs = {d.name: d for d in _visible(root.iterdir()) if d.is_dir()}
+    class_dirs = {name: d for name, d in all_dirs.items() if name_problem(name) is None}
     items = [
         _item(root, path, name, patient_of(path.stem))
         for name, class_dir in class_dirs.items()
@@ -91,6 +93,10 @@ def scan_imagefolder(src: str | Path, patient_regex: str | None = None) -> Scan:
         Problem(_rel(root, path), "unlabelled", "image lies directly in the source folder, "
                 "outside any class folder")
         for path in _images(root, recursive=False)
+    ] + [
+        Problem(_rel(root, path), "bad-label", f"class folder {name!r} {name_problem(name)}")
+        for name, d in all_dirs.items() if name not in class_dirs
+        for path in _images(d)
     ]
     return _scan(root, "imagefolder", items, _class_order(class_dirs), problems)
 
@@ -260,6 +266,10 @@ def scan_csv(src: str | Path, patient_regex: str | None = None) -> Scan:
         if not cells["path"] or not cells["label"]:
             empty = "path" if not cells["path"] else "label"
             problems.append(Problem(ref, "unlabelled", f"row has an empty {empty}"))
+            continue
+        if (why := name_problem(cells["label"])) is not None:
+            # a label becomes a folder (export) and an object-key part: one path component only
+            problems.append(Problem(ref, "bad-label", f"label {cells['label']!r} {why}"))
             continue
         declared.add(cells["label"])
         path = Path(os.path.normpath(root / cells["path"]))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 
 from training.catalog.store import Catalog, CatalogError, ImageRecord, Manifest
+from infra.seeds import random_state
 from infra.errors import BadInput
 
 SPLITS = ("train", "val", "test")
@@ -66,7 +67,8 @@ def assign_splits(
     with warnings.catch_warnings():
         # Rare classes with fewer members than folds are expected in medical sets.
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        # all bits of the seed (a bare int seeds a RandomState, which refuses seeds >= 2**32)
+        cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=random_state(seed))
         for fold, (_, test_idx) in enumerate(cv.split(list(range(len(labels))), list(labels), groups)):
             for i in test_idx:
                 out[i] = owner[fold]

@@ -34,6 +34,7 @@ from PIL import Image
 from infra.object_store import ObjectNotFoundError, ObjectStore, sha256_bytes
 from infra.progress import CountProgress
 from infra.errors import BadInput, NotFound
+from infra.names import confined, name_problem
 
 PREFIX = "catalog"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
@@ -76,7 +77,13 @@ class DatasetRef:
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image of a dataset version (a manifest row)."""
+    """One image of a dataset version (a manifest row).
+
+    ``width``, ``height``, ``bit_depth`` and ``mode`` describe the *stored* blob, the image
+    every consumer reads; ``source_*`` describe the file as it was read (after its EXIF
+    orientation). Manifests written before the split have no ``source_*`` fields and hold the
+    source's size in ``width``/``height``: :meth:`Manifest.stored_size` reads both kinds.
+    """
 
     sha256: str
     label: int
@@ -89,6 +96,11 @@ class ImageRecord:
     patient_id: str | None = None
     preprocessing: list[dict] = field(default_factory=list)
     attributes: dict[str, str] = field(default_factory=dict)
+    mode: str | None = None
+    source_width: int | None = None
+    source_height: int | None = None
+    source_bit_depth: int | None = None
+    source_mode: str | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +134,19 @@ class Manifest:
             if (split is None or r.split == split) and (labels is None or r.label in labels)
             and (members is None or r.sha256 in members)
         ]
+
+    def stored_size(self, record: ImageRecord) -> tuple[int, int]:
+        """(width, height) of the stored blob of ``record``.
+
+        Current manifests say so directly. Older ones recorded the source size; their
+        dataset-level pipeline says which side a ``resize`` step made, and each record whether
+        it ran.
+        """
+        if record.source_width is not None:
+            return record.width, record.height
+        size = next((int(s["size"]) for s in self.preprocessing if s.get("step") == "resize" and "size" in s), None)
+        resized = any(s.get("step") == "resize" and s.get("resized") for s in record.preprocessing)
+        return (size, size) if size is not None and resized else (record.width, record.height)
 
     def subset(self, name: str) -> list[str]:
         try:
@@ -265,6 +290,7 @@ class Catalog:
         DatasetRef.parse(name)
         blobs = dict(blobs or {})
         records = sorted(records, key=lambda r: (r.split, r.label, r.source_path))
+        _check_names(classes, records)
         shas = {r.sha256 for r in records}
         subsets = {k: sorted(set(v)) for k, v in sorted((subsets or {}).items())}
         for subset, members in subsets.items():
@@ -440,7 +466,8 @@ class Catalog:
         directory = Path(directory)
 
         def write(record: ImageRecord) -> None:
-            path = directory / record.split / record.label_name / f"{record.sha256}.png"
+            # split, class and hash come from a manifest: confined, whatever it holds
+            path = confined(directory, record.split, record.label_name, f"{record.sha256}.png")
             if path.exists() and sha256_bytes(path.read_bytes()) == record.sha256:
                 return  # a retried export skips what it already wrote
             _write_atomic(path, self.fetch(record))
@@ -455,6 +482,17 @@ class Catalog:
     def datasets(self) -> list[str]:
         names = {k.split("/")[2] for k in self.store.list_keys(f"{PREFIX}/datasets/")}
         return sorted(names)
+
+
+def _check_names(classes: Sequence[str], records: Sequence[ImageRecord]) -> None:
+    """Class, label and split names become folders on export: one path component each."""
+    for what, names in (("class name", classes), ("label_name", {r.label_name for r in records}),
+                        ("split", {r.split for r in records})):
+        for value in names:
+            if (problem := name_problem(value)) is not None:
+                raise CatalogError(f"{what} {value!r} {problem}: a name is one path component", field=what)
+    if bad := next((r.sha256 for r in records if not re.fullmatch(r"[0-9a-f]{64}", r.sha256)), None):
+        raise CatalogError(f"image hash {bad!r} is not a sha256 hex digest", field="sha256")
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from infra.seeds import torch_seed
 from infra.settings import get_settings
 from infra.tracking import configure
 from training.classify.config import ClassifierTrainConfig
@@ -137,7 +138,7 @@ def train_job(model, job: ClassifierJob, data: ClassifierData, hp: dict, device,
     batch = max(1, hp["batch_size"] // world)
     best = (copy.deepcopy(bare.state_dict()), 0, math.inf)
     for epoch in range(hp["epochs"]):
-        torch.manual_seed(job.seed * 1_000_003 + epoch * 1009 + rank)
+        torch.manual_seed(torch_seed(job.seed, epoch, rank))  # all bits of seed, epoch and rank
         model.train()
         order = job.train_index[epoch_order(len(job.train_index), job.seed, epoch, rank, world)]
         started, seen, loss_sum = time.perf_counter(), 0, 0.0

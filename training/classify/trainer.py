@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from infra.ray_runtime import connect, storage
+from infra.train_failures import fit_or_input_error, torch_trainer
 from infra.settings import Settings, get_settings
 from infra.tracking import configure, run_url
 from training.classify.config import ClassifierTrainConfig
@@ -54,6 +55,18 @@ def pretrained_tags(cfg: ClassifierTrainConfig) -> dict[str, str]:
     return {tag.PRETRAINED: cfg.pretrained, tag.PRETRAINED_SHA256: str(cfg.pretrained_sha256)}
 
 
+def check_inputs(cfg: ClassifierTrainConfig, classes: list[str], settings: Settings | None = None) -> None:
+    """Driver-side: build the model the workers will build, pretrained weights included
+    (exists, sha256, fits the architecture), so a bad input is one line before any worker starts."""
+    if not classes:
+        raise BadInput("the dataset has no classes to train on")
+    if cfg.pretrained:
+        from training.classify.pretrained import load_pretrained
+
+        load_pretrained(cfg.preset().build(len(classes), multilabel=cfg.multilabel), cfg.pretrained,
+                        str(cfg.pretrained_sha256), settings)
+
+
 def _check_cluster(cfg: ClassifierTrainConfig) -> None:
     import ray
 
@@ -89,7 +102,7 @@ def fit_classifiers(
     """
     import ray
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     settings = settings or get_settings()
     if len({j.key for j in jobs}) != len(jobs):
@@ -98,10 +111,11 @@ def fit_classifiers(
         if len(job.train_index) < cfg.workers:
             raise BadInput(f"run {job.key!r} has {len(job.train_index)} training images, fewer than "
                              f"{cfg.workers} worker(s)")
+    check_inputs(cfg, list(classes), settings)
     connect(settings)
     _check_cluster(cfg)
     path, fs = storage(settings)
-    trainer = TorchTrainer(
+    trainer = torch_trainer(  # a worker's input error is final, not retried
         train_loop,
         train_loop_config={"config": cfg.model_dump(), "classes": list(classes), "data": ray.put(data),
                            "jobs": [asdict(j) for j in jobs], "parent_run_id": parent_run_id,
@@ -116,7 +130,7 @@ def fit_classifiers(
     )
     started = time.perf_counter()
     progress(f"classifier: {len(jobs)} run(s) of {cfg.arch} on {cfg.workers} worker(s)")
-    result = trainer.fit()
+    result = fit_or_input_error(trainer)
     progress(f"classifier: {len(jobs)} run(s) in {time.perf_counter() - started:.0f} s")
     with result.checkpoint.as_directory() as ckpt:
         results, best = load_results(ckpt)
@@ -164,6 +178,7 @@ def train_classifier(
     for split, records in zip(splits, pools, strict=True):
         if not records:
             raise BadInput(f"dataset {manifest.ref} has no images in split {split!r}")
+    check_inputs(cfg, list(manifest.classes), settings)  # before pixels are read or a run is opened
     cat = catalog(settings)
     arrays = [cat.read_pixels(records) for records in pools]
     labels = [np.array([r.label for r in records], dtype=np.int64) for records in pools]

@@ -44,6 +44,7 @@ from training.evaluate.fid import _check_images, features, fid_weights, inceptio
 from training.evaluate.reference import ReferenceStats, reference_images
 from training.evaluate.ssim import ssim_matrix
 from infra.errors import BadInput
+from infra.names import confined, safe_name
 from infra.progress import CountProgress
 
 __all__ = ["MEMORIZATION_PREFIX", "contact_sheet", "memorization_audit", "nearest_neighbours"]
@@ -231,7 +232,8 @@ def memorization_audit(
         "per_class": per_class, "closest": rows[:10], "ssim": summary_ssim,
     }
     files = {"pairs.csv": (_pairs_csv(rows), "text/csv")}
-    files |= {f"contact-{name}.png": (png, "image/png") for name, png in sheets.items()}
+    # class names become key and file names: one safe component each (an old manifest may hold anything)
+    files |= {f"contact-{safe_name(name, 'class name')}.png": (png, "image/png") for name, png in sheets.items()}
     artifacts = {name: store.uri(prefix + name) for name in [*files, "summary.json"]}
     summary["artifacts"] = artifacts
     files["summary.json"] = (json.dumps(summary, indent=1).encode(), "application/json")
@@ -239,5 +241,5 @@ def memorization_audit(
         store.put_bytes(prefix + name, data, content_type=content_type)
         if out_dir is not None:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
-            (Path(out_dir) / name).write_bytes(data)
+            confined(out_dir, name).write_bytes(data)
     return summary

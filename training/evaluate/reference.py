@@ -74,7 +74,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 REFERENCE_PREFIX = "fid/reference/"
-SPEC_FORMAT = "synthray-fid-reference/1"
+SPEC_FORMAT = "synthray-fid-reference/2"  # /2: records in image-hash order (was manifest order)
 _CHUNK = 512  # records read and pushed through Inception at a time (bounded memory)
 
 
@@ -110,14 +110,19 @@ def selected_records(
     labels: Sequence[int] | None = None,
     n: int | None = None,
 ) -> list[ImageRecord]:
-    """The first ``n`` records of a selection, in manifest order (deterministic), or all.
+    """The first ``n`` records of a selection in image-hash order (deterministic), or all.
 
     The same selection training uses (:func:`training.catalog.selection.select_records`), plus the
-    checks a covariance over exactly ``n`` images needs.
+    checks a covariance over exactly ``n`` images needs. The records are ordered by their
+    image sha256, not by manifest position: manifests list images grouped by class, so the
+    first n in manifest order of a 5-class selection were all of one class (a reference that
+    an all-class generator cannot match, and "halves" of it that are not samples of one
+    distribution). Hash order is a content-determined shuffle: any prefix is a class-mixed
+    sample of the selection, the same on every machine.
     """
     from training.catalog.selection import select_records
 
-    records = select_records(manifest, split=split, labels=labels, subset=subset)
+    records = sorted(select_records(manifest, split=split, labels=labels, subset=subset), key=lambda r: r.sha256)
     if n is not None:
         if n < 2:
             raise BadInput(f"n must be >= 2 for a covariance, got {n}")
@@ -242,7 +247,7 @@ def reference_statistics(
     Args:
         dataset: ``name@version`` or ``name`` (resolved to the latest version first).
         split, subset, labels: the selection (None = no filter), as ``Manifest.select``.
-        n: the first ``n`` selected records in manifest order; None = all.
+        n: the first ``n`` selected records in image-hash order (see :func:`selected_records`); None = all.
         settings: object store and weights location.
         progress: ``progress(done, total, img/s)`` while computing (not called on a hit).
         dims: pytorch-fid feature dims (2048 for FID; 64 is cheap for tests and smoke runs).

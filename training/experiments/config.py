@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from training.classify.config import ClassifierTrainConfig
 from infra.errors import BadInput
+from infra.names import safe_name
+from infra.seeds import TRAIN_MAX_SEED
 
 GRIDS = ("knee-table5", "fracture-table4", "spine-methods", "custom")
 BASELINE = "Real"
@@ -89,7 +91,7 @@ class Cell(_Strict):
 class ExperimentConfig(_Strict):
     """``synthray experiment augment --config FILE``; see the module docstring for the grids."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=128)
     dataset: str = Field(description="catalog dataset, name@version or name (latest)")
     real: RealSelection = Field(default_factory=RealSelection)
     generators: dict[str, GeneratorSet] = Field(default_factory=dict)
@@ -100,7 +102,7 @@ class ExperimentConfig(_Strict):
     cells: list[Cell] = Field(default_factory=list, description="grid: custom")
     classifier: ClassifierTrainConfig = Field(default_factory=ClassifierTrainConfig)
     repeats: int = Field(5, ge=1, le=1000, description="seeds per cell")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=TRAIN_MAX_SEED, description="repeat r trains with seed + r")
     metric: str = Field("accuracy", description="headline metric: plot, paired test, best-classifier tie-break")
     permutations: int = Field(1000, ge=10, description="paired permutation test resamples")
     bootstrap: int = Field(10_000, ge=100, description="bootstrap resamples of each CI")
@@ -109,6 +111,18 @@ class ExperimentConfig(_Strict):
     register_best: bool = Field(True, description="register the lowest-validation-loss classifier as champion")
     register_name: str | None = Field(None, description="default classifier-{dataset}-{arch}")
     experiment: str = "synthray-augment"
+
+    @model_validator(mode="after")
+    def _seeds_in_range(self) -> ExperimentConfig:
+        if self.seed + self.repeats - 1 > TRAIN_MAX_SEED:
+            raise BadInput(f"seed {self.seed} + repeats {self.repeats} - 1 exceeds {TRAIN_MAX_SEED}: training "
+                           "seeds seed torch's 32-bit generator", field="seed")
+        return self
+
+    @field_validator("name", "register_name")
+    @classmethod
+    def _one_component(cls, value: str | None, info) -> str | None:
+        return value if value is None else safe_name(value, info.field_name)
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:

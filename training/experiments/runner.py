@@ -74,6 +74,9 @@ def plan(cfg: ExperimentConfig, settings: Settings | None = None) -> Plan:
     sources, versions = resolve_sources(cfg, cells, pools.classes, client)
     lineages = [lineage(v, cat) for v in {f"{v.name}/{v.version}": v for v in versions.values()}.values()]
     guard = check_disjoint(lineages, {"test": pools.test, "val": pools.val})
+    from training.classify.trainer import check_inputs
+
+    check_inputs(cfg.classifier, list(pools.classes), settings)  # pretrained weights, before any run
     return Plan(cfg, str(manifest.ref), pools, cells, sources, versions, guard)
 
 

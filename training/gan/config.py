@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from infra.seeds import TRAIN_MAX_SEED
+
 from training.nets.presets import GanPreset, get_preset
 
 
@@ -25,8 +27,11 @@ class GanTrainConfig(BaseModel):
     balance: Literal["none", "first", "random"] = Field(
         "none", description="undersample every class to the smallest (spine paper Method II)")
     limit: int | None = Field(None, ge=1, description="use only the first N images")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=TRAIN_MAX_SEED)  # torch.manual_seed keeps 32 bits (infra.seeds)
     batch_size: int | None = Field(None, ge=1, description="global batch size")
+    steps_per_epoch: int | None = Field(
+        None, ge=1, description="generator steps per epoch (several passes over the shard if needed); "
+        "None = one pass")
     lr: float | None = Field(None, gt=0, description="learning rate of G (and of D unless lr_d is set)")
     lr_d: float | None = Field(None, gt=0, description="learning rate of the critic/discriminator")
     latent_dim: int | None = Field(None, ge=1, le=4096, description="size of z (preset default)")
@@ -43,6 +48,16 @@ class GanTrainConfig(BaseModel):
     init_from: str | None = Field(None, description="warm start: checkpoint URI s3://bucket/path of a run")
     transfer_critic: bool = Field(False, description="with init_from, also start from its critic")
     log_every: int = Field(0, ge=0, description="console progress every N steps; 0 = 4 per epoch")
+    fid_quick_n: int | None = Field(
+        None, ge=2, description="also a quick FID at this smaller n on every epoch (metric fid_quick); the "
+        "selection FID stays at fid_n")
+    augment: Literal["none", "diffaugment", "ada"] | None = Field(
+        None, description="augmentation before D: DiffAugment (p = 1), ADA (adaptive p) or none; None = preset's")
+    ada_target: float = Field(0.6, gt=0, lt=1, description="ADA's target r_t = E[sign(D(real))]")
+    ada_kimg: float = Field(100.0, gt=0, description="ADA: thousands of images for p to go from 0 to 1")
+    ema_kimg: float | None = Field(None, ge=0, description="EMA generator half-life in thousands of images; "
+                                   "0 = no averaging; None = preset's")
+    ema_rampup: float | None = Field(0.05, ge=0, description="EMA ramp-up: half-life capped at images seen × this")
     experiment: str = "synthray-gan"
 
     def preset(self) -> GanPreset:
@@ -65,7 +80,12 @@ class GanTrainConfig(BaseModel):
             "gp_lambda": preset.gp_lambda,
             "lr_decay": preset.lr_decay,
             "decay_form": self.decay_form,
+            "augment": self.augment or preset.augment,
+            "ema_kimg": preset.ema_kimg if self.ema_kimg is None else self.ema_kimg,
+            "ema_rampup": self.ema_rampup,
         }
+        if hp["augment"] == "ada":
+            hp |= {"ada_target": self.ada_target, "ada_kimg": self.ada_kimg}
         for key in ("batch_size", "lr", "critic_steps", "gp_lambda", "lr_decay"):
             if getattr(self, key) is not None:
                 hp[key] = getattr(self, key)

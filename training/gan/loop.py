@@ -7,9 +7,15 @@ which the knee paper's code builds on). The gradient penalty's double backward w
 DDP because ``autograd.grad`` w.r.t. the interpolates never touches parameter gradients; the
 one ``backward`` then reduces every critic gradient once (tested against one process).
 
-Resuming is exact: the checkpoint holds weights, both optimizers, both LR schedules, the epoch
-and global step, and every epoch reseeds the RNGs from ``(seed, rank, epoch)``, so an epoch
+Resuming is exact: the checkpoint holds weights (raw G, EMA G, D), both optimizers, both LR
+schedules, ADA's p and its partial sums, the epoch and global step, and every epoch reseeds the RNGs from ``(seed, rank, epoch)``, so an epoch
 replayed after a failure draws the same noise, permutation and dropout as the lost one.
+
+Every worker keeps the same EMA generator (:mod:`training.gan.ema`; DDP keeps G identical
+across workers, so their averages agree) and, with ``augment``, puts D's inputs through
+DiffAugment or ADA (:mod:`training.gan.augment`); ADA's p moves on the sign statistics summed
+over all workers, so it too is identical everywhere. Grids, FIDs and checkpoints' selected
+generator are the EMA's; a checkpoint also holds the raw G and ADA's state.
 
 Rank 0 alone talks to MLflow (per-step losses, epoch metrics, the fixed-latent sample grid,
 FID against the cached reference statistics) and writes checkpoints.
@@ -33,6 +39,8 @@ from torch import nn
 from infra.settings import get_settings
 from infra.tracking import configure
 from training.gan.config import GanTrainConfig
+from training.gan.augment import AdaController, Augment, AugmentedCritic
+from training.gan.ema import Ema
 from training.gan.losses import make_loss
 from training.nets.sampler import GeneratorSampler, to_uint8
 from infra.errors import BadInput
@@ -94,6 +102,28 @@ def _mean_across_workers(values: dict[str, float], world: int) -> dict[str, floa
     return dict(zip(values, (t / world).tolist()))
 
 
+def _sum_across_workers(values: list[float], world: int) -> list[float]:
+    import torch.distributed as dist
+
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def make_augment(hp: dict) -> tuple[Augment | None, AdaController | None]:
+    """The run's augmentation before D and, for ADA, its p controller (p starts at 0)."""
+    kind = hp.get("augment", "none")
+    if kind == "none":
+        return None, None
+    if kind == "diffaugment":
+        return Augment(p=1.0), None
+    if kind == "ada":
+        return Augment(p=0.0), AdaController(target=hp["ada_target"], kimg=hp["ada_kimg"])
+    raise BadInput(f"augment must be none, diffaugment or ada, got {kind!r}")
+
+
 def _min_across_workers(value: int, world: int) -> int:
     import torch.distributed as dist
 
@@ -140,27 +170,34 @@ class GanPair:
 
 
 def train_step(pair: GanPair, loss, real: torch.Tensor, y: torch.Tensor, hp: dict,
-               autocast: Callable = contextlib.nullcontext) -> dict[str, torch.Tensor]:
+               autocast: Callable = contextlib.nullcontext, augment: Augment | None = None,
+               ada: AdaController | None = None) -> dict[str, torch.Tensor]:
     """One generator update after ``critic_steps`` critic updates on fresh noise; the losses.
 
     Fake labels follow the real batch's classes (conditional presets), so a class-imbalanced
-    run (spine Method I) generates in the data's proportions.
+    run (spine Method I) generates in the data's proportions. With ``augment``, D sees
+    ``augment(x)`` for reals and fakes in D's steps and in G's step (DiffAugment/ADA); ``ada``
+    accumulates each D step's E[sign(D(real))] (the caller adjusts p when it is due).
     """
     n, device = real.shape[0], real.device
+    d_critic = pair.critic if augment is None else AugmentedCritic(pair.critic, augment)
     for _ in range(hp["critic_steps"]):
         with torch.no_grad(), autocast():
             fake = pair.generate(torch.randn(n, hp["latent_dim"], device=device), y)
         with autocast():
-            d_out = loss.critic_loss(pair.critic, real, fake, y, y)
+            d_out = loss.critic_loss(d_critic, real, fake, y, y)
         pair.opt_d.zero_grad(set_to_none=True)
         d_out["loss"].backward()
         pair.opt_d.step()
         pair.sched_d.step()
+        if ada is not None:
+            ada.accumulate(float(d_out["real_sign"]) * n, n)
     # G step through the bare critic with frozen weights: no critic gradients, no DDP sync.
     critic = unwrap(pair.critic).requires_grad_(False)
+    g_critic = critic if augment is None else AugmentedCritic(critic, augment)
     try:
         with autocast():
-            g_out = loss.generator_loss(critic, pair.generate(torch.randn(n, hp["latent_dim"], device=device), y), y)
+            g_out = loss.generator_loss(g_critic, pair.generate(torch.randn(n, hp["latent_dim"], device=device), y), y)
         pair.opt_g.zero_grad(set_to_none=True)
         g_out["loss"].backward()
         pair.opt_g.step()
@@ -203,6 +240,7 @@ def train_loop(loop_config: dict) -> None:
     import ray.train.torch
 
     from training.catalog.selection import load_tensors
+    from training.evaluate.floor import with_floor
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # per-report INFO lines drown the progress
     cfg = GanTrainConfig(**loop_config["config"])
@@ -221,6 +259,7 @@ def train_loop(loop_config: dict) -> None:
     pair = build_pair(preset, hp, num_classes,
                       lambda m: ray.train.torch.prepare_model(m.to(memory_format=memory_format)))
     gen, critic = pair.gen, pair.critic
+    augment, ada = make_augment(hp)
     start_epoch, global_step = 0, 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # resume after a worker failure: everything, so the replay is exact
@@ -230,11 +269,19 @@ def train_loop(loop_config: dict) -> None:
                          (pair.opt_d, "opt_d"), (pair.sched_g, "sched_g"), (pair.sched_d, "sched_d")):
             obj.load_state_dict(state[key])
         start_epoch, global_step = state["epoch"], state["global_step"]
-    elif cfg.init_from:  # warm start (spine Method IV): weights only, fresh optimizers
-        warm = checkpoint_state(cfg.init_from)
-        unwrap(gen).load_state_dict(warm["generator"])
-        if cfg.transfer_critic:
-            unwrap(critic).load_state_dict(warm["critic"])
+        ema = Ema(unwrap(gen), hp["ema_kimg"], hp["ema_rampup"])
+        ema.load_state_dict(state.get("generator_ema", state["generator"]))
+        if ada is not None and state.get("ada"):
+            ada.load_state_dict(state["ada"])
+            augment.p = ada.p
+    else:
+        if cfg.init_from:  # warm start (spine Method IV): weights only, fresh optimizers
+            # G starts from the pretrained run's EMA generator: the one it was scored and registered with.
+            warm = checkpoint_state(cfg.init_from)
+            unwrap(gen).load_state_dict(warm.get("generator_ema", warm["generator"]))
+            if cfg.transfer_critic:
+                unwrap(critic).load_state_dict(warm["critic"])
+        ema = Ema(unwrap(gen), hp["ema_kimg"], hp["ema_rampup"])
     loss = make_loss(hp["loss"], hp["gp_lambda"])
 
     data = load_tensors(cfg.dataset, shard=(rank, world), **cfg.selection())
@@ -244,8 +291,9 @@ def train_loop(loop_config: dict) -> None:
     steps = _min_across_workers(len(images) // batch, world)
     if steps == 0:
         raise BadInput(f"dataset {cfg.dataset} shard {rank} has {len(images)} images, fewer than one batch of {batch}")
+    steps = cfg.steps_per_epoch or steps
 
-    reference, tracker, progress = None, None, None
+    reference, quick, tracker, progress = None, None, None, None
     if rank == 0:
         from mlflow import MlflowClient
 
@@ -258,6 +306,8 @@ def train_loop(loop_config: dict) -> None:
                    else torch.full((cfg.grid_size,), cfg.class_label)).to(device)
         if cfg.fid_every:
             reference = _reference(loop_config)
+        if cfg.fid_every and cfg.fid_quick_n:
+            quick = _reference({"reference": loop_config["reference_quick"]})
         if start_epoch:
             tracker.log_metric(run_id, "resumed_from_epoch", start_epoch, step=start_epoch)
         log.info(f"[train] {world} worker(s) x {batch} images/batch, {steps} steps/epoch, "
@@ -268,12 +318,18 @@ def train_loop(loop_config: dict) -> None:
         torch.manual_seed(epoch_seed(cfg.seed, rank, epoch))
         gen.train(), critic.train()
         started = time.perf_counter()
-        order = torch.randperm(len(images), device=device)
+        passes = math.ceil(steps * batch / len(images))  # steps_per_epoch may span several passes
+        order = torch.cat([torch.randperm(len(images), device=device) for _ in range(passes)])
         history: dict[str, list[torch.Tensor]] = {}
         for step in range(steps):
             idx = order[step * batch : (step + 1) * batch]
-            scalars = train_step(pair, loss, images[idx], labels[idx], hp, autocast)
+            scalars = train_step(pair, loss, images[idx], labels[idx], hp, autocast, augment, ada)
             global_step += 1
+            ema.update(unwrap(gen), world * batch, global_step * world * batch)
+            if ada is not None and ada.due():
+                augment.p = ada.adjust(lambda v: _sum_across_workers(v, world))
+            if ada is not None:
+                scalars |= {"ada_p": torch.tensor(ada.p), "ada_rt": torch.tensor(ada.last_rt)}
             for key, value in scalars.items():
                 history.setdefault(key, []).append(value.detach().float())
             if progress is not None:
@@ -283,21 +339,29 @@ def train_loop(loop_config: dict) -> None:
         metrics = _mean_across_workers({k: float(v.mean()) for k, v in per_step.items()}, world)
         metrics |= {"epoch": epoch + 1, "global_step": global_step,
                     "images_per_s": world * steps * batch / elapsed, "lr_g": pair.sched_g.get_last_lr()[0]}
+        metrics["ema_beta"] = ema.last_beta
+        if ada is not None:  # the state at the end of the epoch (identical on every worker)
+            metrics |= {"ada_p": ada.p, "ada_rt": ada.last_rt}
         if rank != 0:
             ray.train.report(metrics)
             continue
         metrics["fid"] = float("nan")
+        if quick is not None:
+            q = _fid(ema.module, preset, hp, cfg, quick, loop_config)
+            metrics |= {"fid_quick": q["fid"], "fid_quick_n": q["fid_n_real"]}
+            log.info(f"[train] epoch {epoch + 1}: quick {with_floor(q['fid'], loop_config.get('floor_quick'))}")
         if reference is not None and ((epoch + 1) % cfg.fid_every == 0 or epoch + 1 == cfg.epochs):
-            metrics |= _fid(unwrap(gen), preset, hp, cfg, reference, loop_config)
+            metrics |= _fid(ema.module, preset, hp, cfg, reference, loop_config)
             progress.last_fid = metrics["fid"]
-            log.info(f"[train] epoch {epoch + 1}: FID {metrics['fid']:.2f} "
-                     f"(n_real {metrics['fid_n_real']:.0f} = n_fake {metrics['fid_n_fake']:.0f})")
+            log.info(f"[train] epoch {epoch + 1}: {with_floor(metrics['fid'], loop_config.get('floor'))} "
+                     f"(n_real {metrics['fid_n_real']:.0f} = n_fake {metrics['fid_n_fake']:.0f}, EMA generator)")
         _log_epoch(tracker, run_id, metrics, per_step, global_step - steps + 1)
-        tracker.log_image(run_id, sample_grid(unwrap(gen), fixed_z, fixed_y if preset.conditional else None),
+        tracker.log_image(run_id, sample_grid(ema.module, fixed_z, fixed_y if preset.conditional else None),
                           key="samples", step=epoch + 1)
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(
-                {"generator": unwrap(gen).state_dict(), "critic": unwrap(critic).state_dict(),
+                {"generator": unwrap(gen).state_dict(), "generator_ema": ema.state_dict(),
+                 "ada": ada.state_dict() if ada is not None else None, "critic": unwrap(critic).state_dict(),
                  "opt_g": pair.opt_g.state_dict(), "opt_d": pair.opt_d.state_dict(),
                  "sched_g": pair.sched_g.state_dict(), "sched_d": pair.sched_d.state_dict(),
                  "epoch": epoch + 1, "global_step": global_step, "num_classes": num_classes,
@@ -329,11 +393,17 @@ def _reference(loop_config: dict):
 def _fid(gen: nn.Module, preset, hp: dict, cfg: GanTrainConfig, reference, loop_config: dict) -> dict:
     """FID of n_fake = n_real samples (the knee paper's rule) against the cached reference."""
     from training.evaluate.generator import fakes_like
+    from infra.cpus import available_cpus
     from training.evaluate import fid_to_reference
+    from training.evaluate.fid import _torch_threads
 
     sampler = GeneratorSampler(gen, hp["latent_dim"], class_index=cfg.class_label,
                                num_classes=loop_config["num_classes"] if preset.conditional else None)
+    was_training = gen.training
     fake, _ = fakes_like(sampler, reference, seed=cfg.seed + 1)
-    gen.train()
-    result = fid_to_reference(fake, reference)
+    gen.train(was_training)
+    # The other workers wait for rank 0 at their next gradient all-reduce (blocked, not
+    # spinning), so Inception may use every usable CPU meanwhile, not the worker's one thread.
+    with _torch_threads(available_cpus()):
+        result = fid_to_reference(fake, reference)
     return {"fid": result.fid, "fid_n_real": result.n_real, "fid_n_fake": result.n_fake}

@@ -2,7 +2,8 @@
 
 ``critic_loss`` and ``generator_loss`` return a dict of scalars whose ``"loss"`` entry is
 what gets back-propagated; the rest are logged (Wasserstein estimate, gradient penalty,
-D's accuracy…). Sigmoids live inside ``binary_cross_entropy_with_logits`` (the same function
+D's accuracy…, and ``real_sign`` = E[sign(D(real))], ADA's overfitting heuristic r_t,
+Karras et al. 2020 §3.1). Sigmoids live inside ``binary_cross_entropy_with_logits`` (the same function
 as the papers' sigmoid + BCE, numerically stable). Real and fake go through the critic in
 separate forward passes so BatchNorm in the DCGAN/AC-GAN discriminators sees pure batches,
 as in the reference DCGAN; DDP handles several forwards before one backward (tested).
@@ -40,12 +41,18 @@ class WganGpLoss:
         self.gp_lambda = gp_lambda
 
     def critic_loss(self, critic: nn.Module, real, fake, y_real=None, y_fake=None, eps=None) -> Scalars:
-        w = critic(real).float().mean() - critic(fake).float().mean()
+        d_real = critic(real).float()
+        w = d_real.mean() - critic(fake).float().mean()
         gp = gradient_penalty(critic, real, fake, eps)
-        return {"loss": -w + self.gp_lambda * gp, "gp": gp, "wasserstein": w}
+        return {"loss": -w + self.gp_lambda * gp, "gp": gp, "wasserstein": w, "real_sign": _sign_mean(d_real)}
 
     def generator_loss(self, critic: nn.Module, fake, y_fake=None) -> Scalars:
         return {"loss": -critic(fake).float().mean()}
+
+
+def _sign_mean(out: torch.Tensor) -> torch.Tensor:
+    """E[sign(D(real))] of a batch of critic outputs or logits (ADA's r_t), without gradient."""
+    return torch.sign(out.detach().float()).mean()
 
 
 def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
@@ -59,10 +66,24 @@ class BceLoss:
     def critic_loss(self, critic: nn.Module, real, fake, y_real=None, y_fake=None) -> Scalars:
         lr, lf = critic(real), critic(fake)
         return {"loss": _bce(lr, 1.0) + _bce(lf, 0.0),
-                "d_real": torch.sigmoid(lr.float()).mean(), "d_fake": torch.sigmoid(lf.float()).mean()}
+                "d_real": torch.sigmoid(lr.float()).mean(), "d_fake": torch.sigmoid(lf.float()).mean(),
+                "real_sign": _sign_mean(lr)}
 
     def generator_loss(self, critic: nn.Module, fake, y_fake=None) -> Scalars:
         return {"loss": _bce(critic(fake), 1.0)}
+
+
+class HingeLoss:
+    """Hinge loss (Lim & Ye 2017; Miyato et al. 2018, Eq. 16-17, the BigGAN/DiffAugment choice):
+    D minimises E[max(0, 1 − D(real))] + E[max(0, 1 + D(fake))], G minimises −E[D(fake)]."""
+
+    def critic_loss(self, critic: nn.Module, real, fake, y_real=None, y_fake=None) -> Scalars:
+        lr, lf = critic(real).float(), critic(fake).float()
+        return {"loss": F.relu(1.0 - lr).mean() + F.relu(1.0 + lf).mean(),
+                "d_real": lr.mean().detach(), "d_fake": lf.mean().detach(), "real_sign": _sign_mean(lr)}
+
+    def generator_loss(self, critic: nn.Module, fake, y_fake=None) -> Scalars:
+        return {"loss": -critic(fake).float().mean()}
 
 
 class AcganLoss:
@@ -77,19 +98,21 @@ class AcganLoss:
         l_s = _bce(sr, 1.0) + _bce(sf, 0.0)
         l_c = F.cross_entropy(cr.float(), y_real) + F.cross_entropy(cf.float(), y_fake)
         return {"loss": l_s + l_c, "loss_source": l_s, "loss_class": l_c,
-                "class_acc_real": (cr.argmax(1) == y_real).float().mean()}
+                "class_acc_real": (cr.argmax(1) == y_real).float().mean(), "real_sign": _sign_mean(sr)}
 
     def generator_loss(self, critic: nn.Module, fake, y_fake=None) -> Scalars:
         s, c = critic(fake)
         return {"loss": _bce(s, 1.0) + F.cross_entropy(c.float(), y_fake)}
 
 
-def make_loss(kind: str, gp_lambda: float = 10.0) -> WganGpLoss | BceLoss | AcganLoss:
+def make_loss(kind: str, gp_lambda: float = 10.0) -> WganGpLoss | BceLoss | HingeLoss | AcganLoss:
     """The loss object of a preset's ``loss`` name."""
     if kind == "wgan-gp":
         return WganGpLoss(gp_lambda)
     if kind == "bce":
         return BceLoss()
+    if kind == "hinge":
+        return HingeLoss()
     if kind == "acgan":
         return AcganLoss()
-    raise BadInput(f"unknown loss {kind!r}; choose wgan-gp, bce or acgan")
+    raise BadInput(f"unknown loss {kind!r}; choose wgan-gp, bce, hinge or acgan")

@@ -98,8 +98,15 @@ def plan_method(
 
 def run_plan(plan: list[PlanStep], settings=None, progress: Callable[[str], None] = print) -> dict:
     """Train the steps in order; a warm-started step gets its source step's selected checkpoint."""
+    from training.gan.preflight import check_plan
     from training.gan.trainer import train_gan
 
+    names = [item.name for item in plan]
+    for i, item in enumerate(plan):
+        if item.init_from and item.init_from not in names[:i]:
+            raise BadInput(f"plan step {item.name!r} warm-starts from {item.init_from!r}, which is not an earlier step")
+    # every run's inputs, before the first run starts (a bad step 3 must not cost steps 1-2)
+    check_plan([(item.name, item.config, bool(item.init_from)) for item in plan], settings)
     results: dict = {}
     for item in plan:
         cfg = item.config

@@ -419,10 +419,13 @@ def run_sweep(cfg: SweepConfig, settings: Settings | None = None, progress: Prog
 
 
 def _check_selection_and_cluster(cfg: SweepConfig, settings: Settings):
-    from training.gan.trainer import _check_cluster, _check_selection
+    from training.gan.preflight import check_run
+    from training.gan.trainer import _check_cluster
 
     batch = cfg.space.batch_size.largest() if cfg.space.batch_size else None
-    selection = _check_selection(cfg.base.model_copy(update={"batch_size": int(batch) if batch else None}), settings)
+    # dataset, selection, stored size, largest batch, FID reference and --init-from: before any trial
+    checked = check_run(cfg.base.model_copy(update={"batch_size": int(batch) if batch else None}), settings)
+    selection = checked.manifest, checked.records
     connect(settings)
     _check_cluster(cfg.base)
     return selection

@@ -20,6 +20,7 @@ import numpy as np
 
 from training.catalog.store import Catalog
 from infra.ray_runtime import connect, storage
+from infra.train_failures import fit_or_input_error, torch_trainer
 from infra.settings import PROJECT_ROOT, Settings, get_settings
 from infra.tracking import configure, run_url
 from training.gan.config import GanTrainConfig
@@ -40,6 +41,7 @@ class GanTrainResult:
     dataset: str
     sampler: GeneratorSampler
     metrics: dict  # of the selected checkpoint
+    floor: object | None = None  # RealFloor of the FID reference (None without FID)
 
 
 def load_sampler(checkpoint_dir: str | Path, arch: str | None = None) -> GeneratorSampler:
@@ -47,11 +49,16 @@ def load_sampler(checkpoint_dir: str | Path, arch: str | None = None) -> Generat
     return sampler_from_state(_load_state(checkpoint_dir), arch)
 
 
-def sampler_from_state(state: dict, arch: str | None = None, classes: list[str] | None = None) -> GeneratorSampler:
-    """The generator of a loaded checkpoint state; ``classes`` names the dataset's classes."""
+def sampler_from_state(state: dict, arch: str | None = None, classes: list[str] | None = None,
+                       raw: bool = False) -> GeneratorSampler:
+    """The generator of a loaded checkpoint state; ``classes`` names the dataset's classes.
+
+    This is the EMA generator (``generator_ema``), which every grid, FID, registration and
+    served image uses; ``raw=True`` (or a checkpoint from before EMA existed) gives the raw G.
+    """
     preset = GanTrainConfig(**{**state["config"], **({"arch": arch} if arch else {})}).preset()
     gen, _ = preset.build(state.get("num_classes"))
-    gen.load_state_dict(state["generator"])
+    gen.load_state_dict(state["generator"] if raw or not state.get("generator_ema") else state["generator_ema"])
     class_index = state["config"].get("class_label")
     return GeneratorSampler(gen, preset.latent_dim, class_index=class_index,
                             class_name=None if classes is None or class_index is None else classes[class_index],
@@ -82,7 +89,7 @@ def _check_selection(cfg: GanTrainConfig, settings: Settings):
     preset = cfg.preset()
     manifest = catalog(settings).manifest(cfg.dataset)
     records = select_records(manifest, **cfg.selection())
-    sizes = Counter((r.width, r.height) for r in records)
+    sizes = Counter(manifest.stored_size(r) for r in records)  # what is stored, not the source
     if set(sizes) != {(preset.image_size, preset.image_size)}:
         found = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.most_common())
         raise BadInput(
@@ -96,7 +103,7 @@ def _check_selection(cfg: GanTrainConfig, settings: Settings):
     return manifest, records
 
 
-def _fid_curve(client, run_id: str) -> None:
+def _fid_curve(client, run_id: str, floors: dict | None = None) -> None:
     """FID against epoch as a PNG artifact (from the run's own history, so resumes are included)."""
     import matplotlib
 
@@ -104,14 +111,36 @@ def _fid_curve(client, run_id: str) -> None:
     import matplotlib.pyplot as plt
 
     points = sorted({m.step: m.value for m in client.get_metric_history(run_id, "fid")}.items())
-    if not points:
+    quick = sorted({m.step: m.value for m in client.get_metric_history(run_id, "fid_quick")}.items())
+    if not points and not quick:
         return
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
-    ax.plot(*zip(*points), marker="o")
-    ax.set(xlabel="epoch", ylabel="FID (lower is better)", title="FID against the training reference")
-    ax.grid(alpha=0.3)
+    fig = fid_curve_figure(points, quick, floors or {})
     client.log_figure(run_id, fig, "plots/fid_curve.png")
     plt.close(fig)
+
+
+def fid_curve_figure(points: list[tuple[int, float]], quick: list[tuple[int, float]], floors: dict):
+    """FID per epoch (log scale) with each n's real-vs-real floor as a dashed line.
+
+    ``floors`` maps ``"fid"``/``"fid_quick"`` to a :class:`~training.evaluate.floor.RealFloor`.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.6, 3.4), dpi=120)
+    for key, series, color in (("fid", points, "C0"), ("fid_quick", quick, "C1")):
+        floor = floors.get(key)
+        if series:
+            n = f" (n = {floor.n})" if floor else ""
+            ax.plot(*zip(*series), marker="o", color=color, label=("FID" if key == "fid" else "quick FID") + n)
+        if floor is not None and series:
+            ax.axhline(floor.fid, color=color, linestyle="--", linewidth=1,
+                       label=f"real-vs-real floor {floor.fid:.1f} (n = {floor.n})")
+    ax.set_yscale("log")
+    ax.set(xlabel="epoch", ylabel="FID (lower is better, log)", title="FID of the EMA generator vs its floor")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def _select_checkpoint(result):
@@ -146,7 +175,7 @@ def train_gan(
         callbacks: Ray Train ``UserCallback``s (a Tune trial passes ``TuneReportCallback``).
     """
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     settings = settings or get_settings()
     preset = cfg.preset()
@@ -154,7 +183,10 @@ def train_gan(
 
     dataset = str(catalog(settings).resolve(cfg.dataset))  # pin the version for the run
     cfg = cfg.model_copy(update={"dataset": dataset})
-    manifest, records = _check_selection(cfg, settings)
+    from training.gan.preflight import check_run
+
+    checked = check_run(cfg, settings)  # every input, before the cluster is even joined
+    manifest, records = checked.manifest, checked.records
     connect(settings)
     _check_cluster(cfg)
     num_classes = len(manifest.classes) if preset.conditional else 1
@@ -174,9 +206,13 @@ def train_gan(
                          tag.DATASET_MANIFEST_KEY: Catalog.manifest_key(manifest.name, manifest.version),
                          tag.KIND: tag.GAN_TRAINING_KIND, "mlflow.source.git.commit": _git_commit(),
                          **({tag.FID_REFERENCE_KEY: loop_config["reference_key"]} if cfg.fid_every else {})})
+        if cfg.fid_every:
+            floors = loop_config["floors"]
+            mlflow.log_metrics({f"{k}_floor": f.fid for k, f in floors.items()})
+            mlflow.log_params({f"{k}_floor_n": f.n for k, f in floors.items()})
         url = run_url(settings, experiment.experiment_id, run_id)
         progress(f"train: MLflow run {url}")
-        trainer = TorchTrainer(
+        trainer = torch_trainer(  # a worker's input error is final, not retried
             train_loop,
             train_loop_config=loop_config | {"run_id": run_id},
             torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
@@ -195,7 +231,7 @@ def train_gan(
             ),
         )
         started = time.perf_counter()
-        result = trainer.fit()
+        result = fit_or_input_error(trainer)
         progress(f"train: {cfg.epochs} epoch(s) on {cfg.workers} worker(s) in {time.perf_counter() - started:.0f} s")
         checkpoint, metrics = _select_checkpoint(result)
         checkpoint_path = f"s3://{checkpoint.path}"
@@ -204,19 +240,20 @@ def train_gan(
         if np.isfinite(metrics.get("fid", np.nan)):
             mlflow.log_metric("best_fid", metrics["fid"], step=int(metrics["epoch"]))
         if cfg.fid_every:
-            _fid_curve(mlflow.MlflowClient(), run_id)
+            _fid_curve(mlflow.MlflowClient(), run_id, loop_config.get("floors"))
         with checkpoint.as_directory() as ckpt_dir:
             sampler = load_sampler(ckpt_dir, cfg.arch)
     return GanTrainResult(
         run_id=run_id, experiment_id=experiment.experiment_id, run_url=url,
         checkpoint_path=checkpoint_path, dataset=dataset, sampler=sampler, metrics=metrics,
+        floor=loop_config.get("floor"),
     )
 
 
 def reference_request(cfg: GanTrainConfig, n_train: int) -> dict:
     """Keyword arguments of ``reference_statistics`` for a run's FID reference.
 
-    The reference is the first n images of the training selection (split/subset/class), with
+    The reference is the first n images, in image-hash order, of the training selection (split/subset/class), with
     n = the number of training images unless ``fid_n`` caps it; a balanced (Method II) run
     still compares against its unbalanced selection, the distribution it should cover.
     """
@@ -229,7 +266,22 @@ def _prepare_reference(cfg: GanTrainConfig, n_train: int, settings: Settings, pr
     """Compute (or find cached) reference statistics once, on the driver, before the workers start."""
     from training.evaluate import reference_statistics
 
+    from training.evaluate.floor import derive_reference, real_floor
+
     kwargs = reference_request(cfg, n_train)
-    ref = reference_statistics(**kwargs, settings=settings)
-    progress(f"train: FID reference {ref.key} ({ref.n} real images, {'cached' if ref.cached else 'computed'})")
-    return {"reference": kwargs, "reference_key": ref.key}
+    # One Inception pass over the first min(2n, N) images serves the reference (its first n rows),
+    # the real-vs-real floor (the next n) and the quick per-epoch reference (a prefix).
+    wide = reference_statistics(**{**kwargs, "n": min(2 * kwargs["n"], n_train)}, settings=settings)
+    ref = derive_reference(wide, kwargs["n"], settings)
+    floor = real_floor(ref, settings, superset=wide)
+    progress(f"train: FID reference {ref.key} ({ref.n} real images, {'cached' if wide.cached else 'computed'}); "
+             f"{floor.describe()} ({floor.method})")
+    out = {"reference": kwargs, "reference_key": ref.key, "floor": floor, "floors": {"fid": floor}}
+    if cfg.fid_quick_n:
+        n_quick = min(cfg.fid_quick_n, kwargs["n"])
+        quick = derive_reference(wide, n_quick, settings)
+        quick_floor = real_floor(quick, settings, superset=wide)
+        progress(f"train: quick FID every epoch at n = {n_quick}, {quick_floor.describe()}")
+        out |= {"reference_quick": {**kwargs, "n": n_quick}, "floor_quick": quick_floor,
+                "floors": {"fid": floor, "fid_quick": quick_floor}}
+    return out

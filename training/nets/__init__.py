@@ -14,3 +14,10 @@ ingress computes batch ids without importing torch.
 """
 
 RENDER_LAYOUT = 2
+
+#: How a user seed becomes latents (:mod:`infra.seeds`): 1 = ``torch.manual_seed(seed)``, which
+#: kept the low 32 bits; 2 = ``SeedSequence(seed)`` → PCG64 ``standard_normal`` float32. Part of
+#: the determinism contract like ``RENDER_LAYOUT``: batch ids and manifests carry both.
+from infra.seeds import SEED_DERIVATION  # noqa: E402  (torch-free)
+
+__all__ = ["RENDER_LAYOUT", "SEED_DERIVATION"]

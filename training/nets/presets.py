@@ -9,6 +9,11 @@ minutes; the demo and tests use those.
 | wgan-gp-knee | Prezja 2022 (000), Table 7 | WGAN-GP, λ 10, 3 critic steps | 210 | 50 |
 | dcgan-fracture | Platin (004) | BCE | 128 | 100 |
 | acgan-spine | Röglin 2022 (002) | AC-GAN (source BCE + class CE) | 64 | 100 |
+
+One preset is not a paper's: ``dcgan-knee-cpu``, the small-CPU recipe the demo uses (a
+``dcgan-fracture-small`` network trained the small-data way: DiffAugment before D, an EMA
+generator, batch 64). Every preset samples from an EMA generator (``ema_kimg``); only this one
+augments by default, the paper presets keep their published recipe (``augment="none"``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from training.nets.dcgan import DcganDiscriminator, DcganGenerator
 from training.nets.wgan_gp import KneeCritic, KneeGenerator
 from infra.errors import BadInput
 
-Loss = Literal["wgan-gp", "bce", "acgan"]
+Loss = Literal["wgan-gp", "bce", "hinge", "acgan"]
 
 # family → (generator factory, critic factory); each takes (preset, num_classes).
 _FAMILIES: dict[str, tuple[Callable[..., nn.Module], Callable[..., nn.Module]]] = {
@@ -62,6 +67,10 @@ class GanPreset:
         critic_steps: critic updates per generator update.
         gp_lambda: gradient-penalty weight (WGAN-GP only).
         num_classes: default K for conditional presets (the dataset's class count wins).
+        augment: augmentation before D by default (``none``, ``diffaugment``, ``ada``); the paper
+            presets keep their published recipe (``none``).
+        ema_kimg: half-life of the EMA generator in thousands of images (StyleGAN2-ADA's
+            convention and default, 10); every preset samples from its EMA generator.
         source: paper the numbers come from, and what was chosen where it is silent.
     """
 
@@ -79,6 +88,8 @@ class GanPreset:
     critic_steps: int = 3
     gp_lambda: float = 10.0
     num_classes: int = 1
+    augment: Literal["none", "diffaugment", "ada"] = "none"
+    ema_kimg: float = 10.0
     source: str = ""
 
     @property
@@ -97,6 +108,10 @@ class GanPreset:
 
 _KNEE = "Prezja et al. 2022, Sci. Rep., Table 7 (seed 000)"
 _DCGAN = "Platin, UPenn thesis (seed 004): Adam 3.4e-4 (0.5, 0.999), batch 100, BCE"
+_CPU_RECIPE = ("small-CPU recipe, not a paper's: dcgan-fracture-small's networks (Platin's DCGAN at 64 px, "
+               "widths / 8) with non-saturating BCE, Adam 2e-4 (0.5, 0.999), batch 64, DiffAugment "
+               "(Zhao et al. 2020: translation, cutout, brightness, contrast) and an EMA generator "
+               "(StyleGAN2-ADA: 10 kimg half-life, ramp-up 0.05)")
 _ACGAN = ("Röglin et al. 2022 (seed 002): topology from the paper; widths, Adam 2e-4 (0.5, 0.999), "
           "batch 64 chosen (the paper gives none)")
 
@@ -120,6 +135,12 @@ PRESETS: dict[str, GanPreset] = {
             generator={"widths": (128, 64, 32, 16)}, critic={"widths": (16, 32, 64, 128)},
             lr=3.4e-4, betas=(0.5, 0.999), lr_decay=0.0, batch_size=32, critic_steps=1, gp_lambda=0.0,
             source="same topology as dcgan-fracture at 64 px, widths / 8",
+        ),
+        GanPreset(
+            name="dcgan-knee-cpu", family="dcgan", loss="bce", image_size=64, latent_dim=100,
+            generator={"widths": (128, 64, 32, 16)}, critic={"widths": (16, 32, 64, 128)},
+            lr=2e-4, betas=(0.5, 0.999), lr_decay=0.0, batch_size=64, critic_steps=1, gp_lambda=0.0,
+            augment="diffaugment", ema_kimg=10.0, source=_CPU_RECIPE,
         ),
         GanPreset(
             name="acgan-spine", family="acgan", loss="acgan", image_size=64, latent_dim=100,

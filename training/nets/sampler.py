@@ -1,8 +1,8 @@
 """A self-contained, deterministic sampler around a trained generator.
 
 This is what gets registered in MLflow and served: ``generate(n, seed)`` depends only on
-its arguments (z is drawn from a CPU ``torch.Generator`` seeded with ``seed``, the network
-is in eval mode), so the same request yields the same bytes on every replica.
+its arguments (z is drawn from a PCG64 generator whose state ``SeedSequence(seed)`` derives
+from every bit of ``seed``, see :mod:`infra.seeds`; the network is in eval mode), so the same request yields the same bytes on every replica.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from torch import nn
 
 from training.nets import RENDER_LAYOUT
 from infra.errors import BadInput
+from infra.seeds import numpy_rng
 
 # Rows per forward pass when sampling; fixed, because the pixels may depend on the batch shape.
 CHUNK = 64
@@ -55,8 +56,17 @@ class GeneratorSampler(nn.Module):
         return torch.full((n,), label, dtype=torch.long) if label is not None else torch.arange(n) % self.num_classes
 
     def latents(self, n: int, seed: int) -> torch.Tensor:
-        rng = torch.Generator(device="cpu").manual_seed(seed)
-        return torch.randn(n, self.latent_dim, generator=rng)
+        """(n, latent_dim) float32 standard-normal latents drawn from all bits of ``seed``.
+
+        ``SeedSequence(seed)`` → PCG64 (:func:`infra.seeds.numpy_rng`, derivation
+        ``SEED_DERIVATION``): torch's own generator kept only the low 32 bits, so seeds that
+        agreed there gave the same images. Rows are drawn in order, so ``latents(k, s)`` is
+        the first ``k`` rows of ``latents(n, s)``.
+        """
+        if n < 0:
+            raise BadInput(f"need n >= 0, got n={n}")
+        z = numpy_rng(seed).standard_normal((n, self.latent_dim), dtype=np.float32)
+        return torch.from_numpy(z)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if not self.conditional:

@@ -41,6 +41,8 @@ class CardFacts:
     memorization: dict
     eval_seed: int
     phantom: bool = False  # every training image is from the procedural phantom
+    floor: dict | None = None  # real-vs-real FID floor at the same n: {"fid", "n", "method", "key"}
+    ema: bool = False  # the weights are the EMA generator's (StyleGAN2-ADA G_ema)
 
 
 def known_limits(f: CardFacts) -> list[str]:
@@ -94,6 +96,12 @@ def render_card(f: CardFacts, version: str | None = None) -> str:
             ("run", f"[{f.run_id}]({f.run_url})"),
             ("git commit", f"`{f.git_commit}`"),
             ("epoch of this checkpoint", str(f.epoch)),
+            ("weights", "EMA generator (G_ema, StyleGAN2-ADA convention; BatchNorm buffers copied from G)"
+             if f.ema else "raw generator"),
+            ("augmentation before D", {"diffaugment": "DiffAugment (Zhao et al. 2020): translation, cutout, "
+                                       "brightness, contrast, p = 1",
+                                       "ada": "ADA (Karras et al. 2020): translation, cutout, brightness, contrast, "
+                                       "adaptive p"}.get(f.hyperparameters.get("augment", "none"), "none")),
             ("checkpoint", f"`{f.checkpoint}`"),
             *((k, f"`{v}`") for k, v in f.hyperparameters.items()),
         ]),
@@ -102,6 +110,8 @@ def render_card(f: CardFacts, version: str | None = None) -> str:
             ("KID", f"{kid['kid']:.5f}, {100 * (kid.get('confidence') or 0):.0f} % CI "
                     f"[{kid['ci_low']:.5f}, {kid['ci_high']:.5f}] ({kid['bootstrap']} bootstrap draws)"
              if kid.get("ci_low") is not None else f"{kid['kid']:.5f}"),
+            *((("real-vs-real floor", f"{f.floor['fid']:.3f} at n = {f.floor['n']} ({f.floor['method']}; "
+                f"FID / floor = {f.fid['fid'] / f.floor['fid']:.2f})"),) if f.floor and f.floor["fid"] > 0 else ()),
             ("reference", f"`{f.fid['reference_key']}`"),
             ("Inception weights sha256", f"`{f.fid['weights_sha256']}`"),
             ("evaluation seed", str(f.eval_seed)),

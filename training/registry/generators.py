@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from infra.settings import Settings, get_settings
 from infra.tracking import configure, run_url
 from training.registry.cards import CARD_FILE, GRID_FILE, CardFacts, cas_section, render_card
+from infra.names import safe_name
 from infra.errors import classify
 from training.registry import tags as tag
 from training.registry.models import (  # noqa: F401 - re-exported: the registry's public names
@@ -151,7 +152,11 @@ def _version_tags(facts: CardFacts, sampler: GeneratorSampler) -> dict[str, str]
         "memorization.summary": mem["artifacts"]["summary.json"],
         "epoch": facts.epoch, "run_id": facts.run_id, "git_commit": facts.git_commit,
         "checkpoint": facts.checkpoint, "eval_seed": facts.eval_seed,
+        "augment": facts.hyperparameters.get("augment", "none"), "ema": facts.ema,
     }
+    if facts.floor:
+        tags |= {"fid.floor": f"{facts.floor['fid']:.6f}", "fid.floor_n": facts.floor["n"],
+                 "fid.floor_method": facts.floor["method"]}
     if sampler.conditional:
         tags["num_classes"] = sampler.num_classes
     return {k: str(v) for k, v in tags.items()}
@@ -171,6 +176,7 @@ def _facts(client, run_id: str, checkpoint: str | None, settings: Settings, prog
     from training.evaluate.generator import evaluate_generator
     from training.gan.loop import checkpoint_state
     from training.evaluate import reference_statistics
+    from training.evaluate.floor import real_floor
     from training.catalog.phantom import PHANTOM_PATIENT_PREFIX
     from training.gan.trainer import reference_request, sampler_from_state
 
@@ -190,6 +196,7 @@ def _facts(client, run_id: str, checkpoint: str | None, settings: Settings, prog
     seed = cfg.seed + 1  # the training loop's FID seed: the registered FID is the checkpoint's FID
     progress(f"register: scoring {ref.n} samples against {ref.key} (FID, KID, memorization)")
     evaluation = evaluate_generator(sampler, ref, seed=seed, settings=settings)
+    floor = real_floor(ref, settings)  # cached by training; computed (and cached) otherwise
     preset = cfg.preset()
     facts = CardFacts(
         name="", arch=cfg.arch, image_size=preset.image_size, latent_dim=preset.latent_dim,
@@ -201,6 +208,8 @@ def _facts(client, run_id: str, checkpoint: str | None, settings: Settings, prog
         hyperparameters=dict(state["hyperparameters"]),
         fid=evaluation.fid, kid=evaluation.kid, memorization=evaluation.memorization, eval_seed=seed,
         phantom=all((r.patient_id or "").startswith(PHANTOM_PATIENT_PREFIX) for r in records),
+        floor={"fid": floor.fid, "n": floor.n, "method": floor.method, "key": floor.key},
+        ema=bool(state.get("generator_ema")),
     )
     return sampler, facts
 
@@ -226,6 +235,8 @@ def register_run(
     """
     from dataclasses import replace
 
+    if name is not None:
+        safe_name(name, "--name")  # before any download: a model name is a key in the registry's store
     settings = settings or get_settings()
     sampler, facts = _facts(_client(settings), run_id, checkpoint, settings, progress)
     name = name or registered_name(facts.dataset, facts.arch, facts.class_name)
@@ -236,7 +247,10 @@ def register_run(
         (Path(tmp) / GRID_FILE).write_bytes(_sample_grid(sampler, facts.eval_seed))
         reg = log_generator(sampler, name, run_id=run_id, alias=alias, tags=_version_tags(facts, sampler),
                             description=card, card_dir=Path(tmp), settings=settings)
-    progress(f"register: {name} version {reg.version} (alias {alias}), FID {facts.fid['fid']:.2f}, "
+    from training.evaluate.floor import RealFloor, with_floor
+
+    floor = RealFloor(**facts.floor, n_available=0, reference_key="") if facts.floor else None
+    progress(f"register: {name} version {reg.version} (alias {alias}), {with_floor(facts.fid['fid'], floor)}, "
              f"KID {facts.kid['kid']:.4f}, memorized {facts.memorization['n_below_real_p1']}/{facts.memorization['n_fake']}")
     return reg
 

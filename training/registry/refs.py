@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from infra.errors import BadInput
+from infra.names import safe_name
 
 # NAME@alias or NAME/VERSION, optionally written as a full models:/ URI.
 _MODEL_REF = re.compile(r"^(?:models:/)?(?P<name>[A-Za-z0-9_.-]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>[1-9][0-9]*))$")
@@ -35,6 +36,8 @@ class ModelReference:
     version: str | None = None
 
     def __post_init__(self) -> None:
+        # a model name is a key in the registry's artifact store: one safe path component
+        safe_name(self.name, "model")
         if (self.alias is None) == (self.version is None):
             raise BadInput(f"model {self.name!r} needs exactly one of an alias or a version", field="model")
         if self.version is not None:
