@@ -106,7 +106,7 @@ def secondary_capture(image: np.ndarray, marking: Marking, index: int = 0, serie
         instance_number=index + 1,
         manufacturer=MANUFACTURER,
         patient_id=_lo(marking.patient_id),
-        patient_name=marking.patient_name,
+        patient_name=marking.patient_name[:64],  # PN: ≤ 64 characters per component group
         study_date=_FIXED_DATE,
         study_time=_FIXED_TIME,
         series_description=_lo(marking.series_description),
@@ -134,7 +134,7 @@ def secondary_capture(image: np.ndarray, marking: Marking, index: int = 0, serie
             item.ContributionDateTime = _FIXED_DATE + _FIXED_TIME
     if marking.deidentified:
         sc.PatientIdentityRemoved = "YES"
-        sc.DeidentificationMethod = "synthray catalog: salted HMAC-SHA256 pseudonyms; no source attribute copied"
+        sc.DeidentificationMethod = "synthray catalog: salted HMAC-SHA256 pseudonyms"  # LO: ≤ 64
     return sc
 
 
