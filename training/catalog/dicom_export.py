@@ -260,3 +260,24 @@ def export_catalog(catalog: Any, ref: str, records: Sequence[Any], directory: Pa
     body = asdict(manifest) | {"records": [asdict(r) for r in records], "format": "dicom"}
     _write_atomic(directory / "manifest.json", json.dumps(body, indent=1, sort_keys=True).encode())
     return directory
+
+
+def validate(path: Path) -> tuple[str, list[str]]:
+    """Run ``dciodvfy`` (Debian's dicom3tools; ``make setup`` installs it) on a file.
+
+    Returns:
+        (the output, its ``Error`` lines); an object valid for its IOD has no error lines
+        (``Warning`` lines are advice, e.g. an empty Laterality).
+
+    Raises:
+        FileNotFoundError: dciodvfy is not installed.
+    """
+    import shutil
+    import subprocess
+
+    tool = shutil.which("dciodvfy")
+    if tool is None:
+        raise FileNotFoundError("dciodvfy is not installed: apt-get install dicom3tools (make setup does)")
+    run = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=120)
+    output = run.stdout + run.stderr
+    return output, [line for line in output.splitlines() if line.startswith("Error")]
