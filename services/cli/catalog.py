@@ -12,7 +12,7 @@ import click
 from infra.settings import get_settings
 
 LAYOUT_NAMES = ("imagefolder", "chen-kl", "mura", "csv", "dicom", "nifti")
-PRESET_NAMES = ("none", "knee")
+PRESET_NAMES = ("none", "knee", "radiograph")
 
 
 def _open():
@@ -84,7 +84,8 @@ def _save_report(cat, result, report_dir: Path | None) -> None:
 def _preprocess_options(fn):
     for option in reversed([
         click.option("--preprocess", "preset", type=click.Choice(PRESET_NAMES), default="none", show_default=True,
-                     help="preprocessing preset; 'knee' = flip, invert negatives, equalize, resize, focus"),
+                     help="preprocessing preset; 'knee' = flip, invert negatives, equalize, resize, focus; "
+                          "'radiograph' = equalize (16-bit in, 8-bit out), resize"),
         click.option("--resize", "size", type=click.IntRange(16, 4096), default=None,
                      help="resize target of the knee preset [default: 210; the phantom's own size for `phantom`]"),
         click.option("--focus-threshold", type=click.FloatRange(0), default=350.0, show_default=True,

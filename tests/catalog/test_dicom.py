@@ -72,6 +72,18 @@ def test_rg1_monochrome1_is_inverted_so_bone_is_bright() -> None:
     assert steps["dicom-monochrome"]["inverted"] and steps["dicom-voi"]["from"] == "WindowCenter/WindowWidth"
 
 
+def test_radiograph_preset_equalizes_the_16_bit_image_into_an_8_bit_gan_input() -> None:
+    from training.catalog.preprocess import pipeline
+
+    decoded = decode_frame(read("RG1_UNCR.dcm"))
+    out, steps = pipeline("radiograph", size=64).run(decoded.pixels)
+    assert out.dtype == np.uint8 and out.shape == (64, 64)
+    assert [s["step"] for s in steps] == ["equalize_hist", "resize"]
+    scale = 64 / np.array([1955, 1955, 1841, 1841])
+    bone, soft = (tuple(int(v) for v in np.array(box) * scale) for box in (RG1_BONE, RG1_SOFT_TISSUE))
+    assert mean(out, bone) > mean(out, soft)
+
+
 def test_ct_keeps_negative_hu_through_an_explicit_window() -> None:
     ds = pydicom.dcmread(real("693_UNCR.dcm"))
     hu = apply_modality_lut(ds.pixel_array, ds)

@@ -74,6 +74,14 @@ CODEC_PACKAGES = {
 }
 
 
+def _quiet_reads() -> None:
+    """Never validate (and so never quote) values on read: pydicom's warnings for a malformed
+    date or name would carry the value, a birth date or patient name, into the logs."""
+    import pydicom.config
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+
 # -- options --------------------------------------------------------------------------------
 
 
@@ -178,6 +186,7 @@ def decode_frame(data: bytes, window: str | tuple[float, float] = "auto", frame:
     import pydicom
     from pydicom.pixels import apply_modality_lut, pixel_array
 
+    _quiet_reads()
     ds = pydicom.dcmread(io.BytesIO(data), force=True)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
@@ -358,6 +367,7 @@ def _header(root: Path, path: Path, salt: bytes, label_by: str, allow_burned_in:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    _quiet_reads()
     try:
         data = path.read_bytes()
     except OSError as exc:
