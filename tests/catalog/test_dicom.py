@@ -29,7 +29,7 @@ from pydicom.pixels import apply_modality_lut
 
 from services.cli.main import main
 from services.serving.packaging import read_images, read_manifest, to_dicom_zip
-from training.catalog.dicom import codec_problem, decode_frame, parse_window
+from training.catalog.dicom import codec_problem, decode_frame, parse_window, pixel_header
 from training.catalog.dicom_export import synthetic_datasets, to_bytes, validate
 from training.catalog.medical import dataset_salt, pseudonym
 from training.catalog.splits import select
@@ -97,6 +97,17 @@ def test_ct_keeps_negative_hu_through_an_explicit_window() -> None:
     grey = decoded.pixels[fat]
     assert 0 < grey.min() and grey.max() < 32768  # negative HU: distinct greys below the middle
     assert np.corrcoef(hu[fat], grey)[0, 1] > 0.99
+
+
+def test_enhanced_ct_frames_take_rescale_and_window_from_their_functional_groups() -> None:
+    ds = pydicom.dcmread(real("eCT_Supplemental.dcm"))  # Enhanced CT, 2 frames, no top-level rescale
+    assert "RescaleIntercept" not in ds
+    header = pixel_header(ds, 1)
+    assert float(header.RescaleIntercept) == -1024 and float(header.WindowWidth) > 0
+    decoded = decode_frame(read("eCT_Supplemental.dcm"), parse_window("0,2001"), frame=1)
+    hu = ds.pixel_array[1].astype(np.float64) - 1024
+    expected = np.rint(np.clip((hu + 1000.5) / 2000, 0, 1) * 65535)
+    assert np.abs(decoded.pixels.astype(np.int64) - expected).max() <= 1
 
 
 def test_window_option_is_parsed_or_refused() -> None:

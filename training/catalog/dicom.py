@@ -200,6 +200,7 @@ def decode_frame(data: bytes, window: str | tuple[float, float] = "auto", frame:
     stored = pixel_array(ds, index=frame) if frame is not None else ds.pixel_array
     bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
     steps: list[dict] = []
+    ds = pixel_header(ds, frame or 0)  # enhanced multi-frame: the frame's rescale and window
 
     modality = apply_modality_lut(stored, ds)
     has_rescale = "RescaleSlope" in ds or "RescaleIntercept" in ds or "ModalityLUTSequence" in ds
@@ -221,6 +222,39 @@ def decode_frame(data: bytes, window: str | tuple[float, float] = "auto", frame:
     return Decoded(pixels, bits, f"DICOM {photometric} {bits}-bit", frame_sha256(data_sha, frame), steps)
 
 
+#: What the modality LUT and VOI steps read (PS3.3 C.7.6.3 Image Pixel, C.11.1, C.11.2).
+_PIXEL_KEYWORDS = ("Modality", "PhotometricInterpretation", "BitsAllocated", "BitsStored", "PixelRepresentation",
+                   "RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLUTSequence",
+                   "WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence")
+
+
+def pixel_header(ds: Any, frame: int = 0) -> Any:
+    """The attributes that transform frame ``frame``'s pixels, as one flat dataset.
+
+    Enhanced multi-frame objects (PS3.3 C.7.6.16, e.g. Enhanced CT) keep Rescale Slope and
+    Intercept in the Pixel Value Transformation and the window in the Frame VOI LUT
+    functional groups, where ``pydicom.pixels.apply_modality_lut`` / ``apply_voi_lut`` do not
+    look. The shared groups apply first, the frame's own groups override them.
+    """
+    from pydicom.dataset import Dataset
+
+    header = Dataset()
+    for keyword in _PIXEL_KEYWORDS:
+        if keyword in ds:
+            setattr(header, keyword, ds[keyword].value)
+    shared = ds.get("SharedFunctionalGroupsSequence") or []
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    groups = ([shared[0]] if shared else []) + ([per_frame[frame]] if frame < len(per_frame) else [])
+    for group in groups:
+        for macro in group:
+            if macro.VR != "SQ" or not macro.value:
+                continue
+            for element in macro.value[0]:
+                if element.keyword in _PIXEL_KEYWORDS:
+                    setattr(header, element.keyword, element.value)
+    return header
+
+
 def _voi(values: np.ndarray, ds: Any, window: str | tuple[float, float], bits: int) -> tuple[np.ndarray, dict]:
     """Modality values → [0, 1] by the requested VOI, plus what was done."""
     from pydicom.pixels import apply_voi_lut
@@ -233,6 +267,8 @@ def _voi(values: np.ndarray, ds: Any, window: str | tuple[float, float], bits: i
         low, high = _modality_range(ds, bits)
         return to_unit(values, low, high), {"window": "none", "low": low, "high": high}
     if "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds):
+        if "VOILUTSequence" in ds:  # a LUT is indexed by the (integer) modality values
+            values = np.rint(values).astype(np.int64)
         out = apply_voi_lut(values, ds, index=0)
         low, high = _voi_output_range(ds)
         source = "VOILUTSequence" if "VOILUTSequence" in ds else "WindowCenter/WindowWidth"
