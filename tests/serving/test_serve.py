@@ -550,14 +550,15 @@ class TestHttp:
 
     def test_generate_cli_dicom_format_is_marked_synthetic_and_valid(self, served, stack, tmp_path) -> None:
         import pydicom
+        from click.testing import CliRunner
 
+        from services.cli.main import main
         from training.catalog.dicom_export import validate
 
         out = tmp_path / "dicom"
-        cli = [sys.executable, "-m", "services.cli.main", "generate", "--model", f"{NAME}@champion", "--n", "2",
-               "--seed", "3", "--out", str(out), "--format", "dicom"]
-        done = subprocess.run(cli, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
+        done = CliRunner().invoke(main, ["generate", "--model", f"{NAME}@champion", "--n", "2", "--seed", "3",
+                                         "--out", str(out), "--format", "dicom"])
+        assert done.exit_code == 0, done.output
         files = sorted(out.glob("*.dcm"))
         assert len(files) == 2 and json.loads((out / "manifest.json").read_text())["synthetic"] is True
         datasets = [pydicom.dcmread(f) for f in files]
