@@ -285,3 +285,16 @@ def test_medical_options_are_refused_for_other_layouts(tmp_path: Path) -> None:
     out = CliRunner().invoke(main, ["catalog", "ingest", str(tmp_path), "--name", "x", "--layout", "dicom",
                                     "--window", "40"])
     assert out.exit_code == 1 and "--window '40' is invalid" in out.output
+
+
+def test_selectors_filter_on_kept_attributes() -> None:
+    from training.catalog.store import ImageRecord, Manifest
+
+    def record(i: int, modality: str) -> ImageRecord:
+        return ImageRecord(f"{i:064x}", 0, "all", "train", f"s/{i}", 16, 8, 8, attributes={"modality": modality})
+
+    manifest = Manifest("m", "0" * 16, [record(1, "CR"), record(2, "CT"), record(3, "CR")], ["all"])
+    assert [r.source_path for r in select(manifest, "modality=CR")] == ["s/1", "s/3"]
+    assert [r.source_path for r in select(manifest, "split=train,modality!=CR")] == ["s/2"]
+    with pytest.raises(BadInput, match=r"or an attribute \(modality\)"):
+        select(manifest, "manufacturer=ACME")
