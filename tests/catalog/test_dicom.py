@@ -298,3 +298,23 @@ def test_selectors_filter_on_kept_attributes() -> None:
     assert [r.source_path for r in select(manifest, "split=train,modality!=CR")] == ["s/2"]
     with pytest.raises(BadInput, match=r"or an attribute \(modality\)"):
         select(manifest, "manufacturer=ACME")
+
+
+def test_a_dicomdir_is_read_as_its_folder(tmp_path: Path) -> None:
+    from pydicom.fileset import FileSet
+
+    from training.catalog.layouts import scan
+
+    media = FileSet()
+    for name in ("693_UNCR.dcm", "emri_small.dcm", "MR2_J2KR.dcm"):
+        ds = pydicom.dcmread(real(name))
+        for keyword, value in (("StudyDate", "20000101"), ("StudyTime", "000000"), ("StudyID", "1"), ("SeriesNumber", 1),
+                               ("InstanceNumber", 1), ("PatientID", "P1"), ("PatientName", "DOE^JANE")):
+            if not ds.get(keyword):
+                setattr(ds, keyword, value)
+        media.add(ds)
+    media.write(tmp_path / "media")  # DICOMDIR + PT000000/ST000000/SE000000/IM000000 …
+    found = scan(tmp_path / "media" / "DICOMDIR", "dicom", salt=b"k" * 32)
+    assert not found.problems and found.classes == ["CT", "MR"]
+    assert len(found.items) == 1 + 10 + 1  # the DICOMDIR itself is no image; 10 frames
+    assert {i.patient_id for i in found.items if i.label_name == "MR"} >= {pseudonym(b"k" * 32, "patient", "P1")}

@@ -105,10 +105,6 @@ def parse_window(text: str) -> str | tuple[float, float]:
     return wc, ww
 
 
-def window_text(window: str | tuple[float, float]) -> str:
-    return window if isinstance(window, str) else f"{window[0]:g},{window[1]:g}"
-
-
 # -- the reader (runs in the ingest's worker threads or Ray tasks) -----------------------------
 
 
