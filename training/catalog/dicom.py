@@ -391,7 +391,10 @@ def _files(root: Path) -> Iterator[Path]:
                 yield Path(dirpath) / name
 
 
-_SKIP_SOP_CLASSES = {"1.2.840.10008.1.3.10"}  # Media Storage Directory (DICOMDIR)
+_SKIP_SOP_CLASSES = {
+    "1.2.840.10008.1.3.10",  # Media Storage Directory (DICOMDIR)
+    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation: masks, not images
+}
 
 
 def _header(root: Path, path: Path, salt: bytes, label_by: str, allow_burned_in: bool) -> _Header | Problem | None:

@@ -106,10 +106,11 @@ def dataset_salt(name: str, state_dir: Path, salt_file: Path | None = None) -> t
 
 
 def to_unit(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Linear map of ``[low, high]`` onto ``[0, 1]``, clipped (float64)."""
+    """Linear map of ``[low, high]`` onto ``[0, 1]``, clipped (float64); NaN becomes 0."""
     if not np.isfinite([low, high]).all() or high <= low:
         return np.zeros(values.shape, np.float64)
-    return np.clip((np.asarray(values, np.float64) - low) / (high - low), 0.0, 1.0)
+    unit = np.clip((np.asarray(values, np.float64) - low) / (high - low), 0.0, 1.0)
+    return np.nan_to_num(unit, nan=0.0)  # NaN voxels (float NIfTI) count as background
 
 
 def quantize(unit: np.ndarray, bits: int) -> np.ndarray:

@@ -157,7 +157,7 @@ def scan_nifti(
         except Exception as exc:  # BadInput from load_volume
             problems.append(Problem(volume, "unreadable", str(exc)))
             continue
-        low, high = (float(v) for v in np.percentile(voxels, percentiles))
+        low, high = (float(v) for v in np.nanpercentile(voxels, percentiles))
         kept = nonempty_slices(to_unit(voxels, low, high), axis, foreground_level, min_foreground)
         if not kept:
             problems.append(Problem(volume, "empty", f"no slice along {slice_axis} has {min_foreground:.0%} of its "
