@@ -318,3 +318,6 @@ def test_a_dicomdir_is_read_as_its_folder(tmp_path: Path) -> None:
     assert not found.problems and found.classes == ["CT", "MR"]
     assert len(found.items) == 1 + 10 + 1  # the DICOMDIR itself is no image; 10 frames
     assert {i.patient_id for i in found.items if i.label_name == "MR"} >= {pseudonym(b"k" * 32, "patient", "P1")}
+    import pickle  # --engine ray ships items, readers included, pickled
+
+    assert all(pickle.loads(pickle.dumps(item)) == item for item in found.items)
