@@ -8,7 +8,7 @@ LOCK   := requirements.lock
 WEIGHTS := .synthray/torch/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth
 PYTEST_ARGS ?=
 
-.PHONY: help setup lock demo test test-unit stack-up stack-down stack-status serve-up serve-down train-cluster bench bench-catalog bench-train bench-fid clean
+.PHONY: help setup lock dicom-tools demo test test-unit stack-up stack-down stack-status serve-up serve-down train-cluster bench bench-catalog bench-train bench-fid clean
 
 help:
 	@echo "make demo        set up, start the local stack, run the walking skeleton end to end"
@@ -44,7 +44,15 @@ lock:
 $(WEIGHTS): $(STAMP)
 	$(BIN)/synthray fid-weights
 
-setup: $(STAMP) $(WEIGHTS)
+# dciodvfy (Debian's dicom3tools) validates the DICOM Secondary Capture export in the tests.
+# Installed only when missing; needs root (or sudo), as on CI.
+dicom-tools:
+	@command -v dciodvfy >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends dicom3tools >/dev/null; } \
+	  || { echo "make: cannot install dicom3tools (dciodvfy); run: apt-get install -y dicom3tools" >&2; exit 1; }
+
+setup: $(STAMP) $(WEIGHTS) dicom-tools
 
 # The stack comes up first; if it cannot, `synthray doctor` says which part is broken and the fix.
 demo: setup

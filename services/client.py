@@ -51,6 +51,21 @@ def _detail(response: httpx.Response) -> str:
     return str(detail)
 
 
+def _shards_to_dicom(shards: list[Path], directory: Path, echo: Echo) -> list[Path]:
+    """Each batch shard (npz with its manifest) as Secondary Capture files under ``directory``."""
+    from services.serving.packaging import read_images, read_manifest
+    from training.catalog.dicom_export import write_synthetic
+
+    files: list[Path] = []
+    for shard in sorted(shards):
+        data = shard.read_bytes()
+        meta = read_manifest(data)["generator"]
+        files += write_synthetic(read_images(data), meta, directory / shard.stem, seed_index=shard.stem,
+                                 start=int(meta.get("offset") or 0))
+    echo(f"{len(files)} DICOM files → {directory}")
+    return files
+
+
 def _write(path: Path, data: bytes) -> Path:
     tmp = path.with_name(path.name + ".part")
     tmp.write_bytes(data)
@@ -90,11 +105,19 @@ class ApiClient:
         return int(self.request("GET", "/healthz").json()["max_sync_images"])
 
     def generate(self, model: str, n: int, seed: int, out_dir: Path, cls: str | None = None,
-                 echo: Echo = print, poll_s: float = 2.0) -> GenerateResult:
-        """``n`` images into ``out_dir``: synchronous when small enough, else a batch job."""
+                 echo: Echo = print, poll_s: float = 2.0, fmt: str = "png") -> GenerateResult:
+        """``n`` images into ``out_dir``: synchronous when small enough, else a batch job.
+
+        ``fmt`` ``png`` writes PNGs, ``dicom`` DICOM Secondary Capture files (ConversionType
+        SYN): the server packs them (``format=dicom-zip``) for a synchronous request; a batch's
+        npz shards are converted here, each into ``dicom/<shard>/img-NNNNN.dcm``.
+        """
+        if fmt not in ("png", "dicom"):
+            raise ApiError(f"format {fmt!r} is not png or dicom")
         out_dir.mkdir(parents=True, exist_ok=True)
         if n <= self.max_sync_images():
-            body = {"model": model, "n": n, "seed": seed, "format": "png-zip"} | ({"class": cls} if cls else {})
+            body = {"model": model, "n": n, "seed": seed, "format": "dicom-zip" if fmt == "dicom" else "png-zip"} | (
+                {"class": cls} if cls else {})
             response = self.request("POST", "/v1/synthesize", json=body)
             with zipfile.ZipFile(io.BytesIO(response.content)) as zf:
                 files = [_write(confined(out_dir, name), zf.read(name)) for name in zf.namelist()]  # no zip-slip
@@ -103,7 +126,10 @@ class ApiClient:
             return GenerateResult(out_dir, files, dict(response.headers))
         if cls:
             raise ApiError("--class with more images than one synchronous request: use a batch with per_class")
-        return self._batch(model, n, seed, out_dir, echo, poll_s)
+        result = self._batch(model, n, seed, out_dir, echo, poll_s)
+        if fmt == "dicom":
+            result.files += _shards_to_dicom([f for f in result.files if f.suffix == ".npz"], out_dir / "dicom", echo)
+        return result
 
     def _batch(self, model: str, n: int, seed: int, out_dir: Path, echo: Echo, poll_s: float) -> GenerateResult:
         state = self.request("POST", "/v1/batches", json={"model": model, "n": n, "seed": seed}).json()

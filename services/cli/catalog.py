@@ -11,8 +11,8 @@ import click
 
 from infra.settings import get_settings
 
-LAYOUT_NAMES = ("imagefolder", "chen-kl", "mura", "csv")
-PRESET_NAMES = ("none", "knee")
+LAYOUT_NAMES = ("imagefolder", "chen-kl", "mura", "csv", "dicom", "nifti")
+PRESET_NAMES = ("none", "knee", "radiograph")
 
 
 def _open():
@@ -88,7 +88,8 @@ def _save_report(cat, result, report_dir: Path | None) -> None:
 def _preprocess_options(fn):
     for option in reversed([
         click.option("--preprocess", "preset", type=click.Choice(PRESET_NAMES), default="none", show_default=True,
-                     help="preprocessing preset; 'knee' = flip, invert negatives, equalize, resize, focus"),
+                     help="preprocessing preset; 'knee' = flip, invert negatives, equalize, resize, focus; "
+                          "'radiograph' = equalize (16-bit in, 8-bit out), resize"),
         click.option("--resize", "size", type=click.IntRange(16, 4096), default=None,
                      help="resize target of the knee preset [default: 210; the phantom's own size for `phantom`]"),
         click.option("--focus-threshold", type=click.FloatRange(0), default=350.0, show_default=True,
@@ -103,6 +104,62 @@ def _preprocess_options(fn):
     ]):
         fn = option(fn)
     return fn
+
+
+def medical_options(fn):
+    """Options of the dicom and nifti layouts (``training.catalog.dicom`` / ``.nifti``)."""
+    for option in reversed([
+        click.option("--window", default=None, metavar="auto|WC,WW|none",
+                     help="dicom: VOI window; auto = the file's window/VOI LUT, else percentiles 0.5-99.5 [default: auto]"),
+        click.option("--allow-burned-in", is_flag=True, default=None,
+                     help="dicom: also ingest files marked BurnedInAnnotation=YES"),
+        click.option("--label-by", default=None,
+                     help="dicom: modality|body_part|view_position|folder|none [default: modality]; "
+                          "nifti: folder|none [default: none]"),
+        click.option("--slice-axis", type=click.Choice(("x", "y", "z")), default=None,
+                     help="nifti: slice along this RAS+ axis [default: z, axial]"),
+        click.option("--percentiles", default=None, metavar="LOW,HIGH",
+                     help="nifti: intensity window from these percentiles of each volume [default: 0.5,99.5]"),
+        click.option("--min-foreground", type=click.FloatRange(0, 1), default=None,
+                     help="nifti: slices with less than this fraction of pixels above 5% of the window are "
+                          "skipped as empty [default: 0.01]"),
+        click.option("--patients", "patients_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     default=None, help="nifti: CSV path,patient_id[,label] mapping volumes to patients"),
+        click.option("--id-salt-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                     help="dicom/nifti: salt of the patient/UID pseudonyms [default: a per-dataset salt "
+                          "created in the state folder]"),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+_MEDICAL_OPTIONS = {
+    "dicom": ("window", "allow_burned_in", "label_by", "id_salt_file"),
+    "nifti": ("slice_axis", "percentiles", "min_foreground", "patients_csv", "label_by", "id_salt_file"),
+}
+
+
+def layout_options(layout: str, given: dict) -> dict:
+    """The medical options the user gave, checked against the layout and parsed."""
+    from infra.errors import BadInput
+
+    given = {k: v for k, v in given.items() if v is not None and v is not False}
+    stray = sorted(set(given) - set(_MEDICAL_OPTIONS.get(layout, ())))
+    if stray:
+        flags = ", ".join("--" + k.replace("_csv", "").replace("_", "-") for k in stray)
+        raise BadInput(f"{flags} do(es) not apply to --layout {layout}", field=stray[0])
+    if "window" in given:
+        from training.catalog.dicom import parse_window
+
+        given["window"] = parse_window(given["window"])
+    if "percentiles" in given:
+        try:
+            low, high = (float(v) for v in given["percentiles"].split(","))
+        except ValueError:
+            raise BadInput(f"--percentiles {given['percentiles']!r}: use LOW,HIGH, e.g. 0.5,99.5",
+                           field="percentiles") from None
+        given["percentiles"] = (low, high)
+    return given
 
 
 @click.group("catalog")
@@ -152,9 +209,11 @@ def catalog_phantom(n, phantom_size, seed, name, merges, preset, size, focus_thr
 @click.option("--patient-regex", default=None, help="patient id from the file stem (group 'patient' or 1)")
 @click.option("--truth", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="CSV with path + mirrored/inverted/blurred (0/1) to score the detectors")
+@medical_options
 def catalog_ingest(src, name, layout, preset, size, focus_threshold, flip_detector, negative_detector, focus_sweep,
-                   engine, report_dir, merges, classes, fractions, resplit, seed, patient_regex, truth) -> None:
-    """Ingest SRC (a directory, or a CSV file for --layout csv) as a new version of --name."""
+                   engine, report_dir, merges, classes, fractions, resplit, seed, patient_regex, truth,
+                   **medical) -> None:
+    """Ingest SRC (a directory, a CSV file for --layout csv, a DICOMDIR or a NIfTI file) as a new version of --name."""
     from training.catalog.ingest import IngestOptions, ingest, parse_merge
 
     options = IngestOptions(
@@ -162,6 +221,7 @@ def catalog_ingest(src, name, layout, preset, size, focus_threshold, flip_detect
         flip_detector=flip_detector, negative_detector=negative_detector, focus_sweep=focus_sweep, engine=engine,
         merges=dict(parse_merge(m) for m in merges), classes=classes.split(",") if classes else None,
         fractions=fractions, resplit=resplit, seed=seed, patient_regex=patient_regex, truth=truth,
+        layout_options=layout_options(layout, medical),
     )
     cat = _open()
     result = ingest(src, options, cat, click.echo)
@@ -268,12 +328,20 @@ def catalog_disjoint(ref_a, ref_b, select_a, select_b) -> None:
 @catalog.command("export")
 @click.argument("ref")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--select", "selector", default="", help="selector, e.g. split=test,label=KL01")
-def catalog_export(ref, directory, selector) -> None:
-    """Write REF's verified PNGs to DIRECTORY/{split}/{class}/{sha256}.png plus manifest.json."""
+@click.option("--select", "selector", default="", help="selector, e.g. split=test,label=KL01 or modality=CR")
+@click.option("--format", "fmt", type=click.Choice(("png", "dicom")), default="png", show_default=True,
+              help="png: the stored PNGs; dicom: DICOM Secondary Capture files with the catalog's provenance")
+def catalog_export(ref, directory, selector, fmt) -> None:
+    """Write REF's verified images to DIRECTORY/{split}/{class}/{sha256}.{png,dcm} plus manifest.json."""
     from training.catalog.splits import select
 
     cat = _open()
     records = select(cat.manifest(ref), selector)
-    cat.export(ref, directory, records, progress=lambda done, total: click.echo(f"export: {done}/{total} images"))
+    progress = lambda done, total: click.echo(f"export: {done}/{total} images")  # noqa: E731
+    if fmt == "dicom":
+        from training.catalog.dicom_export import export_catalog
+
+        export_catalog(cat, ref, records, directory, progress=progress)
+    else:
+        cat.export(ref, directory, records, progress=progress)
     click.echo(f"{len(records)} images in {directory}")

@@ -48,9 +48,11 @@ def serve_status() -> None:
 @click.option("--url", default=None, help="API base URL [default: the local Serve address]")
 @click.option("--api-key", envvar="SYNTHRAY_CLIENT_API_KEY", default=None,
               help="bearer key [default: the first configured key]")
-def generate(model, n, seed, cls, out_dir, url, api_key) -> None:
+@click.option("--format", "fmt", type=click.Choice(("png", "dicom")), default="png", show_default=True,
+              help="png, or DICOM Secondary Capture files marked synthetic (ConversionType SYN)")
+def generate(model, n, seed, cls, out_dir, url, api_key, fmt) -> None:
     """Fetch synthetic images over the HTTP API (a batch job when n exceeds the synchronous cap)."""
     from services.client import ApiClient
 
     with ApiClient(get_settings(), url=url, api_key=api_key) as client:
-        client.generate(model, n, seed, out_dir, cls=cls, echo=click.echo)
+        client.generate(model, n, seed, out_dir, cls=cls, echo=click.echo, fmt=fmt)

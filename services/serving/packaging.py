@@ -1,4 +1,4 @@
-"""Deterministic containers for synthesized images: a zip of PNGs, or an ``.npz``.
+"""Deterministic containers for synthesized images: a zip of PNGs or of DICOM files, or an ``.npz``.
 
 "Same request, same bytes" is part of the HTTP contract (clients and caches compare
 hashes), so nothing here may depend on the clock or on dict/filesystem order: zip entries
@@ -129,6 +129,27 @@ def to_npz(images: np.ndarray, meta: Mapping[str, Any], compress: bool = False) 
     return buf.getvalue()
 
 
+def to_dicom_zip(images: np.ndarray, meta: Mapping[str, Any]) -> bytes:
+    """Zip of ``img-00000.dcm`` … (DICOM Secondary Capture, ConversionType SYN) plus
+    ``manifest.json``; byte-identical for equal inputs (UIDs derive from model, seed, index).
+
+    Args:
+        images: uint8 (N, H, W) or (N, H, W, C) with equal channels.
+        meta: as for :func:`to_png_zip`; its model, version, uri and seed mark every object
+            (see ``training.catalog.dicom_export``).
+    """
+    from training.catalog.dicom_export import dicom_name, synthetic_datasets, to_bytes
+
+    images = _check(images)
+    names = [dicom_name(i, len(images)) for i in range(len(images))]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, dataset in zip(names, synthetic_datasets(images, meta), strict=True):
+            zf.writestr(_entry(name), to_bytes(dataset))
+        zf.writestr(_entry(MANIFEST_NAME), _canonical_json(manifest(images, meta, names)))
+    return buf.getvalue()
+
+
 def read_manifest(data: bytes) -> dict[str, Any]:
     """The manifest of a ``to_png_zip`` or ``to_npz`` payload (clients, tests)."""
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
@@ -146,5 +167,9 @@ def read_images(data: bytes) -> np.ndarray:
         names = sorted(n for n in zf.namelist() if n.endswith(".png"))
         if names:
             return np.stack([decode_png(zf.read(n)) for n in names])
+        if dicoms := sorted(n for n in zf.namelist() if n.endswith(".dcm")):
+            import pydicom
+
+            return np.stack([pydicom.dcmread(io.BytesIO(zf.read(n))).pixel_array for n in dicoms])
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         return npz["images"]

@@ -15,12 +15,12 @@ from infra.errors import BadInput
 
 API_VERSION = "v1"
 BATCHES_PATH = f"/{API_VERSION}/batches"
-MEDIA_TYPES = {"png-zip": "application/zip", "npz": "application/x-npz"}
-EXTENSIONS = {"png-zip": "zip", "npz": "npz"}
+MEDIA_TYPES = {"png-zip": "application/zip", "npz": "application/x-npz", "dicom-zip": "application/zip"}
+EXTENSIONS = {"png-zip": "zip", "npz": "npz", "dicom-zip": "zip"}
 MAX_SEED = 2**63 - 1
 _EXAMPLE_MODEL = "gan-phantom-knee-wgan-gp-knee-small@champion"
 
-Format = Literal["png-zip", "npz"]
+Format = Literal["png-zip", "npz", "dicom-zip"]
 ClassRef = Annotated[int, Field(ge=0, le=10_000)] | Annotated[str, Field(min_length=1, max_length=128)]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
@@ -49,7 +49,8 @@ class SynthesizeRequest(_ModelBody):
     seed: Seed = Field(description="Latent seed; the same request always returns the same bytes.")
     cls: ClassRef | None = Field(default=None, alias="class",
                                  description="Class name or index, for conditional (or that class's) generators.")
-    format: Format = Field(default="png-zip", description="png-zip: zip of PNGs + manifest.json; npz: numpy arrays.")
+    format: Format = Field(default="png-zip", description="png-zip: zip of PNGs + manifest.json; npz: numpy arrays; "
+                        "dicom-zip: zip of DICOM Secondary Capture files (ConversionType SYN) + manifest.json.")
 
 
 class BatchRequest(_ModelBody):

@@ -139,9 +139,10 @@ class Synthesizer:
         return out  # type: ignore[return-value]
 
     async def _pack(self, images: np.ndarray, meta: dict[str, Any], fmt: str) -> bytes:
-        from services.serving.packaging import to_npz, to_png_zip
+        from services.serving.packaging import to_dicom_zip, to_npz, to_png_zip
 
-        return await asyncio.to_thread(to_png_zip if fmt == "png-zip" else to_npz, images, meta)
+        pack = {"png-zip": to_png_zip, "dicom-zip": to_dicom_zip}.get(fmt, to_npz)
+        return await asyncio.to_thread(pack, images, meta)
 
     async def synthesize(self, ref: ModelRef, n: int, seed: int, cls: str | int | None, fmt: str) -> bytes | SynthrayError:
         """``n`` images of ``ref`` from ``seed`` (optionally of class ``cls``), packaged as ``fmt``."""

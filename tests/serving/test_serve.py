@@ -593,6 +593,28 @@ class TestHttp:
         refused = subprocess.run(cli + ["--api-key", "nope"], capture_output=True, text=True, timeout=300)
         assert refused.returncode == 1 and "401" in refused.stderr and "invalid API key" in refused.stderr
 
+    def test_generate_cli_dicom_format_is_marked_synthetic_and_valid(self, served, stack, tmp_path) -> None:
+        import pydicom
+        from click.testing import CliRunner
+
+        from services.cli.main import main
+        from training.catalog.dicom_export import validate
+
+        out = tmp_path / "dicom"
+        done = CliRunner().invoke(main, ["generate", "--model", f"{NAME}@champion", "--n", "2", "--seed", "3",
+                                         "--out", str(out), "--format", "dicom"])
+        assert done.exit_code == 0, done.output
+        files = sorted(out.glob("*.dcm"))
+        assert len(files) == 2 and json.loads((out / "manifest.json").read_text())["synthetic"] is True
+        datasets = [pydicom.dcmread(f) for f in files]
+        np.testing.assert_array_equal(np.stack([d.pixel_array for d in datasets]), _expected(served[2].uri, stack, 2, 3))
+        for ds in datasets:
+            assert ds.ConversionType == "SYN" and list(ds.ImageType) == ["DERIVED", "SECONDARY"]
+            assert ds.PatientID == f"SYNTHETIC-{NAME}-v{served[2].version}"[:64]
+            assert f"models:/{NAME}/{served[2].version}" in ds.ImageComments and "seed 3" in ds.ImageComments
+        output, errors = validate(files[0])
+        assert "SCImage" in output and not errors, output
+
     def test_up_twice_keeps_serving(self, served, http, stack) -> None:
         messages: list[str] = []
         assert serve_ops.up(stack, progress=messages.append) == served[0]

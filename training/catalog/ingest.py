@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -28,6 +29,7 @@ from training.catalog.store import Attachment, Catalog, DatasetRef, ImageRecord,
 from infra.object_store import sha256_bytes
 from infra.settings import Settings
 from training.catalog.layouts import Problem, SourceItem, scan
+from training.catalog.medical import layout_arguments
 from training.catalog.preprocess import FOCUS_SWEEP_EDGES, Pipeline, contact_sheet, focus_bands, pipeline
 from training.catalog.splits import DEFAULT_FRACTIONS, assign_splits, fold_plan, split_overlap
 from infra.errors import BadInput
@@ -69,6 +71,9 @@ class IngestOptions:
         focus_sweep: write contact sheets of the focus bands 0/175/350/525.
         engine: ``threads`` (this process) or ``ray`` (Ray Data over the cluster) for read +
             preprocess; the result is the same either way (outputs are sorted by path).
+        layout_options: keyword options of the medical layouts (``dicom``: window,
+            allow_burned_in, label_by; ``nifti``: slice_axis, …; both: id_salt_file), see
+            ``training.catalog.dicom`` / ``training.catalog.nifti``; recorded in the report.
     """
 
     name: str
@@ -87,6 +92,7 @@ class IngestOptions:
     truth: Path | None = None
     focus_sweep: bool = False
     engine: str = "threads"
+    layout_options: Mapping[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Refuse bad names before a single file is read (:func:`infra.names.safe_name`)."""
@@ -189,16 +195,23 @@ def _orientation(img: Image.Image) -> int:
 
 
 def _prepare(item: SourceItem, pipe: Pipeline) -> Prepared:
-    try:
-        data = item.path.read_bytes()
-    except OSError as exc:
-        raise BadFile("unreadable", f"{item.rel_path} cannot be read: {exc.strerror or exc}") from None
-    pixels, depth, mode, orientation = read_oriented(data, item.rel_path)
+    orientation = 1
+    if item.reader is not None:  # DICOM frames, NIfTI slices: the layout's own decoder
+        decoded = item.reader(item)
+        pixels, depth, mode, source_sha, source_steps = (
+            decoded.pixels, decoded.bit_depth, decoded.mode, decoded.source_sha256, decoded.steps)
+    else:
+        try:
+            data = item.path.read_bytes()
+        except OSError as exc:
+            raise BadFile("unreadable", f"{item.rel_path} cannot be read: {exc.strerror or exc}") from None
+        pixels, depth, mode, orientation = read_oriented(data, item.rel_path)
+        source_sha, source_steps = sha256_bytes(data), []
     height, width = pixels.shape[:2]
     out, steps = pipe.run(pixels)
     out = np.ascontiguousarray(out)
     png = encode_png(out)
-    return Prepared(item, sha256_bytes(data), png, sha256_bytes(png), depth, width, height, steps, mode,
+    return Prepared(item, source_sha, png, sha256_bytes(png), depth, width, height, [*source_steps, *steps], mode,
                     orientation, out.shape, str(out.dtype))
 
 
@@ -339,7 +352,9 @@ def ingest(
     started = time.perf_counter()
     options.validate()  # refuse bad options (names, fractions) before reading a single file
     pipe = options.pipeline()
-    found = scan(src, options.layout, options.patient_regex)
+    layout_kw, layout_described = layout_arguments(options.name, options.layout, options.layout_options,
+                                                   catalog.store.settings.state_dir)
+    found = scan(src, options.layout, options.patient_regex, **layout_kw)
     classes, mapping = resolve_merges(options.merges, found.classes, options.classes)
     truth = read_truth(options.truth) if options.truth else {}
     progress(f"ingest: {len(found.items)} files in {found.root} (layout {options.layout}, {len(found.problems)} problems)")
@@ -380,6 +395,7 @@ def ingest(
 
     report = {
         "source": str(found.root), "layout": options.layout, "scanned": len(found.items),
+        **({"layout_options": layout_described} if layout_described else {}),
         "excluded_by_merge": dict(excluded), "splits": split_rule, "pipeline": pipe.describe(),
         **summarize(records),
         "skipped": dict(Counter(p.kind for p in problems)),

@@ -17,6 +17,8 @@ import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
+
 from infra.errors import BadInput
 from infra.names import name_problem
 
@@ -36,6 +38,9 @@ class SourceItem:
     patient_id: str | None
     split: str | None = None
     attributes: dict[str, str] = field(default_factory=dict)
+    #: Decodes this item instead of the PNG/JPEG reader (DICOM frames, NIfTI slices): a
+    #: picklable callable ``(item) -> training.catalog.medical.Decoded`` that raises BadFile.
+    reader: Callable[[SourceItem], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -62,14 +67,15 @@ class LayoutError(BadInput):
     """The source as a whole cannot be read in the requested layout: nothing to ingest."""
 
 
-def scan(src: str | Path, layout: str, patient_regex: str | None = None) -> Scan:
-    """Scan ``src`` with the named layout (a key of ``LAYOUTS``)."""
+def scan(src: str | Path, layout: str, patient_regex: str | None = None, **options: Any) -> Scan:
+    """Scan ``src`` with the named layout (a key of ``LAYOUTS``); ``options`` are the
+    layout's own keyword arguments (the medical layouts' window, salt, slice axis …)."""
     try:
         adapter = LAYOUTS[layout]
     except KeyError:
         known = ", ".join(sorted(LAYOUTS))
         raise LayoutError(f"unknown layout {layout!r}; known layouts: {known}") from None
-    return adapter(src, patient_regex=patient_regex)
+    return adapter(src, patient_regex=patient_regex, **options)
 
 
 # --- imagefolder ---------------------------------------------------------------------------
@@ -402,9 +408,22 @@ def _scan(root: Path, layout: str, items: list[SourceItem], classes: Sequence[st
     return Scan(root, layout, sorted(items, key=lambda i: i.rel_path), list(classes), problems)
 
 
+def _lazy(module: str, function: str) -> Callable[..., Scan]:
+    """A layout whose module (and its pydicom / nibabel) is imported only when used."""
+
+    def adapter(src: str | Path, **options: Any) -> Scan:
+        import importlib
+
+        return getattr(importlib.import_module(module), function)(src, **options)
+
+    return adapter
+
+
 LAYOUTS: dict[str, Callable[..., Scan]] = {
     "imagefolder": scan_imagefolder,
     "chen-kl": scan_chen_kl,
     "mura": scan_mura,
     "csv": scan_csv,
+    "dicom": _lazy("training.catalog.dicom", "scan_dicom"),
+    "nifti": _lazy("training.catalog.nifti", "scan_nifti"),
 }

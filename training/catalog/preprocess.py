@@ -388,7 +388,14 @@ def _knee(
     )
 
 
-PRESETS: dict[str, Callable[..., Pipeline]] = {"none": _none, "knee": _knee}
+def _radiograph(*, size: int = 210, **_knee_options: Any) -> Pipeline:
+    """Any radiograph or slice (DICOM, NIfTI) into a GAN's input: global histogram
+    equalization on the full bit depth (16-bit in, 8-bit out, so nothing is squashed to
+    8 bits first), then the square resize. No knee-specific detectors."""
+    return Pipeline((EqualizeHist(), Resize(size)))
+
+
+PRESETS: dict[str, Callable[..., Pipeline]] = {"none": _none, "knee": _knee, "radiograph": _radiograph}
 
 
 def pipeline(preset: str, **kwargs: Any) -> Pipeline:

@@ -79,13 +79,17 @@ def assign_splits(
 def select(manifest: Manifest, selector: str) -> list[ImageRecord]:
     """Records matching ``selector``: comma-separated ``key=value`` / ``key!=value`` terms, ANDed.
 
-    Keys: ``split``, ``label`` (class name or index), ``subset``. An empty selector is all
-    records. Example: ``split=train,subset!=rejected``.
+    Keys: ``split``, ``label`` (class name or index), ``subset``, or any record attribute the
+    version has (``modality``, ``body_part``, ``view_position`` … of the dicom layout), matched
+    exactly. An empty selector is all records. Example: ``split=train,subset!=rejected,modality=CR``.
     """
     records = manifest.records
+    attributes = {k for r in manifest.records for k in r.attributes}
     for term in filter(None, (t.strip() for t in selector.split(","))):
-        key, negate, value = _term(term)
-        if key == "split":
+        key, negate, value = _term(term, attributes)
+        if key in attributes and key not in _SELECTOR_KEYS:
+            hit = lambda r, k=key, v=value: r.attributes.get(k) == v  # noqa: E731
+        elif key == "split":
             hit = lambda r, v=value: r.split == v  # noqa: E731
         elif key == "label":
             label = _label_index(manifest, value)
@@ -97,12 +101,16 @@ def select(manifest: Manifest, selector: str) -> list[ImageRecord]:
     return records
 
 
-def _term(term: str) -> tuple[str, bool, str]:
+_SELECTOR_KEYS = ("split", "label", "subset")
+
+
+def _term(term: str, attributes: set[str] = frozenset()) -> tuple[str, bool, str]:
     negate = "!=" in term
     key, _, value = term.partition("!=" if negate else "=")
     key, value = key.strip(), value.strip()
-    if key not in {"split", "label", "subset"} or not value:
-        raise BadInput(f"selector term {term!r} is invalid: use split=…, label=… or subset=… (or !=)")
+    if (key not in _SELECTOR_KEYS and key not in attributes) or not value:
+        extra = f", or an attribute ({', '.join(sorted(attributes))})" if attributes else ""
+        raise BadInput(f"selector term {term!r} is invalid: use split=…, label=… or subset=…{extra} (or !=)")
     return key, negate, value
 
 
