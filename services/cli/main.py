@@ -2,7 +2,7 @@
 
 Groups follow the layers: ``stack`` (infra), ``catalog``, ``train``, ``sweep``, ``registry``,
 ``eval`` and ``experiment`` (training),
-``serve`` and ``demo`` (services). Heavy imports happen inside commands so ``--help``
+``serve``, ``demo`` and ``study`` (services). Heavy imports happen inside commands so ``--help``
 stays instant.
 
 Errors are handled once, here: a :class:`infra.errors.SynthrayError` (or a library error that
@@ -25,6 +25,7 @@ from services.cli.registry import registry
 from services.cli.serve import generate, serve
 from services.cli.cluster import cluster
 from services.cli.demo import demo
+from services.cli.study import study
 
 
 class UserError(click.ClickException):
@@ -58,7 +59,7 @@ def main() -> None:
 
 
 for command in (stack, fid_weights, catalog, train, sweep, registry, eval_group, experiment, serve, generate,
-                cluster, demo):
+                cluster, demo, study):
     main.add_command(command)
 
 

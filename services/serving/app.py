@@ -59,6 +59,7 @@ from services.serving.schemas import (
     SynthesizeRequest,
 )
 from services.serving.scoring import Classifier, FidScorer
+from services.serving import studies as studies_routes
 from services.serving.synthesizer import Synthesizer
 from training.registry.generators import parse_model
 from training.registry.tags import GENERATOR_KIND
@@ -96,6 +97,9 @@ _ERRORS = {
     422: {"description": "Invalid body; the error names the field."},
     503: {"description": "Model registry unreachable, or overloaded (see Retry-After)."},
 }
+
+
+api.include_router(studies_routes.router)  # reader studies: /v1/studies (key) and /study/{token} (reader link)
 
 
 @api.middleware("http")
@@ -199,6 +203,7 @@ class Api:
         self.directory, self.synthesizer, self.fid, self.classifier = directory, synthesizer, fid, classifier
         self.args = AppArgs.model_validate(args or {})
         self.settings = get_settings()
+        studies_routes.attach(directory, synthesizer)
 
     # -- probes and metrics ---------------------------------------------------------------------
     @api.get("/healthz")
