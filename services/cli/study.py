@@ -54,7 +54,7 @@ def render_local(model: dict, seeds: list[int], cls: str | int | None, classes: 
     label = resolve_label(sampler, ref, cls)
     if hasattr(label, "detail"):
         raise BadInput(label.detail, field="class")
-    return list(Synthesizer._render_jobs([_Job(sampler, 1, seed, label) for seed in seeds]))
+    return list(Synthesizer.func_or_class._render_jobs([_Job(sampler, 1, seed, label) for seed in seeds]))
 
 
 @study.command("create")

@@ -91,7 +91,7 @@ def bootstrap_ci(fake_correct: Sequence[bool], real_correct: Sequence[bool], see
 
     fakes = np.asarray(fake_correct, dtype=float)
     reals = np.asarray(real_correct, dtype=float)
-    if len(fakes) == 0 or len(reals) == 0:
+    if len(fakes) < 2 or len(reals) < 2:  # no spread to resample: undefined
         return math.nan, math.nan
     if fakes.min() == fakes.max() and reals.min() == reals.max():  # degenerate: every draw is equal
         value = (fakes[0] + reals[0]) / 2
