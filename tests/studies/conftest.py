@@ -37,9 +37,8 @@ def study_generator(stack: Settings, study_dataset):
     generator, _ = spec.build()
     sampler = GeneratorSampler(generator, spec.latent_dim)
     selection = {"split": "train", "labels": None, "limit": None, "subset": None, "balance": "none", "seed": 0}
-    tags = {"kind": "", "dataset": str(study_dataset.ref), "dataset.selection": json.dumps(selection, sort_keys=True),
+    tags = {"dataset": str(study_dataset.ref), "dataset.selection": json.dumps(selection, sort_keys=True),
             "classes": json.dumps(list(study_dataset.classes))}
-    tags.pop("kind")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "model_card.md").write_text(f"# {GENERATOR}\n\nA test generator (untrained).\n")
         return log_generator(sampler, GENERATOR, alias="champion", tags=tags, card_dir=Path(tmp), settings=stack)

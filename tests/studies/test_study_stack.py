@@ -136,3 +136,36 @@ def test_close_logs_to_mlflow_and_the_card_gains_a_reader_study(created, stack: 
     with pytest.raises(Exception, match="closed"):
         ReaderSession(studies, study, "r01").answer(study.images[0], "real")
     assert np.isfinite(res["overall"]["balanced_accuracy"])
+
+
+def test_time_limit_records_no_answer_and_survives_a_reload(stack: Settings, study_dataset) -> None:
+    """The clock starts at the first view; late answers and images left to expire become "no answer"."""
+    from training.catalog.store import Catalog
+    from training.studies.create import StudyRequest, freeze, plan
+    from training.studies.reading import GRACE_S, ReaderSession
+
+    studies = _studies(stack)
+    request = StudyRequest(model="gan-x/1", reference=f"{STUDY_DATASET}:split=test", n_real=2, n_fake=2, size=64,
+                           readers=1, time_limit_s=30, seed=3)
+    model = {"name": "gan-x", "version": "1", "run_id": None, "spec": "gan-x/1", "uri": "models:/gan-x/1"}
+    the_plan = plan(request, model, {}, Catalog(studies.store))
+    assert the_plan.disjoint == "not checked"
+    fakes = [np.full((64, 64), 100 + i, np.uint8) for i in range(2)]
+    study = freeze(the_plan, fakes, Catalog(studies.store), studies).study
+    now = [1000.0]
+    session = ReaderSession(studies, study, "r01", clock=lambda: now[0])
+    first = session.position()
+    assert first.remaining_s == 30
+    now[0] += 10  # a reload 10 s later: the clock keeps running
+    assert session.position().remaining_s == 20 and session.position().image_id == first.image_id
+    now[0] += 30 + GRACE_S  # answered too late: stored as no answer
+    session.answer(first.image_id, "real", 5)
+    assert studies.answers(study.study_id, "r01")[first.image_id]["answer"] is None
+    second = session.position()  # shown now; the reader walks away for a minute
+    now[0] += 60
+    third = session.position()
+    assert third.answered == 2 and third.image_id != second.image_id
+    stored = studies.answers(study.study_id, "r01")[second.image_id]
+    assert stored["answer"] is None and stored["timeout"] is True
+    session.answer(third.image_id, "synthetic", 2)
+    assert studies.answers(study.study_id, "r01")[third.image_id]["answer"] == "synthetic"

@@ -189,9 +189,6 @@ def plan(request: StudyRequest, model: Mapping[str, Any], model_tags: Mapping[st
     return Plan(request, dict(model), str(manifest.ref), selector, reals, fake_seeds, seed, disjoint)
 
 
-Renderer = Callable[[Sequence[int]], Sequence[np.ndarray]]
-
-
 def freeze(plan: Plan, fakes: Sequence[np.ndarray], catalog: Catalog, studies: StudyStore,
            progress: Callable[[str], None] = lambda _: None) -> CreatedStudy:
     """Re-encode and write every image, the truth, the readers and their tokens.

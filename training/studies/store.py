@@ -29,7 +29,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from infra.errors import BadInput, NotFound
+from infra.errors import NotFound
 from infra.object_store import ObjectNotFoundError, ObjectStore
 
 PREFIX = "studies"
@@ -244,8 +244,3 @@ def new_image_id() -> str:
 
     return secrets.token_hex(8)
 
-
-def bad_ids(ids: list[str]) -> None:
-    for i in ids:
-        if not IMAGE_ID.match(i):
-            raise BadInput(f"bad image id {i!r}")
