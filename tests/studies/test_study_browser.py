@@ -241,6 +241,23 @@ def test_two_readers_reload_resume_double_submit_and_a_replica_kill(app, stack, 
     assert len(studies.answers(sid, "r02")) == N
 
 
+def test_the_page_submits_no_answer_when_the_time_runs_out(owner, studies, browser) -> None:
+    response = owner.post("/v1/studies", json={
+        "model": f"{GENERATOR}/1", "reference": f"{STUDY_DATASET}:split=test", "n_real": 1, "n_fake": 1, "size": 64,
+        "readers": 1, "time_limit_s": 3, "seed": 4})
+    assert response.status_code == 201, response.text
+    created = response.json()
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(created["readers"][0]["url"])
+    first = page.locator('input[name="image_id"]').get_attribute("value")
+    assert int(page.locator("#countdown").inner_text()) in (2, 3)
+    page.wait_for_function("document.getElementById('progress-text').innerText.startsWith('1 /')", timeout=15_000)
+    context.close()
+    stored = studies.answers(created["study_id"], "r01")[first]
+    assert stored["answer"] is None and stored["timeout"] is True
+
+
 def test_owner_closes_and_sees_the_results_page(app, owner, stack, study, studies, browser) -> None:
     sid = study["study_id"]
     closed = owner.post(f"/v1/studies/{sid}/close")
