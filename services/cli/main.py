@@ -25,6 +25,7 @@ from services.cli.registry import registry
 from services.cli.serve import generate, serve
 from services.cli.cluster import cluster
 from services.cli.demo import demo
+from services.cli.doctor import doctor
 from services.cli.study import study
 
 
@@ -58,7 +59,7 @@ def main() -> None:
     """synthray: synthetic radiographs from GANs, on Ray, MLflow and S3."""
 
 
-for command in (stack, fid_weights, catalog, train, sweep, registry, eval_group, experiment, serve, generate,
+for command in (stack, doctor, fid_weights, catalog, train, sweep, registry, eval_group, experiment, serve, generate,
                 cluster, demo, study):
     main.add_command(command)
 

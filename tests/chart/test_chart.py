@@ -293,7 +293,8 @@ def test_image_matches_the_pins_and_runs_as_non_root() -> None:
     base = re.search(r"^ARG BASE=rayproject/ray:(?P<ray>[\d.]+)-py(?P<py>\d+)-cpu$", text, re.M)
     assert base and base["ray"] == pins["ray"] and base["py"] == "311"  # requires-python 3.11
     assert "rayproject/ray:" + pins["ray"] + "-py311-cu" in text  # the documented GPU variant, same release
-    assert re.search(r"^RUN pip install .*-c constraints\.txt .*\[cluster\]", text, re.M)  # CI's pinned install
+    assert re.search(r"^RUN pip install .*--no-deps -r requirements\.lock", text, re.M)  # CI's locked install
+    assert re.search(r"pip install .*--no-deps .*\[cluster\]", text)  # then the project itself, nothing resolved
     users = re.findall(r"^USER (\S+)$", text, re.M)
     assert users[-1] == "1000"  # the last USER wins: not root
     # The FID weights are not baked in: no build step fetches or copies them.
