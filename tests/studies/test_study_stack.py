@@ -59,6 +59,9 @@ def test_created_study_records_the_version_seeds_and_encodes_alike(created, stac
 
     studies = _studies(stack)
     study = studies.study(created["study_id"])
+    assert created["study_id"] in studies.study_ids()
+    listed = _cli("study", "list")
+    assert created["study_id"] in listed.output and "open" in listed.output
     assert study.model["name"] == GENERATOR and study.model["version"] == "1"
     assert [r.group for r in study.readers] == ["radiologist", "radiologist", "surgeon"]
     assert study.disjoint.startswith("disjoint")

@@ -167,9 +167,16 @@ class StudyStore:
         return {rid: r["token"] for rid, r in self.get_json(self.key(study_id, "readers.json"))["readers"].items()}
 
     def study_ids(self) -> list[str]:
-        ids = set()
-        for key in self.store.list_keys(f"{PREFIX}/s-"):
-            ids.add(key.split("/")[1])
+        """Every study id: one LIST by common prefix (not a walk over every image and answer)."""
+        client = self.store.client
+        ids: set[str] = set()
+        pages = self.store._call("list", f"{PREFIX}/", lambda: list(client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.store.bucket, Prefix=f"{PREFIX}/s-", Delimiter="/")))
+        for page in pages:
+            for common in page.get("CommonPrefixes", []):
+                sid = common["Prefix"].split("/")[1]
+                if STUDY_ID.match(sid):
+                    ids.add(sid)
         return sorted(ids)
 
     def reader_of(self, token: str) -> tuple[str, str]:
