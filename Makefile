@@ -27,6 +27,16 @@ $(STAMP): pyproject.toml constraints.txt $(LOCK)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $@
 
+# The reader-study browser test drives Debian's chromium through Playwright (no browser download).
+# Installed only when missing; CI runs as root on a clean machine of this kind.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "warning: $(CHROMIUM) is missing and this is not root: 'sudo apt-get install -y chromium' for the browser test"; \
+	fi
+
 # Re-resolve pyproject.toml (with the test and cluster extras) under constraints.txt in a scratch
 # venv and freeze it into requirements.lock. Run it after changing a dependency; tests/infra/test_lock.py
 # fails while pyproject.toml and the lock disagree.
@@ -52,7 +62,7 @@ dicom-tools:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends dicom3tools >/dev/null; } \
 	  || { echo "make: cannot install dicom3tools (dciodvfy); run: apt-get install -y dicom3tools" >&2; exit 1; }
 
-setup: $(STAMP) $(WEIGHTS) dicom-tools
+setup: $(STAMP) $(WEIGHTS) dicom-tools $(CHROMIUM)
 
 # The stack comes up first; if it cannot, `synthray doctor` says which part is broken and the fix.
 demo: setup

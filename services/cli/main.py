@@ -2,7 +2,7 @@
 
 Groups follow the layers: ``stack`` (infra), ``catalog``, ``train``, ``sweep``, ``registry``,
 ``eval`` and ``experiment`` (training),
-``serve`` and ``demo`` (services). Heavy imports happen inside commands so ``--help``
+``serve``, ``demo`` and ``study`` (services). Heavy imports happen inside commands so ``--help``
 stays instant.
 
 Errors are handled once, here: a :class:`infra.errors.SynthrayError` (or a library error that
@@ -26,6 +26,7 @@ from services.cli.serve import generate, serve
 from services.cli.cluster import cluster
 from services.cli.demo import demo
 from services.cli.doctor import doctor
+from services.cli.study import study
 
 
 class UserError(click.ClickException):
@@ -59,7 +60,7 @@ def main() -> None:
 
 
 for command in (stack, doctor, fid_weights, catalog, train, sweep, registry, eval_group, experiment, serve, generate,
-                cluster, demo):
+                cluster, demo, study):
     main.add_command(command)
 
 

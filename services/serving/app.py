@@ -69,6 +69,7 @@ from services.serving.schemas import (
     SweepRequest,
     SynthesizeRequest,
 )
+from services.serving import studies as studies_routes
 from services.serving.synthesizer import Synthesizer
 from training.registry.generators import parse_model
 from training.registry.tags import GENERATOR_KIND
@@ -106,6 +107,9 @@ _ERRORS = {
     422: {"description": "Invalid body; the error names the field."},
     503: {"description": "Model registry or object store unreachable, or overloaded (see Retry-After)."},
 }
+
+
+api.include_router(studies_routes.router)  # reader studies: /v1/studies (key) and /study/{token} (reader link)
 
 
 @api.middleware("http")
@@ -211,6 +215,7 @@ class Api:
         self.directory, self.synthesizer, self.fid, self.classifier = directory, synthesizer, fid, classifier
         self.args = AppArgs.model_validate(args or {})
         self.settings = get_settings()
+        studies_routes.attach(directory, synthesizer)
 
     # -- probes and metrics ---------------------------------------------------------------------
     @api.get("/healthz")

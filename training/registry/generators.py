@@ -310,8 +310,12 @@ def model_card(spec: str, settings: Settings | None = None) -> str:
     repo = ModelsArtifactRepository(version_uri(version.name, version.version))
     with tempfile.TemporaryDirectory() as tmp:
         card = Path(repo.download_artifacts(f"extra_files/{CARD_FILE}", tmp)).read_text()
-    cas = cas_section(version.tags or {})
-    return card if cas is None else f"{card.rstrip()}\n\n{cas}"
+    from training.studies.card import study_section
+
+    for extra in (cas_section(version.tags or {}), study_section(version.tags or {})):
+        if extra is not None:
+            card = f"{card.rstrip()}\n\n{extra}"
+    return card
 
 
 def load_generator(uri: str, settings: Settings | None = None) -> GeneratorSampler:

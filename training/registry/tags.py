@@ -47,3 +47,11 @@ PRETRAINED_SHA256 = "synthray.pretrained.sha256"
 PRETRAINED_LOADED = "synthray.pretrained.loaded"
 PRETRAINED_SKIPPED = "synthray.pretrained.skipped"
 PRETRAINED_NOTES = "synthray.pretrained.notes"
+
+# -- reader studies (training/studies) ------------------------------------------------------------------
+READER_STUDY_KIND = "reader-study"  # the MLflow run of a closed reader study
+STUDY_ID = "synthray.study.id"
+STUDY_MODEL_NAME = "synthray.study.model_name"  # the generator version the study judged
+STUDY_MODEL_VERSION = "synthray.study.model_version"
+STUDY_MODEL_RUN_ID = "synthray.study.model_run_id"
+STUDY_VERSION_PREFIX = "study."  # generator version tags: the latest closed study (the card's "Reader study")
