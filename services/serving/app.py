@@ -40,7 +40,6 @@ from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve import Application
@@ -51,7 +50,7 @@ from infra.errors import RETRY_AFTER_S, NotFound, SynthrayError, Unavailable
 from infra.object_store import ObjectStoreUnavailable
 from infra.settings import get_settings
 from services.serving import prometheus as metrics
-from services.serving.auth import KeyChecker
+from services.serving.auth import require_key
 from services.serving.body_limit import BodyLimit
 from services.serving.classifier import Classifier
 from services.serving.fid_scorer import FidScorer
@@ -85,18 +84,6 @@ api = FastAPI(
                 "Every /v1 route needs 'Authorization: Bearer <key>'.",
 )
 api.add_middleware(BodyLimit, max_bytes=lambda: get_settings().serve_max_body_bytes)
-
-_bearer = HTTPBearer(auto_error=False, description="An API key from SYNTHRAY_API_KEYS or the key file.")
-_checker: KeyChecker | None = None
-
-
-def require_key(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
-    """401 unless the request carries a configured API key."""
-    global _checker
-    if _checker is None:
-        _checker = KeyChecker(get_settings())
-    _checker.check(credentials)
-
 
 AUTH = [Depends(require_key)]
 _ERRORS = {

@@ -16,10 +16,10 @@ import secrets
 import time
 from pathlib import Path
 
-from fastapi import HTTPException
-from fastapi.security import HTTPAuthorizationCredentials
+from fastapi import Depends, HTTPException
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from infra.settings import Settings
+from infra.settings import Settings, get_settings
 
 _RELOAD_S = 5.0
 
@@ -72,3 +72,15 @@ class KeyChecker:
             matched |= hmac.compare_digest(token, key)
         if not matched:
             raise HTTPException(401, "invalid API key", headers=challenge)
+
+
+_bearer = HTTPBearer(auto_error=False, description="An API key from SYNTHRAY_API_KEYS or the key file.")
+_checker: KeyChecker | None = None
+
+
+def require_key(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+    """FastAPI dependency of every keyed route (``/v1`` and the study owner's): 401 without a configured key."""
+    global _checker
+    if _checker is None:
+        _checker = KeyChecker(get_settings())
+    _checker.check(credentials)

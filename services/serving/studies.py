@@ -38,7 +38,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from services.serving.auth import require_key
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -76,21 +76,7 @@ def studies():
 
 
 # -- auth and errors ---------------------------------------------------------------------------------
-_bearer = HTTPBearer(auto_error=False)
-_checker: Any = None
-
-
-def owner(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
-    """401 unless the request carries a configured API key (the same keys as every /v1 route)."""
-    global _checker
-    if _checker is None:
-        from services.serving.auth import KeyChecker
-
-        _checker = KeyChecker(get_settings())
-    _checker.check(credentials)
-
-
-OWNER = [Depends(owner)]
+OWNER = [Depends(require_key)]  # the same keys as every /v1 route
 _ERRORS = {401: {"description": "Missing or invalid API key."}, 404: {"description": "No such study."},
            409: {"description": "The study is not in a state that allows this (open / closed)."},
            422: {"description": "Invalid body; the error names the field."},

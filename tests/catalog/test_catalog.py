@@ -261,6 +261,19 @@ def test_deleted_blob_is_a_clear_error_naming_the_object(catalog: Catalog) -> No
     assert "missing" in message
 
 
+def _overwritten(catalog: Catalog, key_of, body_of) -> tuple[Manifest, str]:
+    """A freshly published version whose object ``key_of(published)`` is replaced by ``body_of(old bytes)``."""
+    _, items = phantom(3)
+    published = catalog.publish(unique_name(), items, classes=list(KL_NAMES))
+    key = key_of(published)
+    catalog.store.put_bytes(key, body_of(catalog.store.get_bytes(key)), content_type="application/json")
+    return published, key
+
+
+def _manifest_key(catalog: Catalog):
+    return lambda published: catalog.manifest_key(published.name, published.version)
+
+
 @pytest.mark.stack
 @pytest.mark.parametrize(
     "tamper",
@@ -275,12 +288,12 @@ def test_deleted_blob_is_a_clear_error_naming_the_object(catalog: Catalog) -> No
     ],
 )
 def test_tampered_manifest_is_refused(catalog: Catalog, tamper) -> None:
-    _, items = phantom(3)
-    published = catalog.publish(unique_name(), items, classes=list(KL_NAMES))
-    key = catalog.manifest_key(published.name, published.version)
-    raw = json.loads(catalog.store.get_bytes(key))
-    tamper(raw)
-    catalog.store.put_bytes(key, json.dumps(raw).encode(), content_type="application/json")
+    def tampered(old: bytes) -> bytes:
+        raw = json.loads(old)
+        tamper(raw)
+        return json.dumps(raw).encode()
+
+    published, key = _overwritten(catalog, _manifest_key(catalog), tampered)
     with pytest.raises(CatalogError, match="tampered") as info:
         catalog.manifest(published.name)
     assert catalog.store.uri(key) in str(info.value)
@@ -289,10 +302,7 @@ def test_tampered_manifest_is_refused(catalog: Catalog, tamper) -> None:
 @pytest.mark.stack
 @pytest.mark.parametrize("body", [b"{not json", b"\xff\xfe\x00", b"[]", b'"a string"'])
 def test_corrupt_manifest_is_a_catalog_error(catalog: Catalog, body: bytes) -> None:
-    _, items = phantom(2)
-    published = catalog.publish(unique_name(), items, classes=list(KL_NAMES))
-    key = catalog.manifest_key(published.name, published.version)
-    catalog.store.put_bytes(key, body)
+    published, key = _overwritten(catalog, _manifest_key(catalog), lambda _: body)
     with pytest.raises(CatalogError, match="tampered") as info:
         catalog.manifest(published.ref)
     assert catalog.store.uri(key) in str(info.value)
@@ -301,12 +311,10 @@ def test_corrupt_manifest_is_a_catalog_error(catalog: Catalog, body: bytes) -> N
 @pytest.mark.stack
 @pytest.mark.parametrize("body", [b"garbage", b"{}", b'{"version": 7}', b'{"version": "../../x"}'])
 def test_corrupt_latest_pointer_is_a_catalog_error(catalog: Catalog, body: bytes) -> None:
-    _, items = phantom(2)
-    published = catalog.publish(unique_name(), items, classes=list(KL_NAMES))
-    catalog.store.put_bytes(catalog.latest_key(published.name), body)
+    published, key = _overwritten(catalog, lambda pub: catalog.latest_key(pub.name), lambda _: body)
     with pytest.raises(CatalogError, match="is corrupt") as info:
         catalog.resolve(published.name)
-    assert catalog.store.uri(catalog.latest_key(published.name)) in str(info.value)
+    assert catalog.store.uri(key) in str(info.value)
     assert catalog.manifest(published.ref) == published  # the version itself is intact
 
 
