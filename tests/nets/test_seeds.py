@@ -41,7 +41,7 @@ def test_latents_and_tools_use_the_full_seed(sampler) -> None:
 
 
 def test_seed_derivation_is_versioned_in_batch_ids() -> None:
-    from services.batches import jobs as bj
+    from services.batches import ids as bj
 
     model = bj.BatchModel("gan-x", "3", "r1")
     ids = {bj.batch_id(model, 10, s, None) for s in SEEDS}

@@ -43,7 +43,7 @@ def served(stack: Settings):
             yield http, sampler
     finally:
         serve_ops.down(stack, progress=lambda _: None)
-        from services.batches import jobs as batch_jobs
+        from services.batches import api as batch_jobs
 
         for batch in batch_jobs.active_batches(stack):
             batch_jobs.cancel(batch, stack)
