@@ -36,7 +36,7 @@ def test_demo_end_to_end(stack: Settings, tmp_path: Path) -> None:
         assert f"== [{step}/7] done in" in proc.stdout
     assert re.search(r"^\s+[\d.]+ s\s+total$", proc.stdout, re.M)
 
-    summary = dict(re.findall(r"^(dataset|model|FID curve|FID|KID|batch folder|contact sheet)\s+(.+)$",
+    summary = dict(re.findall(r"^(FID curve|contact sheet|batch folder|dataset|model|FID|KID)\s+(.+)$",
                               proc.stdout, re.M))
     assert re.fullmatch(r"phantom-knee@[0-9a-f]{16}", summary["dataset"])
     assert summary["model"].startswith("models:/gan-phantom-knee-dcgan-knee-cpu@champion")

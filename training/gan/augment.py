@@ -209,7 +209,13 @@ class AdaController:
         self._steps += 1
 
     def due(self) -> bool:
+        """``interval`` D steps have been accumulated since the last adjustment."""
         return self._steps >= self.interval
+
+    def pending(self) -> bool:
+        """Some D steps are accumulated but not yet applied (the training loop flushes them at
+        each epoch's end, so a checkpoint never holds one worker's partial sums)."""
+        return self._steps > 0
 
     def adjust(self, reduce: Callable[[list[float]], list[float]] = lambda v: v) -> float:
         """Move p from the accumulated signs; ``reduce`` sums [Σ sign, count, images] over workers."""

@@ -340,8 +340,12 @@ def train_loop(loop_config: dict) -> None:
         metrics |= {"epoch": epoch + 1, "global_step": global_step,
                     "images_per_s": world * steps * batch / elapsed, "lr_g": pair.sched_g.get_last_lr()[0]}
         metrics["ema_beta"] = ema.last_beta
-        if ada is not None:  # the state at the end of the epoch (identical on every worker)
-            metrics |= {"ada_p": ada.p, "ada_rt": ada.last_rt}
+        if ada is not None:
+            # Flush the partial interval at the epoch's end: each worker's partial sums are its
+            # own, and the checkpoint (rank 0's) could not restore the others' exactly.
+            if ada.pending():
+                augment.p = ada.adjust(lambda v: _sum_across_workers(v, world))
+            metrics |= {"ada_p": ada.p, "ada_rt": ada.last_rt}  # identical on every worker
         if rank != 0:
             ray.train.report(metrics)
             continue
