@@ -202,7 +202,7 @@ def run_demo(opts: DemoOptions = DemoOptions(), settings: Settings | None = None
         pngs = sorted(folder.glob("*.png"))
         echo(f"{len(pngs)} PNGs from {base}/v1/synthesize (model version {got.headers.get('x-model-version')}) → {folder}")
         sheet = folder.with_name(folder.name + "-contact.png")
-        write_contact_sheet(load_generator(f"models:/{served}", settings=settings), sheet, opts.contact, opts.seed,
+        write_contact_sheet(load_generator(ModelReference.parse(served).uri, settings=settings), sheet, opts.contact, opts.seed,
                             real=reference_images(ref, range(min(opts.contact, ref.n)), settings))
         curve = folder.with_name(folder.name + "-fid-curve.png")
         write_fid_curve(result.run_id, curve, settings)

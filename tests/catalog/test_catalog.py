@@ -224,12 +224,17 @@ def test_invalid_name_publishes_nothing(catalog: Catalog, puts: list[str]) -> No
 
 
 # -- integrity ----------------------------------------------------------------------------
+def _published_blob(catalog: Catalog, index: int) -> tuple[Manifest, ImageRecord, str]:
+    """A fresh 3-image version, its record ``index`` and that record's blob key."""
+    _, items = phantom(3)
+    manifest = catalog.publish(unique_name(), items, classes=list(KL_NAMES))
+    victim = manifest.records[index]
+    return manifest, victim, catalog.blob_key(victim.sha256)
+
+
 @pytest.mark.stack
 def test_tampered_blob_fails_its_hash_check(catalog: Catalog) -> None:
-    images, items = phantom(3)
-    manifest = catalog.publish(unique_name(), items, classes=list(KL_NAMES))
-    victim = manifest.records[1]
-    key = catalog.blob_key(victim.sha256)
+    manifest, victim, key = _published_blob(catalog, 1)
     original = catalog.store.get_bytes(key)
     forged = encode_png(255 - decode_png(original))  # a perfectly valid PNG, wrong content
     catalog.store.put_bytes(key, forged, content_type="image/png")
@@ -248,10 +253,7 @@ def test_tampered_blob_fails_its_hash_check(catalog: Catalog) -> None:
 
 @pytest.mark.stack
 def test_deleted_blob_is_a_clear_error_naming_the_object(catalog: Catalog) -> None:
-    _, items = phantom(3)
-    manifest = catalog.publish(unique_name(), items, classes=list(KL_NAMES))
-    victim = manifest.records[2]
-    key = catalog.blob_key(victim.sha256)
+    manifest, victim, key = _published_blob(catalog, 2)
     assert catalog.store.delete_prefix(key) == 1
     with pytest.raises(CatalogError) as info:
         catalog.read_pixels(manifest.records)
@@ -299,23 +301,21 @@ def test_tampered_manifest_is_refused(catalog: Catalog, tamper) -> None:
     assert catalog.store.uri(key) in str(info.value)
 
 
-@pytest.mark.stack
-@pytest.mark.parametrize("body", [b"{not json", b"\xff\xfe\x00", b"[]", b'"a string"'])
-def test_corrupt_manifest_is_a_catalog_error(catalog: Catalog, body: bytes) -> None:
-    published, key = _overwritten(catalog, _manifest_key(catalog), lambda _: body)
-    with pytest.raises(CatalogError, match="tampered") as info:
-        catalog.manifest(published.ref)
-    assert catalog.store.uri(key) in str(info.value)
+MANIFEST_BODIES = [b"{not json", b"\xff\xfe\x00", b"[]", b'"a string"']
+LATEST_BODIES = [b"garbage", b"{}", b'{"version": 7}', b'{"version": "../../x"}']
 
 
 @pytest.mark.stack
-@pytest.mark.parametrize("body", [b"garbage", b"{}", b'{"version": 7}', b'{"version": "../../x"}'])
-def test_corrupt_latest_pointer_is_a_catalog_error(catalog: Catalog, body: bytes) -> None:
-    published, key = _overwritten(catalog, lambda pub: catalog.latest_key(pub.name), lambda _: body)
-    with pytest.raises(CatalogError, match="is corrupt") as info:
-        catalog.resolve(published.name)
+@pytest.mark.parametrize(("target", "body"), [("manifest", b) for b in MANIFEST_BODIES] + [("latest", b) for b in LATEST_BODIES])
+def test_corrupt_manifest_or_latest_pointer_is_a_catalog_error(catalog: Catalog, target: str, body: bytes) -> None:
+    """A manifest that is not JSON (or not an object) is "tampered"; a corrupt latest pointer "is corrupt"."""
+    key_of = _manifest_key(catalog) if target == "manifest" else (lambda pub: catalog.latest_key(pub.name))
+    published, key = _overwritten(catalog, key_of, lambda _: body)
+    with pytest.raises(CatalogError, match="tampered" if target == "manifest" else "is corrupt") as info:
+        catalog.manifest(published.ref) if target == "manifest" else catalog.resolve(published.name)
     assert catalog.store.uri(key) in str(info.value)
-    assert catalog.manifest(published.ref) == published  # the version itself is intact
+    if target == "latest":
+        assert catalog.manifest(published.ref) == published  # the version itself is intact
 
 
 # -- interrupted publishes ----------------------------------------------------------------
