@@ -791,6 +791,49 @@ def test_openapi_fuzz_never_a_server_error(served, key) -> None:
     assert len(calls) >= len(operations)
 
 
+# Issue 21 item 4: the string and number fields schemathesis' generic strategies rarely reach:
+# non-ASCII digits ("²".isdigit() is True, int("²") raises), very long digit strings, and
+# numbers far beyond int64. Each request is one of the kinds; none may answer 5xx.
+_NON_ASCII_DIGITS = "²³¹٣۴߅०১੨૩୪௫౬೭൮๙໑༢၃႔០᠑᥆᧕᪀᭒᮳᱄᱕꘠꣐꤁꧑꩓꯰０"
+_ODD_STRINGS = hypothesis.strategies.one_of(
+    hypothesis.strategies.text(alphabet=_NON_ASCII_DIGITS, min_size=1, max_size=4),
+    hypothesis.strategies.integers(min_value=10**18, max_value=10**400).map(str),  # long digit strings
+    hypothesis.strategies.text(alphabet="0123456789" + _NON_ASCII_DIGITS, min_size=300, max_size=2000),
+)
+_ODD_NUMBERS = hypothesis.strategies.one_of(
+    hypothesis.strategies.integers(min_value=2**63, max_value=10**60),
+    hypothesis.strategies.integers(max_value=-1, min_value=-(10**60)),
+    hypothesis.strategies.floats(allow_nan=False, allow_infinity=False, min_value=1e19, max_value=1e300),
+)
+
+
+@pytest.mark.stack
+def test_odd_digits_and_huge_numbers_are_never_a_server_error(served, http, reference) -> None:
+    model = f"{NAME}@champion"
+    statuses: list[int] = []
+
+    @hypothesis.given(text=_ODD_STRINGS, number=_ODD_NUMBERS)
+    @hypothesis.settings(max_examples=FUZZ_EXAMPLES * 2, deadline=None, derandomize=True, database=None,
+                         suppress_health_check=list(hypothesis.HealthCheck))
+    def fuzz(text: str, number) -> None:
+        requests = [
+            ("/v1/synthesize", {"model": model, "n": 1, "seed": 1, "class": text}),
+            ("/v1/synthesize", {"model": model, "n": 1, "seed": number}),
+            ("/v1/synthesize", {"model": model, "n": number, "seed": 1}),
+            ("/v1/synthesize", {"model": f"{NAME}/{text}", "n": 1, "seed": 1}),
+            ("/v1/batches", {"model": model, "n": 2, "seed": 1, "per_class": {text: 1}}),
+            ("/v1/latent/sweep", {"model": model, "seed": 1, "dim": number}),
+            ("/v1/fid", {"reference": f"{reference}:{text}", "candidate": {"model": model, "n": 2, "seed": 1}}),
+        ]
+        for path, body in requests:
+            response = http.post(path, json=body)
+            statuses.append(response.status_code)
+            assert response.status_code < 500, (path, body, response.status_code, response.text[:300])
+
+    fuzz()
+    assert statuses and all(400 <= s < 500 for s in statuses), sorted(set(statuses))
+
+
 # -- last: stopping ---------------------------------------------------------------------------
 @pytest.mark.stack
 def test_zz_down_stops_serving(served, stack) -> None:
