@@ -25,6 +25,8 @@ $(STAMP): pyproject.toml constraints.txt $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r $(LOCK)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@extra=$$($(BIN)/python -m infra.environment); if [ -n "$$extra" ]; then \
+	  echo "removing packages the lock does not list: $$extra"; $(BIN)/python -m pip uninstall --quiet -y $$extra; fi
 	@touch $@
 
 # The reader-study browser test drives Debian's chromium through Playwright (no browser download).

@@ -63,4 +63,13 @@ def drift(path: Path = LOCK_FILE) -> dict[str, tuple[str | None, str | None]]:
     return out
 
 
-__all__ = ["LOCK_FILE", "drift", "installed_versions", "locked_versions"]
+def unlocked() -> list[str]:
+    """Installed distributions the lock does not list (left by an older install): ``make setup`` removes them."""
+    return sorted(name for name, (_, want) in drift().items() if want is None)
+
+
+__all__ = ["LOCK_FILE", "drift", "installed_versions", "locked_versions", "unlocked"]
+
+
+if __name__ == "__main__":  # `python -m infra.environment`: print what make setup must uninstall
+    print("\n".join(unlocked()))

@@ -106,7 +106,7 @@ async def _run(fn, *args, **kwargs):
 
 
 async def _remote(response) -> Any:
-    """Await a deployment call: a returned failure (status, detail) or raised SynthrayError → HTTP."""
+    """Await a deployment call: a returned or raised SynthrayError → its HTTP error."""
     try:
         value = await response
     except Exception as exc:  # noqa: BLE001
@@ -115,13 +115,8 @@ async def _remote(response) -> Any:
             raise HTTPException(503, f"serving is busy or restarting, retry: {name}",
                                 headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         raise http_error(getattr(exc, "cause", None) or exc) from None
-    if hasattr(value, "status") and hasattr(value, "detail") and not isinstance(value, (bytes, dict, list)):
-        field = getattr(value, "field", None)
-        if value.status == 422 and field:
-            raise RequestValidationError([{"type": "value_error", "loc": ("body", field), "msg": value.detail,
-                                           "input": None}])
-        raise HTTPException(value.status, value.detail,
-                            headers={"Retry-After": str(RETRY_AFTER_S)} if value.status == 503 else None)
+    if isinstance(value, SynthrayError):  # deployments return their client errors as values
+        raise http_error(value)
     return value
 
 
