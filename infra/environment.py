@@ -7,6 +7,7 @@ machine installs the local build ``2.13.0+cpu``.
 
 from __future__ import annotations
 
+import sysconfig
 from importlib import metadata
 from pathlib import Path
 
@@ -44,8 +45,13 @@ def locked_versions(path: Path = LOCK_FILE) -> dict[str, Version]:
 
 
 def installed_versions() -> dict[str, Version]:
-    """``{canonical name: version}`` of every distribution importable in this interpreter."""
-    return {canonicalize_name(d.metadata["Name"]): Version(d.version) for d in metadata.distributions()}
+    """``{canonical name: version}`` of every distribution installed in this environment's site-packages.
+
+    Only site-packages: ``import ray`` puts its vendored ``ray/thirdparty_files`` (colorama …) on
+    ``sys.path``, and those are Ray's files, not installed packages.
+    """
+    paths = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    return {canonicalize_name(d.metadata["Name"]): Version(d.version) for d in metadata.distributions(path=paths)}
 
 
 def drift(path: Path = LOCK_FILE) -> dict[str, tuple[str | None, str | None]]:
