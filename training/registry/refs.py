@@ -15,6 +15,7 @@ from infra.names import safe_name
 
 # NAME@alias or NAME/VERSION, optionally written as a full models:/ URI.
 _MODEL_REF = re.compile(r"^(?:models:/)?(?P<name>[A-Za-z0-9_.-]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>[1-9][0-9]*))$")
+MAX_VERSION = 2**31 - 1  # MLflow's model version column is a 32-bit integer
 MODEL_REF_HELP = "'NAME@alias' (e.g. 'gan-phantom-knee-wgan-gp-knee-small@champion') or 'NAME/VERSION' (e.g. '…/3')"
 
 
@@ -61,6 +62,9 @@ class ModelReference:
         match = _MODEL_REF.match(spec)
         if match is None:
             raise BadInput(f"model must be {MODEL_REF_HELP}, got {spec!r}", field="model")
+        if match["version"] is not None and int(match["version"]) > MAX_VERSION:
+            # MLflow stores versions as 32-bit integers; a larger one makes its server fail (5xx)
+            raise BadInput(f"model version {match['version']} is out of range (at most {MAX_VERSION})", field="model")
         return cls(match["name"], alias=match["alias"], version=match["version"])
 
     @property
