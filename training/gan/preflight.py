@@ -8,7 +8,7 @@ prints one ``Error:`` line):
 
 - the dataset reference (it exists; the version is pinned), the selection (split, subset,
   class), the *stored* image size against the architecture, the batch against the selection
-  (per worker) — :func:`training.gan.trainer._check_selection`;
+  (per worker) — :func:`_check_selection` (below);
 - the FID reference selection (at least 2 images; ``fid_n`` no larger than the selection);
 - the warm-start checkpoint (``--init-from``): the object exists, loads, and its generator
   (and critic, with ``--transfer-critic``) fits the architecture — :func:`check_checkpoint`.
@@ -49,7 +49,6 @@ def check_run(cfg: GanTrainConfig, settings: Settings | None = None, *, init_fro
         init_from_later_step: ``cfg.init_from`` names a checkpoint an earlier step of the same
             plan will write; it is not looked up.
     """
-    from training.gan.trainer import _check_selection
 
     settings = settings or get_settings()
     manifest, records = _check_selection(cfg, settings)  # dataset, split/subset/class, stored size, batch
@@ -74,7 +73,6 @@ def _check_reference(cfg: GanTrainConfig, manifest, records: list) -> None:
     if not cfg.fid_every:
         return
     from training.evaluate.reference import selected_records
-    from training.gan.trainer import reference_request
 
     request = reference_request(cfg, len(records))
     if request["n"] < 2:
@@ -146,3 +144,38 @@ def _read_checkpoint(uri: str, filename: str, settings: Settings) -> bytes:
         raise NotFound(f"{field} {uri}: no checkpoint there (no {path})", field=field) from None
     except OSError as exc:
         raise BadInput(f"{field} {uri}: cannot read {path} ({exc.strerror or exc})", field=field) from None
+
+
+def _check_selection(cfg: GanTrainConfig, settings: Settings):
+    """The selection's records, after checking class, size and batch against the architecture."""
+    from collections import Counter
+
+    from training.catalog.selection import catalog, select_records
+
+    preset = cfg.preset()
+    manifest = catalog(settings).manifest(cfg.dataset)
+    records = select_records(manifest, **cfg.selection())
+    sizes = Counter(manifest.stored_size(r) for r in records)  # what is stored, not the source
+    if set(sizes) != {(preset.image_size, preset.image_size)}:
+        found = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.most_common())
+        raise BadInput(
+            f"dataset {manifest.ref} has {found} images but {cfg.arch} makes "
+            f"{preset.image_size}x{preset.image_size}; ingest with --resize {preset.image_size} or pick another --arch"
+        )
+    batch = cfg.hyperparameters()["batch_size"]
+    if len(records) // cfg.workers < max(1, batch // cfg.workers):
+        raise BadInput(f"dataset {manifest.ref} selection has {len(records)} images, fewer than one batch of "
+                         f"{batch // cfg.workers} per worker on {cfg.workers} workers; lower --batch-size")
+    return manifest, records
+
+
+def reference_request(cfg: GanTrainConfig, n_train: int) -> dict:
+    """Keyword arguments of ``reference_statistics`` for a run's FID reference.
+
+    The reference is the first n images, in image-hash order, of the training selection (split/subset/class), with
+    n = the number of training images unless ``fid_n`` caps it; a balanced (Method II) run
+    still compares against its unbalanced selection, the distribution it should cover.
+    """
+    selection = cfg.selection()
+    return {"dataset": cfg.dataset, "split": selection["split"], "subset": selection["subset"],
+            "labels": selection["labels"], "n": min(cfg.fid_n or n_train, n_train)}

@@ -82,27 +82,6 @@ def _check_cluster(cfg: GanTrainConfig) -> None:
         raise BadInput(f"--workers {cfg.workers} needs {cfg.workers} {kind}s but the Ray cluster has {have}")
 
 
-def _check_selection(cfg: GanTrainConfig, settings: Settings):
-    """The selection's records, after checking class, size and batch against the architecture."""
-    from training.catalog.selection import catalog, select_records
-
-    preset = cfg.preset()
-    manifest = catalog(settings).manifest(cfg.dataset)
-    records = select_records(manifest, **cfg.selection())
-    sizes = Counter(manifest.stored_size(r) for r in records)  # what is stored, not the source
-    if set(sizes) != {(preset.image_size, preset.image_size)}:
-        found = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.most_common())
-        raise BadInput(
-            f"dataset {manifest.ref} has {found} images but {cfg.arch} makes "
-            f"{preset.image_size}x{preset.image_size}; ingest with --resize {preset.image_size} or pick another --arch"
-        )
-    batch = cfg.hyperparameters()["batch_size"]
-    if len(records) // cfg.workers < max(1, batch // cfg.workers):
-        raise BadInput(f"dataset {manifest.ref} selection has {len(records)} images, fewer than one batch of "
-                         f"{batch // cfg.workers} per worker on {cfg.workers} workers; lower --batch-size")
-    return manifest, records
-
-
 def _fid_curve(client, run_id: str, floors: dict | None = None) -> None:
     """FID against epoch as a PNG artifact (from the run's own history, so resumes are included)."""
     import matplotlib
@@ -250,23 +229,13 @@ def train_gan(
     )
 
 
-def reference_request(cfg: GanTrainConfig, n_train: int) -> dict:
-    """Keyword arguments of ``reference_statistics`` for a run's FID reference.
-
-    The reference is the first n images, in image-hash order, of the training selection (split/subset/class), with
-    n = the number of training images unless ``fid_n`` caps it; a balanced (Method II) run
-    still compares against its unbalanced selection, the distribution it should cover.
-    """
-    selection = cfg.selection()
-    return {"dataset": cfg.dataset, "split": selection["split"], "subset": selection["subset"],
-            "labels": selection["labels"], "n": min(cfg.fid_n or n_train, n_train)}
-
-
 def _prepare_reference(cfg: GanTrainConfig, n_train: int, settings: Settings, progress) -> dict:
     """Compute (or find cached) reference statistics once, on the driver, before the workers start."""
     from training.evaluate import reference_statistics
 
     from training.evaluate.floor import derive_reference, real_floor
+
+    from training.gan.preflight import reference_request
 
     kwargs = reference_request(cfg, n_train)
     # One Inception pass over the first min(2n, N) images serves the reference (its first n rows),

@@ -178,7 +178,8 @@ def _facts(client, run_id: str, checkpoint: str | None, settings: Settings, prog
     from training.evaluate import reference_statistics
     from training.evaluate.floor import real_floor
     from training.catalog.phantom import PHANTOM_PATIENT_PREFIX
-    from training.gan.trainer import reference_request, sampler_from_state
+    from training.gan.preflight import reference_request
+    from training.gan.trainer import sampler_from_state
 
     run = client.get_run(run_id)
     tags = run.data.tags
