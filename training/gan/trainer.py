@@ -11,7 +11,6 @@ The worker loop is :mod:`training.gan.loop`.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
