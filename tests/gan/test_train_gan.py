@@ -165,14 +165,24 @@ def _train_workers(state_dir: str) -> list[psutil.Process]:
     return found
 
 
-def _kill_a_worker_after_first_checkpoint(client, experiment: str, state_dir: str, stop: threading.Event) -> list[int]:
-    """Wait for the run's first epoch to be checkpointed, then SIGKILL one Ray Train worker."""
+def _kill_a_worker_after_first_checkpoint(client, experiment: str, settings: Settings,
+                                          stop: threading.Event) -> list[int]:
+    """Wait until Ray Train has registered the run's first checkpoint, then SIGKILL one worker.
+
+    Registration, not the worker's report, is what a restart resumes from: the controller
+    collects reports when it polls the workers, so a kill between a report and that poll
+    loses the checkpoint (seen under CPU load with a fixed sleep). The controller writes its
+    checkpoint-manager snapshot to the run's storage after registering, so its existence is
+    the moment to wait for.
+    """
+    store = ObjectStore(settings)
     while not stop.is_set():
         exp = client.get_experiment_by_name(experiment)
         runs = client.search_runs([exp.experiment_id]) if exp else []
-        if runs and _history(client, runs[0].info.run_id, "epoch"):
-            time.sleep(2.0)  # let rank 0 finish uploading and reporting the checkpoint
-            if workers := _train_workers(state_dir):
+        snapshot = (f"{settings.ray_results_prefix}/gan-{runs[0].info.run_id}/checkpoint_manager_snapshot.json"
+                    if runs else None)
+        if snapshot and store.exists(snapshot):
+            if workers := _train_workers(str(settings.state_dir)):
                 victim = max(workers, key=lambda p: p.pid)
                 victim.send_signal(signal.SIGKILL)
                 return [victim.pid]
@@ -186,7 +196,7 @@ def test_killed_worker_resumes_from_checkpoint_exactly(run, stack: Settings, cli
     stop = threading.Event()
     killed: list[int] = []
     killer = threading.Thread(target=lambda: killed.extend(_kill_a_worker_after_first_checkpoint(
-        client, cfg.experiment, str(stack.state_dir), stop)), daemon=True)
+        client, cfg.experiment, stack, stop)), daemon=True)
     killer.start()
     try:
         result = train_gan(cfg, settings=stack, progress=lambda _: None)
