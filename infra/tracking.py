@@ -13,8 +13,14 @@ from infra.settings import Settings, get_settings
 
 def configure(settings: Settings | None = None):
     """Point MLflow at the configured server and return the ``mlflow`` module."""
+    from infra.progress import verbosity
+
     settings = settings or get_settings()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # MLflow's own "View run …"/"View experiment …" lines at every run's end: synthray prints the
+    # run's link once itself (e.g. "train: MLflow run …"), so they show only with --verbose.
+    if verbosity() != "verbose":
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     import mlflow
 

@@ -74,13 +74,43 @@ def deploy_config(settings: Settings, path: Path = CONFIG_PATH):
     env = worker_env(settings) | {
         # Explicit, in case ``settings`` differs from this process's environment.
         "SYNTHRAY_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "SYNTHRAY_LOG_FORMAT": settings.log_format,  # the Api's request lines and batch coordinators
         CODE_VERSION_VAR: code_version(),
     }
     for app in config.applications:
         runtime_env = dict(app.runtime_env or {})
         runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **env}
         app.runtime_env = runtime_env
+        app.logging_config = logging_config(settings)
+    check_batching(config)
     return config
+
+
+def logging_config(settings: Settings):
+    """Serve's ``LoggingConfig`` for the app: ``SYNTHRAY_LOG_FORMAT`` json → JSON lines.
+
+    Access logs stay on, in the replicas' log files (``{state_dir}/ray/session_latest/logs/serve/``);
+    they reach a console only with ``--verbose`` (:func:`infra.ray_runtime.connect`). In JSON
+    each record carries Serve's request id, route, deployment and replica, plus the fields the
+    Api adds to its one request line (model, model version, status, duration_ms).
+    """
+    from ray.serve.schema import LoggingConfig
+
+    return LoggingConfig(encoding="JSON" if settings.log_format == "json" else "TEXT", enable_access_log=True)
+
+
+def check_batching(config) -> None:
+    """The Synthesizer must admit as many requests as its batch holds images (see serve_config.yaml).
+
+    Raises:
+        ServeError: ``max_ongoing_requests`` < ``max_batch_images`` (Ray would warn and cap batches).
+    """
+    for app in config.applications:
+        images = (app.args or {}).get("max_batch_images")
+        for deployment in app.deployments:
+            if deployment.name == "Synthesizer" and images and deployment.max_ongoing_requests < images:
+                raise ServeError(f"Serve config: Synthesizer max_ongoing_requests ({deployment.max_ongoing_requests}) "
+                                 f"is below max_batch_images ({images}); a batch of small requests could never fill")
 
 
 def base_url(settings: Settings) -> str:
