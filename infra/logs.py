@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime, timezone
+from pathlib import Path
 
 from infra.settings import Settings
 
@@ -53,4 +54,27 @@ def configure(logger: logging.Logger, settings: Settings, level: int = logging.I
     return logger
 
 
-__all__ = ["FIELDS", "JsonLines", "configure"]
+def route_to_file(names: list[str], settings: Settings) -> Path | None:
+    """Send the records of libraries' loggers (``mlflow``, ``ray.serve``) to ``{state_dir}/logs/libraries.log``.
+
+    The console then shows synthray's own lines only; ``--verbose`` leaves the libraries'
+    handlers alone (their lines stay on the console). Returns the log file, or None if verbose.
+    """
+    from infra.progress import verbosity
+
+    if verbosity() == "verbose":
+        return None
+    path = settings.state_dir / "logs" / "libraries.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        logger = logging.getLogger(name)
+        if any(getattr(h, "baseFilename", None) == str(path) for h in logger.handlers):
+            continue
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.handlers = [handler]
+        logger.propagate = False
+    return path
+
+
+__all__ = ["FIELDS", "JsonLines", "configure", "route_to_file"]

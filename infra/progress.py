@@ -10,16 +10,18 @@ Two kinds of callback travel through the code:
 and one facility draws long work: :func:`bar` (``rich.progress``, the one progress library of
 the project). Bars go to stderr, as tqdm's do, so stdout carries results only (``--json | jq``
 works). On a terminal a bar is live; when stderr is not a terminal (CI, a log file, ``2>&1 |
-tee``) the same bar prints a few plain lines instead: one when the work ends, and in between
-at most one per :data:`LINE_EVERY_S` seconds, and only after at least :data:`LINE_EVERY_FRACTION`
-more of the total is done (so a bar prints at most about ten lines however long it runs).
+tee``) the same bar prints a few plain lines instead: at most one per :data:`LINE_EVERY_S`
+seconds, and only after at least :data:`LINE_EVERY_FRACTION` more of the total is done, plus
+one when the work ends. Work shorter than :data:`LINE_EVERY_S` prints no line at all (its
+caller's result line follows), and a bar prints at most five lines however long it runs.
 
 Verbosity (``synthray --quiet`` / ``--verbose``, or ``SYNTHRAY_VERBOSITY``):
 
 * ``quiet``: no bars and no :func:`say` lines; only results and errors are printed.
 * ``normal`` (default): bars and synthray's own lines; Ray's and MLflow's chatter goes to the
   log files under the state dir (see :func:`infra.ray_runtime.connect`).
-* ``verbose``: everything, Ray's worker output and Serve's access logs included.
+* ``verbose``: everything, Ray's worker output and Serve's access logs included; off a
+  terminal a bar prints a line per :data:`VERBOSE_LINE_FRACTION` of its work.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ VERBOSITIES: tuple[Verbosity, ...] = ("quiet", "normal", "verbose")
 #: Non-terminal output: at most one line per this many seconds while a bar runs ...
 LINE_EVERY_S = 30.0
 #: ... and only after at least this fraction more of the total is done (the end always prints).
-LINE_EVERY_FRACTION = 0.1
+LINE_EVERY_FRACTION = 0.2
+#: ``--verbose`` off a terminal: a line per update that adds at least this fraction, without the time gate.
+VERBOSE_LINE_FRACTION = 0.05
 
 
 class Progress(Protocol):
@@ -126,9 +130,12 @@ class _Silent(Bar):
 class _Lines(Bar):
     """Not a terminal: a few plain lines (see the module docstring for when)."""
 
-    def __init__(self, description: str, total: int | None, unit: str) -> None:
+    def __init__(self, description: str, total: int | None, unit: str, every_s: float = LINE_EVERY_S,
+                 fraction: float = LINE_EVERY_FRACTION) -> None:
         super().__init__(description, total, unit)
-        self._last_t, self._last_done, self._printed = time.monotonic(), 0, -1
+        self._started = self._last_t = time.monotonic()
+        self._last_done, self._printed = 0, -1
+        self._every_s, self._fraction = every_s, fraction
 
     def line(self) -> str:
         of = f"/{self.total}" if self.total else ""
@@ -138,13 +145,14 @@ class _Lines(Bar):
 
     def _draw(self) -> None:
         now = time.monotonic()
-        step = LINE_EVERY_FRACTION * (self.total or 0)
+        step = self._fraction * (self.total or 0)
         if (self.total and self.done >= self.total) or (
-                now - self._last_t >= LINE_EVERY_S and self.done - self._last_done >= step):
+                now - self._last_t >= self._every_s and self.done - self._last_done >= step):
             self._emit(now)
 
     def _emit(self, now: float) -> None:
-        if self._printed != self.done:
+        # Work shorter than every_s prints nothing: the caller's own result line says it is done.
+        if self._printed != self.done and (self._printed >= 0 or now - self._started >= self._every_s):
             print(self.line(), file=sys.stderr, flush=True)
             self._last_t, self._last_done, self._printed = now, self.done, self.done
 
@@ -212,8 +220,14 @@ def bar(description: str, total: int | None = None, unit: str = "it") -> Iterato
         the :class:`Bar` to update.
     """
     level = verbosity()
-    kind = _Silent if level == "quiet" else _Live if is_terminal() else _Lines
-    handle = kind(description, total, unit)
+    if level == "quiet":
+        handle: Bar = _Silent(description, total, unit)
+    elif is_terminal():
+        handle = _Live(description, total, unit)
+    elif level == "verbose":  # everything: a line per update of at least 5 %, at once
+        handle = _Lines(description, total, unit, every_s=0.0, fraction=VERBOSE_LINE_FRACTION)
+    else:
+        handle = _Lines(description, total, unit)
     try:
         yield handle
     finally:

@@ -24,6 +24,9 @@ def configure(settings: Settings | None = None):
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     import mlflow
 
+    from infra.logs import route_to_file
+
+    route_to_file(["mlflow"], settings)  # MLflow's INFO/WARNING chatter: the state dir's log, not the console
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
     return mlflow

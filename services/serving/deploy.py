@@ -28,7 +28,8 @@ import yaml
 
 from infra.settings import PROJECT_ROOT, Settings, get_settings
 from infra.errors import SynthrayError
-from infra.progress import Progress
+from infra.logs import route_to_file
+from infra.progress import Bar, Progress, bar
 
 CONFIG_PATH = Path(__file__).with_name("serve_config.yaml")
 CODE_VERSION_VAR = "SYNTHRAY_SERVE_CODE_VERSION"
@@ -154,7 +155,7 @@ def up(settings: Settings | None = None, progress: Progress = print, timeout_s: 
     _connect(settings)
     from ray import serve
 
-    progress(f"starting Ray Serve on {settings.serve_host}:{settings.serve_port}")
+    route_to_file(["ray.serve"], settings)  # Serve's driver-side INFO lines ("Started Serve …") unless --verbose
     serve.start(http_options={"host": settings.serve_host, "port": settings.serve_port})
     client = _client()
     running = client.http_config
@@ -163,26 +164,27 @@ def up(settings: Settings | None = None, progress: Progress = print, timeout_s: 
             f"Ray Serve already runs on {running.host}:{running.port}, not {settings.serve_host}:{settings.serve_port}; "
             "run 'synthray serve down' first"
         )
-    progress(f"deploying application {app.name!r} from {CONFIG_PATH.name}")
+    progress(f"deploying application {app.name!r} ({CONFIG_PATH.name}) on Ray Serve at "
+             f"{settings.serve_host}:{settings.serve_port}")
     client.deploy_apps(config)
-    _wait_running(app.name, progress, deadline=time.monotonic() + timeout_s)
+    with bar(f"serve: {app.name} deployments healthy", total=len(app.deployments), unit="deployment") as shown:
+        _wait_running(app.name, shown, deadline=time.monotonic() + timeout_s)
     _wait_http(url, progress, deadline=time.monotonic() + timeout_s)
-    progress(f"{app.name} is serving at {url} (OpenAPI: {url}/docs)")
+    progress(f"{app.name} is RUNNING at {url} (OpenAPI: {url}/docs)")
     return url
 
 
-def _wait_running(name: str, progress: Progress, deadline: float) -> None:
+def _wait_running(name: str, shown: Bar, deadline: float) -> None:
+    """Poll Serve until every deployment is HEALTHY; ``shown`` counts the healthy ones (states as info)."""
     from ray import serve
 
-    last = None
     while True:
         overview = serve.status().applications.get(name)
         state = _app_summary(overview) if overview else {"status": "NOT_STARTED", "message": "", "deployments": {}}
-        shown = (state["status"], tuple(sorted((d, s["status"]) for d, s in state["deployments"].items())))
-        if shown != last:
-            deps = ", ".join(f"{d} {s}" for d, s in shown[1])
-            progress(f"  {name}: {state['status']}" + (f" ({deps})" if deps else ""))
-            last = shown
+        waiting = ", ".join(f"{d} {s['status']}" for d, s in sorted(state["deployments"].items())
+                            if s["status"] != "HEALTHY")
+        healthy = sum(s["status"] == "HEALTHY" for s in state["deployments"].values())
+        shown.update(healthy, info=state["status"] + (f" ({waiting})" if waiting else ""))
         if state["status"] == "RUNNING" and all(d["status"] == "HEALTHY" for d in state["deployments"].values()):
             return
         if state["status"] == "DEPLOY_FAILED":
