@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -652,6 +653,20 @@ class TestHttp:
                                       _expected(served[2].uri, stack, 4, 3))
         refused = subprocess.run(cli + ["--api-key", "nope"], capture_output=True, text=True, timeout=300)
         assert refused.returncode == 1 and "401" in refused.stderr and "invalid API key" in refused.stderr
+
+    def test_generate_cli_above_the_sync_cap_polls_a_batch_and_downloads_its_shards(self, served, tmp_path) -> None:
+        """260 > max_sync_images: a batch job (shards of 25) with its two bars, polling then downloading
+        (``--verbose`` off a terminal: a line per 5 %, so both bars show even on a fast run)."""
+        out = tmp_path / "big"
+        done = subprocess.run([sys.executable, "-m", "services.cli.main", "--verbose", "generate", "--model",
+                               f"{NAME}@champion", "--n", "260", "--seed", "4", "--out", str(out)],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        batch = re.search(r"^batch (\S+) submitted \(260 images\)$", done.stdout, re.M)
+        assert batch, done.stdout
+        assert re.search(rf"^batch {batch[1]}: 260/260 img \(100 %\), succeeded", done.stderr, re.M), done.stderr
+        assert re.search(rf"^batch {batch[1]}: download: 12/12 file \(100 %\)$", done.stderr, re.M), done.stderr
+        assert len(list(out.glob("*.npz"))) == 11 and len(list(out.iterdir())) == 12  # 10 x 25 + 10, and the manifest
 
     def test_generate_cli_dicom_format_is_marked_synthetic_and_valid(self, served, stack, tmp_path) -> None:
         import pydicom
