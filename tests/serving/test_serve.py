@@ -562,6 +562,13 @@ class TestHttp:
         assert record["model_version"] == served[2].version and record["model"] == NAME
         assert record["status"] == 200 and record["path_template"] == "/v1/synthesize"
         assert 0 < record["duration_ms"] < 300_000 and record["deployment"] == "synthray_Api"
+        # The batching warning is fixed at its cause: the Synthesizer replicas (which set
+        # max_batch_size at start) never logged it.
+        from infra.stack import ray_temp_dir
+
+        logs = sorted((ray_temp_dir(stack.state_dir) / "session_latest" / "logs" / "serve").glob(
+            "replica_synthray_Synthesizer_*.log"))
+        assert logs and not [p for p in logs if "larger than `max_ongoing_requests`" in p.read_text(errors="replace")]
 
     def test_alias_swap_under_concurrent_load(self, http, stack) -> None:
         """champion moves while requests run: none fails, each answer is wholly one version."""

@@ -245,14 +245,15 @@ def _prepare_reference(cfg: GanTrainConfig, n_train: int, settings: Settings, pr
     wide = reference_statistics(**{**kwargs, "n": min(2 * kwargs["n"], n_train)}, settings=settings)
     ref = derive_reference(wide, kwargs["n"], settings)
     floor = real_floor(ref, settings, superset=wide)
-    progress(f"train: FID reference {ref.key} ({ref.n} real images, {'cached' if wide.cached else 'computed'}); "
-             f"{floor.describe()} ({floor.method})")
+    said = (f"train: FID reference {ref.key} ({ref.n} real images, {'cached' if wide.cached else 'computed'}); "
+            f"{floor.describe()} ({floor.method})")
     out = {"reference": kwargs, "reference_key": ref.key, "floor": floor, "floors": {"fid": floor}}
     if cfg.fid_quick_n:
         n_quick = min(cfg.fid_quick_n, kwargs["n"])
         quick = derive_reference(wide, n_quick, settings)
         quick_floor = real_floor(quick, settings, superset=wide)
-        progress(f"train: quick FID every epoch at n = {n_quick}, {quick_floor.describe()}")
+        said += f"; quick FID every epoch at n = {n_quick}, {quick_floor.describe()}"
         out |= {"reference_quick": {**kwargs, "n": n_quick}, "floor_quick": quick_floor,
                 "floors": {"fid": floor, "fid_quick": quick_floor}}
+    progress(said)
     return out
