@@ -69,8 +69,8 @@ setup: $(STAMP) $(WEIGHTS) dicom-tools $(CHROMIUM)
 # The stack comes up first; if it cannot, `synthray doctor` says which part is broken and the fix.
 demo: setup
 	@$(BIN)/synthray stack up || { $(BIN)/synthray doctor; exit 1; }
-	$(BIN)/synthray demo
-	@echo "The stack keeps running for you to browse MLflow; stop it with 'make stack-down'."
+	@echo "(the stack keeps running after the demo, to browse MLflow; stop it with 'make stack-down')"
+	@$(BIN)/synthray demo
 
 # Exit code 5 ("no tests collected") fails the target like any other failure.
 test: setup

@@ -19,7 +19,16 @@ def connect(settings: Settings | None = None, namespace: str = "synthray") -> No
 
     Driver-side environment (loopback node IP, auth mode) must match the head's, and the
     worker processes inherit the S3 and MLflow settings through the runtime env.
+
+    Unless ``--verbose`` (:func:`infra.progress.verbosity`), workers' stdout and stderr are not
+    copied to this console (``log_to_driver=False``): Ray Train's per-report
+    ``Reporting training result …`` lines, their worker-prefixed duplicates and Serve's replica
+    access logs stay in the session's log files, ``{state_dir}/ray/session_latest/logs``
+    (``worker-*.out|err``, ``train/``, ``serve/``). Errors still arrive as exceptions, and
+    training progress comes back through :mod:`training.gan.progress`, not through the logs.
     """
+    from infra.progress import verbosity
+
     settings = settings or get_settings()
     if is_local(settings):
         use_loopback()
@@ -31,6 +40,7 @@ def connect(settings: Settings | None = None, namespace: str = "synthray") -> No
         address=settings.ray_address,
         namespace=namespace,
         logging_level=logging.WARNING,
+        log_to_driver=verbosity() == "verbose",
         runtime_env={"env_vars": worker_env(settings)},
     )
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -81,6 +82,15 @@ class Settings(BaseSettings):
 
     # Bind address of every local service. Only loopback is accepted.
     bind_host: str = "127.0.0.1"
+
+    # Console: quiet (results and errors only), normal (synthray's lines and progress bars;
+    # Ray's and MLflow's chatter only in the log files under state_dir) or verbose (everything).
+    # The CLI's --quiet/--verbose override it (infra.progress).
+    verbosity: Literal["quiet", "normal", "verbose"] = "normal"
+    # Log records of the services (Serve app, batch coordinator): "text", or "json" for one JSON
+    # object per line (request id, model version, timing) that a log collector parses; the
+    # Helm chart sets json.
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("s3_endpoint_url")
     @classmethod

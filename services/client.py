@@ -25,6 +25,7 @@ from services.serving.auth import client_key
 from services.serving.deploy import base_url
 from infra.errors import SynthrayError
 from infra.names import confined
+from infra.progress import bar
 
 Echo = Callable[[str], None]
 
@@ -134,26 +135,25 @@ class ApiClient:
     def _batch(self, model: str, n: int, seed: int, out_dir: Path, echo: Echo, poll_s: float) -> GenerateResult:
         state = self.request("POST", "/v1/batches", json={"model": model, "n": n, "seed": seed}).json()
         batch_id = state["batch_id"]
-        echo(f"batch {batch_id} submitted ({n} images); polling")
-        shown = None
-        while state["state"] not in ("succeeded", "failed", "cancelled"):
-            time.sleep(poll_s)
-            state = self.request("GET", f"/v1/batches/{batch_id}").json()
-            progress = state.get("progress") or {}
-            line = (f"  {state['state']}: {progress.get('images_done', 0)}/{progress.get('images_total', n)} images, "
-                    f"{progress.get('images_per_s', 0)} img/s")
-            if line != shown:
-                echo(line)
-                shown = line
+        echo(f"batch {batch_id} submitted ({n} images)")
+        with bar(f"batch {batch_id}", total=n, unit="img") as shown:
+            while state["state"] not in ("succeeded", "failed", "cancelled"):
+                time.sleep(poll_s)
+                state = self.request("GET", f"/v1/batches/{batch_id}").json()
+                progress = state.get("progress") or {}
+                shown.update(progress.get("images_done", 0), progress.get("images_total", n),
+                             f"{state['state']}, {progress.get('images_per_s', 0)} img/s")
         if state["state"] != "succeeded":
             raise ApiError(f"batch {batch_id} {state['state']}: {state.get('error') or ''}")
         urls = state["urls"]
         files = []
-        with httpx.Client(timeout=self.http.timeout) as plain:  # presigned URLs carry their own auth
-            for url in [urls["manifest"], *urls["shards"]]:
+        with httpx.Client(timeout=self.http.timeout) as plain, \
+                bar(f"batch {batch_id}: download", total=1 + len(urls["shards"]), unit="file") as shown:
+            for url in [urls["manifest"], *urls["shards"]]:  # presigned URLs carry their own auth
                 response = plain.get(url)
                 response.raise_for_status()
                 name = httpx.URL(url).path.rsplit("/", 1)[-1]
                 files.append(_write(confined(out_dir, name), response.content))
+                shown.advance()
         echo(f"batch {batch_id}: {len(files)} files → {out_dir}")
         return GenerateResult(out_dir, files, {}, batch_id)

@@ -17,6 +17,7 @@ from typing import Any
 
 import ray
 
+from infra.logs import FIELDS, configure as configure_logs
 from infra.object_store import ObjectNotFoundError, ObjectStore
 from services.batches.ids import (
     CANCELLED,
@@ -64,8 +65,7 @@ class Coordinator:
     """
 
     def __init__(self, job: Job, fail_once: int | None) -> None:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-        log.setLevel(logging.INFO)
+        configure_logs(log, job.settings)  # text, or JSON lines with SYNTHRAY_LOG_FORMAT=json
         self.job, self.fail_once = job, fail_once
         self.store = ObjectStore(job.settings)
         self.shards = job.plan()
@@ -123,7 +123,8 @@ class Coordinator:
                 self._save(force=True)
             finally:
                 if self.state["state"] == SUCCEEDED:
-                    log.info("batch %s: succeeded, manifest published", self.job.batch_id)
+                    log.info("batch %s: succeeded, manifest published", self.job.batch_id,
+                             extra=self._fields(event="succeeded"))
                 try:
                     ray.actor.exit_actor()  # marks the actor to exit; status lives on in status.json
                 except ray.exceptions.AsyncioActorExit:
@@ -167,7 +168,8 @@ class Coordinator:
         p = self._progress()
         log.info("batch %s: shard %d/%d, %d/%d images, %.0f img/s%s", self.job.batch_id, p["shards_done"],
                  p["shards_total"], p["images_done"], p["images_total"], p["images_per_s"],
-                 " (already written)" if result["reused"] else "")
+                 " (already written)" if result["reused"] else "",
+                 extra=self._fields(event="shard", shard=shard.index, reused=bool(result["reused"]), **p))
         self._save()
 
     def _stop(self, state: str, error: str | None) -> None:
@@ -176,7 +178,15 @@ class Coordinator:
         for ref in list(self.inflight.values()):
             ray.cancel(ref)
         self._save(force=True)
-        log.info("batch %s: %s%s", self.job.batch_id, state, f" ({error})" if error else "")
+        log.info("batch %s: %s%s", self.job.batch_id, state, f" ({error})" if error else "",
+                 extra=self._fields(event=state, error=error))
+
+    def _fields(self, **more: Any) -> dict[str, Any]:
+        """The JSON-line fields of a record (infra.logs): batch id as the request id, model, timing."""
+        model = self.state["model"]
+        return {FIELDS: {"request_id": self.job.batch_id, "batch_id": self.job.batch_id, "model": model["name"],
+                         "model_version": model["version"], "elapsed_s": round(time.monotonic() - self.t0, 3),
+                         **more}}
 
     def _progress(self) -> dict[str, Any]:
         elapsed = max(time.monotonic() - self.t0, 1e-9)

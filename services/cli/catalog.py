@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from infra.progress import say
+
 from infra.settings import get_settings
 
 LAYOUT_NAMES = ("imagefolder", "chen-kl", "mura", "csv", "dicom", "nifti")
@@ -188,7 +190,7 @@ def catalog_phantom(n, phantom_size, seed, name, merges, preset, size, focus_thr
         engine=engine, merges=dict(parse_merge(m) for m in merges),
     )
     cat = _open()
-    result = ingest_phantom(n, PhantomSpec(size=phantom_size, seed=seed), options, cat, click.echo)
+    result = ingest_phantom(n, PhantomSpec(size=phantom_size, seed=seed), options, cat, say)
     _echo_report(result.report)
     _save_report(cat, result, report_dir)
     click.echo(str(result.manifest.ref))
@@ -224,7 +226,7 @@ def catalog_ingest(src, name, layout, preset, size, focus_threshold, flip_detect
         layout_options=layout_options(layout, medical),
     )
     cat = _open()
-    result = ingest(src, options, cat, click.echo)
+    result = ingest(src, options, cat, say)
     _echo_report(result.report)
     _save_report(cat, result, report_dir)
     click.echo(str(result.manifest.ref))

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import click
 
+from infra.progress import say
+
 from infra.errors import SynthrayError
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "synthray"
@@ -220,6 +222,6 @@ def cluster_train(workers, gpus, ray_address, release, namespace, values_files, 
     """Submit `synthray COMMAND…` (train/sweep/experiment) and follow it; exit 1 unless it succeeds."""
     request = JobRequest(list(command), workers=workers, gpus=gpus, release=release, namespace=namespace,
                          values_files=list(values_files))
-    status = submit_ray(request, ray_address, click.echo) if ray_address else submit_kube(request, click.echo)
+    status = submit_ray(request, ray_address, say) if ray_address else submit_kube(request, say)
     if status != "SUCCEEDED":
         raise click.ClickException(f"the job ended {status}")

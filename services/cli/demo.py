@@ -1,6 +1,6 @@
 """The walking skeleton (``synthray demo``): dataset → Ray Train GAN → FID → registry → Serve.
 
-Every step prints what it is doing and how long it took; the summary repeats the timings so
+Every step announces itself with one line; the summary lists how long each step took, so
 a slow step is obvious.
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from infra.progress import say
 from infra.settings import Settings, get_settings
 from infra.stack import LocalStack
 from training.registry.refs import ModelReference
@@ -65,12 +66,10 @@ class DemoReport:
 
 @contextmanager
 def _step(report: DemoReport, number: int, title: str, echo: Echo) -> Iterator[None]:
-    echo(f"\n== [{number}/7] {title}")
+    echo(f"== [{number}/7] {title}")  # its time is in the summary (one line per step keeps a screenful)
     started = time.perf_counter()
     yield
-    elapsed = time.perf_counter() - started
-    report.timings.append((title, elapsed))
-    echo(f"== [{number}/7] done in {elapsed:.1f} s")
+    report.timings.append((title, time.perf_counter() - started))
 
 
 def write_contact_sheet(sampler, path: Path, n: int, seed: int, real=None) -> Path:
@@ -129,8 +128,10 @@ def write_fid_curve(run_id: str, path: Path, settings: Settings) -> Path:
     return path
 
 
-def run_demo(opts: DemoOptions = DemoOptions(), settings: Settings | None = None, echo: Echo = print) -> DemoReport:
-    """Run the seven steps of the walking skeleton against the local stack."""
+def run_demo(opts: DemoOptions = DemoOptions(), settings: Settings | None = None, echo: Echo = print,
+             summary: Echo | None = None) -> DemoReport:
+    """Run the seven steps of the walking skeleton against the local stack (``summary``: where the
+    closing summary goes, default ``echo``)."""
     from services.serving import deploy as serve
     from services.client import ApiClient
     from training.catalog.selection import publish_phantom
@@ -198,7 +199,7 @@ def run_demo(opts: DemoOptions = DemoOptions(), settings: Settings | None = None
         base = serve.up(settings, progress=echo)
         folder = opts.out_dir / f"{name}-v{reg.version}-seed{opts.seed}"
         with ApiClient(settings, url=base) as client:  # the way a data team calls it, API key included
-            got = client.generate(served, opts.batch_n, opts.seed, folder, echo=echo)
+            got = client.generate(served, opts.batch_n, opts.seed, folder, echo=lambda _: None)  # said below
         pngs = sorted(folder.glob("*.png"))
         echo(f"{len(pngs)} PNGs from {base}/v1/synthesize (model version {got.headers.get('x-model-version')}) → {folder}")
         sheet = folder.with_name(folder.name + "-contact.png")
@@ -224,13 +225,14 @@ def run_demo(opts: DemoOptions = DemoOptions(), settings: Settings | None = None
             ("Serve", f"{base}/docs"),
         ]
     total = time.perf_counter() - started
-    echo("\n" + "=" * 72 + "\nsynthray demo summary\n" + "=" * 72)
+    out = summary or echo  # the result: printed even with --quiet
+    out("=" * 25 + " synthray demo summary " + "=" * 24)
     for key, value in report.lines:
-        echo(f"{key:<14} {value}")
-    echo("wall time per step:")
+        out(f"{key:<14} {value}")
+    out("wall time per step:")
     for title, seconds in report.timings:
-        echo(f"  {seconds:7.1f} s  {title}")
-    echo(f"  {total:7.1f} s  total")
+        out(f"  {seconds:7.1f} s  {title}")
+    out(f"  {total:7.1f} s  total")
     return report
 
 
@@ -249,4 +251,4 @@ def run_demo(opts: DemoOptions = DemoOptions(), settings: Settings | None = None
               help="the demo's promotion gate: FID <= this x the real-vs-real floor at n = --fid-n")
 def demo(**kwargs) -> None:
     """Stack up → phantom → Ray Train GAN → FID → registry → Serve batch, with a summary."""
-    run_demo(DemoOptions(**kwargs), get_settings(), echo=click.echo)
+    run_demo(DemoOptions(**kwargs), get_settings(), echo=say, summary=click.echo)

@@ -58,18 +58,11 @@ def _real_stats(ref: ReferenceSpec, split: str, n: int | None, dims: int, batch_
     stats = reference_statistics(
         ref.dataset, split=None if split == "all" else split, subset=ref.subset,
         labels=_labels_of(ref), n=n, settings=get_settings(), dims=dims,
-        batch_size=batch_size, progress=_progress("reference"),
+        batch_size=batch_size,
     )
     click.echo(f"reference: {stats.n} images, {'cache hit' if stats.cached else 'computed'} "
                f"{stats.key}", err=True)
     return stats
-
-
-def _progress(what: str):
-    def report(done: int, total: int, rate: float) -> None:
-        if done == total or done % 500 < 50:
-            click.echo(f"{what}: {done}/{total} images through Inception, {rate:.1f} img/s", err=True)
-    return report
 
 
 def _synthetic(images: Path | None, model: str | None, n: int | None, seed: int, label: int | None = None):
@@ -128,7 +121,7 @@ def eval_fid(reference, split, images, model, n, seed, dims, batch_size, as_json
     stats = _real_stats(reference, split, n, int(dims), batch_size)
     fake, _, _ = _synthetic(images, model, n if n is not None or images is not None else stats.n, seed)
     metrics = ["fid"] + (["kid"] if kid else []) + (["precision_recall"] if pr else [])
-    result = evaluate(fake, stats, metrics, batch_size=batch_size, progress=_progress("synthetic"),
+    result = evaluate(fake, stats, metrics, batch_size=batch_size,
                       fid_bootstrap=bootstrap, seed=seed)
     if as_json:
         click.echo(json.dumps(result, indent=1))
@@ -172,8 +165,7 @@ def eval_memorization(reference, split, images, model, n, seed, dims, batch_size
                                      param_hint="--images")
         labels = [classes.index(names[i]) for i in labels]
     summary = memorization_audit(fake, stats, fake_labels=labels, top_k=top_k, pixel_ssim=pixel_ssim,
-                                 settings=get_settings(), out_dir=out_dir, batch_size=batch_size,
-                                 progress=_progress("synthetic"))
+                                 settings=get_settings(), out_dir=out_dir, batch_size=batch_size)
     if as_json:
         click.echo(json.dumps(summary, indent=1))
         return

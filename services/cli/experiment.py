@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from infra.progress import say
+
 
 @click.group("experiment")
 def experiment() -> None:
@@ -34,7 +36,7 @@ def augment(config_path: Path, repeats, epochs, workers, use_gpu, register, dry_
         for line in plan(cfg).describe():
             click.echo(line)
         return
-    result = run_experiment(cfg, progress=click.echo)
+    result = run_experiment(cfg, progress=say)
     click.echo(f"parent run: {result.run_url}")
     if result.classifier is not None:
         click.echo(f"classifier: {result.classifier.uri} ({result.classifier.alias_uri})")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import click
 
 from infra.errors import SynthrayError, classify
+from infra.progress import set_verbosity
 from services.cli.stack import fid_weights, stack
 from services.cli.catalog import catalog
 from services.cli.train import sweep, train
@@ -55,8 +56,20 @@ class SynthrayGroup(click.Group):
 
 @click.group(cls=SynthrayGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="synthray")
-def main() -> None:
-    """synthray: synthetic radiographs from GANs, on Ray, MLflow and S3."""
+@click.option("-q", "--quiet", is_flag=True, help="print only results and errors (no progress, no step lines)")
+@click.option("-v", "--verbose", is_flag=True,
+              help="print everything: Ray's worker output, Serve access logs, MLflow's run links")
+def main(quiet: bool, verbose: bool) -> None:
+    """synthray: synthetic radiographs from GANs, on Ray, MLflow and S3.
+
+    By default the console shows synthray's own lines and progress bars (a few periodic lines
+    when stdout is not a terminal); Ray's and Serve's own logs stay in the log files under the
+    state dir (SYNTHRAY_VERBOSITY sets the default level).
+    """
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose exclude each other")
+    if quiet or verbose:
+        set_verbosity("quiet" if quiet else "verbose")
 
 
 for command in (stack, doctor, fid_weights, catalog, train, sweep, registry, eval_group, experiment, serve, generate,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from infra.progress import say
+
 from training.registry.generators import MODEL_REF_HELP
 
 
@@ -70,7 +72,7 @@ def register_cmd(run_id: str, checkpoint: str | None, name: str | None) -> None:
     """Evaluate a training run's generator and register it as the challenger."""
     from training.registry.generators import register_run
 
-    reg = register_run(run_id, name=name, checkpoint=checkpoint, progress=click.echo)
+    reg = register_run(run_id, name=name, checkpoint=checkpoint, progress=say)
     click.echo(f"model: {reg.version_uri} (alias {reg.alias})")
 
 

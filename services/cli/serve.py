@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from infra.progress import say
+
 from infra.settings import get_settings
 
 
@@ -20,7 +22,7 @@ def serve_up() -> None:
     """Deploy the Serve application; prints its base URL."""
     from services.serving import deploy as serve_app
 
-    click.echo(serve_app.up(get_settings(), progress=click.echo))
+    click.echo(serve_app.up(get_settings(), progress=say))
 
 
 @serve.command("down")
@@ -28,7 +30,7 @@ def serve_down() -> None:
     """Delete the application and stop Serve."""
     from services.serving import deploy as serve_app
 
-    serve_app.down(get_settings(), progress=click.echo)
+    serve_app.down(get_settings(), progress=say)
 
 
 @serve.command("status")
@@ -55,4 +57,4 @@ def generate(model, n, seed, cls, out_dir, url, api_key, fmt) -> None:
     from services.client import ApiClient
 
     with ApiClient(get_settings(), url=url, api_key=api_key) as client:
-        client.generate(model, n, seed, out_dir, cls=cls, echo=click.echo, fmt=fmt)
+        client.generate(model, n, seed, out_dir, cls=cls, echo=say, fmt=fmt)

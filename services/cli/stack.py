@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from infra.progress import say
+
 from infra.settings import get_settings
 from infra.stack import LocalStack
 
@@ -18,13 +20,13 @@ def stack() -> None:
 @stack.command("up")
 def stack_up() -> None:
     """Start every service that is not running (a no-op when all are up)."""
-    LocalStack(get_settings()).up(progress=click.echo)
+    LocalStack(get_settings()).up(progress=say)
 
 
 @stack.command("down")
 def stack_down() -> None:
     """Stop exactly the processes `stack up` started."""
-    LocalStack(get_settings()).down(progress=click.echo)
+    LocalStack(get_settings()).down(progress=say)
 
 
 @stack.command("status")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from infra.progress import say
+
 from infra.seeds import TRAIN_MAX_SEED
 
 from training.nets.presets import PRESETS
@@ -63,7 +65,7 @@ def _config(**kwargs):
 def _register(run_id: str, checkpoint: str | None = None) -> None:
     from training.registry.generators import register_run
 
-    reg = register_run(run_id, checkpoint=checkpoint, progress=click.echo)
+    reg = register_run(run_id, checkpoint=checkpoint, progress=say)
     click.echo(f"model: {reg.version_uri} (alias {reg.alias}); promote with "
                f"`synthray registry promote {reg.name} --version {reg.version}`")
 
@@ -79,7 +81,7 @@ def train_gan_cmd(register: bool, **kwargs) -> None:
     """Train a GAN preset on DATASET and (optionally) register the generator."""
     from training.gan.trainer import train_gan
 
-    result = train_gan(_config(**kwargs), progress=click.echo)
+    result = train_gan(_config(**kwargs), progress=say)
     click.echo(f"run: {result.run_url}\ncheckpoint: {result.checkpoint_path} (epoch {result.metrics.get('epoch')})")
     if register:
         _register(result.run_id, result.checkpoint_path)
@@ -106,7 +108,7 @@ def train_methods_cmd(register: bool, method: str, balance: str, finetune_epochs
                            transfer_critic=transfer_critic)
         for step in plan:
             click.echo(f"plan: {step.describe()}")
-        return run_plan(plan, progress=click.echo)
+        return run_plan(plan, progress=say)
 
     results = go()
     for name, result in results.items():
@@ -156,7 +158,7 @@ def sweep_gan_cmd(trials, workers_per_trial, scheduler, space_file, space_flags,
         space = SearchSpace.load(space_file, overrides)
         cfg = SweepConfig(base=_config(workers=workers_per_trial, **kwargs), space=space, trials=trials,
                           scheduler=scheduler, max_concurrent=max_concurrent)
-        return run_sweep(cfg, progress=click.echo)
+        return run_sweep(cfg, progress=say)
 
     result = go()
     click.echo(table_markdown(result.trials))
@@ -189,7 +191,7 @@ def train_classifier_cmd(dataset: str, seed: int, register: bool, **kwargs) -> N
 
     def go():
         cfg = ClassifierTrainConfig(**kwargs)
-        return train_classifier(cfg, dataset, seed=seed, register=register, progress=click.echo)
+        return train_classifier(cfg, dataset, seed=seed, register=register, progress=say)
 
     fit, reg, url = go()
     metrics = fit.results[fit.best_key].test_metrics

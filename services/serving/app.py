@@ -101,12 +101,24 @@ api.include_router(studies_routes.router)  # reader studies: /v1/studies (key) a
 
 @api.middleware("http")
 async def _count(request: Request, call_next):
-    """Requests and latency by route template (not raw path, so ids don't explode labels)."""
+    """Requests and latency by route template (not raw path, so ids don't explode labels).
+
+    With ``SYNTHRAY_LOG_FORMAT=json`` also one structured log record per request: Serve's JSON
+    encoding (``deploy.logging_config``) adds the request id, route and replica; this adds the
+    status, the model and model version that answered (from the response headers) and
+    ``duration_ms``. In text mode Serve's own access log line says the same.
+    """
     start = time.perf_counter()
     response = await call_next(request)
+    elapsed = time.perf_counter() - start
     route = getattr(request.scope.get("route"), "path", "unmatched")
     metrics.REQUESTS.labels(request.method, route, str(response.status_code)).inc()
-    metrics.LATENCY.labels(request.method, route).observe(time.perf_counter() - start)
+    metrics.LATENCY.labels(request.method, route).observe(elapsed)
+    if get_settings().log_format == "json":
+        log.info("request", extra={"ray_serve_extra_fields": {  # Serve's documented custom fields
+            "method": request.method, "path_template": route, "status": response.status_code,
+            "model": response.headers.get("x-model-name"), "model_version": response.headers.get("x-model-version"),
+            "duration_ms": round(elapsed * 1000, 2)}})
     return response
 
 

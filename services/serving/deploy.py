@@ -28,7 +28,8 @@ import yaml
 
 from infra.settings import PROJECT_ROOT, Settings, get_settings
 from infra.errors import SynthrayError
-from infra.progress import Progress
+from infra.logs import route_to_file
+from infra.progress import Bar, Progress, bar
 
 CONFIG_PATH = Path(__file__).with_name("serve_config.yaml")
 CODE_VERSION_VAR = "SYNTHRAY_SERVE_CODE_VERSION"
@@ -74,13 +75,43 @@ def deploy_config(settings: Settings, path: Path = CONFIG_PATH):
     env = worker_env(settings) | {
         # Explicit, in case ``settings`` differs from this process's environment.
         "SYNTHRAY_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "SYNTHRAY_LOG_FORMAT": settings.log_format,  # the Api's request lines and batch coordinators
         CODE_VERSION_VAR: code_version(),
     }
     for app in config.applications:
         runtime_env = dict(app.runtime_env or {})
         runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **env}
         app.runtime_env = runtime_env
+        app.logging_config = logging_config(settings)
+    check_batching(config)
     return config
+
+
+def logging_config(settings: Settings):
+    """Serve's ``LoggingConfig`` for the app: ``SYNTHRAY_LOG_FORMAT`` json → JSON lines.
+
+    Access logs stay on, in the replicas' log files (``{state_dir}/ray/session_latest/logs/serve/``);
+    they reach a console only with ``--verbose`` (:func:`infra.ray_runtime.connect`). In JSON
+    each record carries Serve's request id, route, deployment and replica, plus the fields the
+    Api adds to its one request line (model, model version, status, duration_ms).
+    """
+    from ray.serve.schema import LoggingConfig
+
+    return LoggingConfig(encoding="JSON" if settings.log_format == "json" else "TEXT", enable_access_log=True)
+
+
+def check_batching(config) -> None:
+    """The Synthesizer must admit as many requests as its batch holds images (see serve_config.yaml).
+
+    Raises:
+        ServeError: ``max_ongoing_requests`` < ``max_batch_images`` (Ray would warn and cap batches).
+    """
+    for app in config.applications:
+        images = (app.args or {}).get("max_batch_images")
+        for deployment in app.deployments:
+            if deployment.name == "Synthesizer" and images and deployment.max_ongoing_requests < images:
+                raise ServeError(f"Serve config: Synthesizer max_ongoing_requests ({deployment.max_ongoing_requests}) "
+                                 f"is below max_batch_images ({images}); a batch of small requests could never fill")
 
 
 def base_url(settings: Settings) -> str:
@@ -124,7 +155,7 @@ def up(settings: Settings | None = None, progress: Progress = print, timeout_s: 
     _connect(settings)
     from ray import serve
 
-    progress(f"starting Ray Serve on {settings.serve_host}:{settings.serve_port}")
+    route_to_file(["ray.serve"], settings)  # Serve's driver-side INFO lines ("Started Serve …") unless --verbose
     serve.start(http_options={"host": settings.serve_host, "port": settings.serve_port})
     client = _client()
     running = client.http_config
@@ -133,26 +164,27 @@ def up(settings: Settings | None = None, progress: Progress = print, timeout_s: 
             f"Ray Serve already runs on {running.host}:{running.port}, not {settings.serve_host}:{settings.serve_port}; "
             "run 'synthray serve down' first"
         )
-    progress(f"deploying application {app.name!r} from {CONFIG_PATH.name}")
+    progress(f"deploying application {app.name!r} ({CONFIG_PATH.name}) on Ray Serve at "
+             f"{settings.serve_host}:{settings.serve_port}")
     client.deploy_apps(config)
-    _wait_running(app.name, progress, deadline=time.monotonic() + timeout_s)
+    with bar(f"serve: {app.name} deployments healthy", total=len(app.deployments), unit="deployment") as shown:
+        _wait_running(app.name, shown, deadline=time.monotonic() + timeout_s)
     _wait_http(url, progress, deadline=time.monotonic() + timeout_s)
-    progress(f"{app.name} is serving at {url} (OpenAPI: {url}/docs)")
+    progress(f"{app.name} is RUNNING at {url} (OpenAPI: {url}/docs)")
     return url
 
 
-def _wait_running(name: str, progress: Progress, deadline: float) -> None:
+def _wait_running(name: str, shown: Bar, deadline: float) -> None:
+    """Poll Serve until every deployment is HEALTHY; ``shown`` counts the healthy ones (states as info)."""
     from ray import serve
 
-    last = None
     while True:
         overview = serve.status().applications.get(name)
         state = _app_summary(overview) if overview else {"status": "NOT_STARTED", "message": "", "deployments": {}}
-        shown = (state["status"], tuple(sorted((d, s["status"]) for d, s in state["deployments"].items())))
-        if shown != last:
-            deps = ", ".join(f"{d} {s}" for d, s in shown[1])
-            progress(f"  {name}: {state['status']}" + (f" ({deps})" if deps else ""))
-            last = shown
+        waiting = ", ".join(f"{d} {s['status']}" for d, s in sorted(state["deployments"].items())
+                            if s["status"] != "HEALTHY")
+        healthy = sum(s["status"] == "HEALTHY" for s in state["deployments"].values())
+        shown.update(healthy, info=state["status"] + (f" ({waiting})" if waiting else ""))
         if state["status"] == "RUNNING" and all(d["status"] == "HEALTHY" for d in state["deployments"].values()):
             return
         if state["status"] == "DEPLOY_FAILED":

@@ -341,13 +341,16 @@ def big_tree(root: Path, n: int = 400) -> Path:
 
 
 def ingest_until_storing(src: Path, name: str, env: dict[str, str]) -> subprocess.Popen:
-    """Start the CLI ingest and return once it reports its first stored images."""
+    """Start the CLI ingest and return once it reports its first stored images.
+
+    ``--verbose`` off a terminal: the store bar prints a line per 5 % (not per 30 s)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "catalog", "ingest", str(src), "--name", name, "--layout", "imagefolder"],
+        [sys.executable, "-m", "services.cli.main", "--verbose", "catalog", "ingest", str(src), "--name", name,
+         "--layout", "imagefolder"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     for line in proc.stdout:
-        if line.startswith("ingest: stored"):
+        if line.startswith("ingest: store:"):
             done, total = map(int, line.split()[2].split("/"))
             assert done < total, "the upload finished before the test could interrupt it"
             return proc

@@ -206,6 +206,11 @@ def test_settings_env_and_secrets_are_wired() -> None:
     assert env["SYNTHRAY_S3_ENDPOINT_URL"]["value"] == "http://sr-synthray-s3:8333"  # the bundled S3
     assert env["SYNTHRAY_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "sr-synthray-s3", "key": "secret-key"}
     assert env["SYNTHRAY_RAY_ADDRESS"]["value"] == "auto"
+    # Structured logs in the cluster: synthray's records and Serve's own (serveConfigV2 is the local file).
+    assert env["SYNTHRAY_LOG_FORMAT"]["value"] == "json" and env["RAY_SERVE_LOG_ENCODING"]["value"] == "JSON"
+    from infra.settings import Settings
+
+    assert Settings(log_format=env["SYNTHRAY_LOG_FORMAT"]["value"]).log_format == "json"  # a value settings accepts
     secrets = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Secret"}
     assert secrets["sr-synthray-api-keys"]["stringData"]["api-keys"] == "k1\nk2"
     (mlflow,) = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "sr-synthray-mlflow"]

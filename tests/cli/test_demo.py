@@ -27,14 +27,27 @@ def test_demo_end_to_end(stack: Settings, tmp_path: Path) -> None:
         sys.executable, "-m", "services.cli.main", "demo", "--images", "96", "--epochs", "1", "--steps-per-epoch", "3",
         "--fid-n", "24", "--batch-n", "4", "--seed", "7", "--out", str(out), "--max-floor-ratio", "1000",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=900)
-    log = proc.stdout + proc.stderr
+    # stderr merged into stdout, in order, as a CI log (not a terminal) records them.
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy(),
+                          timeout=900)
+    log = proc.stdout
     assert proc.returncode == 0, log[-4000:]
+
+    # A quiet console: a screenful of synthray's own lines, the summary last. No Ray Train
+    # reports or worker-prefixed lines, no Serve access logs or batching warning, no MLflow links.
+    lines = log.splitlines()
+    print(log)  # on a failure, the whole console as a user saw it
+    assert len(lines) <= 60, log
+    assert re.fullmatch(r"\s+[\d.]+ s\s+total", lines[-1]) and "synthray demo summary" in "\n".join(lines[-25:]), log
+    for noise in ("TrainingReport", "RayTrainWorker", "TrainController", "pid=", "max_batch_size", "View run",
+                  "View experiment", "POST /v1/synthesize 200"):
+        assert noise not in log, noise
+    assert re.search(r"^train: \d+/3 step", log, re.M), log  # the training bar's line (rank 0's steps)
 
     # Every step announced itself and finished, and the summary lists each timing.
     for step in range(1, 8):
-        assert f"== [{step}/7] done in" in proc.stdout
-    assert re.search(r"^\s+[\d.]+ s\s+total$", proc.stdout, re.M)
+        assert f"== [{step}/7] " in proc.stdout
+    assert len(re.findall(r"^\s+[\d.]+ s\s+\S", proc.stdout, re.M)) == 8  # 7 step timings and the total
 
     summary = dict(re.findall(r"^(FID curve|contact sheet|batch folder|dataset|model|FID|KID)\s+(.+)$",
                               proc.stdout, re.M))

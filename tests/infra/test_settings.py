@@ -134,3 +134,13 @@ def test_s3_env_carries_credentials_and_endpoint(env) -> None:
     }
     # AWS itself: no endpoint override for MLflow.
     assert "MLFLOW_S3_ENDPOINT_URL" not in make(s3_endpoint_url=None).s3_env()
+
+
+def test_console_and_log_format_from_env(env) -> None:
+    assert (make().verbosity, make().log_format) == ("normal", "text")
+    env.setenv("SYNTHRAY_VERBOSITY", "quiet")
+    env.setenv("SYNTHRAY_LOG_FORMAT", "json")
+    assert (make().verbosity, make().log_format) == ("quiet", "json")
+    env.setenv("SYNTHRAY_LOG_FORMAT", "yaml")
+    with pytest.raises(ValidationError, match="log_format"):
+        make()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -73,6 +74,22 @@ def test_deploy_config_carries_settings_and_code_version(tmp_path) -> None:
     env = app.runtime_env["env_vars"]
     assert env["SYNTHRAY_MLFLOW_TRACKING_URI"] == "http://127.0.0.1:1"
     assert env[serve_ops.CODE_VERSION_VAR] == serve_ops.code_version()
+    assert app.logging_config.encoding == "TEXT" and env["SYNTHRAY_LOG_FORMAT"] == "text"
+    (app,) = serve_ops.deploy_config(Settings(state_dir=tmp_path, log_format="json")).applications
+    assert app.logging_config.encoding == "JSON" and app.runtime_env["env_vars"]["SYNTHRAY_LOG_FORMAT"] == "json"
+
+
+def test_batches_can_fill_so_serve_does_not_warn() -> None:
+    """Ray warns (and a batch of 1-image requests stays small) when the Synthesizer admits
+    fewer requests than max_batch_size; serve up refuses such a config instead."""
+    config = serve_ops.load_config()
+    (app,) = config.applications
+    synthesizer = {d.name: d for d in app.deployments}["Synthesizer"]
+    assert synthesizer.max_ongoing_requests >= app.args["max_batch_images"]
+    serve_ops.check_batching(config)
+    synthesizer.max_ongoing_requests = app.args["max_batch_images"] - 1
+    with pytest.raises(serve_ops.ServeError, match="max_ongoing_requests .* below max_batch_images"):
+        serve_ops.check_batching(config)
 
 
 @pytest.mark.parametrize(
@@ -203,6 +220,11 @@ TEST_ENV = {  # read by the replicas (serve up passes SYNTHRAY_* on), kept small
 }
 
 
+def _json_logs(stack: Settings) -> Settings:
+    """The stack with the cluster's structured logs (the chart's SYNTHRAY_LOG_FORMAT=json)."""
+    return stack.model_copy(update={"log_format": "json"})
+
+
 def _register(seed: int, stack: Settings, name: str = NAME, preset: str = "wgan-gp-knee-small"):
     from training.registry.generators import log_generator
     from training.nets.presets import get_preset
@@ -246,7 +268,7 @@ def served(stack: Settings):
     os.environ.update(TEST_ENV)
     messages: list[str] = []
     try:
-        url = serve_ops.up(stack, progress=messages.append)
+        url = serve_ops.up(_json_logs(stack), progress=messages.append)
         print("\n".join(messages))
         yield url, first, second
     finally:
@@ -301,6 +323,28 @@ def _expected(uri: str, stack: Settings, n: int = N, seed: int = SEED, label: in
     from training.registry.generators import load_generator
 
     return load_generator(uri, stack).generate(n, seed, label=label)
+
+
+def _json_record(stack: Settings, pattern: str, match, timeout_s: float = 20.0) -> dict:
+    """The first JSON log line in Ray's session logs (``pattern`` under logs/) that ``match``es.
+
+    Log files are flushed a moment after the request, so this polls.
+    """
+    from infra.stack import ray_temp_dir
+
+    logs = ray_temp_dir(stack.state_dir) / "session_latest" / "logs"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for path in sorted(logs.glob(pattern)):
+            for line in path.read_text(errors="replace").splitlines():
+                try:
+                    record = json.loads(line[line.index("{"):]) if "{" in line else None
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and match(record):
+                    return record
+        assert time.monotonic() < deadline, f"no matching JSON line in {logs}/{pattern}"
+        time.sleep(0.5)
 
 
 def _post(http: httpx.Client, **body) -> httpx.Response:
@@ -481,7 +525,7 @@ class TestHttp:
         assert got["n_fake"] == 40 and 2 <= got["n_real"] <= 80  # the default split of the 80
         assert got["fid"] > 0
 
-    def test_batch_job_end_to_end(self, served, http, reference) -> None:
+    def test_batch_job_end_to_end(self, served, http, reference, stack) -> None:
         body = {"model": f"{NAME}@champion", "n": 60, "seed": 3}  # shards of 25: 25 + 25 + 10
         submitted = http.post("/v1/batches", json=body)
         assert submitted.status_code == 202, submitted.text
@@ -501,6 +545,30 @@ class TestHttp:
         fid = http.post("/v1/fid", json={"reference": reference, "candidate": {"batch_id": batch_id}})
         assert fid.status_code == 200, fid.text
         assert fid.json()["n_fake"] == 60
+        # SYNTHRAY_LOG_FORMAT=json: the coordinator's records are JSON lines with the batch id as
+        # the request id, the model version and the elapsed time.
+        done = _json_record(stack, "worker-*.err", lambda r: r.get("batch_id") == batch_id
+                            and r.get("event") == "succeeded")
+        assert done["logger"] == "synthray.batch" and done["request_id"] == batch_id
+        assert done["model_version"] == served[2].version and done["elapsed_s"] > 0
+
+    def test_request_logs_are_json_lines(self, served, http, stack) -> None:
+        """The Api's request record (Serve's JSON encoding): request id, model version, timing."""
+        response = http.post("/v1/synthesize", json={"model": f"{NAME}@champion", "n": 1, "seed": 5},
+                             headers={"X-Request-Id": "req-json-7"})
+        assert response.status_code == 200, response.text
+        record = _json_record(stack, "serve/replica_synthray_Api_*.log",
+                              lambda r: r.get("request_id") == "req-json-7" and r.get("message") == "request")
+        assert record["model_version"] == served[2].version and record["model"] == NAME
+        assert record["status"] == 200 and record["path_template"] == "/v1/synthesize"
+        assert 0 < record["duration_ms"] < 300_000 and record["deployment"] == "synthray_Api"
+        # The batching warning is fixed at its cause: the Synthesizer replicas (which set
+        # max_batch_size at start) never logged it.
+        from infra.stack import ray_temp_dir
+
+        logs = sorted((ray_temp_dir(stack.state_dir) / "session_latest" / "logs" / "serve").glob(
+            "replica_synthray_Synthesizer_*.log"))
+        assert logs and not [p for p in logs if "larger than `max_ongoing_requests`" in p.read_text(errors="replace")]
 
     def test_alias_swap_under_concurrent_load(self, http, stack) -> None:
         """champion moves while requests run: none fails, each answer is wholly one version."""
@@ -593,6 +661,20 @@ class TestHttp:
         refused = subprocess.run(cli + ["--api-key", "nope"], capture_output=True, text=True, timeout=300)
         assert refused.returncode == 1 and "401" in refused.stderr and "invalid API key" in refused.stderr
 
+    def test_generate_cli_above_the_sync_cap_polls_a_batch_and_downloads_its_shards(self, served, tmp_path) -> None:
+        """260 > max_sync_images: a batch job (shards of 25) with its two bars, polling then downloading
+        (``--verbose`` off a terminal: a line per 5 %, so both bars show even on a fast run)."""
+        out = tmp_path / "big"
+        done = subprocess.run([sys.executable, "-m", "services.cli.main", "--verbose", "generate", "--model",
+                               f"{NAME}@champion", "--n", "260", "--seed", "4", "--out", str(out)],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        batch = re.search(r"^batch (\S+) submitted \(260 images\)$", done.stdout, re.M)
+        assert batch, done.stdout
+        assert re.search(rf"^batch {batch[1]}: 260/260 img \(100 %\), succeeded", done.stderr, re.M), done.stderr
+        assert re.search(rf"^batch {batch[1]}: download: 12/12 file \(100 %\)$", done.stderr, re.M), done.stderr
+        assert len(list(out.glob("*.npz"))) == 11 and len(list(out.iterdir())) == 12  # 10 x 25 + 10, and the manifest
+
     def test_generate_cli_dicom_format_is_marked_synthetic_and_valid(self, served, stack, tmp_path) -> None:
         import pydicom
         from click.testing import CliRunner
@@ -617,7 +699,7 @@ class TestHttp:
 
     def test_up_twice_keeps_serving(self, served, http, stack) -> None:
         messages: list[str] = []
-        assert serve_ops.up(stack, progress=messages.append) == served[0]
+        assert serve_ops.up(_json_logs(stack), progress=messages.append) == served[0]
         assert any("RUNNING" in m for m in messages), messages
         assert _post(http, n=1).status_code == 200
 

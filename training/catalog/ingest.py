@@ -27,6 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from training.catalog.store import Attachment, Catalog, DatasetRef, ImageRecord, Manifest, decode_png, encode_png
 from infra.object_store import sha256_bytes
+from infra.progress import bar
 from infra.settings import Settings
 from training.catalog.layouts import Problem, SourceItem, scan
 from training.catalog.medical import layout_arguments
@@ -247,16 +248,16 @@ ENGINES = ("threads", "ray")
 
 
 def _read_all(
-    items: Sequence[SourceItem], pipe: Pipeline, progress: Callable[[str], None], engine: str, settings: Settings
+    items: Sequence[SourceItem], pipe: Pipeline, engine: str, settings: Settings
 ) -> tuple[list[Prepared], list[Problem]]:
     prepared, problems = [], []
-    start, step = time.perf_counter(), max(1, len(items) // 20)
+    start = time.perf_counter()
     results = _vet_on_ray(items, pipe, settings) if engine == "ray" else _vet_locally(items, pipe)
-    for done, result in enumerate(results, 1):
-        (problems if isinstance(result, Problem) else prepared).append(result)
-        if done % step == 0 or done == len(items):
+    with bar("ingest: read + preprocess", total=len(items), unit="img") as shown:
+        for done, result in enumerate(results, 1):
+            (problems if isinstance(result, Problem) else prepared).append(result)
             rate = done / max(time.perf_counter() - start, 1e-9)
-            progress(f"ingest: read {done}/{len(items)} files ({rate:.0f} img/s, {len(problems)} bad)")
+            shown.update(done, info=f"{rate:.0f} img/s, {len(problems)} bad")
     return prepared, problems
 
 
@@ -361,7 +362,7 @@ def ingest(
 
     excluded = Counter(i.label_name for i in found.items if i.label_name not in mapping)
     items = [i for i in found.items if i.label_name in mapping]
-    prepared, bad = _read_all(items, pipe, progress, options.engine, catalog.store.settings)
+    prepared, bad = _read_all(items, pipe, options.engine, catalog.store.settings)
     prepared, dupes = _drop_duplicates(prepared)
     problems = sorted([*found.problems, *bad, *dupes], key=lambda p: (p.kind, p.rel_path))
 
@@ -410,11 +411,12 @@ def ingest(
         f"ingest of layout {options.layout}, preprocessing {options.preset}, "
         f"merges {dict(options.merges) or 'none'}, splits {split_rule}"
     )
-    manifest = catalog.publish(
-        options.name, items_out, classes, description=description, subsets=_subsets(records),
-        preprocessing=[{"preset": options.preset}, *pipe.describe()], attachments=attachments,
-        progress=lambda done, total: progress(f"ingest: stored {done}/{total} images"),
-    )
+    with bar("ingest: store", total=len(items_out), unit="img") as shown:
+        manifest = catalog.publish(
+            options.name, items_out, classes, description=description, subsets=_subsets(records),
+            preprocessing=[{"preset": options.preset}, *pipe.describe()], attachments=attachments,
+            progress=shown.count,
+        )
     report["version"] = str(manifest.ref)
     report["seconds"] = round(time.perf_counter() - started, 2)
     progress(f"ingest: published {manifest.ref}: {len(manifest.records)} images, {len(problems)} skipped, {report['seconds']} s")

@@ -208,6 +208,7 @@ def train_loop(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    from infra.worker_progress import Sender
     from training.evaluate.classification import classification_metrics
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)
@@ -232,6 +233,8 @@ def train_loop(loop_config: dict) -> None:
         from mlflow import MlflowClient
 
         tracker = MlflowClient()
+    send = Sender(loop_config.get("progress") if rank == 0 else None)  # the driver's bar (runs x epochs)
+    if rank == 0:
         log.info(f"[classifier] {len(jobs)} run(s), {len(results)} already done; {world} worker(s), "
                  f"{cfg.arch}, {hp['epochs']} epoch(s), batch {hp['batch_size']}, device {device}")
 
@@ -248,6 +251,9 @@ def train_loop(loop_config: dict) -> None:
 
             now = int(time.time() * 1000)
             tracker.log_batch(run_id, metrics=[Metric(k, float(v), now, epoch) for k, v in metrics.items()])
+            send((number - 1) * hp["epochs"] + epoch, len(jobs) * hp["epochs"],
+                 f"run {number}/{len(jobs)} {job.key} · val_acc {metrics['val_accuracy']:.3f} · "
+                 f"{metrics['images_per_s']:.0f} img/s", force=True)
             log.info(f"[classifier] run {number}/{len(jobs)} {job.key}: epoch {epoch}/{hp['epochs']}  "
                      f"loss {metrics['train_loss']:.3f}  val_loss {metrics['val_loss']:.3f}  "
                      f"val_acc {metrics['val_accuracy']:.3f}  {metrics['images_per_s']:.0f} img/s")

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from infra.ray_runtime import connect, storage
+from infra.worker_progress import WorkerProgress
 from infra.train_failures import fit_or_input_error, torch_trainer
 from infra.settings import Settings, get_settings
 from infra.tracking import configure, run_url
@@ -115,22 +116,24 @@ def fit_classifiers(
     connect(settings)
     _check_cluster(cfg)
     path, fs = storage(settings)
-    trainer = torch_trainer(  # a worker's input error is final, not retried
-        train_loop,
-        train_loop_config={"config": cfg.model_dump(), "classes": list(classes), "data": ray.put(data),
-                           "jobs": [asdict(j) for j in jobs], "parent_run_id": parent_run_id,
-                           "experiment_id": experiment_id, "tags": tags or {}},
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu),
-        run_config=ray.train.RunConfig(
-            name=f"classifiers-{parent_run_id}", storage_path=path, storage_filesystem=fs,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-        ),
-    )
-    started = time.perf_counter()
-    progress(f"classifier: {len(jobs)} run(s) of {cfg.arch} on {cfg.workers} worker(s)")
-    result = fit_or_input_error(trainer)
+    # rank 0 sends its epochs to a bar drawn here (workers' own output stays in Ray's logs)
+    with WorkerProgress("classifier: runs x epochs", unit="epoch") as relay:
+        trainer = torch_trainer(  # a worker's input error is final, not retried
+            train_loop,
+            train_loop_config={"config": cfg.model_dump(), "classes": list(classes), "data": ray.put(data),
+                               "jobs": [asdict(j) for j in jobs], "parent_run_id": parent_run_id,
+                               "experiment_id": experiment_id, "tags": tags or {}, "progress": relay.sink},
+            torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+            scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu),
+            run_config=ray.train.RunConfig(
+                name=f"classifiers-{parent_run_id}", storage_path=path, storage_filesystem=fs,
+                failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            ),
+        )
+        started = time.perf_counter()
+        progress(f"classifier: {len(jobs)} run(s) of {cfg.arch} on {cfg.workers} worker(s)")
+        result = fit_or_input_error(trainer)
     progress(f"classifier: {len(jobs)} run(s) in {time.perf_counter() - started:.0f} s")
     with result.checkpoint.as_directory() as ckpt:
         results, best = load_results(ckpt)

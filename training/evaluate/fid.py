@@ -73,7 +73,7 @@ from training.evaluate.inception_weights import (
 from infra.object_store import ObjectStore
 from infra.settings import Settings, get_settings
 from infra.errors import BadInput
-from infra.progress import CountProgress
+from infra.progress import CountProgress, bar
 
 if TYPE_CHECKING:
     from pytorch_fid.inception import InceptionV3
@@ -267,12 +267,13 @@ def features(
     """Inception features ``(N, dims)`` float64 of uint8 images, by the module's rule.
 
     Batch size does not change the numbers beyond float noise; it only trades memory for speed.
+    Without ``progress`` the pass draws an :func:`infra.progress.bar` (``fid: Inception features``).
     """
     if batch_size < 1:
         raise BadInput(f"batch_size must be >= 1, got {batch_size}")
     arr = _check_images(images)
-    with _torch_threads(threads):
-        return _extract(arr, model, batch_size, _counter(arr.shape[0], progress))
+    with _torch_threads(threads), bar("fid: Inception features", total=arr.shape[0], unit="img") as shown:
+        return _extract(arr, model, batch_size, _counter(arr.shape[0], progress or shown.count))
 
 
 # -- statistics and distance ------------------------------------------------------------------

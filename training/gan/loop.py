@@ -218,18 +218,32 @@ def build_pair(preset, hp: dict, num_classes: int, prepare: Callable[[nn.Module]
 
 
 class _Progress:
-    """Console lines every ``every`` steps: epoch, step, losses, img/s and the last FID."""
+    """Rank 0's progress: the driver's bar (epoch, step, img/s, last FID; :mod:`infra.worker_progress`)
+    and a log line every ``every`` steps (in the worker's log file; on the console with --verbose)."""
 
-    def __init__(self, cfg: GanTrainConfig, steps: int, images_per_step: int) -> None:
+    def __init__(self, cfg: GanTrainConfig, steps: int, images_per_step: int, sink=None) -> None:
+        from infra.worker_progress import Sender
+
         self.cfg, self.steps, self.images = cfg, steps, images_per_step
         self.every = cfg.log_every or max(1, math.ceil(steps / 4))
         self.last_fid: float | None = None
+        self.send = Sender(sink)
+        self.rate = 0.0
 
-    def step(self, epoch: int, step: int, started: float, loss_d: float, loss_g: float) -> None:
+    def fid(self, epoch: int, value: float) -> None:
+        """The epoch's FID is in: show it on the driver's bar at once."""
+        self.last_fid = value
+        self.send((epoch + 1) * self.steps, self.cfg.epochs * self.steps,
+                  f"epoch {epoch + 1}/{self.cfg.epochs} · {self.rate:.1f} img/s · last FID {value:.2f}", force=True)
+
+    def step(self, epoch: int, step: int, started: float, loss_d: float, loss_g: float, force: bool = False) -> None:
+        rate = self.rate = (step + 1) * self.images / max(time.perf_counter() - started, 1e-9)
+        fid = "n/a" if self.last_fid is None else f"{self.last_fid:.2f}"
+        self.send(epoch * self.steps + step + 1, self.cfg.epochs * self.steps,
+                  f"epoch {epoch + 1}/{self.cfg.epochs} · {rate:.1f} img/s · last FID {fid}",
+                  force=force or step + 1 == self.steps)
         if (step + 1) % self.every and step + 1 != self.steps:
             return
-        rate = (step + 1) * self.images / max(time.perf_counter() - started, 1e-9)
-        fid = "n/a" if self.last_fid is None else f"{self.last_fid:.2f}"
         log.info(f"[train] epoch {epoch + 1}/{self.cfg.epochs} step {step + 1}/{self.steps}  loss_d {loss_d:+.3f}  "
                  f"loss_g {loss_g:+.3f}  {rate:.1f} img/s  last FID {fid}")
 
@@ -299,7 +313,7 @@ def train_loop(loop_config: dict) -> None:
 
         configure(get_settings())  # workers get SYNTHRAY_* through the job's runtime env
         tracker = MlflowClient()
-        progress = _Progress(cfg, steps, world * batch)
+        progress = _Progress(cfg, steps, world * batch, loop_config.get("progress"))
         fixed = torch.Generator().manual_seed(cfg.seed)
         fixed_z = torch.randn(cfg.grid_size, hp["latent_dim"], generator=fixed).to(device)
         fixed_y = (torch.arange(cfg.grid_size) % num_classes if cfg.class_label is None
@@ -356,7 +370,7 @@ def train_loop(loop_config: dict) -> None:
             log.info(f"[train] epoch {epoch + 1}: quick {with_floor(q['fid'], loop_config.get('floor_quick'))}")
         if reference is not None and ((epoch + 1) % cfg.fid_every == 0 or epoch + 1 == cfg.epochs):
             metrics |= _fid(ema.module, preset, hp, cfg, reference, loop_config)
-            progress.last_fid = metrics["fid"]
+            progress.fid(epoch, metrics["fid"])
             log.info(f"[train] epoch {epoch + 1}: {with_floor(metrics['fid'], loop_config.get('floor'))} "
                      f"(n_real {metrics['fid_n_real']:.0f} = n_fake {metrics['fid_n_fake']:.0f}, EMA generator)")
         _log_epoch(tracker, run_id, metrics, per_step, global_step - steps + 1)

@@ -19,6 +19,7 @@ import numpy as np
 
 from training.catalog.store import Catalog
 from infra.ray_runtime import connect, storage
+from infra.worker_progress import WorkerProgress
 from infra.train_failures import fit_or_input_error, torch_trainer
 from infra.settings import PROJECT_ROOT, Settings, get_settings
 from infra.tracking import configure, run_url
@@ -175,8 +176,10 @@ def train_gan(
     mlflow = configure(settings)
     experiment = mlflow.set_experiment(cfg.experiment)
     storage_path, filesystem = storage(settings)
+    # WorkerProgress: rank 0 sends its epochs and steps to a bar drawn here (workers' own output
+    # stays in Ray's log files unless --verbose).
     with mlflow.start_run(run_name=run_name or f"{cfg.arch}-{dataset}", parent_run_id=parent_run_id,
-                          tags=tags) as run:
+                          tags=tags) as run, WorkerProgress("train", unit="step") as relay:
         run_id = run.info.run_id
         mlflow.log_params({**cfg.model_dump(exclude_none=True), **cfg.hyperparameters(),
                            "num_classes": num_classes, "n_train": len(records)})
@@ -192,7 +195,7 @@ def train_gan(
         progress(f"train: MLflow run {url}")
         trainer = torch_trainer(  # a worker's input error is final, not retried
             train_loop,
-            train_loop_config=loop_config | {"run_id": run_id},
+            train_loop_config=loop_config | {"run_id": run_id, "progress": relay.sink},
             torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
             scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu),
             run_config=ray.train.RunConfig(
@@ -242,14 +245,15 @@ def _prepare_reference(cfg: GanTrainConfig, n_train: int, settings: Settings, pr
     wide = reference_statistics(**{**kwargs, "n": min(2 * kwargs["n"], n_train)}, settings=settings)
     ref = derive_reference(wide, kwargs["n"], settings)
     floor = real_floor(ref, settings, superset=wide)
-    progress(f"train: FID reference {ref.key} ({ref.n} real images, {'cached' if wide.cached else 'computed'}); "
-             f"{floor.describe()} ({floor.method})")
+    said = (f"train: FID reference {ref.key} ({ref.n} real images, {'cached' if wide.cached else 'computed'}); "
+            f"{floor.describe()} ({floor.method})")
     out = {"reference": kwargs, "reference_key": ref.key, "floor": floor, "floors": {"fid": floor}}
     if cfg.fid_quick_n:
         n_quick = min(cfg.fid_quick_n, kwargs["n"])
         quick = derive_reference(wide, n_quick, settings)
         quick_floor = real_floor(quick, settings, superset=wide)
-        progress(f"train: quick FID every epoch at n = {n_quick}, {quick_floor.describe()}")
+        said += f"; quick FID every epoch at n = {n_quick}, {quick_floor.describe()}"
         out |= {"reference_quick": {**kwargs, "n": n_quick}, "floor_quick": quick_floor,
                 "floors": {"fid": floor, "fid_quick": quick_floor}}
+    progress(said)
     return out

@@ -186,7 +186,6 @@ def _facts(client, run_id: str, checkpoint: str | None, settings: Settings, prog
     checkpoint = checkpoint or tags.get(tag.CHECKPOINT)
     if not checkpoint:
         raise RegistryError(f"run {run_id} has no synthray.checkpoint tag (did it finish?); pass --checkpoint")
-    progress(f"register: loading {checkpoint}")
     state = checkpoint_state(checkpoint)
     cfg = GanTrainConfig(**state["config"])
     manifest = catalog(settings).manifest(cfg.dataset)
@@ -195,7 +194,7 @@ def _facts(client, run_id: str, checkpoint: str | None, settings: Settings, prog
     n_train = len(records)
     ref = reference_statistics(**reference_request(cfg, n_train), settings=settings)
     seed = cfg.seed + 1  # the training loop's FID seed: the registered FID is the checkpoint's FID
-    progress(f"register: scoring {ref.n} samples against {ref.key} (FID, KID, memorization)")
+    progress(f"register: scoring {checkpoint}: {ref.n} samples against {ref.key} (FID, KID, memorization)")
     evaluation = evaluate_generator(sampler, ref, seed=seed, settings=settings)
     floor = real_floor(ref, settings)  # cached by training; computed (and cached) otherwise
     preset = cfg.preset()

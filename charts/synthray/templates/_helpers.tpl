@@ -79,6 +79,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   value: {{ .Values.serve.batchShardSize | int64 | quote }}
 - name: SYNTHRAY_BATCH_MAX_IMAGES
   value: {{ .Values.serve.batchMaxImages | int64 | quote }}
+- name: SYNTHRAY_LOG_FORMAT
+  value: {{ .Values.serve.logFormat | quote }}
+- name: RAY_SERVE_LOG_ENCODING
+  value: {{ .Values.serve.logFormat | upper | quote }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
