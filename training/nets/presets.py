@@ -69,6 +69,8 @@ class GanPreset:
         num_classes: default K for conditional presets (the dataset's class count wins).
         augment: augmentation before D by default (``none``, ``diffaugment``, ``ada``); the paper
             presets keep their published recipe (``none``).
+        augment_policy: the augmentation ops, in order (:mod:`training.gan.augment`; default all
+            four of DiffAugment's grayscale-safe ops).
         ema_kimg: half-life of the EMA generator in thousands of images (StyleGAN2-ADA's
             convention and default, 10); every preset samples from its EMA generator.
         source: paper the numbers come from, and what was chosen where it is silent.
@@ -89,6 +91,7 @@ class GanPreset:
     gp_lambda: float = 10.0
     num_classes: int = 1
     augment: Literal["none", "diffaugment", "ada"] = "none"
+    augment_policy: tuple[str, ...] = ("translation", "cutout", "brightness", "contrast")
     ema_kimg: float = 10.0
     source: str = ""
 
