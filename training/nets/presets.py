@@ -112,9 +112,10 @@ class GanPreset:
 _KNEE = "Prezja et al. 2022, Sci. Rep., Table 7 (seed 000)"
 _DCGAN = "Platin, UPenn thesis (seed 004): Adam 3.4e-4 (0.5, 0.999), batch 100, BCE"
 _CPU_RECIPE = ("small-CPU recipe, not a paper's: dcgan-fracture-small's networks (Platin's DCGAN at 64 px, "
-               "widths / 8) with non-saturating BCE, Adam 2e-4 (0.5, 0.999), batch 64, DiffAugment "
+               "widths / 8) with non-saturating BCE, Adam 4e-4 (0.5, 0.999), batch 64, DiffAugment "
                "(Zhao et al. 2020: translation, cutout, brightness, contrast) and an EMA generator "
-               "(StyleGAN2-ADA: 10 kimg half-life, ramp-up 0.05)")
+               "(StyleGAN2-ADA: 10 kimg half-life, ramp-up 0.05, BatchNorm statistics recomputed). lr 4e-4, "
+               "not DCGAN's 2e-4: measured on the phantom after 1,000 steps, FID 122 vs 172 at n = 300")
 _ACGAN = ("Röglin et al. 2022 (seed 002): topology from the paper; widths, Adam 2e-4 (0.5, 0.999), "
           "batch 64 chosen (the paper gives none)")
 
@@ -142,7 +143,7 @@ PRESETS: dict[str, GanPreset] = {
         GanPreset(
             name="dcgan-knee-cpu", family="dcgan", loss="bce", image_size=64, latent_dim=100,
             generator={"widths": (128, 64, 32, 16)}, critic={"widths": (16, 32, 64, 128)},
-            lr=2e-4, betas=(0.5, 0.999), lr_decay=0.0, batch_size=64, critic_steps=1, gp_lambda=0.0,
+            lr=4e-4, betas=(0.5, 0.999), lr_decay=0.0, batch_size=64, critic_steps=1, gp_lambda=0.0,
             augment="diffaugment", ema_kimg=10.0, source=_CPU_RECIPE,
         ),
         GanPreset(
