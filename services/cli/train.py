@@ -50,6 +50,11 @@ def _common(fn):
                      help="ADA: thousands of images for p to go from 0 to 1"),
         click.option("--ema-kimg", type=click.FloatRange(min=0), default=None,
                      help="EMA generator half-life in thousands of images (default: the preset's, 10; 0 = off)"),
+        click.option("--ema-bn-batches", type=click.IntRange(0), default=8, show_default=True,
+                     help="batches of 64 over which the EMA generator's BatchNorm statistics are recomputed "
+                     "each epoch (0 = keep those copied from G)"),
+        click.option("--augment-policy", type=click.Choice(["translation", "cutout", "brightness", "contrast"]),
+                     multiple=True, default=None, help="augmentation ops, repeatable, in order (default: the preset's)"),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -59,6 +64,7 @@ def _common(fn):
 def _config(**kwargs):
     from training.gan.config import GanTrainConfig
 
+    kwargs["augment_policy"] = list(kwargs.get("augment_policy") or ()) or None  # click gives () when unset
     return GanTrainConfig(**kwargs)
 
 

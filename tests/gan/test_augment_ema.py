@@ -57,6 +57,30 @@ def test_ema_update_matches_a_hand_computation_and_copies_buffers() -> None:
     assert not any(p.requires_grad for p in ema.module.parameters()) and not ema.module.training
 
 
+def test_ema_recalibrate_recomputes_bn_statistics_from_the_ema_weights() -> None:
+    # The copied statistics are the raw G's; recalibrate replaces them by the plain average of
+    # the EMA module's own batch statistics over the drawn batches (hand-computed below).
+    torch.manual_seed(0)
+    g = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Dropout(0.5))
+    ema = Ema(g, ema_kimg=1.0)
+    with torch.no_grad():
+        g.train()(torch.randn(8, 3) * 5 + 3)  # raw G's running stats: far from the EMA's own
+    ema.update(g, batch=8, nimg=8)
+    inputs = lambda rng: (torch.randn(16, 3, generator=rng),)  # noqa: E731
+    assert ema.recalibrate(inputs, batches=3, seed=5) == 1
+    rng = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        h = [ema.module[0](*inputs(rng)) for _ in range(3)]
+    bn = ema.module[1]
+    torch.testing.assert_close(bn.running_mean, torch.stack([x.mean(0) for x in h]).mean(0), rtol=0, atol=1e-6)
+    torch.testing.assert_close(bn.running_var, torch.stack([x.var(0) for x in h]).mean(0), rtol=0, atol=1e-6)
+    assert bn.momentum == 0.1 and not ema.module.training and not ema.module[2].training
+    first = {k: v.clone() for k, v in ema.state_dict().items()}
+    ema.recalibrate(inputs, batches=3, seed=5)  # a fixed seed: the same statistics again
+    assert all(torch.equal(first[k], v) for k, v in ema.state_dict().items())
+    assert ema.recalibrate(inputs, batches=0) == 0 and Ema(nn.Linear(2, 2)).recalibrate(inputs) == 0
+
+
 # -- augmentation ops ---------------------------------------------------------------------------
 
 

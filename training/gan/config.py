@@ -53,11 +53,16 @@ class GanTrainConfig(BaseModel):
         "selection FID stays at fid_n")
     augment: Literal["none", "diffaugment", "ada"] | None = Field(
         None, description="augmentation before D: DiffAugment (p = 1), ADA (adaptive p) or none; None = preset's")
+    augment_policy: list[Literal["translation", "cutout", "brightness", "contrast"]] | None = Field(
+        None, description="augmentation ops in order; None = the preset's")
     ada_target: float = Field(0.6, gt=0, lt=1, description="ADA's target r_t = E[sign(D(real))]")
     ada_kimg: float = Field(100.0, gt=0, description="ADA: thousands of images for p to go from 0 to 1")
     ema_kimg: float | None = Field(None, ge=0, description="EMA generator half-life in thousands of images; "
                                    "0 = no averaging; None = preset's")
     ema_rampup: float | None = Field(0.05, ge=0, description="EMA ramp-up: half-life capped at images seen × this")
+    ema_bn_batches: int = Field(8, ge=0, description="batches of 64 over which the EMA generator's BatchNorm "
+                                "statistics are recomputed before each epoch's FID/grid/checkpoint; 0 = keep "
+                                "the statistics copied from the raw G")
     experiment: str = "synthray-gan"
 
     def preset(self) -> GanPreset:
@@ -83,7 +88,10 @@ class GanTrainConfig(BaseModel):
             "augment": self.augment or preset.augment,
             "ema_kimg": preset.ema_kimg if self.ema_kimg is None else self.ema_kimg,
             "ema_rampup": self.ema_rampup,
+            "ema_bn_batches": self.ema_bn_batches,
         }
+        if hp["augment"] != "none":
+            hp["augment_policy"] = list(self.augment_policy or preset.augment_policy)
         if hp["augment"] == "ada":
             hp |= {"ada_target": self.ada_target, "ada_kimg": self.ada_kimg}
         for key in ("batch_size", "lr", "critic_steps", "gp_lambda", "lr_decay"):

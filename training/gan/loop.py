@@ -39,7 +39,7 @@ from torch import nn
 from infra.settings import get_settings
 from infra.tracking import configure
 from training.gan.config import GanTrainConfig
-from training.gan.augment import AdaController, Augment, AugmentedCritic
+from training.gan.augment import OPS, AdaController, Augment, AugmentedCritic
 from training.gan.ema import Ema
 from training.gan.losses import make_loss
 from training.nets.sampler import GeneratorSampler, to_uint8
@@ -117,11 +117,20 @@ def make_augment(hp: dict) -> tuple[Augment | None, AdaController | None]:
     kind = hp.get("augment", "none")
     if kind == "none":
         return None, None
+    policy = hp.get("augment_policy", OPS)
     if kind == "diffaugment":
-        return Augment(p=1.0), None
+        return Augment(policy, p=1.0), None
     if kind == "ada":
-        return Augment(p=0.0), AdaController(target=hp["ada_target"], kimg=hp["ada_kimg"])
+        return Augment(policy, p=0.0), AdaController(target=hp["ada_target"], kimg=hp["ada_kimg"])
     raise BadInput(f"augment must be none, diffaugment or ada, got {kind!r}")
+
+
+def latent_inputs(hp: dict, conditional: bool, num_classes: int, device, batch: int = 64) -> Callable:
+    """``rng → generator args``: a batch of z (and, conditional, uniform labels) for BN recalibration."""
+    def draw(rng: torch.Generator) -> tuple:
+        z = torch.randn(batch, hp["latent_dim"], generator=rng).to(device)
+        return (z, torch.randint(0, num_classes, (batch,), generator=rng).to(device)) if conditional else (z,)
+    return draw
 
 
 def _min_across_workers(value: int, world: int) -> int:
@@ -354,6 +363,8 @@ def train_loop(loop_config: dict) -> None:
         metrics |= {"epoch": epoch + 1, "global_step": global_step,
                     "images_per_s": world * steps * batch / elapsed, "lr_g": pair.sched_g.get_last_lr()[0]}
         metrics["ema_beta"] = ema.last_beta
+        # Standing BN statistics of the EMA weights (training.gan.ema), before anything samples it.
+        ema.recalibrate(latent_inputs(hp, preset.conditional, num_classes, device), hp["ema_bn_batches"], cfg.seed)
         if ada is not None:
             # Flush the partial interval at the epoch's end: each worker's partial sums are its
             # own, and the checkpoint (rank 0's) could not restore the others' exactly.

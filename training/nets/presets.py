@@ -69,6 +69,8 @@ class GanPreset:
         num_classes: default K for conditional presets (the dataset's class count wins).
         augment: augmentation before D by default (``none``, ``diffaugment``, ``ada``); the paper
             presets keep their published recipe (``none``).
+        augment_policy: the augmentation ops, in order (:mod:`training.gan.augment`; default all
+            four of DiffAugment's grayscale-safe ops).
         ema_kimg: half-life of the EMA generator in thousands of images (StyleGAN2-ADA's
             convention and default, 10); every preset samples from its EMA generator.
         source: paper the numbers come from, and what was chosen where it is silent.
@@ -89,6 +91,7 @@ class GanPreset:
     gp_lambda: float = 10.0
     num_classes: int = 1
     augment: Literal["none", "diffaugment", "ada"] = "none"
+    augment_policy: tuple[str, ...] = ("translation", "cutout", "brightness", "contrast")
     ema_kimg: float = 10.0
     source: str = ""
 
@@ -109,9 +112,10 @@ class GanPreset:
 _KNEE = "Prezja et al. 2022, Sci. Rep., Table 7 (seed 000)"
 _DCGAN = "Platin, UPenn thesis (seed 004): Adam 3.4e-4 (0.5, 0.999), batch 100, BCE"
 _CPU_RECIPE = ("small-CPU recipe, not a paper's: dcgan-fracture-small's networks (Platin's DCGAN at 64 px, "
-               "widths / 8) with non-saturating BCE, Adam 2e-4 (0.5, 0.999), batch 64, DiffAugment "
+               "widths / 8) with non-saturating BCE, Adam 4e-4 (0.5, 0.999), batch 64, DiffAugment "
                "(Zhao et al. 2020: translation, cutout, brightness, contrast) and an EMA generator "
-               "(StyleGAN2-ADA: 10 kimg half-life, ramp-up 0.05)")
+               "(StyleGAN2-ADA: 10 kimg half-life, ramp-up 0.05, BatchNorm statistics recomputed). lr 4e-4, "
+               "not DCGAN's 2e-4: measured on the phantom after 1,000 steps, FID 122 vs 172 at n = 300")
 _ACGAN = ("Röglin et al. 2022 (seed 002): topology from the paper; widths, Adam 2e-4 (0.5, 0.999), "
           "batch 64 chosen (the paper gives none)")
 
@@ -139,7 +143,7 @@ PRESETS: dict[str, GanPreset] = {
         GanPreset(
             name="dcgan-knee-cpu", family="dcgan", loss="bce", image_size=64, latent_dim=100,
             generator={"widths": (128, 64, 32, 16)}, critic={"widths": (16, 32, 64, 128)},
-            lr=2e-4, betas=(0.5, 0.999), lr_decay=0.0, batch_size=64, critic_steps=1, gp_lambda=0.0,
+            lr=4e-4, betas=(0.5, 0.999), lr_decay=0.0, batch_size=64, critic_steps=1, gp_lambda=0.0,
             augment="diffaugment", ema_kimg=10.0, source=_CPU_RECIPE,
         ),
         GanPreset(

@@ -45,6 +45,18 @@ class CardFacts:
     ema: bool = False  # the weights are the EMA generator's (StyleGAN2-ADA G_ema)
 
 
+def _augmentation(hp: dict) -> str:
+    """The card's line for the augmentation before D (the run's recipe and ops)."""
+    kind = hp.get("augment", "none")
+    # checkpoints written before the policy was configurable used all four ops
+    policy = hp.get("augment_policy") or ["translation", "cutout", "brightness", "contrast"]
+    if kind == "diffaugment":
+        return f"DiffAugment (Zhao et al. 2020): {', '.join(policy)}, p = 1"
+    if kind == "ada":
+        return f"ADA (Karras et al. 2020): {', '.join(policy)}, adaptive p"
+    return "none"
+
+
 def known_limits(f: CardFacts) -> list[str]:
     """Limits that follow from the facts themselves."""
     limits = ["Synthetic images for research and for augmenting classifier training data; "
@@ -96,12 +108,9 @@ def render_card(f: CardFacts, version: str | None = None) -> str:
             ("run", f"[{f.run_id}]({f.run_url})"),
             ("git commit", f"`{f.git_commit}`"),
             ("epoch of this checkpoint", str(f.epoch)),
-            ("weights", "EMA generator (G_ema, StyleGAN2-ADA convention; BatchNorm buffers copied from G)"
-             if f.ema else "raw generator"),
-            ("augmentation before D", {"diffaugment": "DiffAugment (Zhao et al. 2020): translation, cutout, "
-                                       "brightness, contrast, p = 1",
-                                       "ada": "ADA (Karras et al. 2020): translation, cutout, brightness, contrast, "
-                                       "adaptive p"}.get(f.hyperparameters.get("augment", "none"), "none")),
+            ("weights", "EMA generator (G_ema, StyleGAN2-ADA convention; BatchNorm statistics recomputed for the "
+             "EMA weights)" if f.ema else "raw generator"),
+            ("augmentation before D", _augmentation(f.hyperparameters)),
             ("checkpoint", f"`{f.checkpoint}`"),
             *((k, f"`{v}`") for k, v in f.hyperparameters.items()),
         ]),
