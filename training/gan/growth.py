@@ -180,8 +180,21 @@ def progressive_hyperparameters(preset, cfg) -> dict:
             "growth_start": preset.generator.get("start", 4), "epoch_images": cfg.epoch_images}
 
 
+PROGRESSIVE_OPTIONS = ("stage_images", "fade_images", "growth_batch", "epoch_images", "g_norm", "d_norm", "channels")
+
+
 def check_progressive(cfg) -> None:
-    """Driver-side checks of a progressive run's options (one BadInput naming the field)."""
+    """Driver-side checks of the progressive options (one BadInput naming the field).
+
+    They are rejected on other presets (where they would silently do nothing); on progressive
+    presets, options the progressive loop does not support yet are rejected.
+    """
+    if not cfg.preset().progressive:
+        for key in PROGRESSIVE_OPTIONS:
+            if getattr(cfg, key) is not None:
+                raise BadInput(f"--{key.replace('_', '-')} is for progressive presets (pggan-*, enhanced-gan-*, "
+                               f"cpggan-*), not {cfg.arch}", field=key)
+        return
     if (cfg.augment or "none") != "none":
         raise BadInput(f"--augment {cfg.augment} is not supported with progressive presets yet; use --augment none",
                        field="augment")

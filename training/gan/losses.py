@@ -54,6 +54,9 @@ class WganGpLoss:
             out |= {"loss": out["loss"] + self.drift * drift, "drift": drift}
         return out
 
+    def generator_loss(self, critic: nn.Module, fake, y_fake=None) -> Scalars:
+        return {"loss": -critic(fake).float().mean()}
+
 
 def multi_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Float (B, K) targets from multi-hot (B, K) or long class indices (B,)."""
@@ -91,9 +94,6 @@ class WganGpAcLoss:
         s, c = critic(fake)
         l_c = F.binary_cross_entropy_with_logits(c.float(), multi_hot(y_fake, c.shape[1]))
         return {"loss": -s.float().mean() + l_c, "loss_class_g": l_c}
-
-    def generator_loss(self, critic: nn.Module, fake, y_fake=None) -> Scalars:
-        return {"loss": -critic(fake).float().mean()}
 
 
 def _sign_mean(out: torch.Tensor) -> torch.Tensor:
