@@ -9,16 +9,12 @@ weights of the uninterrupted run.
 
 from __future__ import annotations
 
-import json
 import math
-import signal
 import threading
-import time
 
 import pytest
 import torch
 
-from infra.object_store import ObjectStore
 from infra.settings import Settings
 from training.catalog.phantom import PhantomSpec
 from training.catalog.selection import publish_phantom
@@ -26,7 +22,7 @@ from training.gan.loop import checkpoint_state
 from training.gan.trainer import GanTrainConfig, train_gan
 from training.registry import tags as tag
 
-from test_train_gan import _train_workers  # same folder: the Ray Train workers of this test stack
+from test_train_gan import _kill_a_worker_after_first_checkpoint  # same folder
 
 pytestmark = pytest.mark.stack
 STAGES = (8, 16, 32)
@@ -109,33 +105,14 @@ def test_enhanced_gan_grows_with_attention_and_spectral_norm(stack: Settings, ph
     assert result.sampler.generate(2, seed=1).shape == (2, 32, 32)
 
 
-def _kill_after_a_mid_fade_in_checkpoint(client, experiment: str, settings: Settings,
-                                         stop: threading.Event) -> list[float]:
-    """SIGKILL a worker once Ray Train has registered a checkpoint whose α is strictly inside (0, 1)."""
-    store = ObjectStore(settings)
-    while not stop.is_set():
-        exp = client.get_experiment_by_name(experiment)
-        runs = client.search_runs([exp.experiment_id]) if exp else []
-        key = (f"{settings.ray_results_prefix}/gan-{runs[0].info.run_id}/checkpoint_manager_snapshot.json"
-               if runs else None)
-        if key and store.exists(key):
-            latest = (json.loads(store.get_bytes(key)).get("latest_checkpoint_result") or {}).get("metrics", {})
-            if 0 < latest.get("alpha", 0) < 1 and (workers := _train_workers(str(settings.state_dir))):
-                victim = max(workers, key=lambda p: p.pid)
-                victim.send_signal(signal.SIGKILL)
-                return [latest["alpha"]]
-        time.sleep(0.2)
-    return []
-
-
 def test_killed_worker_resumes_mid_fade_in_exactly(pggan, stack: Settings, client, phantom32: str) -> None:
     # No FID here: rank 0's FID passes do not touch the training RNG or weights, so the run
     # must still end where the FID-scored uninterrupted one did.
     cfg = _config(phantom32, experiment="synthray-gan-progressive-kill-test", fid_every=0)
     stop = threading.Event()
-    killed: list[float] = []
-    killer = threading.Thread(target=lambda: killed.extend(_kill_after_a_mid_fade_in_checkpoint(
-        client, cfg.experiment, stack, stop)), daemon=True)
+    killed: list[int] = []
+    killer = threading.Thread(target=lambda: killed.extend(_kill_a_worker_after_first_checkpoint(
+        client, cfg.experiment, stack, stop, when=lambda metrics: 0 < metrics.get("alpha", 0) < 1)), daemon=True)
     killer.start()
     try:
         result = train_gan(cfg, settings=stack, progress=lambda _: None)

@@ -22,7 +22,6 @@ to 299² as for every other FID here; at the last stage ``fid_{r}px`` is the run
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import tempfile
@@ -41,9 +40,9 @@ from training.gan.ema import Ema
 from training.gan.growth import Growth, Timeline, reals_at, schedule_of
 from training.gan.loop import (CHECKPOINT_FILE, _fid, _load_state, _log_epoch, _mean_across_workers,
                                _min_across_workers, _reference, _sum_across_workers, build_pair, epoch_seed,
-                               make_augment, sample_grid, train_step, unwrap)
+                               fid_fakes, grid_latents, make_augment, pair_state, restore_pair, sample_grid, train_step, unwrap,
+                               worker_context)
 from training.gan.losses import make_loss
-from training.nets.sampler import GeneratorSampler
 
 log = logging.getLogger("synthray.train")
 
@@ -57,7 +56,6 @@ def _stage_fid(gen, preset, hp: dict, cfg: GanTrainConfig, reference, loop_confi
     """FID at ``resolution`` of the EMA generator against the reference's reals downsampled to it."""
     from infra.cpus import available_cpus
     from training.evaluate.fid import _torch_threads, compute_fid
-    from training.evaluate.generator import fakes_like
     from training.evaluate.reference import reference_images
 
     real = torch.from_numpy(reference_images(reference)).float()
@@ -65,11 +63,7 @@ def _stage_fid(gen, preset, hp: dict, cfg: GanTrainConfig, reference, loop_confi
     real = F.adaptive_avg_pool2d(real, resolution).round().clamp(0, 255).to(torch.uint8)
     real = real.permute(0, 2, 3, 1).numpy()
     real = real[..., 0] if real.shape[-1] == 1 else real
-    sampler = GeneratorSampler(gen, hp["latent_dim"], class_index=cfg.class_label,
-                               num_classes=loop_config["num_classes"] if preset.conditional else None)
-    was_training = gen.training
-    fake, _ = fakes_like(sampler, reference, seed=cfg.seed + 1)
-    gen.train(was_training)
+    fake = fid_fakes(gen, preset, hp, cfg, reference, loop_config)
     with _torch_threads(available_cpus()):
         return compute_fid(real, fake, dims=reference.dims).fid
 
@@ -81,17 +75,9 @@ def train_loop(loop_config: dict) -> None:
 
     from training.catalog.selection import load_tensors
 
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
-    cfg = GanTrainConfig(**loop_config["config"])
-    run_id: str = loop_config["run_id"]
-    num_classes: int = loop_config["num_classes"]
-    hp = cfg.hyperparameters()
-    preset = cfg.preset()
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    fast = cfg.use_gpu and cfg.amp and device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if fast else contextlib.nullcontext
+    w = worker_context(loop_config)  # channels_last is not used: the networks change shape as they grow
+    cfg, run_id, num_classes, hp, preset = w.cfg, w.run_id, w.num_classes, w.hp, w.preset
+    rank, world, device, autocast = w.rank, w.world, w.device, w.autocast
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every worker
     ddp = {"find_unused_parameters": True}  # later stages' blocks are idle until they grow in
@@ -106,9 +92,7 @@ def train_loop(loop_config: dict) -> None:
     if checkpoint:  # resume: weights, optimizers, schedules, EMA and where the growth was
         with checkpoint.as_directory() as ckpt_dir:
             state = _load_state(ckpt_dir)
-        for obj, key in ((unwrap(gen), "generator"), (unwrap(critic), "critic"), (pair.opt_g, "opt_g"),
-                         (pair.opt_d, "opt_d"), (pair.sched_g, "sched_g"), (pair.sched_d, "sched_d")):
-            obj.load_state_dict(state[key])
+        restore_pair(pair, state)
         ema.load_state_dict(state["generator_ema"])
         epoch, global_step, seen = state["epoch"], state["global_step"], state["growth"]["images_seen"]
     elif cfg.init_from:
@@ -132,10 +116,7 @@ def train_loop(loop_config: dict) -> None:
 
         configure(get_settings())
         tracker = MlflowClient()
-        fixed = torch.Generator().manual_seed(cfg.seed)
-        fixed_z = torch.randn(cfg.grid_size, hp["latent_dim"], generator=fixed).to(device)
-        fixed_y = (torch.arange(cfg.grid_size) % num_classes if cfg.class_label is None
-                   else torch.full((cfg.grid_size,), cfg.class_label)).to(device)
+        fixed_z, fixed_y = grid_latents(w)
         if cfg.fid_every:
             reference = _reference(loop_config)
         if checkpoint:
@@ -207,16 +188,11 @@ def train_loop(loop_config: dict) -> None:
                  f"images, loss_d {metrics['loss_d']:+.3f} loss_g {metrics['loss_g']:+.3f}, "
                  f"{metrics['images_per_s']:.0f} img/s")
         with tempfile.TemporaryDirectory() as tmp:
-            torch.save(
-                {"generator": unwrap(gen).state_dict(), "generator_ema": ema.state_dict(), "ada": None,
-                 "critic": unwrap(critic).state_dict(), "opt_g": pair.opt_g.state_dict(),
-                 "opt_d": pair.opt_d.state_dict(), "sched_g": pair.sched_g.state_dict(),
-                 "sched_d": pair.sched_d.state_dict(), "epoch": epoch, "global_step": global_step,
-                 "growth": {"images_seen": seen, "stage": g0.stage, "alpha": metrics["alpha"],
-                            "resolution": g0.resolution},
-                 "num_classes": num_classes, "config": cfg.model_dump(), "hyperparameters": hp, "metrics": metrics},
-                Path(tmp) / CHECKPOINT_FILE,
-            )
+            growth = {"images_seen": seen, "stage": g0.stage, "alpha": metrics["alpha"], "resolution": g0.resolution}
+            torch.save(pair_state(pair, ema) | {"ada": None, "epoch": epoch, "global_step": global_step,
+                                                "growth": growth, "num_classes": num_classes,
+                                                "config": cfg.model_dump(), "hyperparameters": hp, "metrics": metrics},
+                       Path(tmp) / CHECKPOINT_FILE)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
     if rank == 0:
         log.info(f"[train] progressive run done: {seen} images, {np.round(seen / 1000, 1)} kimg")
