@@ -237,3 +237,24 @@ def test_reals_fade_like_the_generator() -> None:
     at0 = reals_at(x, Growth(2, 0.0, 32, 8, 0))
     torch.testing.assert_close(at0, nn.functional.interpolate(nn.functional.avg_pool2d(x, 2), scale_factor=2))
     assert torch.equal(reals_at(x, Growth(2, 1.0, 32, 8, 0)), x)
+
+
+def test_run_options_reach_the_networks_and_other_presets_refuse_them() -> None:
+    from training.gan.config import GanTrainConfig
+    from training.gan.growth import check_progressive
+
+    cfg = GanTrainConfig(dataset="x", arch="enhanced-gan-knee-mri-small", g_norm="sn", d_norm="pn", channels=2,
+                         stage_images=10, growth_batch={16: 8})
+    g, d = cfg.preset().build()
+    assert (g.norm, d.norm, g.channels) == ("sn", "pn", 2)
+    assert not any(isinstance(m, PixelNorm) for m in g.modules())  # SN in G replaces pixel norm
+    assert any(isinstance(m, PixelNorm) for m in d.modules())
+    assert g(torch.randn(2, 64)).shape == (2, 2, 32, 32) and d(torch.randn(2, 2, 32, 32)).shape == (2,)
+    hp = cfg.hyperparameters()
+    assert (hp["stage_images"], hp["fade_images"], hp["growth_batch"][16], hp["growth_batch"][32]) == (10, 4000, 8, 32)
+    assert GanTrainConfig(dataset="x", arch="pggan-knee-mri", batch_size=8).hyperparameters()["growth_batch"][1024] == 8
+    check_progressive(cfg)
+    with pytest.raises(ValueError, match="--g-norm is for progressive presets"):
+        check_progressive(GanTrainConfig(dataset="x", arch="wgan-gp-knee-small", g_norm="pn"))
+    with pytest.raises(ValueError, match="--augment ada is not supported with progressive presets"):
+        check_progressive(cfg.model_copy(update={"augment": "ada"}))
