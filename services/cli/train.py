@@ -83,11 +83,29 @@ def _register(run_id: str, checkpoint: str | None = None) -> None:
               help="undersample every class to the smallest")
 @click.option("--init-from", default=None, help="warm start from a checkpoint URI (s3://…)")
 @click.option("--transfer-critic/--fresh-critic", default=False, show_default=True)
-def train_gan_cmd(register: bool, **kwargs) -> None:
-    """Train a GAN preset on DATASET and (optionally) register the generator."""
+@click.option("--g-norm", type=click.Choice(["pn", "sn"]), default=None,
+              help="progressive presets: pixel norm or spectral norm in G (Enhanced-GAN ablation)")
+@click.option("--d-norm", type=click.Choice(["sn", "pn", "none"]), default=None,
+              help="progressive presets: spectral, pixel or no norm in D (Enhanced-GAN ablation)")
+@click.option("--stage-images", type=click.IntRange(1), default=None,
+              help="progressive presets: images per stage at alpha = 1 (preset's; chest paper 600k)")
+@click.option("--fade-images", type=click.IntRange(1), default=None,
+              help="progressive presets: images per fade-in (preset's; chest paper 600k)")
+@click.option("--growth-batch", type=(click.IntRange(1), click.IntRange(1)), multiple=True,
+              metavar="RES BATCH", help="progressive presets: global batch at a resolution (repeatable)")
+@click.option("--epoch-images", type=click.IntRange(1), default=None,
+              help="progressive presets: images per epoch (checkpoint, grid, FID); default one pass")
+@click.option("--channels", type=click.IntRange(1, 4), default=None,
+              help="progressive presets: image channels (knee MRI: 2 with the cartilage mask)")
+def train_gan_cmd(register: bool, growth_batch: tuple, **kwargs) -> None:
+    """Train a GAN preset on DATASET and (optionally) register the generator.
+
+    Progressive presets (pggan-*, enhanced-gan-*, cpggan-*) run the growth schedule: its images
+    per stage and fade-in set the run's length, not --epochs.
+    """
     from training.gan.trainer import train_gan
 
-    result = train_gan(_config(**kwargs), progress=say)
+    result = train_gan(_config(**kwargs, growth_batch=dict(growth_batch) or None), progress=say)
     click.echo(f"run: {result.run_url}\ncheckpoint: {result.checkpoint_path} (epoch {result.metrics.get('epoch')})")
     if register:
         _register(result.run_id, result.checkpoint_path)

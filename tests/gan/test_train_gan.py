@@ -9,6 +9,7 @@ LR schedules, the epoch counter and the RNG stream were all restored.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import signal
@@ -166,8 +167,11 @@ def _train_workers(state_dir: str) -> list[psutil.Process]:
 
 
 def _kill_a_worker_after_first_checkpoint(client, experiment: str, settings: Settings,
-                                          stop: threading.Event) -> list[int]:
+                                          stop: threading.Event, when=None) -> list[int]:
     """Wait until Ray Train has registered the run's first checkpoint, then SIGKILL one worker.
+
+    With ``when``, wait instead for a registered latest checkpoint whose metrics satisfy it
+    (the progressive resume test waits for one from inside a fade-in).
 
     Registration, not the worker's report, is what a restart resumes from: the controller
     collects reports when it polls the workers, so a kill between a report and that poll
@@ -181,7 +185,8 @@ def _kill_a_worker_after_first_checkpoint(client, experiment: str, settings: Set
         runs = client.search_runs([exp.experiment_id]) if exp else []
         snapshot = (f"{settings.ray_results_prefix}/gan-{runs[0].info.run_id}/checkpoint_manager_snapshot.json"
                     if runs else None)
-        if snapshot and store.exists(snapshot):
+        if snapshot and store.exists(snapshot) and (when is None or when(
+                (json.loads(store.get_bytes(snapshot)).get("latest_checkpoint_result") or {}).get("metrics", {}))):
             if workers := _train_workers(str(settings.state_dir)):
                 victim = max(workers, key=lambda p: p.pid)
                 victim.send_signal(signal.SIGKILL)

@@ -64,11 +64,29 @@ class GanTrainConfig(BaseModel):
                                 "statistics are recomputed before each epoch's FID/grid/checkpoint; 0 = keep "
                                 "the statistics copied from the raw G")
     experiment: str = "synthray-gan"
+    # Progressive presets only (pggan-*, enhanced-gan-*, cpggan-*); see training.gan.growth.
+    stage_images: int | None = Field(None, ge=1, description="progressive: images per stage at α = 1 (preset's)")
+    fade_images: int | None = Field(None, ge=1, description="progressive: images per fade-in (preset's)")
+    growth_batch: dict[int, int] | None = Field(
+        None, description="progressive: global batch per resolution (preset's: the chest paper's 128…4)")
+    epoch_images: int | None = Field(
+        None, ge=1, description="progressive: images per epoch (checkpoint, grid, FID); None = the selection's size. "
+        "Epochs also end at every stage's end; the schedule, not --epochs, sets the run's length")
+    g_norm: Literal["pn", "sn"] | None = Field(None, description="progressive G: pixel norm or spectral norm")
+    d_norm: Literal["sn", "pn", "none"] | None = Field(None, description="progressive D: spectral, pixel or no norm")
+    channels: int | None = Field(None, ge=1, le=4, description="progressive: image channels (knee MRI: 1, or 2 "
+                                 "with the cartilage mask); preset's if unset")
 
     def preset(self) -> GanPreset:
         """The architecture preset with this run's latent size."""
         preset = get_preset(self.arch)
-        return preset if self.latent_dim is None else dataclasses.replace(preset, latent_dim=self.latent_dim)
+        if self.latent_dim is not None:
+            preset = dataclasses.replace(preset, latent_dim=self.latent_dim)
+        if preset.progressive:
+            from training.gan.growth import progressive_preset
+
+            preset = progressive_preset(preset, self)
+        return preset
 
     def hyperparameters(self) -> dict:
         """Effective hyperparameters: preset values overridden by the set fields."""
@@ -99,6 +117,10 @@ class GanTrainConfig(BaseModel):
                 hp[key] = getattr(self, key)
         if self.decay_form == "none":
             hp["lr_decay"] = 0.0
+        if preset.progressive:
+            from training.gan.growth import progressive_hyperparameters
+
+            hp |= progressive_hyperparameters(preset, self)
         return hp
 
     def selection(self) -> dict:

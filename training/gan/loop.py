@@ -76,6 +76,15 @@ def unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)
 
 
+def grid_latents(w: "WorkerContext") -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed latents (and labels: every class in turn, or the run's class) of the sample grids."""
+    fixed = torch.Generator().manual_seed(w.cfg.seed)
+    z = torch.randn(w.cfg.grid_size, w.hp["latent_dim"], generator=fixed).to(w.device)
+    y = (torch.arange(w.cfg.grid_size) % w.num_classes if w.cfg.class_label is None
+         else torch.full((w.cfg.grid_size,), w.cfg.class_label)).to(w.device)
+    return z, y
+
+
 def sample_grid(generator: nn.Module, z: torch.Tensor, labels: torch.Tensor | None = None) -> np.ndarray:
     """uint8 (H, W, 3) grid of ``generator(z[, labels])`` in eval mode (torchvision's make_grid)."""
     from infra.compat import ensure_torchvision
@@ -226,6 +235,56 @@ def build_pair(preset, hp: dict, num_classes: int, prepare: Callable[[nn.Module]
                    torch.optim.lr_scheduler.LambdaLR(opt_d, schedule), preset.conditional)
 
 
+_PAIR_KEYS = ("opt_g", "opt_d", "sched_g", "sched_d")
+
+
+def pair_state(pair: GanPair, ema: Ema) -> dict:
+    """Checkpoint entries of the pair: raw G, EMA G, D, both optimizers and both LR schedules."""
+    return {"generator": unwrap(pair.gen).state_dict(), "generator_ema": ema.state_dict(),
+            "critic": unwrap(pair.critic).state_dict(), **{k: getattr(pair, k).state_dict() for k in _PAIR_KEYS}}
+
+
+def restore_pair(pair: GanPair, state: dict) -> None:
+    """Load raw G, D, optimizers and schedules from a checkpoint state (the EMA is the caller's)."""
+    unwrap(pair.gen).load_state_dict(state["generator"])
+    unwrap(pair.critic).load_state_dict(state["critic"])
+    for key in _PAIR_KEYS:
+        getattr(pair, key).load_state_dict(state[key])
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """What every GAN worker function derives from its loop config and Ray Train's context."""
+
+    cfg: GanTrainConfig
+    run_id: str
+    num_classes: int
+    hp: dict
+    preset: object  # training.nets.presets.GanPreset
+    rank: int
+    world: int
+    device: torch.device
+    autocast: Callable
+    memory_format: torch.memory_format
+
+
+def worker_context(loop_config: dict) -> WorkerContext:
+    """Config, hyperparameters, rank/world, device, and bf16 autocast + channels_last on GPU with ``amp``."""
+    import ray.train
+    import ray.train.torch
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # per-report INFO lines drown the progress
+    cfg = GanTrainConfig(**loop_config["config"])
+    ctx = ray.train.get_context()
+    device = ray.train.torch.get_device()
+    fast = cfg.use_gpu and cfg.amp and device.type == "cuda"
+    return WorkerContext(
+        cfg=cfg, run_id=loop_config["run_id"], num_classes=loop_config["num_classes"], hp=cfg.hyperparameters(),
+        preset=cfg.preset(), rank=ctx.get_world_rank(), world=ctx.get_world_size(), device=device,
+        autocast=(lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if fast else contextlib.nullcontext,
+        memory_format=torch.channels_last if fast else torch.preserve_format)
+
+
 class _Progress:
     """Rank 0's progress: the driver's bar (epoch, step, img/s, last FID; :mod:`infra.worker_progress`)
     and a log line every ``every`` steps (in the worker's log file; on the console with --verbose)."""
@@ -265,18 +324,9 @@ def train_loop(loop_config: dict) -> None:
     from training.catalog.selection import load_tensors
     from training.evaluate.floor import with_floor
 
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # per-report INFO lines drown the progress
-    cfg = GanTrainConfig(**loop_config["config"])
-    run_id: str = loop_config["run_id"]
-    num_classes: int = loop_config["num_classes"]
-    hp = cfg.hyperparameters()
-    preset = cfg.preset()
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    fast = cfg.use_gpu and cfg.amp and device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if fast else contextlib.nullcontext
-    memory_format = torch.channels_last if fast else torch.preserve_format
+    w = worker_context(loop_config)
+    cfg, run_id, num_classes, hp, preset = w.cfg, w.run_id, w.num_classes, w.hp, w.preset
+    rank, world, device, autocast, memory_format = w.rank, w.world, w.device, w.autocast, w.memory_format
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every worker
     pair = build_pair(preset, hp, num_classes,
@@ -288,9 +338,7 @@ def train_loop(loop_config: dict) -> None:
     if checkpoint:  # resume after a worker failure: everything, so the replay is exact
         with checkpoint.as_directory() as ckpt_dir:
             state = _load_state(ckpt_dir)
-        for obj, key in ((unwrap(gen), "generator"), (unwrap(critic), "critic"), (pair.opt_g, "opt_g"),
-                         (pair.opt_d, "opt_d"), (pair.sched_g, "sched_g"), (pair.sched_d, "sched_d")):
-            obj.load_state_dict(state[key])
+        restore_pair(pair, state)
         start_epoch, global_step = state["epoch"], state["global_step"]
         ema = Ema(unwrap(gen), hp["ema_kimg"], hp["ema_rampup"])
         ema.load_state_dict(state.get("generator_ema", state["generator"]))
@@ -323,10 +371,7 @@ def train_loop(loop_config: dict) -> None:
         configure(get_settings())  # workers get SYNTHRAY_* through the job's runtime env
         tracker = MlflowClient()
         progress = _Progress(cfg, steps, world * batch, loop_config.get("progress"))
-        fixed = torch.Generator().manual_seed(cfg.seed)
-        fixed_z = torch.randn(cfg.grid_size, hp["latent_dim"], generator=fixed).to(device)
-        fixed_y = (torch.arange(cfg.grid_size) % num_classes if cfg.class_label is None
-                   else torch.full((cfg.grid_size,), cfg.class_label)).to(device)
+        fixed_z, fixed_y = grid_latents(w)
         if cfg.fid_every:
             reference = _reference(loop_config)
         if cfg.fid_every and cfg.fid_quick_n:
@@ -389,12 +434,9 @@ def train_loop(loop_config: dict) -> None:
                           key="samples", step=epoch + 1)
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(
-                {"generator": unwrap(gen).state_dict(), "generator_ema": ema.state_dict(),
-                 "ada": ada.state_dict() if ada is not None else None, "critic": unwrap(critic).state_dict(),
-                 "opt_g": pair.opt_g.state_dict(), "opt_d": pair.opt_d.state_dict(),
-                 "sched_g": pair.sched_g.state_dict(), "sched_d": pair.sched_d.state_dict(),
-                 "epoch": epoch + 1, "global_step": global_step, "num_classes": num_classes,
-                 "config": cfg.model_dump(), "hyperparameters": hp, "metrics": metrics},
+                pair_state(pair, ema) | {"ada": ada.state_dict() if ada is not None else None,
+                                         "epoch": epoch + 1, "global_step": global_step, "num_classes": num_classes,
+                                         "config": cfg.model_dump(), "hyperparameters": hp, "metrics": metrics},
                 Path(tmp) / CHECKPOINT_FILE,
             )
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -419,18 +461,25 @@ def _reference(loop_config: dict):
     return reference_statistics(**loop_config["reference"])
 
 
-def _fid(gen: nn.Module, preset, hp: dict, cfg: GanTrainConfig, reference, loop_config: dict) -> dict:
-    """FID of n_fake = n_real samples (the knee paper's rule) against the cached reference."""
+def fid_fakes(gen: nn.Module, preset, hp: dict, cfg: GanTrainConfig, reference, loop_config: dict) -> np.ndarray:
+    """uint8 samples of ``gen`` in the reference's count and class mix (seed = run seed + 1)."""
     from training.evaluate.generator import fakes_like
-    from infra.cpus import available_cpus
-    from training.evaluate import fid_to_reference
-    from training.evaluate.fid import _torch_threads
 
     sampler = GeneratorSampler(gen, hp["latent_dim"], class_index=cfg.class_label,
                                num_classes=loop_config["num_classes"] if preset.conditional else None)
     was_training = gen.training
     fake, _ = fakes_like(sampler, reference, seed=cfg.seed + 1)
     gen.train(was_training)
+    return fake
+
+
+def _fid(gen: nn.Module, preset, hp: dict, cfg: GanTrainConfig, reference, loop_config: dict) -> dict:
+    """FID of n_fake = n_real samples (the knee paper's rule) against the cached reference."""
+    from infra.cpus import available_cpus
+    from training.evaluate import fid_to_reference
+    from training.evaluate.fid import _torch_threads
+
+    fake = fid_fakes(gen, preset, hp, cfg, reference, loop_config)
     # The other workers wait for rank 0 at their next gradient all-reduce (blocked, not
     # spinning), so Inception may use every usable CPU meanwhile, not the worker's one thread.
     with _torch_threads(available_cpus()):

@@ -35,19 +35,65 @@ def gradient_penalty(
 
 
 class WganGpLoss:
-    """Critic: −(E[D(real)] − E[D(fake)]) + λ·GP; generator: −E[D(fake)]."""
+    """Critic: −(E[D(real)] − E[D(fake)]) + λ·GP [+ ε_drift·E[D(real)²]]; generator: −E[D(fake)].
 
-    def __init__(self, gp_lambda: float = 10.0) -> None:
-        self.gp_lambda = gp_lambda
+    ``drift`` is PGGAN's ε_drift (Karras et al. 2018, §A.1: 1e-3), which keeps D's output near 0;
+    0 (the default) is plain WGAN-GP.
+    """
+
+    def __init__(self, gp_lambda: float = 10.0, drift: float = 0.0) -> None:
+        self.gp_lambda, self.drift = gp_lambda, drift
 
     def critic_loss(self, critic: nn.Module, real, fake, y_real=None, y_fake=None, eps=None) -> Scalars:
         d_real = critic(real).float()
         w = d_real.mean() - critic(fake).float().mean()
         gp = gradient_penalty(critic, real, fake, eps)
-        return {"loss": -w + self.gp_lambda * gp, "gp": gp, "wasserstein": w, "real_sign": _sign_mean(d_real)}
+        out = {"loss": -w + self.gp_lambda * gp, "gp": gp, "wasserstein": w, "real_sign": _sign_mean(d_real)}
+        if self.drift:
+            drift = d_real.square().mean()
+            out |= {"loss": out["loss"] + self.drift * drift, "drift": drift}
+        return out
 
     def generator_loss(self, critic: nn.Module, fake, y_fake=None) -> Scalars:
         return {"loss": -critic(fake).float().mean()}
+
+
+def multi_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Float (B, K) targets from multi-hot (B, K) or long class indices (B,)."""
+    return F.one_hot(y.long(), num_classes).float() if y.dim() == 1 else y.float()
+
+
+class WganGpAcLoss:
+    """Conditional PGGAN (Han et al. 2020): WGAN-GP with drift plus an AC-GAN head, multi-label.
+
+    D returns (score, class logits (B, K)). D minimises −W + λ·GP + ε_drift·E[D(real)²] +
+    BCE(logits(real), y_real) + BCE(logits(fake), y_fake); G minimises −E[D(fake)] +
+    BCE(logits(fake), y_fake): PGGAN's conditional loss (its ``cond_weight`` 1 on both sides) with
+    one sigmoid BCE per finding instead of a softmax, since a radiograph has several findings.
+    The penalty's forward runs first: under DDP with ``find_unused_parameters`` the last forward
+    before backward must reach every parameter, and the penalty uses the score only.
+    """
+
+    def __init__(self, gp_lambda: float = 10.0, drift: float = 1e-3) -> None:
+        self.gp_lambda, self.drift = gp_lambda, drift
+
+    def critic_loss(self, critic: nn.Module, real, fake, y_real=None, y_fake=None, eps=None) -> Scalars:
+        gp = gradient_penalty(lambda x: critic(x)[0], real, fake, eps)
+        (sr, cr), (sf, cf) = critic(real), critic(fake)
+        sr, sf = sr.float(), sf.float()
+        w = sr.mean() - sf.mean()
+        k = cr.shape[1]
+        l_c = F.binary_cross_entropy_with_logits(cr.float(), multi_hot(y_real, k)) + \
+            F.binary_cross_entropy_with_logits(cf.float(), multi_hot(y_fake, k))
+        drift = sr.square().mean()
+        loss = -w + self.gp_lambda * gp + self.drift * drift + l_c
+        return {"loss": loss, "gp": gp, "wasserstein": w, "drift": drift, "loss_class": l_c,
+                "real_sign": _sign_mean(sr)}
+
+    def generator_loss(self, critic: nn.Module, fake, y_fake=None) -> Scalars:
+        s, c = critic(fake)
+        l_c = F.binary_cross_entropy_with_logits(c.float(), multi_hot(y_fake, c.shape[1]))
+        return {"loss": -s.float().mean() + l_c, "loss_class_g": l_c}
 
 
 def _sign_mean(out: torch.Tensor) -> torch.Tensor:
@@ -105,14 +151,17 @@ class AcganLoss:
         return {"loss": _bce(s, 1.0) + F.cross_entropy(c.float(), y_fake)}
 
 
-def make_loss(kind: str, gp_lambda: float = 10.0) -> WganGpLoss | BceLoss | HingeLoss | AcganLoss:
-    """The loss object of a preset's ``loss`` name."""
+def make_loss(kind: str, gp_lambda: float = 10.0,
+              drift: float = 0.0) -> WganGpLoss | WganGpAcLoss | BceLoss | HingeLoss | AcganLoss:
+    """The loss object of a preset's ``loss`` name (``drift``: ε_drift of the WGAN-GP losses)."""
     if kind == "wgan-gp":
-        return WganGpLoss(gp_lambda)
+        return WganGpLoss(gp_lambda, drift)
+    if kind == "wgan-gp-ac":
+        return WganGpAcLoss(gp_lambda, drift)
     if kind == "bce":
         return BceLoss()
     if kind == "hinge":
         return HingeLoss()
     if kind == "acgan":
         return AcganLoss()
-    raise BadInput(f"unknown loss {kind!r}; choose wgan-gp, bce, hinge or acgan")
+    raise BadInput(f"unknown loss {kind!r}; choose wgan-gp, wgan-gp-ac, bce, hinge or acgan")

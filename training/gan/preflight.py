@@ -51,6 +51,9 @@ def check_run(cfg: GanTrainConfig, settings: Settings | None = None, *, init_fro
     """
 
     settings = settings or get_settings()
+    from training.gan.growth import check_progressive
+
+    check_progressive(cfg)  # progressive options only on progressive presets
     manifest, records = _check_selection(cfg, settings)  # dataset, split/subset/class, stored size, batch
     _check_reference(cfg, manifest, records)
     if cfg.init_from and not init_from_later_step:

@@ -193,8 +193,10 @@ def train_gan(
             mlflow.log_params({f"{k}_floor_n": f.n for k, f in floors.items()})
         url = run_url(settings, experiment.experiment_id, run_id)
         progress(f"train: MLflow run {url}")
+        from training.gan import progressive_loop
+
         trainer = torch_trainer(  # a worker's input error is final, not retried
-            train_loop,
+            progressive_loop.train_loop if preset.progressive else train_loop,
             train_loop_config=loop_config | {"run_id": run_id, "progress": relay.sink},
             torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
             scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu),

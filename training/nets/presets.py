@@ -9,6 +9,9 @@ minutes; the demo and tests use those.
 | wgan-gp-knee | Prezja 2022 (000), Table 7 | WGAN-GP, λ 10, 3 critic steps | 210 | 50 |
 | dcgan-fracture | Platin (004) | BCE | 128 | 100 |
 | acgan-spine | Röglin 2022 (002) | AC-GAN (source BCE + class CE) | 64 | 100 |
+| pggan-knee-mri | Karras 2018 via Waqas 2022 (001) | WGAN-GP + drift, progressive | 8 → 256 | 512 |
+| enhanced-gan-knee-mri | Waqas 2022 (001): + SA before 256², SN in D | WGAN-GP + drift, progressive | 8 → 256 | 512 |
+| cpggan-chest | Han 2020 (003): 512 + 14 multi-hot, AC head | WGAN-GP + drift + BCE per finding | 4 → 1024 | 512 |
 
 One preset is not a paper's: ``dcgan-knee-cpu``, the small-CPU recipe the demo uses (a
 ``dcgan-fracture-small`` network trained the small-data way: DiffAugment before D, an EMA
@@ -26,10 +29,11 @@ from torch import nn
 
 from training.nets.acgan import AcganDiscriminator, AcganGenerator
 from training.nets.dcgan import DcganDiscriminator, DcganGenerator
+from training.nets.progressive import ProgressiveCritic, ProgressiveGenerator
 from training.nets.wgan_gp import KneeCritic, KneeGenerator
 from infra.errors import BadInput
 
-Loss = Literal["wgan-gp", "bce", "hinge", "acgan"]
+Loss = Literal["wgan-gp", "wgan-gp-ac", "bce", "hinge", "acgan"]
 
 # family → (generator factory, critic factory); each takes (preset, num_classes).
 _FAMILIES: dict[str, tuple[Callable[..., nn.Module], Callable[..., nn.Module]]] = {
@@ -44,6 +48,11 @@ _FAMILIES: dict[str, tuple[Callable[..., nn.Module], Callable[..., nn.Module]]] 
     "acgan": (
         lambda p, k: AcganGenerator(num_classes=k, latent_dim=p.latent_dim, **p.generator),
         lambda p, k: AcganDiscriminator(num_classes=k, image_size=p.image_size, **p.critic),
+    ),
+    "progressive": (
+        lambda p, k: ProgressiveGenerator(latent_dim=p.latent_dim, num_classes=k if p.conditional else 0,
+                                          end=p.image_size, **p.generator),
+        lambda p, k: ProgressiveCritic(num_classes=k if p.conditional else 0, end=p.image_size, **p.critic),
     ),
 }
 
@@ -74,10 +83,13 @@ class GanPreset:
         ema_kimg: half-life of the EMA generator in thousands of images (StyleGAN2-ADA's
             convention and default, 10); every preset samples from its EMA generator.
         source: paper the numbers come from, and what was chosen where it is silent.
+        growth: progressive presets: :class:`training.gan.growth.GrowthSchedule` fields
+            (images per stage and fade-in, batch per resolution); None for the others.
+        drift: WGAN-GP's ε_drift·E[D(real)²] term (PGGAN: 1e-3; 0 elsewhere).
     """
 
     name: str
-    family: Literal["knee", "dcgan", "acgan"]
+    family: Literal["knee", "dcgan", "acgan", "progressive"]
     loss: Loss
     image_size: int
     latent_dim: int
@@ -94,10 +106,16 @@ class GanPreset:
     augment_policy: tuple[str, ...] = ("translation", "cutout", "brightness", "contrast")
     ema_kimg: float = 10.0
     source: str = ""
+    growth: dict[str, Any] | None = None
+    drift: float = 0.0
 
     @property
     def conditional(self) -> bool:
-        return self.loss == "acgan"
+        return self.loss in ("acgan", "wgan-gp-ac")
+
+    @property
+    def progressive(self) -> bool:
+        return self.family == "progressive"
 
     def build(self, num_classes: int | None = None) -> tuple[nn.Module, nn.Module]:
         """A fresh (generator, critic) pair; ``num_classes`` sizes a conditional pair."""
@@ -118,6 +136,20 @@ _CPU_RECIPE = ("small-CPU recipe, not a paper's: dcgan-fracture-small's networks
                "not DCGAN's 2e-4: measured on the phantom after 1,000 steps, FID 122 vs 172 at n = 300")
 _ACGAN = ("Röglin et al. 2022 (seed 002): topology from the paper; widths, Adam 2e-4 (0.5, 0.999), "
           "batch 64 chosen (the paper gives none)")
+
+_PGGAN = ("Karras et al. 2018 (PGGAN) defaults where the seeds are silent: equalised LR, pixel norm in G, "
+          "minibatch-stddev (group 4) in D, LReLU 0.2, linear output, WGAN-GP λ 10 with drift 1e-3, "
+          "Adam 1e-3 β (0, 0.99), 1 critic step, widths min(8192/(r/2), 512); growth 600k + 600k fade-in "
+          "and batch 128…4 from Han et al. 2020 (the knee paper gives none)")
+_KNEE_MRI = "Waqas et al. 2022 (seed 001): 8 → 256, α fade-in; " + _PGGAN
+_ENHANCED = ("Waqas et al. 2022 (seed 001) Enhanced-GAN: one SAGAN block (f, g: C/8, h: C; γ = 0 at start) on the "
+             "input of the 256 stage in G only, SN in D, PN in G; else " + _PGGAN)
+_CHEST = ("Han et al. 2020 (seed 003): 4 → 1024, z 512 ‖ 14-d multi-hot, AC head (one BCE logit per finding), "
+          "WGAN-GP, PN, LReLU 0.2, linear output, 600k + 600k fade-in, batch 128…4; " + _PGGAN)
+_PG = {"lr": 1e-3, "betas": (0.0, 0.99), "lr_decay": 0.0, "critic_steps": 1, "gp_lambda": 10.0, "drift": 1e-3}
+# -small: 8 → 32 on 2 CPU cores: widths min(256/(r/2), 64) = 64, 32, 16; z 64.
+_SMALL_NET = {"fmap_base": 256, "fmap_max": 64}
+_SMALL_GROWTH = {"stage_images": 4000, "fade_images": 4000, "batch": {4: 32, 8: 32, 16: 32, 32: 32}}
 
 PRESETS: dict[str, GanPreset] = {
     p.name: p
@@ -156,6 +188,40 @@ PRESETS: dict[str, GanPreset] = {
             generator={"widths": (64, 32, 16)}, critic={"widths": (16, 32, 64, 128)},
             lr=2e-4, betas=(0.5, 0.999), lr_decay=0.0, batch_size=32, critic_steps=1, gp_lambda=0.0,
             num_classes=3, source="same topology as acgan-spine, widths / 4 (discriminator / 2)",
+        ),
+        GanPreset(
+            name="pggan-knee-mri", family="progressive", loss="wgan-gp", image_size=256, latent_dim=512,
+            generator={"start": 8, "norm": "pn"}, critic={"start": 8, "norm": "none"},
+            batch_size=128, growth={}, source=_KNEE_MRI, **_PG,
+        ),
+        GanPreset(
+            name="enhanced-gan-knee-mri", family="progressive", loss="wgan-gp", image_size=256, latent_dim=512,
+            generator={"start": 8, "norm": "pn", "attention_at": 256}, critic={"start": 8, "norm": "sn"},
+            batch_size=128, growth={}, source=_ENHANCED, **_PG,
+        ),
+        GanPreset(
+            name="cpggan-chest", family="progressive", loss="wgan-gp-ac", image_size=1024, latent_dim=512,
+            generator={"start": 4, "norm": "pn"}, critic={"start": 4, "norm": "none"},
+            batch_size=128, num_classes=14, growth={}, source=_CHEST, **_PG,
+        ),
+        GanPreset(
+            name="pggan-knee-mri-small", family="progressive", loss="wgan-gp", image_size=32, latent_dim=64,
+            generator={"start": 8, "norm": "pn", **_SMALL_NET}, critic={"start": 8, "norm": "none", **_SMALL_NET},
+            batch_size=32, growth=_SMALL_GROWTH, source="same topology as pggan-knee-mri, 8 → 32, widths 64/32/16",
+            **_PG,
+        ),
+        GanPreset(
+            name="enhanced-gan-knee-mri-small", family="progressive", loss="wgan-gp", image_size=32, latent_dim=64,
+            generator={"start": 8, "norm": "pn", "attention_at": 32, **_SMALL_NET},
+            critic={"start": 8, "norm": "sn", **_SMALL_NET}, batch_size=32, growth=_SMALL_GROWTH,
+            source="same topology as enhanced-gan-knee-mri, 8 → 32 (SA before the last stage), widths 64/32/16",
+            **_PG,
+        ),
+        GanPreset(
+            name="cpggan-chest-small", family="progressive", loss="wgan-gp-ac", image_size=32, latent_dim=64,
+            generator={"start": 4, "norm": "pn", **_SMALL_NET}, critic={"start": 4, "norm": "none", **_SMALL_NET},
+            batch_size=32, num_classes=14, growth=_SMALL_GROWTH,
+            source="same topology as cpggan-chest, 4 → 32, widths 64/64/32/16 (K from the dataset)", **_PG,
         ),
     ]
 }
