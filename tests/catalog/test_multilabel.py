@@ -36,6 +36,17 @@ def _rows(table: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def _edit(table: Path, row: int, column: str, value: str, extra_line: str = "") -> None:
+    """Rewrite ``table`` with one cell changed (and a raw line appended)."""
+    rows = _rows(table)
+    rows[row][column] = value
+    with table.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        fh.write(f"{extra_line}\n" if extra_line else "")
+
+
 def _truth_nih(table: Path) -> dict[str, set[str]]:
     return {r["Image Index"]: set() if r["Finding Labels"] == "No Finding" else set(r["Finding Labels"].split("|"))
             for r in _rows(table)}
@@ -71,13 +82,7 @@ def test_single_label_records_store_no_multilabel_fields() -> None:
 
 def test_bad_rows_are_problems_naming_file_line_and_field(tmp_path: Path) -> None:
     table = write_chest_phantom(tmp_path / "nih", 4, size=16, seed=3)
-    rows = _rows(table)
-    rows[1]["Finding Labels"] = "Pneumonai"
-    with table.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        fh.write("x.png,Mass,0,1,PA,extra\n")  # more cells than columns
+    _edit(table, 1, "Finding Labels", "Pneumonai", extra_line="x.png,Mass,0,1,PA,extra")  # more cells than columns
     found = scan(table, "nih-cxr14")
     problems = {p.rel_path: p.reason for p in found.problems}
     assert problems["Data_Entry_2017.csv:3"].startswith("field 'Finding Labels': unknown finding 'Pneumonai'")
@@ -85,12 +90,7 @@ def test_bad_rows_are_problems_naming_file_line_and_field(tmp_path: Path) -> Non
     assert len(found.items) == 3
 
     cx = write_chest_phantom(tmp_path / "cx", 3, size=16, seed=3, layout="chexpert")
-    rows = _rows(cx)
-    rows[2]["Effusion"] = "maybe"
-    with cx.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    _edit(cx, 2, "Effusion", "maybe")
     (problem,) = scan(cx, "chexpert").problems
     assert (problem.rel_path, problem.reason) == (
         "train.csv:4", "field 'Effusion': 'maybe' is not 1, 0, -1 (uncertain) or blank")

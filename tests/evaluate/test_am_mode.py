@@ -80,11 +80,13 @@ def test_am_mode_of_a_toy_classifier_matches_the_hand_computation(stack: Setting
 
 def _volumes(root: Path, count: int = 4, slices: int = 6) -> Path:
     """``count`` NIfTI volumes whose axial slices are discs growing with the slice index."""
+    root.mkdir(parents=True, exist_ok=True)
     yy, xx = np.mgrid[0:24, 0:24] - 11.5
     for v in range(count):
         volume = np.zeros((24, 24, slices), np.int16)
         for z in range(slices):
-            volume[..., z] = np.where(np.hypot(yy, xx) < 4 + 1.3 * z, 800 + 20 * v, 0)
+            # each volume's disc sits elsewhere, so no slice duplicates another volume's
+            volume[..., z] = np.where(np.hypot(yy - v, xx + v) < 4 + 1.3 * z, 800, 0)
         nib.save(nib.Nifti1Image(volume, np.eye(4)), root / f"sub-{v:02d}.nii.gz")
     return root
 

@@ -853,7 +853,7 @@ def multilabel_gan(stack: Settings, tmp_path_factory):
     options = IngestOptions(name="chest-serve-test", layout="nih-cxr14", preset="none", classes=FINDINGS)
     manifest = ingest(table, options, catalog(stack), lambda _: None).manifest
     cfg = GanTrainConfig(dataset=str(manifest.ref), arch="acgan-spine-small", epochs=1, workers=1, batch_size=16,
-                         grid_size=4, fid_every=0, split=None)
+                         grid_size=4, fid_every=1, fid_n=16, split=None)
     result = train_gan(cfg, settings=stack, progress=lambda _: None)
     tags = {"classes": json.dumps(FINDINGS), "conditional": "True"}
     return result, log_generator(result.sampler, MULTI, alias="champion", tags=tags, settings=stack)
@@ -867,6 +867,8 @@ def test_multilabel_gan_trains_on_multi_hot_and_serves_labels(served, http, mult
     sampler = load_generator(registered.uri, stack)
     assert result.sampler.is_multilabel and sampler.is_multilabel and sampler.num_classes == 3
     assert result.metrics["loss_class"] > 0  # the multi-label AC term was trained on (BCE over findings)
+    # FID copied the reference's label sets (multi-hot conditions), n_fake = n_real
+    assert np.isfinite(result.metrics["fid"]) and result.metrics["fid_n_fake"] == result.metrics["fid_n_real"] == 16
     body = {"model": f"{MULTI}@champion", "n": 3, "seed": 4, "labels": [1, 0, 1], "format": "npz"}
     ok = http.post("/v1/synthesize", json=body)
     assert ok.status_code == 200, ok.text
