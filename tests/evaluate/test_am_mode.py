@@ -115,7 +115,9 @@ def test_slice_index_domain_classifier_gives_the_prior(stack: Settings, tmp_path
     slices = sorted({r.attributes["slice_index"] for r in manifest.records}, key=int)
     assert domain.classes == slices and domain.label_from == "attribute=slice_index"
 
-    images = catalog(stack).read_pixels(manifest.select(split="test"))
+    from training.classify.trainer import to_8bit
+
+    images = to_8bit(catalog(stack).read_pixels(manifest.select(split="test")))  # 16-bit slices, as trained
     folder = tmp_path / "fake"
     folder.mkdir()
     for i, img in enumerate(images):

@@ -156,6 +156,16 @@ def register_classifier(cfg: ClassifierTrainConfig, classes: list[str], fit: Fit
                                 **metric_tags, **(tags or {})})
 
 
+def to_8bit(pixels: np.ndarray) -> np.ndarray:
+    """Stored pixels as the uint8 the classifiers take: 16-bit images (NIfTI slices, 16-bit DICOM)
+    are mapped v → round(v / 257), the same [0, 1] scale the GANs train on (v / 65535) and
+    render at (× 255), so a domain classifier trained on real 16-bit slices scores 8-bit fakes
+    on the scale it learned."""
+    if pixels.dtype == np.uint16:
+        return np.round(pixels / 257.0).astype(np.uint8)
+    return pixels
+
+
 def training_targets(manifest, pools, label_from: str | None = None) -> tuple[list[str], list[np.ndarray]]:
     """(class or finding names, one target array per pool) of a training request.
 
@@ -226,7 +236,7 @@ def train_classifier(
         cfg = cfg.model_copy(update={"multilabel": True})  # multi-hot targets need the multi-label head
     check_inputs(cfg, classes, settings)  # before pixels are read or a run is opened
     cat = catalog(settings)
-    arrays = [cat.read_pixels(records) for records in pools]
+    arrays = [to_8bit(cat.read_pixels(records)) for records in pools]
     data = ClassifierData(arrays[0], labels[0], arrays[1], labels[1], arrays[2], labels[2])
     job = ClassifierJob(key=f"real/seed {seed}", cell="real", seed=seed, train_index=np.arange(len(arrays[0])),
                         params={"dataset": str(manifest.ref), "n_real": len(arrays[0]), "n_synthetic": 0,
