@@ -106,7 +106,8 @@ class ApiClient:
         return int(self.request("GET", "/healthz").json()["max_sync_images"])
 
     def generate(self, model: str, n: int, seed: int, out_dir: Path, cls: str | None = None,
-                 echo: Echo = print, poll_s: float = 2.0, fmt: str = "png") -> GenerateResult:
+                 echo: Echo = print, poll_s: float = 2.0, fmt: str = "png",
+                 labels: list[int] | None = None) -> GenerateResult:
         """``n`` images into ``out_dir``: synchronous when small enough, else a batch job.
 
         ``fmt`` ``png`` writes PNGs, ``dicom`` DICOM Secondary Capture files (ConversionType
@@ -118,7 +119,7 @@ class ApiClient:
         out_dir.mkdir(parents=True, exist_ok=True)
         if n <= self.max_sync_images():
             body = {"model": model, "n": n, "seed": seed, "format": "dicom-zip" if fmt == "dicom" else "png-zip"} | (
-                {"class": cls} if cls else {})
+                {"class": cls} if cls else {}) | ({"labels": labels} if labels is not None else {})
             response = self.request("POST", "/v1/synthesize", json=body)
             with zipfile.ZipFile(io.BytesIO(response.content)) as zf:
                 files = [_write(confined(out_dir, name), zf.read(name)) for name in zf.namelist()]  # no zip-slip
@@ -127,6 +128,8 @@ class ApiClient:
             return GenerateResult(out_dir, files, dict(response.headers))
         if cls:
             raise ApiError("--class with more images than one synchronous request: use a batch with per_class")
+        if labels is not None:
+            raise ApiError("--labels with more images than one synchronous request: ask in several requests")
         result = self._batch(model, n, seed, out_dir, echo, poll_s)
         if fmt == "dicom":
             result.files += _shards_to_dicom([f for f in result.files if f.suffix == ".npz"], out_dir / "dicom", echo)

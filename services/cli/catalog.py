@@ -13,7 +13,7 @@ from infra.progress import say
 
 from infra.settings import get_settings
 
-LAYOUT_NAMES = ("imagefolder", "chen-kl", "mura", "csv", "dicom", "nifti")
+LAYOUT_NAMES = ("imagefolder", "chen-kl", "mura", "csv", "dicom", "nifti", "nih-cxr14", "chexpert")
 PRESET_NAMES = ("none", "knee", "radiograph")
 
 
@@ -56,6 +56,8 @@ def _echo_report(report: dict) -> None:
     if len(report["problems"]) > 20:
         click.echo(f"  … {len(report['problems']) - 20} more in report.json")
     click.echo(f"  per class: {report['per_class']}")
+    if "per_finding" in report:
+        click.echo(f"  per finding: {report['per_finding']}")
     for split, counts in report["per_split"].items():
         click.echo(f"  {split:<6} {counts}")
     click.echo(f"  patients: {report['patients']}; shared between splits: {report['patient_overlap_between_splits']}")
@@ -138,6 +140,7 @@ def medical_options(fn):
 _MEDICAL_OPTIONS = {
     "dicom": ("window", "allow_burned_in", "label_by", "id_salt_file"),
     "nifti": ("slice_axis", "percentiles", "min_foreground", "patients_csv", "label_by", "id_salt_file"),
+    "chexpert": ("uncertain",),
 }
 
 
@@ -212,10 +215,14 @@ def catalog_phantom(n, phantom_size, seed, name, merges, preset, size, focus_thr
 @click.option("--truth", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="CSV with path + mirrored/inverted/blurred (0/1) to score the detectors")
 @medical_options
+@click.option("--uncertain", type=click.Choice(("zeros", "ones", "ignore")), default=None,
+              help="chexpert: uncertain (-1) labels become 0, 1, or are masked out of the loss "
+                   "(stored in each record's 'uncertain' list) [default: zeros]")
 def catalog_ingest(src, name, layout, preset, size, focus_threshold, flip_detector, negative_detector, focus_sweep,
                    engine, report_dir, merges, classes, fractions, resplit, seed, patient_regex, truth,
                    **medical) -> None:
-    """Ingest SRC (a directory, a CSV file for --layout csv, a DICOMDIR or a NIfTI file) as a new version of --name."""
+    """Ingest SRC (a directory, a CSV file for --layout csv, nih-cxr14 or chexpert, a DICOMDIR or a NIfTI file)
+    as a new version of --name. For nih-cxr14/chexpert, --classes picks the findings (multi-hot order)."""
     from training.catalog.ingest import IngestOptions, ingest, parse_merge
 
     options = IngestOptions(
@@ -260,6 +267,11 @@ def catalog_show(ref: str) -> None:
     summary = summarize(manifest.records)
     click.echo(f"{manifest.ref}: {manifest.description}")
     click.echo(f"  {len(manifest.records)} images, {summary['patients']} patients, classes {', '.join(manifest.classes)}")
+    if manifest.multilabel:
+        from training.catalog.multilabel import per_finding
+
+        click.echo(f"  multi-label, findings (multi-hot order): {', '.join(manifest.findings)}")
+        click.echo(f"  per finding: {per_finding(manifest.records, manifest.findings)}")
     width = max(map(len, manifest.classes)) + 2
     click.echo("  " + "split".ljust(8) + "".join(c.rjust(width) for c in manifest.classes) + "   patients")
     for split in summary["per_split"]:

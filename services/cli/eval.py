@@ -1,4 +1,4 @@
-"""``synthray eval …``: FID (+ KID, precision/recall), memorization audit and diversity.
+"""``synthray eval …``: FID (+ KID, precision/recall), memorization audit, diversity, AM/Mode scores.
 
 The synthetic side is a PNG folder (``--images DIR``) or a registered generator
 (``--model models:/NAME@alias``, sampled with ``--seed``); the real side is a catalog
@@ -222,3 +222,49 @@ def eval_diversity(images, reference, model, split, n, pairs, seed, as_json) -> 
                f"({result.levels} scales, {len(pixels)} images)")
     for label, row in result.per_class.items():
         click.echo(f"  class {label}: {row['mean']:.4f} ± {row['std']:.4f} ({row['n_pairs']} pairs)")
+
+
+@eval_group.command("am-mode")
+@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="folder of synthetic PNGs")
+@click.option("--model", default=None, metavar="models:/NAME@ALIAS", help="registered generator to sample")
+@click.option("--classifier", required=True, metavar="models:/NAME@ALIAS",
+              help="registered domain classifier giving p(y|x) (e.g. trained with --label-from attribute=slice_index)")
+@click.option("--prior", default=None, metavar="P1,P2,…",
+              help="p(y*) as comma-separated probabilities [default: the classifier's training split]")
+@click.option("--prior-dataset", default=None, metavar="NAME[@VER]",
+              help="p(y*) from this dataset's train split [default: the classifier's own dataset]")
+@click.option("--n", type=click.IntRange(1), default=None, help="first N images of DIR, or N generated")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="sampling seed of --model")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+def eval_am_mode(images, model, classifier, prior, prior_dataset, n, seed, as_json) -> None:
+    """AM (lower is better) and Mode (higher) scores, knee-MRI paper Eqs. 4-5, under a domain classifier.
+
+    p(y|x) is the classifier's; p(y*) the label distribution of the data it was trained on
+    (its version's dataset tag and, for an attribute classifier, its label_from tag)."""
+    import numpy as np
+
+    from training.evaluate.am_mode import am_mode_scores, load_domain_classifier, training_prior
+
+    fake, _, _ = _synthetic(images, model, n, seed)
+    domain = load_domain_classifier(classifier, get_settings())
+    if prior is not None and prior_dataset is not None:
+        raise click.UsageError("give --prior or --prior-dataset, not both")
+    if prior is not None:
+        try:
+            p_star = np.array([float(v) for v in prior.split(",")])
+        except ValueError:
+            raise click.BadParameter(f"{prior!r}: use probabilities like 0.5,0.25,0.25", param_hint="--prior") from None
+    else:
+        dataset = prior_dataset or domain.dataset
+        if dataset is None:
+            raise click.UsageError(f"{classifier} carries no dataset tag: give --prior or --prior-dataset")
+        p_star = training_prior(domain.classes, dataset, domain.label_from, settings=get_settings())
+    scores, _ = am_mode_scores(fake, domain, p_star)
+    result = {**scores.as_dict(), "classifier": classifier, "classes": domain.classes, "prior": p_star.tolist(),
+              "label_from": domain.label_from}
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+        return
+    click.echo(f"AM {scores.am:.6f} (lower is better)  Mode {scores.mode:.6f} (higher is better)  "
+               f"n={scores.n} classes={scores.num_classes} ({classifier})")

@@ -206,20 +206,28 @@ def sweep_gan_cmd(trials, workers_per_trial, scheduler, space_file, space_flags,
 @click.option("--pretrained", default=None, help="starting weights: a state dict PATH or s3://bucket/key")
 @click.option("--pretrained-sha256", default=None, help="expected sha256 of --pretrained (required with it)")
 @click.option("--seed", type=click.IntRange(0, TRAIN_MAX_SEED), default=0, show_default=True)
+@click.option("--label-from", default=None, metavar="attribute=NAME",
+              help="train on a record attribute instead of the class, e.g. attribute=slice_index (the knee-MRI "
+                   "paper's domain classifier for eval am-mode)")
 @click.option("--register/--no-register", default=True, show_default=True,
-              help="register the lowest-validation-loss model as classifier-{dataset}-{arch}@champion")
-def train_classifier_cmd(dataset: str, seed: int, register: bool, **kwargs) -> None:
-    """Train a classifier on DATASET's real train split (best validation loss selects the epoch)."""
+              help="register the lowest-validation-loss model as classifier-{dataset}-{arch}[-{attribute}]@champion")
+def train_classifier_cmd(dataset: str, seed: int, register: bool, label_from: str | None, **kwargs) -> None:
+    """Train a classifier on DATASET's real train split (best validation loss selects the epoch).
+
+    A multi-label dataset (nih-cxr14 / chexpert layouts) trains the multi-label head on its
+    multi-hot findings and reports per-finding AUROC."""
     from training.classify.config import ClassifierTrainConfig
     from training.classify.trainer import train_classifier
 
     def go():
         cfg = ClassifierTrainConfig(**kwargs)
-        return train_classifier(cfg, dataset, seed=seed, register=register, progress=say)
+        return train_classifier(cfg, dataset, seed=seed, register=register, progress=say,
+                                label_from=label_from)
 
     fit, reg, url = go()
     metrics = fit.results[fit.best_key].test_metrics
-    click.echo(f"run: {url}\ntest: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("accuracy", "balanced_accuracy",
-                                                                                   "kappa", "roc_auc")))
+    keys = (("accuracy", "auroc_mean", *sorted(k for k in metrics if k.startswith("auroc/"))) if "auroc_mean" in metrics
+            else ("accuracy", "balanced_accuracy", "kappa", "roc_auc"))
+    click.echo(f"run: {url}\ntest: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in keys))
     if reg is not None:
         click.echo(f"classifier: {reg.uri} ({reg.alias_uri})")

@@ -66,6 +66,7 @@ from services.serving.schemas import (
     FidRequest,
     InterpolateRequest,
     SweepRequest,
+    TransitionRequest,
     SynthesizeRequest,
 )
 from services.serving import studies as studies_routes
@@ -254,7 +255,8 @@ class Api:
             raise field_error("n", f"n must be at most {self.args.max_sync_images} for a synchronous request; "
                                    f"submit larger sets to {BATCHES_PATH}", body.n, "less_than_equal")
         ref = await self._generator(body.model)
-        data = await _call(self._synth(ref).synthesize.remote(ref, body.n, body.seed, body.cls, body.format))
+        data = await _call(self._synth(ref).synthesize.remote(ref, body.n, body.seed, body.cls, body.format,
+                                                              body.labels))
         metrics.IMAGES.labels(ref.name, ref.version, "synthesize").inc(body.n)
         return _images_response(data, body.format, ref, f"{ref.name}-v{ref.version}-seed{body.seed}-n{body.n}",
                                 {"X-Seed": str(body.seed)})
@@ -264,7 +266,7 @@ class Api:
         """``steps`` images on the straight line between the latents of ``seed_a`` and ``seed_b``."""
         ref = await self._generator(body.model)
         data = await _call(self._synth(ref).interpolate.remote(ref, body.seed_a, body.seed_b, body.steps, body.cls,
-                                                               body.format))
+                                                               body.format, body.labels))
         metrics.IMAGES.labels(ref.name, ref.version, "interpolate").inc(body.steps)
         return _images_response(data, body.format, ref, f"{ref.name}-v{ref.version}-interp-{body.seed_a}-{body.seed_b}",
                                 {"X-Seed": f"{body.seed_a},{body.seed_b}"})
@@ -273,9 +275,21 @@ class Api:
     async def sweep(self, body: SweepRequest) -> Response:
         """``steps`` images with latent dimension ``dim`` of ``seed``'s latent from −4.2 to +4.2."""
         ref = await self._generator(body.model)
-        data = await _call(self._synth(ref).sweep.remote(ref, body.seed, body.dim, body.steps, body.cls, body.format))
+        data = await _call(self._synth(ref).sweep.remote(ref, body.seed, body.dim, body.steps, body.cls, body.format,
+                                                         body.labels))
         metrics.IMAGES.labels(ref.name, ref.version, "sweep").inc(body.steps)
         return _images_response(data, body.format, ref, f"{ref.name}-v{ref.version}-sweep-{body.seed}-d{body.dim}",
+                                {"X-Seed": str(body.seed)})
+
+    @api.post(f"{V1}/latent/transition", response_class=Response, responses=_IMAGES_200, dependencies=AUTH)
+    async def transition(self, body: TransitionRequest) -> Response:
+        """Label transition (chest paper): ``seed``'s z fixed, ``condition`` moving 0 → 1 in ``steps``
+        steps; the package holds the ``steps`` frames, then their difference maps against frame 0."""
+        ref = await self._generator(body.model)
+        data = await _call(self._synth(ref).transition.remote(ref, body.seed, body.condition, body.steps, body.cls,
+                                                              body.labels, body.format))
+        metrics.IMAGES.labels(ref.name, ref.version, "transition").inc(body.steps)
+        return _images_response(data, body.format, ref, f"{ref.name}-v{ref.version}-transition-{body.seed}",
                                 {"X-Seed": str(body.seed)})
 
     # -- batch jobs ----------------------------------------------------------------------------

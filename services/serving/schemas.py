@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from training.registry.generators import MODEL_REF_HELP, parse_model
 from infra.errors import BadInput
@@ -23,6 +23,24 @@ _EXAMPLE_MODEL = "gan-phantom-knee-wgan-gp-knee-small@champion"
 Format = Literal["png-zip", "npz", "dicom-zip"]
 ClassRef = Annotated[int, Field(ge=0, le=10_000)] | Annotated[str, Field(min_length=1, max_length=128)]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+#: Multi-hot findings of a multi-label conditional generator: K entries of 0 or 1 (JSON integers).
+MultiHot = list[Annotated[StrictInt, Field(ge=0, le=1)]]
+_LABELS_HELP = ("Multi-hot findings for a multi-label conditional generator, one 0/1 entry per finding in the "
+                "model's classes order, e.g. [1, 0, 1]; not together with class.")
+
+
+def _labels_field():
+    return Field(default=None, min_length=1, max_length=1024, description=_LABELS_HELP)
+
+
+class _Conditioned(BaseModel):
+    """``class`` (single-label) or ``labels`` (multi-hot): one condition, never both."""
+
+    @model_validator(mode="after")
+    def _one_condition(self):
+        if getattr(self, "labels", None) is not None and getattr(self, "cls", None) is not None:
+            raise BadInput("give class or labels, not both", field="labels")
+        return self
 
 
 class _Body(BaseModel):
@@ -39,7 +57,7 @@ class _ModelBody(_Body):
         return value
 
 
-class SynthesizeRequest(_ModelBody):
+class SynthesizeRequest(_ModelBody, _Conditioned):
     """Body of ``POST /v1/synthesize``."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [
@@ -49,6 +67,7 @@ class SynthesizeRequest(_ModelBody):
     seed: Seed = Field(description="Latent seed; the same request always returns the same bytes.")
     cls: ClassRef | None = Field(default=None, alias="class",
                                  description="Class name or index, for conditional (or that class's) generators.")
+    labels: MultiHot | None = _labels_field()
     format: Format = Field(default="png-zip", description="png-zip: zip of PNGs + manifest.json; npz: numpy arrays; "
                         "dicom-zip: zip of DICOM Secondary Capture files (ConversionType SYN) + manifest.json.")
 
@@ -93,23 +112,43 @@ class FidRequest(_Body):
     candidate: BatchCandidate | ModelCandidate
 
 
-class InterpolateRequest(_ModelBody):
+class InterpolateRequest(_ModelBody, _Conditioned):
     """Body of ``POST /v1/latent/interpolate``: a straight line between two seeds' latents."""
 
     seed_a: Seed
     seed_b: Seed
     steps: int = Field(default=9, ge=2, le=64)
     cls: ClassRef | None = Field(default=None, alias="class")
+    labels: MultiHot | None = _labels_field()
     format: Format = "png-zip"
 
 
-class SweepRequest(_ModelBody):
+class SweepRequest(_ModelBody, _Conditioned):
     """Body of ``POST /v1/latent/sweep``: one latent dimension from −4.2 to +4.2 (knee paper Fig. 4)."""
 
     seed: Seed
     dim: int = Field(ge=0, le=4096, description="Latent dimension to sweep.")
     steps: int = Field(default=9, ge=2, le=64)
     cls: ClassRef | None = Field(default=None, alias="class")
+    labels: MultiHot | None = _labels_field()
+    format: Format = "png-zip"
+
+
+class TransitionRequest(_ModelBody, _Conditioned):
+    """Body of ``POST /v1/latent/transition`` (chest paper, seed 003: label transitions).
+
+    z stays fixed (from ``seed``) while condition ``condition`` moves from 0 to 1 in ``steps``
+    equal steps on top of the base condition (``labels``, or ``class`` one-hot, else none).
+    """
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model": "gan-chest-acgan-spine-small@champion", "seed": 0, "condition": "Pneumonia", "steps": 5}]})
+
+    seed: Seed
+    condition: ClassRef = Field(description="The condition (finding or class name, or index) that moves 0 → 1.")
+    steps: int = Field(default=9, ge=2, le=64)
+    cls: ClassRef | None = Field(default=None, alias="class", description="Base condition: this class one-hot.")
+    labels: MultiHot | None = _labels_field()
     format: Format = "png-zip"
 
 

@@ -10,7 +10,9 @@
   :meth:`GeneratorSampler.render` runs fixed-shape passes in which a row depends only on its
   own latent; so an image is byte-identical whether its request ran alone or batched.
 * **Latent tools** (knee paper, Fig. 4): a linear path between the latents of two seeds, and
-  one latent dimension swept from −4.2 to +4.2 around a seed's latent.
+  one latent dimension swept from −4.2 to +4.2 around a seed's latent; both take a condition
+  (``class``, or multi-hot ``labels``). The chest paper's label transition holds z fixed and
+  moves one condition from 0 to 1, returning frames and difference maps.
 
 Client errors (unknown class, a class for an unconditional model) come back as a
 :class:`~infra.errors.BadInput` value naming the field, returned rather than raised, so the
@@ -44,7 +46,7 @@ class _Job:
     sampler: Any  # GeneratorSampler (torch stays out of this module's import)
     n: int
     seed: int
-    label: int | None
+    label: int | tuple[int, ...] | None  # class index, or multi-hot findings of a multi-label generator
 
 
 def _job_images(jobs: Sequence[_Job]) -> int:
@@ -77,6 +79,47 @@ def resolve_label(sampler: Any, ref: ModelRef, value: str | int | None) -> int |
                             f"(index {sampler.class_index}) only; got class {value!r}", field="class")
         return None
     return BadInput(f"{ref.name}/{ref.version} is unconditional; omit class", field="class")
+
+
+def resolve_condition(sampler: Any, ref: ModelRef, cls: str | int | None, labels: Sequence[int] | None
+                      ) -> int | tuple[int, ...] | None | BadInput:
+    """A request's ``class`` or multi-hot ``labels`` → what the sampler generates with, or why not.
+
+    ``labels`` need a multi-label generator and exactly one 0/1 entry per finding; a
+    multi-label generator takes ``labels``, never ``class`` (its classes are findings, and an
+    image may have several).
+    """
+    if labels is not None:
+        try:
+            sampler.condition(labels)
+        except BadInput as err:
+            return BadInput(f"{ref.name}/{ref.version}: {err.message}", field="labels")
+        return tuple(int(v) for v in labels)
+    if cls is not None and getattr(sampler, "is_multilabel", False):
+        return BadInput(f"{ref.name}/{ref.version} is multi-label: give labels (one 0/1 per finding of "
+                        f"{list(ref.classes)}) instead of class", field="class")
+    return resolve_label(sampler, ref, cls)
+
+
+def condition_index(sampler: Any, ref: ModelRef, value: str | int) -> int | BadInput:
+    """The index of a transition's moving condition (finding or class name, or index)."""
+    names = list(ref.classes)
+    if isinstance(value, str) and not re.fullmatch(r"[0-9]+", value):
+        if value not in names:
+            return BadInput(f"unknown condition {value!r} for {ref.name}/{ref.version}; conditions: {names}",
+                            field="condition")
+        return names.index(value)
+    if not 0 <= int(value) < sampler.num_classes:
+        return BadInput(f"condition {value!r} is outside {ref.name}/{ref.version}'s conditions "
+                        f"0..{sampler.num_classes - 1} {names}", field="condition")
+    return int(value)
+
+
+def difference_maps(frames: np.ndarray) -> np.ndarray:
+    """uint8 maps of ``frame_i − frame_0``, encoded as ``(d + 255) // 2`` (127 = unchanged,
+    0 = 255 darker, 255 = 255 brighter), so they travel as images next to the frames."""
+    diff = frames.astype(np.int16) - frames[:1].astype(np.int16)
+    return ((diff + 255) // 2).astype(np.uint8)
 
 
 def _meta(ref: ModelRef, **extra: Any) -> dict[str, Any]:
@@ -144,17 +187,21 @@ class Synthesizer:
         pack = {"png-zip": to_png_zip, "dicom-zip": to_dicom_zip}.get(fmt, to_npz)
         return await asyncio.to_thread(pack, images, meta)
 
-    async def synthesize(self, ref: ModelRef, n: int, seed: int, cls: str | int | None, fmt: str) -> bytes | SynthrayError:
-        """``n`` images of ``ref`` from ``seed`` (optionally of class ``cls``), packaged as ``fmt``."""
-        images = await self.images(ref, n, seed, cls)
+    async def synthesize(self, ref: ModelRef, n: int, seed: int, cls: str | int | None, fmt: str,
+                         labels: Sequence[int] | None = None) -> bytes | SynthrayError:
+        """``n`` images of ``ref`` from ``seed`` (optionally of class ``cls``, or with multi-hot
+        ``labels``), packaged as ``fmt``."""
+        images = await self.images(ref, n, seed, cls, labels)
         if isinstance(images, SynthrayError):
             return images
-        return await self._pack(images, _meta(ref, seed=seed, **({"class": cls} if cls is not None else {})), fmt)
+        extra = ({"class": cls} if cls is not None else {}) | ({"labels": list(labels)} if labels is not None else {})
+        return await self._pack(images, _meta(ref, seed=seed, **extra), fmt)
 
-    async def images(self, ref: ModelRef, n: int, seed: int, cls: str | int | None) -> np.ndarray | SynthrayError:
+    async def images(self, ref: ModelRef, n: int, seed: int, cls: str | int | None,
+                     labels: Sequence[int] | None = None) -> np.ndarray | SynthrayError:
         """The raw uint8 images of a synthesize request (for FID scoring), same pixels as synthesize."""
         sampler = await self._generator(ref.uri)
-        label = resolve_label(sampler, ref, cls)
+        label = resolve_condition(sampler, ref, cls, labels)
         if isinstance(label, SynthrayError):
             return label
         job = _Job(sampler, n, seed, label)
@@ -165,9 +212,9 @@ class Synthesizer:
     async def class_indices(self, ref: ModelRef, per_class: dict[str, int]) -> dict[int, int] | SynthrayError:
         """A batch's ``per_class`` counts keyed by label index; only for conditional generators."""
         sampler = await self._generator(ref.uri)
-        if not sampler.conditional:
-            return BadInput(f"per_class needs a conditional generator; {ref.name}/{ref.version} is not one",
-                            field="per_class")
+        if not sampler.conditional or sampler.is_multilabel:
+            return BadInput(f"per_class needs a single-label conditional generator; {ref.name}/{ref.version} is "
+                            f"{'multi-label' if sampler.conditional else 'unconditional'}", field="per_class")
         counts: dict[int, int] = {}
         for name, count in per_class.items():
             label = resolve_label(sampler, ref, name)
@@ -177,12 +224,12 @@ class Synthesizer:
         return counts
 
     async def interpolate(self, ref: ModelRef, seed_a: int, seed_b: int, steps: int, cls: str | int | None,
-                          fmt: str) -> bytes | SynthrayError:
+                          fmt: str, labels: Sequence[int] | None = None) -> bytes | SynthrayError:
         """``steps`` images along the straight line from seed_a's latent to seed_b's."""
         import torch
 
         sampler = await self._generator(ref.uri)
-        label = resolve_label(sampler, ref, cls)
+        label = resolve_condition(sampler, ref, cls, labels)
         if isinstance(label, SynthrayError):
             return label
         t = torch.linspace(0, 1, steps).unsqueeze(1)
@@ -192,14 +239,14 @@ class Synthesizer:
         return await self._pack(images, meta, fmt)
 
     async def sweep(self, ref: ModelRef, seed: int, dim: int, steps: int, cls: str | int | None,
-                    fmt: str) -> bytes | SynthrayError:
+                    fmt: str, labels: Sequence[int] | None = None) -> bytes | SynthrayError:
         """``steps`` images: seed's latent with dimension ``dim`` set to −4.2 … +4.2."""
         import torch
 
         sampler = await self._generator(ref.uri)
         if not 0 <= dim < sampler.latent_dim:
             return BadInput(f"dim must be in 0..{sampler.latent_dim - 1} for {ref.name}/{ref.version}", field="dim")
-        label = resolve_label(sampler, ref, cls)
+        label = resolve_condition(sampler, ref, cls, labels)
         if isinstance(label, SynthrayError):
             return label
         z = sampler.latents(1, seed).repeat(steps, 1)
@@ -208,6 +255,45 @@ class Synthesizer:
         meta = _meta(ref, tool="sweep", seed=seed, dim=dim, steps=steps, range=list(SWEEP_RANGE))
         return await self._pack(images, meta, fmt)
 
-    async def _render_latents(self, sampler: Any, z, label: int | None) -> np.ndarray:
+    async def transition(self, ref: ModelRef, seed: int, condition: str | int, steps: int, cls: str | int | None,
+                         labels: Sequence[int] | None, fmt: str) -> bytes | SynthrayError:
+        """Label transition (chest paper, seed 003): z of ``seed`` held fixed while ``condition``
+        moves 0 → 1 in ``steps`` equal steps over the base condition (``labels`` / ``class``
+        one-hot / none). Returns the ``steps`` frames, then their ``steps`` difference maps
+        against the first frame (:func:`difference_maps`), in one package."""
+        import torch
+
+        sampler = await self._generator(ref.uri)
+        if not sampler.conditional:
+            return BadInput(f"{ref.name}/{ref.version} is unconditional: a label transition needs a conditional "
+                            "generator", field="model")
+        index = condition_index(sampler, ref, condition)
+        if isinstance(index, SynthrayError):
+            return index
+        if cls is not None and getattr(sampler, "is_multilabel", False):
+            return BadInput(f"{ref.name}/{ref.version} is multi-label: give the base condition as labels",
+                            field="class")
+        base = torch.zeros(sampler.num_classes)
+        if labels is not None:
+            resolved = resolve_condition(sampler, ref, None, labels)
+            if isinstance(resolved, SynthrayError):
+                return resolved
+            base = torch.tensor(resolved, dtype=torch.float32)
+        elif cls is not None:
+            label = resolve_label(sampler, ref, cls)
+            if isinstance(label, SynthrayError):
+                return label
+            base[label] = 1.0
+        conditions = base.repeat(steps, 1)
+        conditions[:, index] = torch.linspace(0, 1, steps)
+        z = sampler.latents(1, seed).repeat(steps, 1)
+        frames = await self._on_torch_thread(sampler.render, z, conditions)
+        meta = _meta(ref, tool="transition", seed=seed, condition=list(ref.classes)[index] if ref.classes else index,
+                     index=index, steps=steps, base=base.tolist(), values=conditions[:, index].tolist(),
+                     frames=list(range(steps)), difference_maps=list(range(steps, 2 * steps)),
+                     difference_encoding="(frame_i - frame_0 + 255) // 2; 127 = unchanged")
+        return await self._pack(np.concatenate([frames, difference_maps(frames)]), meta, fmt)
+
+    async def _render_latents(self, sampler: Any, z, label: int | tuple[int, ...] | None) -> np.ndarray:
         labels = sampler.labels(len(z), label) if sampler.conditional else None
         return await self._on_torch_thread(sampler.render, z, labels)

@@ -917,6 +917,106 @@ def test_odd_digits_and_huge_numbers_are_never_a_server_error(served, http, refe
 
 
 # -- last: stopping ---------------------------------------------------------------------------
+# -- a multi-label conditional GAN (chest paper's multi-hot conditions), trained and served ------
+MULTI = "gan-serve-test-chest-acgan"
+FINDINGS = ["Atelectasis", "Effusion", "Pneumonia"]
+
+
+@pytest.fixture(scope="module")
+def multilabel_gan(stack: Settings, tmp_path_factory):
+    """acgan-spine-small trained one short epoch on the NIH-style chest phantom (3 findings), registered."""
+    from training.catalog.chest_phantom import write_chest_phantom
+    from training.catalog.ingest import IngestOptions, ingest
+    from training.catalog.selection import catalog
+    from training.gan.trainer import GanTrainConfig, train_gan
+    from training.registry.generators import log_generator
+
+    table = write_chest_phantom(tmp_path_factory.mktemp("chest"), 48, size=64, seed=7)
+    options = IngestOptions(name="chest-serve-test", layout="nih-cxr14", preset="none", classes=FINDINGS)
+    manifest = ingest(table, options, catalog(stack), lambda _: None).manifest
+    cfg = GanTrainConfig(dataset=str(manifest.ref), arch="acgan-spine-small", epochs=1, workers=1, batch_size=16,
+                         grid_size=4, fid_every=1, fid_n=16, split=None)
+    result = train_gan(cfg, settings=stack, progress=lambda _: None)
+    tags = {"classes": json.dumps(FINDINGS), "conditional": "True"}
+    return result, log_generator(result.sampler, MULTI, alias="champion", tags=tags, settings=stack)
+
+
+@pytest.mark.stack
+def test_multilabel_gan_trains_on_multi_hot_and_serves_labels(served, http, multilabel_gan, stack) -> None:
+    from training.registry.generators import load_generator
+
+    result, registered = multilabel_gan
+    sampler = load_generator(registered.uri, stack)
+    assert result.sampler.is_multilabel and sampler.is_multilabel and sampler.num_classes == 3
+    assert result.metrics["loss_class"] > 0  # the multi-label AC term was trained on (BCE over findings)
+    # FID copied the reference's label sets (multi-hot conditions), n_fake = n_real
+    assert np.isfinite(result.metrics["fid"]) and result.metrics["fid_n_fake"] == result.metrics["fid_n_real"] == 16
+    body = {"model": f"{MULTI}@champion", "n": 3, "seed": 4, "labels": [1, 0, 1], "format": "npz"}
+    ok = http.post("/v1/synthesize", json=body)
+    assert ok.status_code == 200, ok.text
+    np.testing.assert_array_equal(read_images(ok.content), sampler.generate(3, 4, label=[1, 0, 1]))
+    assert read_manifest(ok.content)["generator"]["labels"] == [1, 0, 1]
+    other = http.post("/v1/synthesize", json=body | {"labels": [0, 1, 0]})
+    assert read_images(other.content).tobytes() != read_images(ok.content).tobytes()  # the condition matters
+    # interpolate and sweep take the same condition
+    line = http.post("/v1/latent/interpolate", json={"model": f"{MULTI}@champion", "seed_a": 4, "seed_b": 5,
+                                                     "steps": 3, "labels": [1, 0, 1], "format": "npz"})
+    assert line.status_code == 200, line.text
+    np.testing.assert_array_equal(read_images(line.content)[0], sampler.generate(1, 4, label=[1, 0, 1])[0])
+    for labels, words in (([1, 0], "3 entries"), ([1, 0, 2], "less than or equal to 1"), ([1, True, 0], "integer")):
+        bad = http.post("/v1/synthesize", json=body | {"labels": labels})
+        assert bad.status_code == 422, bad.text
+        assert any("labels" in map(str, e["loc"]) and words in e["msg"] for e in bad.json()["detail"]), bad.text
+    for model, extra, field in ((f"{NAME}@champion", {"labels": [1, 0, 1]}, "labels"),
+                                (f"{MULTI}@champion", {"labels": None, "class": "Effusion"}, "class")):
+        bad = http.post("/v1/synthesize", json=body | {"model": model} | extra)
+        assert bad.status_code == 422 and field in _error_fields(bad), bad.text
+
+
+@pytest.mark.stack
+def test_label_transition_frames_and_difference_maps(served, http, multilabel_gan, stack) -> None:
+    from training.registry.generators import load_generator
+
+    _, registered = multilabel_gan
+    sampler = load_generator(registered.uri, stack)
+    body = {"model": f"{MULTI}@champion", "seed": 9, "condition": "Pneumonia", "steps": 5, "labels": [1, 0, 0],
+            "format": "npz"}
+    got = http.post("/v1/latent/transition", json=body)
+    assert got.status_code == 200, got.text
+    images, meta = read_images(got.content), read_manifest(got.content)["generator"]
+    frames, maps = images[:5], images[5:]
+    assert images.shape == (10, 64, 64) and meta["values"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    # z fixed, condition moved: the ends are the plain [1,0,0] and [1,0,1] images of that seed
+    np.testing.assert_array_equal(frames[0], sampler.generate(1, 9, label=[1, 0, 0])[0])
+    np.testing.assert_array_equal(frames[-1], sampler.generate(1, 9, label=[1, 0, 1])[0])
+    expected = (frames.astype(np.int16) - frames[0].astype(np.int16) + 255) // 2
+    np.testing.assert_array_equal(maps, expected.astype(np.uint8))
+    assert (maps[0] == 127).all() and (maps[-1] != 127).any()
+    for extra, field in (({"condition": "Flu"}, "condition"), ({"condition": 3}, "condition"),
+                         ({"model": f"{NAME}@champion"}, "model"), ({"labels": [1, 1]}, "labels")):
+        bad = http.post("/v1/latent/transition", json=body | extra)
+        assert bad.status_code == 422 and field in _error_fields(bad), (extra, bad.text)
+
+
+@pytest.mark.stack
+def test_generate_cli_takes_multi_hot_labels(served, multilabel_gan, stack, tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from services.cli.main import main
+    from training.catalog.store import decode_png
+    from training.registry.generators import load_generator
+
+    out = CliRunner().invoke(main, ["generate", "--model", f"{MULTI}@champion", "--n", "2", "--seed", "1",
+                                    "--labels", "1,0,1", "--out", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    pngs = sorted(tmp_path.glob("*.png"))
+    np.testing.assert_array_equal(np.stack([decode_png(p.read_bytes()) for p in pngs]),
+                                  load_generator(multilabel_gan[1].uri, stack).generate(2, 1, label=[1, 0, 1]))
+    bad = CliRunner().invoke(main, ["generate", "--model", f"{MULTI}@champion", "--n", "2", "--labels", "1,x",
+                                    "--out", str(tmp_path)])
+    assert bad.exit_code != 0 and "--labels" in bad.output
+
+
 @pytest.mark.stack
 def test_zz_down_stops_serving(served, stack) -> None:
     serve_ops.down(stack, progress=lambda _: None)
@@ -926,3 +1026,4 @@ def test_zz_down_stops_serving(served, stack) -> None:
     messages: list[str] = []
     serve_ops.down(stack, progress=messages.append)  # second down: a no-op
     assert messages == ["Ray Serve is not running"]
+

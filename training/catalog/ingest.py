@@ -31,6 +31,7 @@ from infra.progress import bar
 from infra.settings import Settings
 from training.catalog.layouts import Problem, SourceItem, scan
 from training.catalog.medical import layout_arguments
+from training.catalog.multilabel import multilabel_scan, per_finding
 from training.catalog.preprocess import FOCUS_SWEEP_EDGES, Pipeline, contact_sheet, focus_bands, pipeline
 from training.catalog.splits import DEFAULT_FRACTIONS, assign_splits, fold_plan, split_overlap
 from infra.errors import BadInput
@@ -356,7 +357,12 @@ def ingest(
     layout_kw, layout_described = layout_arguments(options.name, options.layout, options.layout_options,
                                                    catalog.store.settings.state_dir)
     found = scan(src, options.layout, options.patient_regex, **layout_kw)
-    classes, mapping = resolve_merges(options.merges, found.classes, options.classes)
+    findings, label_sets = None, {}
+    if found.findings is not None:  # multi-label: classes are the label sets that occur
+        found, findings, label_sets = multilabel_scan(found, options.merges, options.classes)
+        classes, mapping = found.classes, {c: c for c in found.classes}
+    else:
+        classes, mapping = resolve_merges(options.merges, found.classes, options.classes)
     truth = read_truth(options.truth) if options.truth else {}
     progress(f"ingest: {len(found.items)} files in {found.root} (layout {options.layout}, {len(found.problems)} problems)")
 
@@ -391,6 +397,8 @@ def ingest(
             "source_bit_depth": p.bit_depth, "source_mode": p.mode,
             "patient_id": p.item.patient_id, "preprocessing": p.steps, "attributes": attributes,
         }
+        if findings is not None:
+            fields |= label_sets[p.item.rel_path]
         items_out.append((p.png, fields))
     records = [ImageRecord(sha256=p.sha256, **fields) for p, (_, fields) in zip(prepared, items_out)]
 
@@ -399,6 +407,7 @@ def ingest(
         **({"layout_options": layout_described} if layout_described else {}),
         "excluded_by_merge": dict(excluded), "splits": split_rule, "pipeline": pipe.describe(),
         **summarize(records),
+        **({"findings": findings, "per_finding": per_finding(records, findings)} if findings is not None else {}),
         "skipped": dict(Counter(p.kind for p in problems)),
         "exif_oriented": _orientation_counts(prepared),
         "problems": [{"path": p.rel_path, "kind": p.kind, "reason": p.reason} for p in problems],
@@ -415,7 +424,7 @@ def ingest(
         manifest = catalog.publish(
             options.name, items_out, classes, description=description, subsets=_subsets(records),
             preprocessing=[{"preset": options.preset}, *pipe.describe()], attachments=attachments,
-            progress=shown.count,
+            progress=shown.count, findings=findings,
         )
     report["version"] = str(manifest.ref)
     report["seconds"] = round(time.perf_counter() - started, 2)

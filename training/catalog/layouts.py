@@ -41,6 +41,10 @@ class SourceItem:
     #: Decodes this item instead of the PNG/JPEG reader (DICOM frames, NIfTI slices): a
     #: picklable callable ``(item) -> training.catalog.medical.Decoded`` that raises BadFile.
     reader: Callable[[SourceItem], Any] | None = None
+    #: Multi-label layouts (``training.catalog.chest``): the image's positive findings (empty =
+    #: "No Finding") and the findings the source marks uncertain and the policy keeps as such.
+    findings: tuple[str, ...] | None = None
+    uncertain: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,8 @@ class Scan:
     items: list[SourceItem]
     classes: list[str]
     problems: list[Problem]
+    #: The K findings of a multi-label layout (items carry ``findings``); None otherwise.
+    findings: list[str] | None = None
 
 
 class LayoutError(BadInput):
@@ -426,4 +432,6 @@ LAYOUTS: dict[str, Callable[..., Scan]] = {
     "csv": scan_csv,
     "dicom": _lazy("training.catalog.dicom", "scan_dicom"),
     "nifti": _lazy("training.catalog.nifti", "scan_nifti"),
+    "nih-cxr14": _lazy("training.catalog.chest", "scan_nih"),
+    "chexpert": _lazy("training.catalog.chest", "scan_chexpert"),
 }

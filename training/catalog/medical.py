@@ -121,6 +121,8 @@ def quantize(unit: np.ndarray, bits: int) -> np.ndarray:
 
 
 MEDICAL_LAYOUTS = ("dicom", "nifti")
+#: Options of the other layouts that take any: CheXpert's uncertain-label policy.
+PLAIN_LAYOUT_OPTIONS = {"chexpert": ("uncertain",)}
 
 
 def layout_arguments(name: str, layout: str, options: Mapping[str, Any], state_dir: Path) -> tuple[dict, dict]:
@@ -134,10 +136,11 @@ def layout_arguments(name: str, layout: str, options: Mapping[str, Any], state_d
     """
     options = dict(options)
     if layout not in MEDICAL_LAYOUTS:
-        if options:
-            raise BadInput(f"layout {layout!r} takes no {', '.join(sorted(options))} option(s); "
-                           f"they belong to the {' and '.join(MEDICAL_LAYOUTS)} layouts")
-        return {}, {}
+        stray = sorted(set(options) - set(PLAIN_LAYOUT_OPTIONS.get(layout, ())))
+        if stray:
+            raise BadInput(f"layout {layout!r} takes no {', '.join(stray)} option(s); they belong to the "
+                           f"{' and '.join(MEDICAL_LAYOUTS)} layouts (uncertain: chexpert)", field=stray[0])
+        return options, dict(options)
     salt, kept_at = dataset_salt(name, state_dir, options.pop("id_salt_file", None))
     described = {k: (v if isinstance(v, (str, int, float, bool, type(None))) else str(v)) for k, v in options.items()}
     described["identifiers"] = (f"HMAC-SHA256 pseudonyms ({PSEUDONYM_HEX} hex digits) with a per-dataset salt "

@@ -78,11 +78,22 @@ def publish_phantom(
 
 @dataclass(frozen=True)
 class ImageTensors:
-    """Images as float tensors in [-1, 1], (N, 1, H, W), with their integer labels."""
+    """Images as float tensors in [-1, 1], (N, 1, H, W), with their labels.
+
+    ``labels`` are integer class indices (N,) for a single-label version, and the multi-hot
+    float32 targets (N, K) over ``Manifest.findings`` for a multi-label one; ``mask`` (N, K)
+    then holds each target's loss weight (0 for an uncertain finding under ``--uncertain
+    ignore``), else it is None.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
     ref: DatasetRef
+    mask: torch.Tensor | None = None
+
+    @property
+    def multilabel(self) -> bool:
+        return self.labels.ndim == 2
 
 
 Balance = Literal["none", "first", "random"]
@@ -166,6 +177,10 @@ def load_tensors(
     x = x / (scale / 2) - 1
     if image_size and x.shape[-1] != image_size:
         x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="area")
+    if manifest.multilabel:
+        targets, mask = manifest.multi_hot(records)
+        return ImageTensors(images=x, labels=torch.from_numpy(targets), ref=manifest.ref,
+                            mask=torch.from_numpy(mask))
     y = torch.tensor([r.label for r in records], dtype=torch.long)
     return ImageTensors(images=x, labels=y, ref=manifest.ref)
 

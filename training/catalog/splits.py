@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 
+from training.catalog.multilabel import finding_index
 from training.catalog.store import Catalog, CatalogError, ImageRecord, Manifest
 from infra.seeds import random_state
 from infra.errors import BadInput
@@ -63,6 +65,10 @@ def assign_splits(
             f"{len(set(groups))} patients are too few for splits {dict(fractions)}: they need at least {k}"
         )
     owner = [s for s, n in folds_per_split.items() for _ in range(n)]  # fold index → split
+    if max(Counter(labels).values()) < k:
+        # Every class is smaller than the fold count (many rare multi-label sets in a small
+        # set): scikit-learn refuses to stratify at all, so the split is by patient only.
+        labels = [0] * len(labels)
     out = [""] * len(labels)
     with warnings.catch_warnings():
         # Rare classes with fewer members than folds are expected in medical sets.
@@ -82,10 +88,21 @@ def select(manifest: Manifest, selector: str) -> list[ImageRecord]:
     Keys: ``split``, ``label`` (class name or index), ``subset``, or any record attribute the
     version has (``modality``, ``body_part``, ``view_position`` … of the dicom layout), matched
     exactly. An empty selector is all records. Example: ``split=train,subset!=rejected,modality=CR``.
+
+    Membership in a multi-label version's label set: ``label~Pneumonia`` (ASCII; the
+    mathematical ``label∋Pneumonia`` is accepted too) and its negation ``label!~Pneumonia``
+    (``label∌Pneumonia``); the finding is a name or index of ``Manifest.findings``. On a
+    multi-label version ``label=…`` matches one exact label set (``label=No Finding``,
+    ``label=Effusion+Pneumonia``, see :mod:`training.catalog.multilabel`).
     """
     records = manifest.records
     attributes = {k for r in manifest.records for k in r.attributes}
     for term in filter(None, (t.strip() for t in selector.split(","))):
+        if (member := _membership(term)) is not None:
+            negate, value = member
+            index = finding_index(manifest.findings, value, f"selector term {term!r}")
+            records = [r for r in records if (index in (r.label_set or ())) != negate]
+            continue
         key, negate, value = _term(term, attributes)
         if key in attributes and key not in _SELECTOR_KEYS:
             hit = lambda r, k=key, v=value: r.attributes.get(k) == v  # noqa: E731
@@ -102,6 +119,19 @@ def select(manifest: Manifest, selector: str) -> list[ImageRecord]:
 
 
 _SELECTOR_KEYS = ("split", "label", "subset")
+#: Membership operators of a ``label`` term: (spelling, negated), longest first.
+_MEMBERSHIP = (("!~", True), ("∌", True), ("~", False), ("∋", False))
+
+
+def _membership(term: str) -> tuple[bool, str] | None:
+    """(negated, finding) of a ``label~F`` / ``label∋F`` / ``label!~F`` / ``label∌F`` term, else None."""
+    for op, negated in _MEMBERSHIP:
+        key, found, value = term.partition(op)
+        if found and key.strip() == "label" and "=" not in key:
+            if not value.strip():
+                raise BadInput(f"selector term {term!r} is invalid: name a finding after {op!r}")
+            return negated, value.strip()
+    return None
 
 
 def _term(term: str, attributes: set[str] = frozenset()) -> tuple[str, bool, str]:
@@ -110,7 +140,8 @@ def _term(term: str, attributes: set[str] = frozenset()) -> tuple[str, bool, str
     key, value = key.strip(), value.strip()
     if (key not in _SELECTOR_KEYS and key not in attributes) or not value:
         extra = f", or an attribute ({', '.join(sorted(attributes))})" if attributes else ""
-        raise BadInput(f"selector term {term!r} is invalid: use split=…, label=… or subset=…{extra} (or !=)")
+        raise BadInput(f"selector term {term!r} is invalid: use split=…, label=… or subset=…{extra} (or !=), "
+                       f"or label~FINDING for membership in a multi-label set")
     return key, negate, value
 
 
@@ -203,5 +234,5 @@ def derive(
         note += "; subsets " + ", ".join(f"{k}={v}" for k, v in subsets.items())
     return catalog.publish_records(
         name or source.name, records, source.classes, description=f"{source.description} | {note}",
-        subsets=declared, preprocessing=source.preprocessing,
+        subsets=declared, preprocessing=source.preprocessing, findings=source.findings,
     )

@@ -101,6 +101,18 @@ class ImageRecord:
     source_height: int | None = None
     source_bit_depth: int | None = None
     source_mode: str | None = None
+    #: Multi-label versions only (``Manifest.findings`` set): indices into ``findings`` of the
+    #: image's positive findings, sorted; ``[]`` is "No Finding". None on single-label records
+    #: (and then absent from the stored JSON, so single-label hashes are unchanged).
+    label_set: list[int] | None = None
+    #: Multi-label versions ingested with ``--uncertain ignore``: indices of findings the source
+    #: marked uncertain (CheXpert's -1). Their target is 0 and their loss weight 0 (masked out).
+    uncertain: list[int] | None = None
+
+
+#: Fields that exist only on multi-label versions: omitted from the stored JSON (and therefore
+#: from the version hash) when None, so every single-label manifest keeps its bytes and version.
+_MULTILABEL_RECORD_FIELDS = ("label_set", "uncertain")
 
 
 @dataclass(frozen=True)
@@ -119,10 +131,35 @@ class Manifest:
     description: str = ""
     subsets: dict[str, list[str]] = field(default_factory=dict)
     preprocessing: list[dict] = field(default_factory=list)
+    #: The K findings of a multi-label version (NIH ChestX-ray14 / CheXpert layouts), in
+    #: multi-hot order; None for single-label versions. ``classes`` then lists the label *sets*
+    #: that occur ("No Finding", "Effusion+Pneumonia", …): they stratify the splits, balance
+    #: and name export folders, so every single-label consumer keeps working.
+    findings: list[str] | None = None
 
     @property
     def ref(self) -> DatasetRef:
         return DatasetRef(self.name, self.version)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.findings is not None
+
+    def multi_hot(self, records: Sequence[ImageRecord]) -> tuple[np.ndarray, np.ndarray]:
+        """(targets, mask), both float32 (N, K): 1 where a finding is present, and the loss
+        weight of each entry (0 for an uncertain finding under ``--uncertain ignore``, else 1).
+
+        Raises:
+            CatalogError: the version is single-label.
+        """
+        if self.findings is None:
+            raise CatalogError(f"dataset {self.ref} is single-label: it has no findings (multi-hot labels)")
+        targets = np.zeros((len(records), len(self.findings)), np.float32)
+        mask = np.ones_like(targets)
+        for i, r in enumerate(records):
+            targets[i, list(r.label_set or [])] = 1.0
+            mask[i, list(r.uncertain or [])] = 0.0
+        return targets, mask
 
     def select(
         self, split: str | None = None, labels: Sequence[int] | None = None, subset: str | None = None
@@ -179,6 +216,18 @@ def encode_png(pixels: np.ndarray, text: Mapping[str, str] | None = None, compre
 def decode_png(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as img:
         return np.asarray(img)
+
+
+def _compact(body: dict) -> dict:
+    """A manifest body without the multi-label fields of a single-label version (see
+    ``_MULTILABEL_RECORD_FIELDS``): what is stored and hashed."""
+    if body.get("findings") is None:
+        body.pop("findings", None)
+    for record in body["records"]:
+        for key in _MULTILABEL_RECORD_FIELDS:
+            if record.get(key) is None:
+                record.pop(key, None)
+    return body
 
 
 def _version_of(body: Mapping) -> str:
@@ -246,6 +295,7 @@ class Catalog:
         subsets: Mapping[str, Iterable[str]] | None = None,
         preprocessing: list[dict] | None = None,
         attachments: Sequence[Attachment] = (),
+        findings: Sequence[str] | None = None,
     ) -> Manifest:
         """Publish PNG blobs plus their record fields as a new (or existing) version.
 
@@ -258,6 +308,7 @@ class Catalog:
             subsets: named selections as image hashes; each must name images of this version.
             preprocessing: dataset-level description of the pipeline that made the blobs.
             attachments: files stored under the version's report prefix before the manifest.
+            findings: the K findings of a multi-label version (records carry ``label_set``).
         """
         DatasetRef.parse(name)
         records, blobs = [], {}
@@ -268,6 +319,7 @@ class Catalog:
         return self.publish_records(
             name, records, classes, description=description, subsets=subsets,
             preprocessing=preprocessing, attachments=attachments, blobs=blobs, progress=progress,
+            findings=findings,
         )
 
     def publish_records(
@@ -281,6 +333,7 @@ class Catalog:
         attachments: Sequence[Attachment] = (),
         blobs: Mapping[str, bytes] | None = None,
         progress: CountProgress | None = None,
+        findings: Sequence[str] | None = None,
     ) -> Manifest:
         """Publish a version from records; blobs not passed in must already be stored.
 
@@ -298,7 +351,9 @@ class Catalog:
                 raise CatalogError(f"subset name {subset!r} is invalid: use lowercase letters, digits, '.', '_' or '-'")
             if stray := set(members) - shas:
                 raise CatalogError(f"subset {subset!r} names {len(stray)} image(s) that are not in the dataset")
-        body = asdict(Manifest(name, "", records, list(classes), description, subsets, list(preprocessing or [])))
+        _check_findings(findings, records)
+        body = _compact(asdict(Manifest(name, "", records, list(classes), description, subsets,
+                                        list(preprocessing or []), None if findings is None else list(findings))))
         version = _version_of(body)
         manifest = Manifest(**{**body, "records": records, "version": version})
         if self.store.exists(self.manifest_key(name, version)):
@@ -493,6 +548,27 @@ def _check_names(classes: Sequence[str], records: Sequence[ImageRecord]) -> None
                 raise CatalogError(f"{what} {value!r} {problem}: a name is one path component", field=what)
     if bad := next((r.sha256 for r in records if not re.fullmatch(r"[0-9a-f]{64}", r.sha256)), None):
         raise CatalogError(f"image hash {bad!r} is not a sha256 hex digest", field="sha256")
+
+
+def _check_findings(findings: Sequence[str] | None, records: Sequence[ImageRecord]) -> None:
+    """Multi-label records and the findings list come together, and label sets index into it."""
+    if findings is None:
+        if any(r.label_set is not None or r.uncertain is not None for r in records):
+            raise CatalogError("records carry label sets but the version names no findings", field="findings")
+        return
+    for value in findings:
+        if (problem := name_problem(value)) is not None:
+            raise CatalogError(f"finding {value!r} {problem}", field="findings")
+    if len(set(findings)) != len(findings):
+        raise CatalogError(f"findings repeat a name: {list(findings)}", field="findings")
+    for r in records:
+        for key in _MULTILABEL_RECORD_FIELDS:
+            indices = getattr(r, key) or []
+            if any(not isinstance(i, int) or not 0 <= i < len(findings) for i in indices):
+                raise CatalogError(f"{key} {indices} of {r.source_path} is outside findings 0..{len(findings) - 1}",
+                                   field=key)
+        if r.label_set is None:
+            raise CatalogError(f"record {r.source_path} of a multi-label version has no label_set", field="label_set")
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -74,7 +74,11 @@ class JobResult:
 
 @dataclass(frozen=True)
 class ClassifierData:
-    """uint8 images ``(N, H, W)`` and int labels: the training pool, real val/test, synthetic tests."""
+    """uint8 images ``(N, H, W)`` and labels: the training pool, real val/test, synthetic tests.
+
+    Labels are int class indices ``(N,)``, or float multi-hot targets ``(N, K)`` of a multi-label
+    dataset (-1 marks an uncertain finding masked out of the loss).
+    """
 
     pool_images: np.ndarray
     pool_labels: np.ndarray
@@ -113,7 +117,7 @@ def score(model: ImageClassifier, images: np.ndarray, labels: np.ndarray, device
         logits = model(x)
         total += float(model.loss(logits, y, reduction="sum"))
         proba = model.probabilities(logits)
-        if model.head == "multilabel":  # single-label metrics need a distribution over the classes
+        if model.head == "multilabel" and y.ndim == 1:  # single-label metrics need a distribution over the classes
             proba = proba / proba.sum(1, keepdim=True)
         probas.append(proba.cpu().numpy())
     return total / max(len(images), 1), np.concatenate(probas)
@@ -156,10 +160,27 @@ def train_job(model, job: ClassifierJob, data: ClassifierData, hp: dict, device,
         if val_loss < best[2]:
             best = (copy.deepcopy(bare.state_dict()), epoch + 1, val_loss)
         if on_epoch:
-            val_acc = float((val_proba.argmax(1) == data.val_labels).mean())
+            val_acc = _accuracy(data.val_labels, val_proba)
             on_epoch(epoch + 1, {"train_loss": loss_sum / max(seen, 1), "val_loss": val_loss, "val_accuracy": val_acc,
                                  "images_per_s": world * seen / max(time.perf_counter() - started, 1e-9)})
     return best
+
+
+def _accuracy(labels: np.ndarray, proba: np.ndarray) -> float:
+    """Share right: argmax for class indices; per known (image, finding) at p ≥ 0.5 for multi-hot."""
+    if labels.ndim == 2:
+        known = labels >= 0
+        return float(((proba >= 0.5) == (labels == 1))[known].mean()) if known.any() else float("nan")
+    return float((proba.argmax(1) == labels).mean())
+
+
+def score_test(labels: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """Single-label metrics, or per-finding AUROC for multi-hot targets (``multilabel_metrics``)."""
+    from training.evaluate.classification import classification_metrics, multilabel_metrics
+
+    if labels.ndim == 2:
+        return multilabel_metrics(labels, proba, classes)
+    return classification_metrics(labels, proba, classes)
 
 
 def _mlflow_run(tracker, experiment_id: str, parent_run_id: str, job: ClassifierJob, base_tags: dict) -> str:
@@ -181,6 +202,8 @@ def _log_test(tracker, run_id: str, result: JobResult, classes: list[str], test_
     rows = [Metric(f"test/{k}", float(v), now, 0) for k, v in result.test_metrics.items() if math.isfinite(v)]
     rows += [Metric("best_epoch", result.best_epoch, now, 0), Metric("best_val_loss", result.val_loss, now, 0)]
     tracker.log_batch(run_id, metrics=rows)
+    if test_labels.ndim == 2:  # multi-label: per-finding AUROC, no confusion matrix
+        return
     import matplotlib.pyplot as plt
 
     fig = confusion_figure(test_labels, result.test_proba, classes, title=f"{result.key}: test (real)")
@@ -209,7 +232,6 @@ def train_loop(loop_config: dict) -> None:
     import ray.train.torch
 
     from infra.worker_progress import Sender
-    from training.evaluate.classification import classification_metrics
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     cfg = ClassifierTrainConfig(**loop_config["config"])
@@ -272,7 +294,7 @@ def train_loop(loop_config: dict) -> None:
                      for name, (images, labels) in data.synthetic_tests.items()} if job.synthetic_eval else {}
         result = JobResult(key=job.key, cell=job.cell, seed=job.seed, run_id=run_id, best_epoch=best_epoch,
                            val_loss=val_loss, val_proba=val_proba, test_proba=test_proba,
-                           test_metrics=classification_metrics(data.test_labels, test_proba, classes),
+                           test_metrics=score_test(data.test_labels, test_proba, classes),
                            synthetic_proba=synthetic)
         results[job.key] = result
         _log_test(tracker, run_id, result, classes, data.test_labels)

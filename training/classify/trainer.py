@@ -159,6 +159,53 @@ def register_classifier(cfg: ClassifierTrainConfig, classes: list[str], fit: Fit
                                 **metric_tags, **(tags or {})})
 
 
+def to_8bit(pixels: np.ndarray) -> np.ndarray:
+    """Stored pixels as the uint8 the classifiers take: 16-bit images (NIfTI slices, 16-bit DICOM)
+    are mapped v → round(v / 257), the same [0, 1] scale the GANs train on (v / 65535) and
+    render at (× 255), so a domain classifier trained on real 16-bit slices scores 8-bit fakes
+    on the scale it learned."""
+    if pixels.dtype == np.uint16:
+        return np.round(pixels / 257.0).astype(np.uint8)
+    return pixels
+
+
+def training_targets(manifest, pools, label_from: str | None = None) -> tuple[list[str], list[np.ndarray]]:
+    """(class or finding names, one target array per pool) of a training request.
+
+    Class indices of ``record.label`` by default; float multi-hot (N, K) of a multi-label
+    version (-1 where ``--uncertain ignore`` masked a finding); or, with ``attribute=NAME``,
+    the indices of the attribute's values among all the version's values (sorted, numerically
+    when they are all integers, so slice 2 precedes slice 10).
+
+    Raises:
+        BadInput: a malformed ``label_from``, an attribute a record lacks, or fewer than 2 values.
+    """
+    if label_from is None:
+        if manifest.multilabel:
+            targets = []
+            for records in pools:
+                multi_hot, mask = manifest.multi_hot(records)
+                targets.append(np.where(mask > 0, multi_hot, -1.0).astype(np.float32))
+            return list(manifest.findings), targets
+        return list(manifest.classes), [np.array([r.label for r in records], dtype=np.int64) for records in pools]
+    kind, _, key = label_from.partition("=")
+    if kind != "attribute" or not key:
+        raise BadInput(f"--label-from {label_from!r}: use attribute=NAME, e.g. attribute=slice_index",
+                       field="label_from")
+    missing = next((r for r in manifest.records if key not in r.attributes), None)
+    if missing is not None:
+        known = sorted({k for r in manifest.records for k in r.attributes})
+        raise BadInput(f"--label-from {label_from}: record {missing.source_path} of {manifest.ref} has no attribute "
+                       f"{key!r} (attributes: {', '.join(known)})", field="label_from")
+    values = {r.attributes[key] for r in manifest.records}
+    classes = sorted(values, key=lambda v: (0, int(v), v) if v.isdigit() else (1, 0, v))
+    if len(classes) < 2:
+        raise BadInput(f"--label-from {label_from}: {manifest.ref} has one value ({classes}); a classifier needs two",
+                       field="label_from")
+    index = {v: i for i, v in enumerate(classes)}
+    return classes, [np.array([index[r.attributes[key]] for r in records], dtype=np.int64) for records in pools]
+
+
 def train_classifier(
     cfg: ClassifierTrainConfig,
     dataset: str,
@@ -168,8 +215,14 @@ def train_classifier(
     register: bool = True,
     settings: Settings | None = None,
     progress: Progress = print,
+    label_from: str | None = None,
 ):
     """Train one classifier on a dataset's real splits; register it as ``champion`` when asked.
+
+    The targets are the records' classes; a multi-label version's multi-hot findings (the
+    multi-label head then trains with BCE, uncertain findings masked); or, with
+    ``label_from="attribute=NAME"``, the values of a record attribute (the knee-MRI paper's
+    domain classifier for AM/Mode scores learns ``attribute=slice_index`` of NIfTI slices).
 
     Returns ``(FitResult, RegisteredClassifier | None, parent run URL)``.
     """
@@ -181,10 +234,12 @@ def train_classifier(
     for split, records in zip(splits, pools, strict=True):
         if not records:
             raise BadInput(f"dataset {manifest.ref} has no images in split {split!r}")
-    check_inputs(cfg, list(manifest.classes), settings)  # before pixels are read or a run is opened
+    classes, labels = training_targets(manifest, pools, label_from)
+    if labels[0].ndim == 2 and not cfg.multilabel:
+        cfg = cfg.model_copy(update={"multilabel": True})  # multi-hot targets need the multi-label head
+    check_inputs(cfg, classes, settings)  # before pixels are read or a run is opened
     cat = catalog(settings)
-    arrays = [cat.read_pixels(records) for records in pools]
-    labels = [np.array([r.label for r in records], dtype=np.int64) for records in pools]
+    arrays = [to_8bit(cat.read_pixels(records)) for records in pools]
     data = ClassifierData(arrays[0], labels[0], arrays[1], labels[1], arrays[2], labels[2])
     job = ClassifierJob(key=f"real/seed {seed}", cell="real", seed=seed, train_index=np.arange(len(arrays[0])),
                         params={"dataset": str(manifest.ref), "n_real": len(arrays[0]), "n_synthetic": 0,
@@ -196,11 +251,13 @@ def train_classifier(
                           tags={tag.KIND: tag.CLASSIFIER_KIND, **tags}) as parent:
         url = run_url(settings, experiment.experiment_id, parent.info.run_id)
         progress(f"classifier: MLflow run {url}")
-        fit = fit_classifiers(cfg, list(manifest.classes), data, [job], parent_run_id=parent.info.run_id,
+        fit = fit_classifiers(cfg, classes, data, [job], parent_run_id=parent.info.run_id,
                               experiment_id=experiment.experiment_id, settings=settings, tags=tags, progress=progress)
     reg = None
     if register:
-        reg = register_classifier(cfg, list(manifest.classes), fit, classifier_name(str(manifest.ref), cfg.arch),
-                                  settings=settings, tags={"dataset": str(manifest.ref), **tags})
+        name = classifier_name(str(manifest.ref), cfg.arch) + (f"-{label_from.partition('=')[2]}" if label_from else "")
+        reg = register_classifier(cfg, classes, fit, name, settings=settings,
+                                  tags={"dataset": str(manifest.ref), **tags,
+                                        **({"label_from": label_from} if label_from else {})})
         progress(f"classifier: registered {reg.uri} (alias champion)")
     return fit, reg, url

@@ -47,6 +47,7 @@ __all__ = [
     "confusion_figure",
     "get_metric",
     "metric_value",
+    "multilabel_metrics",
     "predicted_labels",
     "sanitize_metric_name",
 ]
@@ -198,6 +199,37 @@ def classification_metrics(y_true: Sequence[int], proba: np.ndarray, class_names
         out[f"recall/{name}"] = float(recall[i])
         out[f"f1/{name}"] = float(f1[i])
         out[f"support/{name}"] = float(support[i])
+    return out
+
+
+def multilabel_metrics(targets: np.ndarray, proba: np.ndarray, finding_names: Sequence[str]) -> dict[str, float]:
+    """Per-finding test metrics of a multi-label head (chest paper, seed 003: per-finding AUROC).
+
+    Keys: ``auroc/{finding}`` (scikit-learn's ``roc_auc_score`` over the images whose label for
+    that finding is known; NaN when they hold one class only), ``auroc_mean`` (mean of the
+    finite ones, NaN if none), ``accuracy`` (share of known (image, finding) entries predicted
+    right at p ≥ 0.5) and ``positives/{finding}``.
+
+    Args:
+        targets: ``(N, K)`` 1 / 0, and -1 where the finding is uncertain and masked out
+            (``--uncertain ignore``).
+        proba: ``(N, K)`` independent sigmoid probabilities.
+        finding_names: ``K`` names, in column order.
+    """
+    targets, proba = np.asarray(targets, np.float64), np.asarray(proba, np.float64)
+    if targets.shape != proba.shape or targets.ndim != 2 or targets.shape[1] != len(finding_names):
+        raise BadInput(f"need (N, K) targets and probabilities for {len(finding_names)} findings, "
+                       f"got {targets.shape} and {proba.shape}")
+    names = [sanitize_metric_name(n) for n in finding_names]
+    known = targets >= 0
+    out: dict[str, float] = {}
+    for k, name in enumerate(names):
+        y, p = targets[known[:, k], k], proba[known[:, k], k]
+        out[f"auroc/{name}"] = float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+        out[f"positives/{name}"] = float((y == 1).sum())
+    finite = [v for k, v in out.items() if k.startswith("auroc/") and np.isfinite(v)]
+    out["auroc_mean"] = float(np.mean(finite)) if finite else float("nan")
+    out["accuracy"] = float(((proba >= 0.5) == (targets == 1))[known].mean()) if known.any() else float("nan")
     return out
 
 

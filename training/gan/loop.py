@@ -101,6 +101,21 @@ def sample_grid(generator: nn.Module, z: torch.Tensor, labels: torch.Tensor | No
     return to_uint8(grid.unsqueeze(0))[0]
 
 
+def grid_conditions(n: int, num_classes: int, multilabel: bool = False, class_label: int | None = None
+                    ) -> torch.Tensor:
+    """Conditions of the fixed sample grid: classes 0..K−1 in turn (or the trained class); for a
+    multi-label run, multi-hot (n, K) rows cycling through every finding combination of the
+    first min(K, 4) findings (no finding, each alone, pairs …), so a row of the grid is a set."""
+    if not multilabel:
+        return torch.arange(n) % num_classes if class_label is None else torch.full((n,), class_label)
+    k = min(num_classes, 4)
+    combos = sorted(range(2**k), key=lambda m: (bin(m).count("1"), m))
+    rows = torch.zeros(len(combos), num_classes)
+    for i, mask in enumerate(combos):
+        rows[i, :k] = torch.tensor([(mask >> j) & 1 for j in range(k)], dtype=torch.float32)
+    return rows[torch.arange(n) % len(rows)]
+
+
 def _mean_across_workers(values: dict[str, float], world: int) -> dict[str, float]:
     import torch.distributed as dist
 
@@ -371,7 +386,9 @@ def train_loop(loop_config: dict) -> None:
         configure(get_settings())  # workers get SYNTHRAY_* through the job's runtime env
         tracker = MlflowClient()
         progress = _Progress(cfg, steps, world * batch, loop_config.get("progress"))
-        fixed_z, fixed_y = grid_latents(w)
+        fixed_z, _ = grid_latents(w)
+        fixed_y = grid_conditions(cfg.grid_size, num_classes, loop_config.get("multilabel", False),
+                                  cfg.class_label).to(device)
         if cfg.fid_every:
             reference = _reference(loop_config)
         if cfg.fid_every and cfg.fid_quick_n:
@@ -436,6 +453,7 @@ def train_loop(loop_config: dict) -> None:
             torch.save(
                 pair_state(pair, ema) | {"ada": ada.state_dict() if ada is not None else None,
                                          "epoch": epoch + 1, "global_step": global_step, "num_classes": num_classes,
+                                         "multilabel": loop_config.get("multilabel", False),
                                          "config": cfg.model_dump(), "hyperparameters": hp, "metrics": metrics},
                 Path(tmp) / CHECKPOINT_FILE,
             )
@@ -466,9 +484,10 @@ def fid_fakes(gen: nn.Module, preset, hp: dict, cfg: GanTrainConfig, reference, 
     from training.evaluate.generator import fakes_like
 
     sampler = GeneratorSampler(gen, hp["latent_dim"], class_index=cfg.class_label,
-                               num_classes=loop_config["num_classes"] if preset.conditional else None)
+                               num_classes=loop_config["num_classes"] if preset.conditional else None,
+                               multilabel=loop_config.get("multilabel", False))
     was_training = gen.training
-    fake, _ = fakes_like(sampler, reference, seed=cfg.seed + 1)
+    fake, _ = fakes_like(sampler, reference, seed=cfg.seed + 1, settings=get_settings())
     gen.train(was_training)
     return fake
 

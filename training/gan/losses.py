@@ -132,8 +132,25 @@ class HingeLoss:
         return {"loss": -critic(fake).float().mean()}
 
 
+def class_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """AC-GAN's L_C: cross-entropy of class indices (B,), or, for multi-hot float labels (B, K),
+    binary cross-entropy with logits averaged over the B·K findings (chest paper, seed 003:
+    the multi-label AC head)."""
+    if y.ndim == 2:
+        return F.binary_cross_entropy_with_logits(logits.float(), y.float())
+    return F.cross_entropy(logits.float(), y)
+
+
+def class_accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Share of correct class predictions; per finding (logit > 0 vs label) for multi-hot labels."""
+    if y.ndim == 2:
+        return ((logits > 0) == (y > 0.5)).float().mean()
+    return (logits.argmax(1) == y).float().mean()
+
+
 class AcganLoss:
-    """Odena et al. 2017: source loss L_S (BCE) and class loss L_C (cross-entropy).
+    """Odena et al. 2017: source loss L_S (BCE) and class loss L_C (cross-entropy, or BCE per
+    finding for multi-hot labels, :func:`class_loss`).
 
     D maximises L_S + L_C (minimises the two BCE/CE terms on real and fake), G maximises
     L_C − L_S (minimises non-saturating BCE(fake→1) + CE on its own labels).
@@ -142,13 +159,13 @@ class AcganLoss:
     def critic_loss(self, critic: nn.Module, real, fake, y_real=None, y_fake=None) -> Scalars:
         (sr, cr), (sf, cf) = critic(real), critic(fake)
         l_s = _bce(sr, 1.0) + _bce(sf, 0.0)
-        l_c = F.cross_entropy(cr.float(), y_real) + F.cross_entropy(cf.float(), y_fake)
+        l_c = class_loss(cr, y_real) + class_loss(cf, y_fake)
         return {"loss": l_s + l_c, "loss_source": l_s, "loss_class": l_c,
-                "class_acc_real": (cr.argmax(1) == y_real).float().mean(), "real_sign": _sign_mean(sr)}
+                "class_acc_real": class_accuracy(cr, y_real), "real_sign": _sign_mean(sr)}
 
     def generator_loss(self, critic: nn.Module, fake, y_fake=None) -> Scalars:
         s, c = critic(fake)
-        return {"loss": _bce(s, 1.0) + F.cross_entropy(c.float(), y_fake)}
+        return {"loss": _bce(s, 1.0) + class_loss(c, y_fake)}
 
 
 def make_loss(kind: str, gp_lambda: float = 10.0,

@@ -57,7 +57,7 @@ def check_run(cfg: GanTrainConfig, settings: Settings | None = None, *, init_fro
     manifest, records = _check_selection(cfg, settings)  # dataset, split/subset/class, stored size, batch
     _check_reference(cfg, manifest, records)
     if cfg.init_from and not init_from_later_step:
-        num_classes = len(manifest.classes) if cfg.preset().conditional else 1
+        num_classes = len(manifest.findings or manifest.classes) if cfg.preset().conditional else 1
         check_checkpoint(cfg.init_from, cfg, num_classes, settings)
     return Checked(manifest, records)
 

@@ -62,7 +62,8 @@ def sampler_from_state(state: dict, arch: str | None = None, classes: list[str] 
     class_index = state["config"].get("class_label")
     return GeneratorSampler(gen, preset.latent_dim, class_index=class_index,
                             class_name=None if classes is None or class_index is None else classes[class_index],
-                            num_classes=state.get("num_classes") if preset.conditional else None)
+                            num_classes=state.get("num_classes") if preset.conditional else None,
+                            multilabel=bool(state.get("multilabel")))
 
 
 def _git_commit() -> str:
@@ -168,8 +169,10 @@ def train_gan(
     manifest, records = checked.manifest, checked.records
     connect(settings)
     _check_cluster(cfg)
-    num_classes = len(manifest.classes) if preset.conditional else 1
-    loop_config: dict = {"config": cfg.model_dump(), "num_classes": num_classes}
+    # A multi-label version conditions on its K findings (multi-hot), not on its label sets.
+    multilabel = preset.conditional and manifest.multilabel
+    num_classes = (len(manifest.findings) if multilabel else len(manifest.classes)) if preset.conditional else 1
+    loop_config: dict = {"config": cfg.model_dump(), "num_classes": num_classes, "multilabel": multilabel}
     if cfg.fid_every:
         loop_config |= _prepare_reference(cfg, len(records), settings, progress)
 

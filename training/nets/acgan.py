@@ -10,6 +10,13 @@ The paper fixes the topology, not the sizes; these are the choices (configurable
   and 3rd, BN on all but the first and the last, LeakyReLU(0.2); then two linear heads on
   the flattened features: a source logit (the paper's sigmoid lives in the loss) and K
   class logits (softmax in the cross-entropy).
+
+Multi-label conditions (the chest paper's multi-hot findings, seed 003): the generator also
+takes ``labels`` as a float (B, K) tensor of 0/1 entries, concatenated to z as it is, and the
+K class logits are then trained with binary cross-entropy per finding
+(:class:`training.gan.losses.AcganLoss`). Integer labels (B,) stay one-hot: a one-hot vector
+*is* a multi-hot vector with one finding, so the same network serves both, and fractional
+entries (a condition moving from 0 to 1 in a label transition) are accepted as given.
 """
 
 from __future__ import annotations
@@ -20,6 +27,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from infra.errors import BadInput
+
+
+def condition_vector(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, K) condition of class indices (B,) (one-hot) or of multi-hot (B, K) float labels.
+
+    Raises:
+        BadInput: a (B, K') condition with K' != K.
+    """
+    if labels.ndim == 2 and labels.is_floating_point():
+        if labels.shape[1] != num_classes:
+            raise BadInput(f"labels must have {num_classes} entries per image, got {labels.shape[1]}", field="labels")
+        return labels
+    return F.one_hot(labels, num_classes)
 
 
 class AcganGenerator(nn.Module):
@@ -53,7 +73,9 @@ class AcganGenerator(nn.Module):
         self.image_size = base_size * 8
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([z, F.one_hot(labels, self.num_classes).to(z.dtype)], dim=1)
+        """Images (B, C, S, S) in [-1, 1] of z (B, latent_dim) and labels: class indices (B,)
+        or multi-hot conditions (B, K) float."""
+        x = torch.cat([z, condition_vector(labels, self.num_classes).to(z.dtype)], dim=1)
         return self.net(self.stem(x).view(z.shape[0], *self.base_shape))
 
 

@@ -137,13 +137,23 @@ class ImageClassifier(nn.Module):
         return torch.cat([1 - p, p], dim=1) if self._head == "sigmoid" else p
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """The head's training loss: cross-entropy (softmax) or binary cross-entropy (sigmoid heads)."""
+        """The head's training loss: cross-entropy (softmax) or binary cross-entropy (sigmoid heads).
+
+        A multi-label head trains on multi-hot targets ``(N, K)`` (1 / 0, and -1 for a finding
+        masked out of the loss: CheXpert's uncertain labels under ``--uncertain ignore``): the
+        per-image loss is the sum over the known findings of BCE-with-logits. Class indices
+        ``(N,)`` on a multi-label head are single-label data, one finding per image.
+        """
         if self._head == "softmax":
             return F.cross_entropy(logits, labels, reduction=reduction)
         if self._head == "sigmoid":
             return F.binary_cross_entropy_with_logits(logits[:, 0], labels.float(), reduction=reduction)
-        targets = F.one_hot(labels, self.num_classes).float()  # single-label data on a multi-label head
-        per_image = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(1)
+        if labels.ndim == 2:
+            known = (labels >= 0).to(logits.dtype)
+            targets = labels.clamp(min=0).to(logits.dtype)
+        else:
+            targets, known = F.one_hot(labels, self.num_classes).to(logits.dtype), torch.ones_like(logits)
+        per_image = (F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * known).sum(1)
         return {"mean": per_image.mean, "sum": per_image.sum}.get(reduction, lambda: per_image)()
 
     def preprocess(self, images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:

@@ -171,8 +171,9 @@ _PRESETS = (
         name="small-cnn", image_size=64, in_channels=1, head="softmax",
         lr=1e-3, batch_size=32, epochs=5, weight_decay=0.0,
         paper="none (CPU-sized)",
-        description="synthray's SmallCNN at 64×64 gray, softmax: a CPU-sized preset for tests and demos.",
-        factory=_small_cnn,
+        description="synthray's SmallCNN at 64×64 gray, softmax (multi-label: K sigmoid logits): a CPU-sized "
+                    "preset for tests and demos.",
+        factory=_small_cnn, supports_multilabel=True,
     ),
 )
 CLASSIFIER_PRESETS: dict[str, ClassifierPreset] = {p.name: p for p in _PRESETS}

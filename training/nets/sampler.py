@@ -7,6 +7,8 @@ from every bit of ``seed``, see :mod:`infra.seeds`; the network is in eval mode)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import nn
@@ -29,11 +31,13 @@ class GeneratorSampler(nn.Module):
         class_name: human-readable name of that class.
         num_classes: K for a conditional generator (``generator(z, labels)``); None for an
             unconditional one.
+        multilabel: the K conditions are findings of a multi-label dataset: ``labels`` are
+            multi-hot float (B, K) rows (the chest paper's conditions), not class indices.
     """
 
     def __init__(
         self, generator: nn.Module, latent_dim: int, class_index: int | None = None,
-        class_name: str | None = None, num_classes: int | None = None,
+        class_name: str | None = None, num_classes: int | None = None, multilabel: bool = False,
     ) -> None:
         super().__init__()
         self.generator = generator.eval()
@@ -41,14 +45,44 @@ class GeneratorSampler(nn.Module):
         self.class_index = class_index
         self.class_name = class_name
         self.num_classes = num_classes
+        self.multilabel = bool(multilabel and num_classes)
 
     @property
     def conditional(self) -> bool:
         # getattr: samplers pickled into the registry before conditional models existed lack it.
         return getattr(self, "num_classes", None) is not None
 
-    def labels(self, n: int, label: int | None = None) -> torch.Tensor:
-        """Labels for ``n`` conditional samples: ``label``, else the trained class, else 0, 1, …, K−1 in turn."""
+    @property
+    def is_multilabel(self) -> bool:
+        return getattr(self, "multilabel", False)  # samplers pickled before multi-label existed
+
+    def condition(self, labels: Sequence[int]) -> torch.Tensor:
+        """(K,) float multi-hot row of a multi-label request's ``labels`` (0/1, length K).
+
+        Raises:
+            BadInput: (field ``labels``) not a multi-label generator, wrong length, or not 0/1.
+        """
+        if not self.is_multilabel:
+            raise BadInput("labels (multi-hot) are only for multi-label conditional generators; "
+                           "this one takes " + ("class" if self.conditional else "no condition"), field="labels")
+        values = list(labels) if isinstance(labels, Sequence) and not isinstance(labels, str) else [labels]
+        if len(values) != self.num_classes or any(v not in (0, 1) or isinstance(v, bool) for v in values):
+            raise BadInput(f"labels must be {self.num_classes} entries of 0 or 1 (one per finding), got {values}",
+                           field="labels")
+        return torch.tensor(values, dtype=torch.float32)
+
+    def labels(self, n: int, label: int | Sequence[int] | None = None) -> torch.Tensor:
+        """Labels for ``n`` conditional samples: ``label``, else the trained class, else 0, 1, …, K−1 in turn.
+
+        A multi-label generator takes ``label`` as its multi-hot list (see :meth:`condition`)
+        and returns (n, K) float rows; without one, the K findings alone in turn (one-hot rows).
+        """
+        if self.is_multilabel:
+            if label is None:
+                return torch.eye(self.num_classes)[torch.arange(n) % self.num_classes]
+            if isinstance(label, torch.Tensor) and label.ndim == 1 and label.is_floating_point():
+                return label.to(torch.float32).expand(n, -1).clone()
+            return self.condition(label).expand(n, -1).clone()
         if label is None:
             label = self.class_index
         if label is not None and not 0 <= label < (self.num_classes or 0):
@@ -90,7 +124,7 @@ class GeneratorSampler(nn.Module):
         pad = -n % batch_size or (batch_size if n == 0 else 0)  # n == 0 still yields (0, H, W)
         z = torch.cat([z, z.new_zeros(pad, z.shape[1])])
         if labels is not None:
-            labels = torch.cat([labels, labels.new_zeros(pad)])
+            labels = torch.cat([labels, labels.new_zeros(pad, *labels.shape[1:])])
         forward = _channels_last_forward(self) if RENDER_LAYOUT == 2 else self
         chunks = [
             forward(z[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
@@ -98,10 +132,12 @@ class GeneratorSampler(nn.Module):
         ]
         return to_uint8(torch.cat(chunks)[:n])
 
-    def generate(self, n: int, seed: int, batch_size: int = CHUNK, label: int | None = None) -> np.ndarray:
+    def generate(self, n: int, seed: int, batch_size: int = CHUNK, label: int | Sequence[int] | None = None
+                 ) -> np.ndarray:
         """``n`` uint8 images (N, H, W) for grayscale or (N, H, W, C), reproducible from ``seed``.
 
-        ``label`` picks the class of a conditional generator (see :meth:`labels`).
+        ``label`` picks the class of a conditional generator, or the multi-hot findings
+        (e.g. ``[1, 0, 1]``) of a multi-label one (see :meth:`labels`).
         """
         if n < 0 or batch_size < 1:
             raise BadInput(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")

@@ -200,7 +200,8 @@ def _facts(client, run_id: str, checkpoint: str | None, settings: Settings, prog
     preset = cfg.preset()
     facts = CardFacts(
         name="", arch=cfg.arch, image_size=preset.image_size, latent_dim=preset.latent_dim,
-        conditional=sampler.conditional, classes=list(manifest.classes), class_name=sampler.class_name,
+        conditional=sampler.conditional, classes=list(manifest.findings or manifest.classes),
+        class_name=sampler.class_name,
         dataset=cfg.dataset, manifest_sha256=manifest.ref.version, selection=cfg.selection(), n_train=n_train,
         epoch=int(state["epoch"]), run_id=run_id,
         run_url=run_url(settings, run.info.experiment_id, run_id),
