@@ -35,6 +35,7 @@ class GeneratorEvaluation:
     kid: dict
     memorization: dict
     seed: int
+    fake_features: np.ndarray | None = None  # (n, dims) Inception features of the samples (membership audit)
 
     @property
     def reference_key(self) -> str:
@@ -50,4 +51,4 @@ def evaluate_generator(
     feats = fake_features(fake, ref, settings, progress=progress)  # one Inception pass for all three
     scores = evaluate(fake, ref, ["fid", "kid"], settings, kid_bootstrap=kid_bootstrap, seed=seed, feats=feats)
     audit = memorization_audit(fake, ref, fake_labels=labels, settings=settings, feats=feats)
-    return GeneratorEvaluation(fid=scores["fid"], kid=scores["kid"], memorization=audit, seed=seed)
+    return GeneratorEvaluation(fid=scores["fid"], kid=scores["kid"], memorization=audit, seed=seed, fake_features=feats)
