@@ -177,7 +177,9 @@ class Synthesizer:
             images, report = await self.images(ref, n, seed, cls), {"filter": "none", "rejected": 0}
             if isinstance(images, SynthrayError):
                 return images
-        meta = _meta(ref, seed=seed, **({"class": cls} if cls is not None else {}), filter=report)
+        # unfiltered responses keep their manifest (and bytes) as before the filter existed
+        meta = _meta(ref, seed=seed, **({"class": cls} if cls is not None else {}),
+                     **({"filter": report} if filter == "near-copy" else {}))
         return await self._pack(images, meta, fmt), report
 
     async def _filtered(self, ref: ModelRef, n: int, seed: int, cls: str | int | None,
