@@ -1,4 +1,4 @@
-"""``synthray eval …``: FID (+ KID, precision/recall), memorization audit and diversity.
+"""``synthray eval …``: FID (+ KID, precision/recall), memorization audit, diversity and membership inference.
 
 The synthetic side is a PNG folder (``--images DIR``) or a registered generator
 (``--model models:/NAME@alias``, sampled with ``--seed``); the real side is a catalog

@@ -8,6 +8,8 @@ pytorch-fid's 64-d block (``dims=64``) to keep Inception cheap; the rules do not
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -195,3 +197,77 @@ def test_promotion_blocks_the_copier_and_passes_the_fresh_generator(generators, 
                                  gates=PromotionGates(max_fid=1e9, max_memorized_fraction=1.0))
     assert not verdicts["planted"].promoted and verdicts["planted"].failures == ["membership"]
     assert verdicts["fresh"].promoted, verdicts["fresh"].lines()
+
+
+def test_card_shows_the_membership_audit_and_the_filter() -> None:
+    from training.registry.cards import CardFacts, render_card
+
+    dcr = attack_metrics(np.arange(30.0) + 20, np.arange(30.0), bootstrap=200)  # members score higher: a leak
+    membership = {"attacks": {"dcr": dcr}, "worst_attack": "dcr", "auc": dcr["auc"], "auc_ci": dcr["auc_ci"],
+                  "n_members": 30, "n_nonmembers": 30, "nonmember_keys": ["fid/reference/abc.npz"],
+                  "n_synthetic": 48, "artifact": "s3://b/eval/membership/x/summary.json"}
+    facts = CardFacts(
+        name="gan-x", arch="wgan-gp-knee-small", image_size=64, latent_dim=128, conditional=False, classes=["a"],
+        class_name=None, dataset="d@1", manifest_sha256="1", selection={"split": "train"}, n_train=96, epoch=20,
+        run_id="r", run_url="u", git_commit="c", checkpoint="s3://b/c", hyperparameters={},
+        fid={"fid": 10.0, "n_real": 48, "n_fake": 48, "dims": 2048, "reference_key": "k", "weights_sha256": "w"},
+        kid={"kid": 0.01}, memorization={"n_fake": 48, "n_below_real_p1": 0, "fraction_below_real_p1": 0.0,
+                                         "min_distance": 3.0, "real_nn_p1": 2.0},
+        eval_seed=1, membership=membership, near_copy={"threshold": 2.0, "n_indexed": 48, "filter_default": "near-copy"})
+    card = render_card(facts)
+    assert "## Privacy audit (membership inference)" in card and "## Near-copy filter" in card
+    assert f"GAN-Leaks): AUC | {dcr['auc']:.3f}, 95 % CI [{dcr['auc_ci'][0]:.3f}, {dcr['auc_ci'][1]:.3f}]" in card
+    assert "| default for requests | `near-copy`" in card and "| threshold | 2.000" in card
+    assert "membership-inference attack (dcr) beats chance" in card  # a known limit, from the CI
+    assert "indexes 48 of the 96 training images" in card
+    skipped = render_card(CardFacts(**{**facts.__dict__, "membership": {"skipped": "no held-out patients"}}))
+    assert "Not run: no held-out patients" in skipped
+
+
+@pytest.mark.stack
+def test_registration_packs_the_index_and_the_audit(members, stack: Settings, tmp_path) -> None:
+    """``register_run`` end to end on a hand-made checkpoint (an untrained small WGAN-GP, fid_n = 8):
+    tags, MLflow metrics, the packed index, the card, and ``eval membership`` reproducing it."""
+    from click.testing import CliRunner
+
+    from infra.tracking import configure
+    from services.cli.main import main
+    from training.gan.config import GanTrainConfig
+    from training.gan.loop import CHECKPOINT_FILE
+    from training.registry.generators import model_card, register_run
+    from training.registry.privacy import load_index
+
+    cfg = GanTrainConfig(dataset=members.dataset, arch="wgan-gp-knee-small", fid_n=8, epochs=1, workers=1)
+    torch.manual_seed(0)
+    gen, critic = cfg.preset().build()
+    torch.save({"generator": gen.state_dict(), "generator_ema": gen.state_dict(), "critic": critic.state_dict(),
+                "epoch": 1, "num_classes": None, "config": cfg.model_dump(), "hyperparameters": cfg.hyperparameters()},
+               tmp_path / CHECKPOINT_FILE)
+    mlflow = configure(stack)
+    with mlflow.start_run() as run:
+        pass
+    reg = register_run(run.info.run_id, name="gan-privacy-registered", checkpoint=str(tmp_path),
+                       filter_default="near-copy", settings=stack, progress=lambda _: None)
+    tags = reg.tags
+    # members: the 8 reference images (all trained on); non-members: the 8 held-out patients' images
+    assert tags["mia.n_members"] == "8" and tags["mia.n_nonmembers"] == "8"
+    assert float(tags["mia.auc"]) == max(float(tags["mia.dcr.auc"]), float(tags["mia.critic.auc"]))
+    assert float(tags["mia.auc_ci_low"]) <= float(tags["mia.auc"]) <= float(tags["mia.auc_ci_high"])
+    metrics = mlflow.MlflowClient().get_run(run.info.run_id).data.metrics
+    assert metrics["mia_critic_auc"] == pytest.approx(float(tags["mia.critic.auc"]), abs=1e-6)
+    # the index is the memorization audit's reference and threshold, packed with the model
+    assert float(tags["near_copy.threshold"]) == pytest.approx(float(tags["memorization.real_nn_p1"]), abs=1e-5)
+    index = load_index(reg.version_uri, stack)
+    assert index.n == 8 and index.dims == 2048 and tags["filter.default"] == "near-copy"
+    card = model_card(f"{reg.name}/{reg.version}", stack)
+    for text in ("## Privacy audit (membership inference)", "discriminator score (LOGAN): AUC",
+                 "| default for requests | `near-copy`", f"| threshold | {float(tags['near_copy.threshold']):.3f}"):
+        assert text in card, text
+    # on demand: the same samples, the same attacks, the same numbers
+    out = CliRunner().invoke(main, ["eval", "membership", "--model", f"{reg.name}/{reg.version}", "--json",
+                                    "--bootstrap", "1000"], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    again = json.loads(out.stdout)
+    for attack in ("dcr", "critic"):
+        assert again["attacks"][attack]["auc"] == pytest.approx(float(tags[f"mia.{attack}.auc"]), abs=1e-6)
+    assert again["auc_ci"][0] == pytest.approx(float(tags["mia.auc_ci_low"]), abs=1e-6)

@@ -60,7 +60,7 @@ def audit_version(spec: str, *, critic: bool = True, bootstrap: int = 1000, sett
         except Exception as exc:  # noqa: BLE001 - a deleted checkpoint only drops the white-box attack
             progress(f"membership: critic unavailable ({str(exc).splitlines()[0]}); DCR attack only")
     summary = membership_audit(feats, eval_ref, member_rows=train.rows, critic=critic_net, settings=settings,
-                               bootstrap=bootstrap)
+                               bootstrap=bootstrap, seed=int(tags["eval_seed"]))  # registration's resampling seed
     mlflow.set_experiment("membership-audit")
     with mlflow.start_run(run_name=f"{version.name}-v{version.version}"):
         mlflow.set_tags({"model.name": version.name, "model.version": str(version.version),

@@ -161,7 +161,7 @@ def privacy_sections(f: CardFacts) -> list[str]:
         rows.append(("summary", f"`{mia['artifact']}`"))
         out.append("## Privacy audit (membership inference)\n"
                    "Can an attacker tell a training patient's image from a held-out patient's? AUC 0.5 is chance; "
-                   "the promotion gate `--max-mia-auc` (default 0.6) reads the worst attack's AUC.\n\n" + _kv(rows))
+                   "the promotion gate `--max-mia-auc` (default 0.6) reads the worst attack's AUC and its CI.\n\n" + _kv(rows))
     if f.near_copy:
         nc = f.near_copy
         out.append("## Near-copy filter\n" + _kv([
