@@ -20,7 +20,6 @@ and the Serve API read; the model card shows them.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
