@@ -142,6 +142,13 @@ def _faults(r: dict) -> list[Row]:
     return rows
 
 
+def _nearcopy(r: dict) -> list[Row]:
+    return [Row(f"near-copy filter overhead, n = {row['n']}, {name} ({row['image_size']}²)",
+                f"{row['filtered_s']:.3f} s filtered (Inception {row['inception_s']:.3f} s, query "
+                f"{row['query_s'] * 1e3:.1f} ms)", f"{row['unfiltered_s']:.3f} s unfiltered", row["ratio"],
+                f"≤ {r['goal_ratio']:g}", row["ratio"] <= r["goal_ratio"]) for name, row in r["presets"].items()]
+
+
 # name → (command after `python`, JSON written, rows of the table)
 BENCHES: dict[str, tuple[list[str], Path, Callable[[dict], list[Row]]]] = {
     "generator": (["benchmarks/generator_forward.py"], OUT / "generator_forward.json", _generator),
@@ -153,6 +160,7 @@ BENCHES: dict[str, tuple[list[str], Path, Callable[[dict], list[Row]]]] = {
     "batch": (["benchmarks/batch_throughput.py"], OUT / "batch_throughput.json", _batch),
     "faults": (["benchmarks/fault_drills.py"], OUT / "fault_drills.json", _faults),
     "quality": (["benchmarks/time_to_quality.py"], OUT / "time_to_quality.json", _quality),
+    "nearcopy": (["benchmarks/nearcopy_filter.py"], OUT / "nearcopy_filter.json", _nearcopy),
 }
 
 

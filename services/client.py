@@ -107,8 +107,11 @@ class ApiClient:
 
     def generate(self, model: str, n: int, seed: int, out_dir: Path, cls: str | None = None,
                  echo: Echo = print, poll_s: float = 2.0, fmt: str = "png",
-                 labels: list[int] | None = None) -> GenerateResult:
+                 labels: list[int] | None = None, filter: str | None = None) -> GenerateResult:
         """``n`` images into ``out_dir``: synchronous when small enough, else a batch job.
+
+        ``filter`` (``none``/``near-copy``; None = the model's default) is sent as the request's
+        ``filter``; the near-copy rejections are echoed (header or batch manifest).
 
         ``fmt`` ``png`` writes PNGs, ``dicom`` DICOM Secondary Capture files (ConversionType
         SYN): the server packs them (``format=dicom-zip``) for a synchronous request; a batch's
@@ -119,8 +122,11 @@ class ApiClient:
         out_dir.mkdir(parents=True, exist_ok=True)
         if n <= self.max_sync_images():
             body = {"model": model, "n": n, "seed": seed, "format": "dicom-zip" if fmt == "dicom" else "png-zip"} | (
-                {"class": cls} if cls else {}) | ({"labels": labels} if labels is not None else {})
+                {"class": cls} if cls else {}) | ({"labels": labels} if labels is not None else {}) | (
+                {"filter": filter} if filter else {})
             response = self.request("POST", "/v1/synthesize", json=body)
+            if "x-near-copy-rejected" in response.headers:
+                echo(f"near-copy filter: {response.headers['x-near-copy-rejected']} near copies rejected and replaced")
             with zipfile.ZipFile(io.BytesIO(response.content)) as zf:
                 files = [_write(confined(out_dir, name), zf.read(name)) for name in zf.namelist()]  # no zip-slip
             echo(f"{n} images from {response.headers['x-model-name']} v{response.headers['x-model-version']} "
@@ -130,13 +136,15 @@ class ApiClient:
             raise ApiError("--class with more images than one synchronous request: use a batch with per_class")
         if labels is not None:
             raise ApiError("--labels with more images than one synchronous request: ask in several requests")
-        result = self._batch(model, n, seed, out_dir, echo, poll_s)
+        result = self._batch(model, n, seed, out_dir, echo, poll_s, filter)
         if fmt == "dicom":
             result.files += _shards_to_dicom([f for f in result.files if f.suffix == ".npz"], out_dir / "dicom", echo)
         return result
 
-    def _batch(self, model: str, n: int, seed: int, out_dir: Path, echo: Echo, poll_s: float) -> GenerateResult:
-        state = self.request("POST", "/v1/batches", json={"model": model, "n": n, "seed": seed}).json()
+    def _batch(self, model: str, n: int, seed: int, out_dir: Path, echo: Echo, poll_s: float,
+               filter: str | None = None) -> GenerateResult:
+        body = {"model": model, "n": n, "seed": seed} | ({"filter": filter} if filter else {})
+        state = self.request("POST", "/v1/batches", json=body).json()
         batch_id = state["batch_id"]
         echo(f"batch {batch_id} submitted ({n} images)")
         with bar(f"batch {batch_id}", total=n, unit="img") as shown:
@@ -158,5 +166,7 @@ class ApiClient:
                 name = httpx.URL(url).path.rsplit("/", 1)[-1]
                 files.append(_write(confined(out_dir, name), response.content))
                 shown.advance()
+                if url == urls["manifest"] and "near_copy_rejected" in (found := response.json()):
+                    echo(f"near-copy filter: {found['near_copy_rejected']} near copies rejected and replaced")
         echo(f"batch {batch_id}: {len(files)} files → {out_dir}")
         return GenerateResult(out_dir, files, {}, batch_id)

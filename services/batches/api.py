@@ -159,7 +159,7 @@ def _start(actor, batch_id: str) -> dict[str, Any]:
 
 
 def submit(model: BatchModel, n: int, seed: int, per_class: dict[int, int] | None, settings: Settings,
-           *, fail_once: int | None = None) -> dict[str, Any]:
+           *, fail_once: int | None = None, filter: str = "none", filter_percentile: float | None = None) -> dict[str, Any]:
     """Start (or find) the batch for this request; its status, at once (the work runs in Ray).
 
     Idempotent: a running or succeeded batch is returned as is; a failed or cancelled one
@@ -171,9 +171,13 @@ def submit(model: BatchModel, n: int, seed: int, per_class: dict[int, int] | Non
     Args:
         fail_once: TEST HOOK: shard index whose first attempt is killed (default: the
             ``SYNTHRAY_BATCH_FAIL_ONCE`` variable of this process).
+        filter, filter_percentile: the near-copy filter, resolved (the ingress checked the
+            version has an index): every shard is filtered and the manifest counts rejections.
     """
     pairs = normalize_request(n, seed, per_class, settings)
-    bid = batch_id(model, n, seed, per_class)
+    if filter not in ("none", "near-copy"):
+        raise BadInput(f"filter must be none or near-copy, got {filter!r}", field="filter")
+    bid = batch_id(model, n, seed, per_class, filter, filter_percentile)
     _connect(settings)
     if (actor := _actor(bid)) is not None:
         with contextlib.suppress(ray.exceptions.RayActorError):  # exited between lookup and call: status.json decides
@@ -185,7 +189,8 @@ def submit(model: BatchModel, n: int, seed: int, per_class: dict[int, int] | Non
     from infra.ray_runtime import worker_env
 
     job = Job(batch_id=bid, model=model, n=n, seed=seed, per_class=pairs, settings=settings,
-              shard_size=int(previous["shard_size"]) if previous else settings.batch_shard_size)
+              shard_size=int(previous["shard_size"]) if previous else settings.batch_shard_size,
+              filter=filter, filter_percentile=filter_percentile)
     actor = Coordinator.options(
         name=actor_name(bid), namespace=NAMESPACE, lifetime="detached", num_cpus=0, get_if_exists=True,
         runtime_env={"env_vars": worker_env(settings)},

@@ -223,6 +223,10 @@ class Coordinator:
             "image_shape": rows[0]["shape"], "dtype": "uint8", "count": sum(totals.values()), "totals": totals,
             "shards": [{k: v for k, v in row.items() if k != "reused"} | {"uri": self.store.uri(row["key"])}
                        for row in rows],
+            "filter": self.job.filter,
         }
+        if self.job.filter == "near-copy":  # each shard's row lists its own rejections
+            manifest |= {"filter_percentile": self.job.filter_percentile or 1.0,
+                         "near_copy_rejected": sum(row["near_copy"]["rejected"] for row in rows)}
         self.store.put_bytes(manifest_key(self.job.batch_id), canonical_json(manifest), content_type="application/json",
                              metadata=base_metadata(self.job) | {"kind": "manifest"})

@@ -15,7 +15,10 @@ Seed rule (idempotent over seed ranges)
         shard_seed = SeedSequence([seed, c + 1, k]).generate_state(1, uint64)[0] & (2**63 - 1)
 
     so any shard can be regenerated alone, on any worker, byte for byte
-    (:mod:`services.batches.shard`).
+    (:mod:`services.batches.shard`). With ``filter=near-copy`` a shard is
+    ``filtered_generate(sampler, count, shard_seed, …)`` (:mod:`training.evaluate.nearcopy`): its
+    near copies are refilled from the replacement stream of ``shard_seed``, and the manifest lists
+    each shard's rejections.
 
 Layout (``s3://{bucket}/``)::
 
@@ -92,6 +95,8 @@ class Job:
     per_class: tuple[tuple[int, int], ...] | None
     shard_size: int
     settings: Settings = field(repr=False)
+    filter: str = "none"  # "near-copy": each shard is filtered (training.evaluate.nearcopy)
+    filter_percentile: float | None = None
 
     def plan(self) -> list[Shard]:
         return plan_shards(self.batch_id, self.n, self.seed, self.per_class, self.shard_size)
@@ -137,12 +142,18 @@ def normalize_request(n: int, seed: int, per_class: dict[int, int] | None, setti
     return tuple(sorted((c, k) for c, k in pairs.items() if k))
 
 
-def batch_id(model: BatchModel, n: int, seed: int, per_class: dict[int, int] | None) -> str:
-    """``b-`` + 20 hex of the sha256 of the resolved request; equal requests, equal ids."""
+def batch_id(model: BatchModel, n: int, seed: int, per_class: dict[int, int] | None, filter: str = "none",
+             filter_percentile: float | None = None) -> str:
+    """``b-`` + 20 hex of the sha256 of the resolved request; equal requests, equal ids.
+
+    A filtered batch is another batch (other pixels); an unfiltered one keeps the id it always had.
+    """
     pairs = normalize_request(n, seed, per_class)
     request = {"model": model.name, "version": str(model.version), "n": n, "seed": seed,
                "per_class": per_class_json(pairs), "render_layout": RENDER_LAYOUT,
                "seed_derivation": SEED_DERIVATION}
+    if filter != "none":
+        request |= {"filter": filter, "filter_percentile": filter_percentile}
     return "b-" + hashlib.sha256(canonical_json(request)).hexdigest()[:20]
 
 

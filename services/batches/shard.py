@@ -33,6 +33,7 @@ from services.serving.packaging import to_npz
 FAIL_ONCE_ENV = "SYNTHRAY_BATCH_FAIL_ONCE"  # test hook, see the module docstring
 SHARD_MAX_RETRIES = 3
 _SAMPLERS: dict[tuple[str, str], Any] = {}  # per worker process: tasks of one batch reuse the loaded generator
+_INDEXES: dict[tuple[str, str], Any] = {}  # and its near-copy index
 
 
 def _sampler(uri: str, settings: Settings):
@@ -52,6 +53,32 @@ def describe(uri: str, settings: Settings) -> dict[str, Any]:
     return {"conditional": bool(sampler.conditional), "num_classes": getattr(sampler, "num_classes", None)}
 
 
+def _index(uri: str, settings: Settings):
+    key = (uri, settings.mlflow_tracking_uri)
+    if key not in _INDEXES:
+        from training.registry.privacy import load_index
+
+        index = load_index(uri, settings)
+        if index is None:
+            raise BadInput(f"{uri} has no near-copy index; submit with filter=none", field="filter")
+        _INDEXES.clear()
+        _INDEXES[key] = index
+    return _INDEXES[key]
+
+
+def _images(job: Job, shard: Shard) -> tuple[Any, dict[str, Any] | None]:
+    """The shard's images and, when filtered, the filter's report."""
+    sampler = _sampler(job.model.uri, job.settings)
+    if job.filter != "near-copy":
+        return sampler.generate(shard.count, shard.seed, label=shard.label), None
+    from training.evaluate.nearcopy import embedder, filtered_generate
+
+    index = _index(job.model.uri, job.settings)
+    images, report = filtered_generate(sampler, shard.count, shard.seed, index, embedder(index, job.settings),
+                                       shard.label, job.filter_percentile or 1.0)
+    return images, report.as_dict()
+
+
 def _existing(store: ObjectStore, job: Job, shard: Shard) -> dict[str, Any] | None:
     """The recorded result of a shard already written with the expected metadata, else None."""
     try:
@@ -62,14 +89,27 @@ def _existing(store: ObjectStore, job: Job, shard: Shard) -> dict[str, Any] | No
                 "model-version": str(job.model.version)}
     if any(meta.get(k) != v for k, v in expected.items()) or not meta.get("sha256"):
         return None
+    near_copy = None
+    if job.filter == "near-copy":  # the report rides in the shard's own manifest (S3 metadata is 2 KB at most)
+        from services.serving.packaging import read_manifest
+
+        near_copy = _near_copy_row(read_manifest(store.get_bytes(shard.key))["filter"])
     return _result(shard, meta["sha256"], meta.get("pixels-sha256", ""), int(meta.get("bytes", 0)),
-                   json.loads(meta.get("shape", "[]")), reused=True)
+                   json.loads(meta.get("shape", "[]")), reused=True, near_copy=near_copy)
 
 
-def _result(shard: Shard, sha256: str, pixels: str, size: int, shape: list[int], reused: bool) -> dict[str, Any]:
-    return {"index": shard.index, "key": shard.key, "class": shard.label, "k": shard.k, "count": shard.count,
-            "offset": shard.offset, "shard_seed": shard.seed, "sha256": sha256, "sha256_pixels": pixels,
-            "bytes": size, "shape": shape, "reused": reused}
+def _near_copy_row(report: dict[str, Any]) -> dict[str, Any]:
+    return {k: report[k] for k in ("rejected", "rejected_rows", "replacement_seed", "rejected_draws")}
+
+
+def _result(shard: Shard, sha256: str, pixels: str, size: int, shape: list[int], reused: bool,
+            near_copy: dict[str, Any] | None = None) -> dict[str, Any]:
+    row = {"index": shard.index, "key": shard.key, "class": shard.label, "k": shard.k, "count": shard.count,
+           "offset": shard.offset, "shard_seed": shard.seed, "sha256": sha256, "sha256_pixels": pixels,
+           "bytes": size, "shape": shape, "reused": reused}
+    if near_copy is not None:  # rejected count, rows and replacement-stream positions (re-derivable)
+        row["near_copy"] = near_copy
+    return row
 
 
 def _maybe_fail_once(store: ObjectStore, job: Job, shard: Shard, fail_once: int | None) -> None:
@@ -95,19 +135,23 @@ def generate_shard(job: Job, shard: Shard, fail_once: int | None = None) -> dict
     if (done := _existing(store, job, shard)) is not None:
         return done
     _maybe_fail_once(store, job, shard, fail_once)
-    images = _sampler(job.model.uri, job.settings).generate(shard.count, shard.seed, label=shard.label)
+    images, report = _images(job, shard)
     meta = {"model": job.model.name, "version": str(job.model.version), "run_id": job.model.run_id,
             "seed": job.seed, "batch_id": job.batch_id, "shard": shard.index, "class": shard.label, "k": shard.k,
             "shard_seed": shard.seed, "offset": shard.offset,
             "call": "sampler.generate(count, shard_seed, label=class)"}
+    near_copy = None
+    if report is not None:
+        near_copy = _near_copy_row(report)
+        meta |= {"call": "filtered_generate(sampler, count, shard_seed, index, label=class)", "filter": report}
     data = to_npz(images, meta, compress=True)  # at rest for good: deflate is ~1 % of a 210² shard's forward
     sha, pixels = hashlib.sha256(data).hexdigest(), hashlib.sha256(images.tobytes()).hexdigest()
     shape = list(images.shape[1:])
     store.put_bytes(shard.key, data, metadata=base_metadata(job) | {
         "shard": str(shard.index), "class": shard.class_name, "k": str(shard.k), "count": str(shard.count),
         "shard-seed": str(shard.seed), "sha256": sha, "pixels-sha256": pixels, "bytes": str(len(data)),
-        "shape": json.dumps(shape)})
-    return _result(shard, sha, pixels, len(data), shape, reused=False)
+        "shape": json.dumps(shape)} | ({"near-copy-rejected": str(near_copy["rejected"])} if near_copy else {}))
+    return _result(shard, sha, pixels, len(data), shape, reused=False, near_copy=near_copy)
 
 
 def check_classes(job: Job, info: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""``synthray eval …``: FID (+ KID, precision/recall), memorization audit, diversity, AM/Mode scores.
+"""``synthray eval …``: FID (+ KID, precision/recall), memorization audit, diversity, AM/Mode scores
+and membership inference.
 
 The synthetic side is a PNG folder (``--images DIR``) or a registered generator
 (``--model models:/NAME@alias``, sampled with ``--seed``); the real side is a catalog
@@ -268,3 +269,34 @@ def eval_am_mode(images, model, classifier, prior, prior_dataset, n, seed, as_js
         return
     click.echo(f"AM {scores.am:.6f} (lower is better)  Mode {scores.mode:.6f} (higher is better)  "
                f"n={scores.n} classes={scores.num_classes} ({classifier})")
+
+
+@eval_group.command("membership")
+@click.option("--model", required=True, metavar="models:/NAME@ALIAS",
+              help="registered generator (registered from a training run: its training selection is recorded)")
+@click.option("--critic/--no-critic", default=True, show_default=True,
+              help="also attack with the discriminator (LOGAN) when the version's checkpoint still resolves")
+@click.option("--bootstrap", type=click.IntRange(0, 100_000), default=1000, show_default=True,
+              help="bootstrap resamples for the CIs (0 = none)")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+def eval_membership(model, critic, bootstrap, as_json) -> None:
+    """Membership-inference audit: can an attacker tell training patients from held-out ones?
+
+    Members are the version's training images, non-members the dataset's held-out (val/test)
+    patients of the same classes. Attacks: distance to the closest synthetic record (GAN-Leaks)
+    and, with the checkpoint, the discriminator's score (LOGAN). Logged to MLflow
+    (experiment membership-audit).
+    """
+    from training.registry.audit import audit_version
+
+    summary = audit_version(model, critic=critic, bootstrap=bootstrap, settings=get_settings(),
+                            progress=lambda line: click.echo(line, err=True))
+    if as_json:
+        click.echo(json.dumps(summary, indent=1))
+        return
+    click.echo(f"{summary['model']} v{summary['version']}: {summary['n_members']} members vs "
+               f"{summary['n_nonmembers']} held-out patients' images, {summary['n_synthetic']} samples")
+    for name, a in summary["attacks"].items():
+        ci = a["auc_ci"] or [float("nan")] * 2
+        click.echo(f"  {name:<7} AUC {a['auc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]  TPR@1%FPR {a['tpr_at_1pct_fpr']:.3f}")
+    click.echo(f"  summary: {summary['artifact']}")

@@ -68,11 +68,13 @@ def show_cmd(spec: str) -> None:
 @click.option("--run", "run_id", required=True, help="MLflow training run id")
 @click.option("--checkpoint", default=None, help="checkpoint URI (default: the run's best-FID checkpoint)")
 @click.option("--name", default=None, help="registered model name (default: the naming rule)")
-def register_cmd(run_id: str, checkpoint: str | None, name: str | None) -> None:
+@click.option("--filter-default", type=click.Choice(("none", "near-copy")), default="none", show_default=True,
+              help="synthesis filter of this version when a request names none (shown on the card)")
+def register_cmd(run_id: str, checkpoint: str | None, name: str | None, filter_default: str) -> None:
     """Evaluate a training run's generator and register it as the challenger."""
     from training.registry.generators import register_run
 
-    reg = register_run(run_id, name=name, checkpoint=checkpoint, progress=say)
+    reg = register_run(run_id, name=name, checkpoint=checkpoint, filter_default=filter_default, progress=say)
     click.echo(f"model: {reg.version_uri} (alias {reg.alias})")
 
 
@@ -86,13 +88,17 @@ def register_cmd(run_id: str, checkpoint: str | None, name: str | None) -> None:
               help="gate 1 also passes when FID beats the champion's on the same reference")
 @click.option("--max-memorized", type=click.FloatRange(0, 1), default=0.05, show_default=True,
               help="gate 2: largest fraction of samples closer than the real→real 1st percentile")
+@click.option("--max-mia-auc", type=click.FloatRange(0.5, 1), default=0.6, show_default=True,
+              help="gate 4: largest membership-inference AUC (worst attack) of the registration audit")
 @click.option("--force", is_flag=True, help="promote despite failed gates (needs --reason)")
 @click.option("--reason", default=None, help="why --force; recorded on the registered model")
-def promote_cmd(name: str, version, from_alias, max_fid, beat_champion, max_memorized, force, reason) -> None:
+def promote_cmd(name: str, version, from_alias, max_fid, beat_champion, max_memorized, max_mia_auc, force,
+                reason) -> None:
     """Move NAME's champion alias to a version that passes the gates."""
     from training.registry.promotion import PromotionGates, promote
 
-    gates = PromotionGates(max_fid=max_fid, beat_champion=beat_champion, max_memorized_fraction=max_memorized)
+    gates = PromotionGates(max_fid=max_fid, beat_champion=beat_champion, max_memorized_fraction=max_memorized,
+                           max_mia_auc=max_mia_auc)
     report = promote(name, version=version, from_alias=from_alias, gates=gates, force=force, reason=reason)
     for line in report.lines() if report.gates else []:
         click.echo(line)

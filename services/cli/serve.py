@@ -54,7 +54,10 @@ def serve_status() -> None:
               help="bearer key [default: the first configured key]")
 @click.option("--format", "fmt", type=click.Choice(("png", "dicom")), default="png", show_default=True,
               help="png, or DICOM Secondary Capture files marked synthetic (ConversionType SYN)")
-def generate(model, n, seed, cls, labels, out_dir, url, api_key, fmt) -> None:
+@click.option("--filter", "filter_name", type=click.Choice(("none", "near-copy")), default=None,
+              help="near-copy: drop and deterministically replace images too close to a training image "
+                   "[default: the model card's default]")
+def generate(model, n, seed, cls, labels, out_dir, url, api_key, fmt, filter_name) -> None:
     """Fetch synthetic images over the HTTP API (a batch job when n exceeds the synchronous cap)."""
     from services.client import ApiClient
 
@@ -66,4 +69,4 @@ def generate(model, n, seed, cls, labels, out_dir, url, api_key, fmt) -> None:
             raise click.BadParameter(f"{labels!r}: give one 0 or 1 per finding, e.g. 1,0,1",
                                      param_hint="--labels") from None
     with ApiClient(get_settings(), url=url, api_key=api_key) as client:
-        client.generate(model, n, seed, out_dir, cls=cls, echo=say, fmt=fmt, labels=multi_hot)
+        client.generate(model, n, seed, out_dir, cls=cls, echo=say, fmt=fmt, labels=multi_hot, filter=filter_name)

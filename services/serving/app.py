@@ -70,7 +70,7 @@ from services.serving.schemas import (
     SynthesizeRequest,
 )
 from services.serving import studies as studies_routes
-from services.serving.synthesizer import Synthesizer
+from services.serving.synthesizer import Synthesizer, resolve_filter
 from training.registry.generators import parse_model
 from training.registry.tags import GENERATOR_KIND
 
@@ -90,7 +90,8 @@ AUTH = [Depends(require_key)]
 _ERRORS = {
     401: {"description": "Missing or invalid API key."},
     404: {"description": "No such registered model, alias, version, batch or dataset."},
-    409: {"description": "The batch has not succeeded (yet)."},
+    409: {"description": "The batch has not succeeded (yet), or the near-copy filter could not fill the request "
+                         "(the generator memorises)."},
     413: {"description": "Request body too large."},
     422: {"description": "Invalid body; the error names the field."},
     503: {"description": "Model registry or object store unreachable, or overloaded (see Retry-After)."},
@@ -189,6 +190,22 @@ def _images_response(data: bytes, fmt: str, ref: ModelRef, filename: str, extra:
     )
 
 
+def _raise_bad(value: Any) -> Any:
+    """A validated value, or its BadInput raised (the handler answers a 422 naming the field)."""
+    if isinstance(value, SynthrayError):
+        raise value
+    return value
+
+
+def _filter_headers(report: dict[str, Any]) -> dict[str, str]:
+    """``X-Filter`` always; with near-copy also the rejection count and the replacement seed."""
+    headers = {"X-Filter": report["filter"]}
+    if report["filter"] == "near-copy":
+        headers |= {"X-Near-Copy-Rejected": str(report["rejected"]),
+                    "X-Near-Copy-Replacement-Seed": str(report["replacement_seed"])}
+    return headers
+
+
 def _valid_batch_id(batch_id: str) -> bool:
     from pydantic import ValidationError
 
@@ -200,7 +217,9 @@ def _valid_batch_id(batch_id: str) -> bool:
 
 
 _IMAGES_200 = {
-    200: {"description": "The images (X-Model-Version, X-MLflow-Run-Id, X-Seed, X-Request-Id headers).",
+    200: {"description": "The images (X-Model-Version, X-MLflow-Run-Id, X-Seed, X-Request-Id headers; /v1/synthesize "
+                         "adds X-Filter and, with filter=near-copy, X-Near-Copy-Rejected and "
+                         "X-Near-Copy-Replacement-Seed).",
           "content": {media: {} for media in MEDIA_TYPES.values()}},
 } | _ERRORS
 
@@ -255,11 +274,12 @@ class Api:
             raise field_error("n", f"n must be at most {self.args.max_sync_images} for a synchronous request; "
                                    f"submit larger sets to {BATCHES_PATH}", body.n, "less_than_equal")
         ref = await self._generator(body.model)
-        data = await _call(self._synth(ref).synthesize.remote(ref, body.n, body.seed, body.cls, body.format,
-                                                              body.labels))
+        filter_name, percentile = _raise_bad(resolve_filter(ref, body.filter, body.filter_percentile))
+        data, report = await _call(self._synth(ref).synthesize.remote(ref, body.n, body.seed, body.cls, body.format,
+                                                                      body.labels, filter_name, percentile))
         metrics.IMAGES.labels(ref.name, ref.version, "synthesize").inc(body.n)
         return _images_response(data, body.format, ref, f"{ref.name}-v{ref.version}-seed{body.seed}-n{body.n}",
-                                {"X-Seed": str(body.seed)})
+                                {"X-Seed": str(body.seed)} | _filter_headers(report))
 
     @api.post(f"{V1}/latent/interpolate", response_class=Response, responses=_IMAGES_200, dependencies=AUTH)
     async def interpolate(self, body: InterpolateRequest) -> Response:
@@ -304,10 +324,12 @@ class Api:
         per_class = None
         if body.per_class is not None:
             per_class = await _call(self._synth(ref).class_indices.remote(ref, body.per_class))
+        filter_name, percentile = _raise_bad(resolve_filter(ref, body.filter, body.filter_percentile))
         model = batch_api.BatchModel(name=ref.name, version=ref.version, run_id=ref.run_id)
         # Invalid requests raise BadInput naming n/seed/per_class; a coordinator still winding
         # down raises BatchBusyError (Unavailable): the handler answers both.
-        state = await asyncio.to_thread(batch_api.submit, model, body.n, body.seed, per_class, self.settings)
+        state = await asyncio.to_thread(batch_api.submit, model, body.n, body.seed, per_class, self.settings,
+                                        filter=filter_name, filter_percentile=percentile)
         return JSONResponse(state, status_code=202, headers={"Location": f"{BATCHES_PATH}/{state['batch_id']}"})
 
     @api.get(BATCHES_PATH + "/{batch_id}", responses=_ERRORS, dependencies=AUTH)

@@ -43,6 +43,13 @@ class _Conditioned(BaseModel):
         return self
 
 
+# Near-copy filter (training.evaluate.nearcopy): None = the model version's default (its card).
+FilterName = Literal["none", "near-copy"]
+_FILTER_HELP = ("Synthesis filter: near-copy drops images closer to a training image than the real→real "
+                "nearest-neighbour percentile and refills them deterministically; omitted = the model's default.")
+_PERCENTILE_HELP = "near-copy threshold: real→real nearest-neighbour percentile, in (0, 50] (default 1)."
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -70,6 +77,8 @@ class SynthesizeRequest(_ModelBody, _Conditioned):
     labels: MultiHot | None = _labels_field()
     format: Format = Field(default="png-zip", description="png-zip: zip of PNGs + manifest.json; npz: numpy arrays; "
                         "dicom-zip: zip of DICOM Secondary Capture files (ConversionType SYN) + manifest.json.")
+    filter: FilterName | None = Field(default=None, description=_FILTER_HELP)
+    filter_percentile: float | None = Field(default=None, gt=0, le=50, description=_PERCENTILE_HELP)
 
 
 class BatchRequest(_ModelBody):
@@ -83,6 +92,8 @@ class BatchRequest(_ModelBody):
     per_class: dict[Annotated[str, Field(min_length=1, max_length=128)], Annotated[int, Field(ge=1)]] | None = Field(
         default=None, max_length=1000,
         description="Images per class (name or index) of a conditional generator; must sum to n.")
+    filter: FilterName | None = Field(default=None, description=_FILTER_HELP)
+    filter_percentile: float | None = Field(default=None, gt=0, le=50, description=_PERCENTILE_HELP)
 
     @model_validator(mode="after")
     def _counts_add_up(self) -> BatchRequest:

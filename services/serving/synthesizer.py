@@ -9,6 +9,11 @@
 * **Determinism survives batching.** Each request's latents come from its own seed, and
   :meth:`GeneratorSampler.render` runs fixed-shape passes in which a row depends only on its
   own latent; so an image is byte-identical whether its request ran alone or batched.
+* **Near-copy filter** (``filter=near-copy``, :mod:`training.evaluate.nearcopy`): the request
+  runs alone (not batched) on the torch thread: render, Inception features, query the version's
+  training index, refill rejected rows from the replacement stream. The version's index is read
+  once per replica from its model artifacts. What it did (rejections, their rows and stream
+  positions) comes back beside the bytes and goes into the manifest and the response headers.
 * **Latent tools** (knee paper, Fig. 4): a linear path between the latents of two seeds, and
   one latent dimension swept from −4.2 to +4.2 around a seed's latent; both take a condition
   (``class``, or multi-hot ``labels``). The chest paper's label transition holds z fixed and
@@ -122,6 +127,19 @@ def difference_maps(frames: np.ndarray) -> np.ndarray:
     return ((diff + 255) // 2).astype(np.uint8)
 
 
+def resolve_filter(ref: ModelRef, name: str | None, percentile: float | None) -> tuple[str, float | None] | BadInput:
+    """A request's ``filter`` (None = the version's ``filter.default`` tag) and ``filter_percentile``, or why not."""
+    name = name or ref.tags.get("filter.default") or "none"
+    if name == "near-copy" and "near_copy.threshold" not in ref.tags:
+        return BadInput(f"{ref.name}/{ref.version} has no near-copy index (registered without a training run or "
+                        "before the filter existed; register it again); use filter=none", field="filter")
+    if name != "near-copy":
+        if percentile is not None:
+            return BadInput("filter_percentile applies only with filter=near-copy", field="filter_percentile")
+        return name, None
+    return name, 1.0 if percentile is None else float(percentile)
+
+
 def _meta(ref: ModelRef, **extra: Any) -> dict[str, Any]:
     return {"model": ref.name, "version": ref.version, "run_id": ref.run_id, "uri": ref.uri} | extra
 
@@ -146,6 +164,7 @@ class Synthesizer:
         self._settings = settings or get_settings()
         configure(self._settings)
         self._max_batch_images = max_batch_images
+        self._indexes: dict[str, Any] = {}  # near-copy index per version URI (the LRU's models, at most)
         self._render_batch.set_max_batch_size(max_batch_images)
         self._render_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
@@ -188,14 +207,54 @@ class Synthesizer:
         return await asyncio.to_thread(pack, images, meta)
 
     async def synthesize(self, ref: ModelRef, n: int, seed: int, cls: str | int | None, fmt: str,
-                         labels: Sequence[int] | None = None) -> bytes | SynthrayError:
+                         labels: Sequence[int] | None = None, filter: str = "none", percentile: float | None = None,
+                         ) -> tuple[bytes, dict[str, Any]] | SynthrayError:
         """``n`` images of ``ref`` from ``seed`` (optionally of class ``cls``, or with multi-hot
-        ``labels``), packaged as ``fmt``."""
-        images = await self.images(ref, n, seed, cls, labels)
-        if isinstance(images, SynthrayError):
-            return images
+        ``labels``), packaged as ``fmt``, and the filter's report (``filter``/``percentile`` as
+        resolved by :func:`resolve_filter`)."""
+        if filter == "near-copy":
+            found = await self._filtered(ref, n, seed, cls, labels, percentile)
+            if isinstance(found, SynthrayError):
+                return found
+            images, report = found
+        else:
+            images, report = await self.images(ref, n, seed, cls, labels), {"filter": "none", "rejected": 0}
+            if isinstance(images, SynthrayError):
+                return images
+        # unfiltered responses keep their manifest (and bytes) as before the filter existed
         extra = ({"class": cls} if cls is not None else {}) | ({"labels": list(labels)} if labels is not None else {})
-        return await self._pack(images, _meta(ref, seed=seed, **extra), fmt)
+        meta = _meta(ref, seed=seed, **extra, **({"filter": report} if filter == "near-copy" else {}))
+        return await self._pack(images, meta, fmt), report
+
+    async def _filtered(self, ref: ModelRef, n: int, seed: int, cls: str | int | None,
+                        labels: Sequence[int] | None, percentile: float | None
+                        ) -> tuple[np.ndarray, dict[str, Any]] | SynthrayError:
+        from training.evaluate.nearcopy import embedder, filtered_generate
+
+        sampler = await self._generator(ref.uri)
+        label = resolve_condition(sampler, ref, cls, labels)
+        if isinstance(label, SynthrayError):
+            return label
+        index = self._indexes.get(ref.uri)
+        if index is None:
+            from training.registry.privacy import load_index
+
+            index = await asyncio.to_thread(load_index, ref.uri, self._settings)
+            if index is None:
+                return BadInput(f"{ref.name}/{ref.version} has no near-copy index; use filter=none", field="filter")
+            while len(self._indexes) >= MODELS_PER_REPLICA:
+                self._indexes.pop(next(iter(self._indexes)))
+            self._indexes[ref.uri] = index
+
+        def run() -> tuple[np.ndarray, dict[str, Any]]:
+            images, report = filtered_generate(sampler, n, seed, index, embedder(index, self._settings), label,
+                                               percentile or 1.0)
+            return images, report.as_dict()
+
+        try:
+            return await self._on_torch_thread(run)
+        except SynthrayError as exc:  # Conflict: the generator could not fill the request with non-copies
+            return exc
 
     async def images(self, ref: ModelRef, n: int, seed: int, cls: str | int | None,
                      labels: Sequence[int] | None = None) -> np.ndarray | SynthrayError:

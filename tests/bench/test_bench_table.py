@@ -82,3 +82,12 @@ def test_inception_row_is_context_against_the_matmul_limit() -> None:
                        "channels_last": {"img_s": 12.9, "ratio_to_limit": 0.78}}}
     (row,) = run_all._inception(report)
     assert row.ratio == 0.51 and row.passed is None and "299" in row.measure and "11.42 GFLOP" in row.reference
+
+
+def test_nearcopy_rows_are_filtered_over_unfiltered_per_preset() -> None:
+    row = {"n": 64, "image_size": 64, "filtered_s": 2.6, "unfiltered_s": 0.2, "inception_s": 2.3, "query_s": 0.004,
+           "ratio": 13.0}
+    report = {"goal_ratio": 1.3, "presets": {"wgan-gp-knee-small": row, "wgan-gp-knee": row | {"ratio": 1.2}}}
+    small, paper = run_all._nearcopy(report)
+    assert small.ratio == 13.0 and small.passed is False and "wgan-gp-knee-small" in small.measure
+    assert paper.passed is True and "n = 64" in paper.measure

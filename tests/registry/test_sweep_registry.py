@@ -22,6 +22,7 @@ from services.cli.main import main
 from training.catalog.selection import publish_phantom
 from training.gan.config import GanTrainConfig
 from training.registry.generators import load_generator, register_run, registered_name
+from training.registry.privacy import load_index
 from training.catalog.phantom import PhantomSpec
 from training.registry.promotion import PromotionGates, _memorization_gate
 from training.gan.sweep import Distribution, SearchSpace, SweepConfig, run_sweep
@@ -147,7 +148,7 @@ def _cli(*args: str):
 
 
 @pytest.mark.stack
-def test_registration_carries_evaluation_tags_and_card(versions, client, dataset: str) -> None:
+def test_registration_carries_evaluation_tags_and_card(versions, client, dataset: str, stack: Settings) -> None:
     (trial, reg), _ = versions
     assert reg.name == registered_name(dataset, "wgan-gp-knee-small") and reg.version == "1"
     version = client.get_model_version(reg.name, reg.version)
@@ -160,8 +161,21 @@ def test_registration_carries_evaluation_tags_and_card(versions, client, dataset
     assert 0 <= float(tags["memorization.fraction_below_real_p1"]) <= 1
     assert json.loads(tags["dataset.selection"])["limit"] == 96
     assert client.get_model_version_by_alias(reg.name, "challenger").version == "2"  # the newest registration
+    # Membership audit: members are the reference rows trained on (limit 96 of 128 train images),
+    # non-members the 32 held-out (val + test) images; DCR and the critic both attacked.
+    assert 2 <= int(tags["mia.n_members"]) < 48 and tags["mia.n_nonmembers"] == "32"
+    assert float(tags["mia.auc_ci_low"]) <= float(tags["mia.auc"]) <= float(tags["mia.auc_ci_high"])
+    assert float(tags["mia.auc"]) == max(float(tags["mia.dcr.auc"]), float(tags["mia.critic.auc"]))
+    # two epochs on a phantom: members and held-out patients look alike to both attacks
+    assert float(tags["mia.auc_ci_low"]) < 0.5 < float(tags["mia.auc_ci_high"]), tags["mia.auc"]
+    metrics = client.get_run(trial.run_id).data.metrics
+    assert metrics["mia_dcr_auc"] == pytest.approx(float(tags["mia.dcr.auc"]), abs=1e-6)
+    # The near-copy index is the memorization audit's reference and threshold, packed with the model.
+    assert float(tags["near_copy.threshold"]) == pytest.approx(float(tags["memorization.real_nn_p1"]), abs=1e-5)
+    assert tags["filter.default"] == "none" and load_index(reg.version_uri, stack).n == 48
     card = _cli("registry", "show", f"{reg.name}/1").output
     for section in ("## Intended use", "## Data", "## Metrics", "## Privacy audit", "## Known limits",
+                    "## Privacy audit (membership inference)", "discriminator score (LOGAN): AUC", "## Near-copy filter",
                     "sample_grid.png", "n_real = 48", "procedural phantom"):
         assert section in card, section
     assert version.description.rstrip("\n") == card.rstrip("\n")  # the card is also the version's description in the UI
@@ -177,13 +191,14 @@ def test_promotion_gates_refuse_force_and_roll_back(versions, client) -> None:
     assert out.exit_code == 1 and "FAIL  fid" in out.output and "no champion yet" in out.output
     assert "champion" not in client.get_registered_model(name).aliases
 
-    out = _cli("registry", "promote", name, "--version", "1", "--max-fid", "100000")
+    # The membership gate is pinned in tests/evaluate/test_privacy.py; opened here (AUC <= 1).
+    out = _cli("registry", "promote", name, "--version", "1", "--max-fid", "100000", "--max-mia-auc", "1")
     assert out.exit_code == 0, out.output
-    assert out.output.count("PASS") == 3 and "champion → v1" in out.output
+    assert out.output.count("PASS") == 4 and "champion → v1" in out.output
     assert client.get_registered_model(name).aliases["champion"] == "1"
 
     # v2 (the worst trial) does not beat champion v1 on the same reference: refused, alias unchanged.
-    out = _cli("registry", "promote", name, "--from", "challenger")
+    out = _cli("registry", "promote", name, "--from", "challenger", "--max-mia-auc", "1")
     assert out.exit_code == 1 and "< champion v1" in out.output and "refused: gate(s) fid failed" in out.output
     assert client.get_registered_model(name).aliases["champion"] == "1"
 
@@ -222,3 +237,18 @@ def test_sweep_cli_fails_fast_on_bad_input(stack: Settings, dataset: str) -> Non
     assert out.exit_code == 1 and "fewer than one batch of 512" in out.output
     out = CliRunner().invoke(main, ["sweep", "gan", "--dataset", dataset, "--space", "lr=choice:1"])
     assert out.exit_code == 1 and "--space lr: not sweepable" in out.output
+
+
+@pytest.mark.stack
+def test_membership_audit_on_demand_reproduces_the_registration(versions, client) -> None:
+    """``synthray eval membership`` rebuilds the registration's samples: the same DCR AUC, logged to MLflow."""
+    (_, first), _ = versions
+    out = _cli("eval", "membership", "--model", f"{first.name}/1", "--no-critic", "--bootstrap", "200", "--json")
+    assert out.exit_code == 0, out.output
+    summary = json.loads(out.stdout)  # progress lines go to stderr
+    tags = client.get_model_version(first.name, "1").tags
+    assert list(summary["attacks"]) == ["dcr"] and summary["n_members"] == int(tags["mia.n_members"])
+    assert summary["attacks"]["dcr"]["auc"] == pytest.approx(float(tags["mia.dcr.auc"]), abs=1e-6)
+    runs = client.search_runs([client.get_experiment_by_name("membership-audit").experiment_id],
+                              filter_string=f"tags.`model.name` = '{first.name}'")
+    assert runs and runs[0].data.metrics["mia_dcr_auc"] == pytest.approx(summary["auc"])

@@ -916,6 +916,132 @@ def test_odd_digits_and_huge_numbers_are_never_a_server_error(served, http, refe
     assert statuses and all(400 <= s < 500 for s in statuses), sorted(set(statuses))
 
 
+# -- near-copy filter over HTTP (issue 29) ------------------------------------------------------
+PLANTED, FRESH = "gan-serve-planted-copier", "gan-serve-fresh-bank"
+
+
+@pytest.fixture(scope="module")
+def privacy_models(stack: Settings, reference: str):
+    """A half-copying generator over 8 training images (index packed, default filter none) and a
+    fresh one (new phantoms, default filter near-copy); returns (planted sampler, fresh sampler,
+    training pixels, index). 64-d Inception features keep the replicas' filtering cheap."""
+    import tempfile
+    from pathlib import Path
+
+    from training.catalog.phantom import PhantomSpec, make_phantom
+    from training.evaluate import reference_images, reference_statistics
+    from training.evaluate.nearcopy import INDEX_FILE, NearCopyIndex
+    from training.nets.bank import BankGenerator
+    from training.nets.sampler import GeneratorSampler
+    from training.registry.generators import log_generator
+    from training.registry.privacy import privacy_tags
+
+    ref = reference_statistics(reference, split="train", n=8, settings=stack, dims=64)
+    train = reference_images(ref, settings=stack)
+    index = NearCopyIndex.from_reference(ref)
+    fresh_bank = np.stack([p.pixels for p in make_phantom(8, PhantomSpec(size=64, seed=777))])
+    samplers = {PLANTED: (GeneratorSampler(BankGenerator(train, 0.5), 8), "none"),
+                FRESH: (GeneratorSampler(BankGenerator(fresh_bank, 1.0), 8), "near-copy")}
+    for name, (sampler, default) in samplers.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / INDEX_FILE).write_bytes(index.to_bytes())
+            log_generator(sampler, name, alias="champion", tags=privacy_tags(None, index, default),
+                          card_dir=Path(tmp), settings=stack)
+    return samplers[PLANTED][0], samplers[FRESH][0], train, index
+
+
+def _copies(images: np.ndarray, train: np.ndarray) -> list[int]:
+    return [i for i, img in enumerate(images) if any(np.array_equal(img, t) for t in train)]
+
+
+@pytest.mark.stack
+def test_near_copy_filter_rejects_planted_copies_reproducibly(served, http, privacy_models, stack) -> None:
+    from training.evaluate.nearcopy import embedder, filtered_generate
+
+    planted, _, train, index = privacy_models
+    body = {"model": f"{PLANTED}@champion", "n": 6, "seed": 11, "format": "npz"}
+    raw = planted.generate(6, 11)
+    assert len(_copies(raw, train)) >= 2  # unfiltered, the planted generator leaks (its default is none)
+    plain = http.post("/v1/synthesize", json=body)
+    assert plain.status_code == 200 and plain.headers["x-filter"] == "none"
+    assert np.array_equal(read_images(plain.content), raw) and "x-near-copy-rejected" not in plain.headers
+
+    first = http.post("/v1/synthesize", json=body | {"filter": "near-copy"})
+    second = http.post("/v1/synthesize", json=body | {"filter": "near-copy"})
+    assert first.status_code == 200, first.text
+    assert first.content == second.content  # the same request, the same bytes
+    images = read_images(first.content)
+    assert _copies(images, train) == []  # every planted copy was rejected
+    expected, report = filtered_generate(planted, 6, 11, index, embedder(index, stack))
+    assert np.array_equal(images, expected)
+    assert int(first.headers["x-near-copy-rejected"]) == report.rejected >= len(_copies(raw, train))
+    assert first.headers["x-near-copy-replacement-seed"] == str(report.replacement_seed)
+    assert read_manifest(first.content)["generator"]["filter"]["rejected_rows"] == _copies(raw, train)
+
+
+@pytest.mark.stack
+def test_fresh_generator_loses_nothing_under_its_default_filter(served, http, privacy_models) -> None:
+    _, fresh, _, _ = privacy_models
+    response = http.post("/v1/synthesize", json={"model": f"{FRESH}@champion", "n": 6, "seed": 11, "format": "npz"})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-filter"] == "near-copy" and response.headers["x-near-copy-rejected"] == "0"
+    assert np.array_equal(read_images(response.content), fresh.generate(6, 11))
+
+
+@pytest.mark.stack
+def test_filtered_batch_counts_rejections_in_its_manifest(served, http, privacy_models) -> None:
+    _, _, train, _ = privacy_models
+    body = {"model": f"{PLANTED}@champion", "n": 8, "seed": 4, "filter": "near-copy"}
+    submitted = http.post("/v1/batches", json=body)
+    assert submitted.status_code == 202, submitted.text
+    from services.batches.ids import BatchModel, batch_id
+
+    model = BatchModel(PLANTED, submitted.json()["model"]["version"], None)
+    assert batch_id(model, 8, 4, None) != submitted.json()["batch_id"]  # other pixels, another batch
+    assert batch_id(model, 8, 4, None, "near-copy", 1.0) == submitted.json()["batch_id"]
+    state = _wait_batch(http, submitted.json()["batch_id"])
+    assert state["state"] == "succeeded", state
+    manifest = httpx.get(state["urls"]["manifest"], timeout=60).json()
+    assert manifest["filter"] == "near-copy" and manifest["near_copy_rejected"] >= 1
+    assert manifest["near_copy_rejected"] == sum(row["near_copy"]["rejected"] for row in manifest["shards"])
+    shards = [read_images(httpx.get(url, timeout=60).content) for url in state["urls"]["shards"]]
+    assert sum(len(s) for s in shards) == 8 and all(_copies(s, train) == [] for s in shards)
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize(("path", "extra", "field"), [
+    ("/v1/synthesize", {"filter": "nearcopy"}, "filter"),
+    ("/v1/synthesize", {"filter": "near-copy", "filter_percentile": 0}, "filter_percentile"),
+    ("/v1/synthesize", {"filter": "near-copy", "filter_percentile": 75}, "filter_percentile"),
+    ("/v1/synthesize", {"filter": "near-copy", "filter_percentile": "x"}, "filter_percentile"),
+    ("/v1/synthesize", {"filter_percentile": 5}, "filter_percentile"),  # the default filter is none
+    ("/v1/batches", {"filter": 3}, "filter"),
+    ("/v1/synthesize", {"filter": "near-copy", "model": f"{NAME}@champion"}, "filter"),  # no index
+    ("/v1/batches", {"filter": "near-copy", "model": f"{NAME}@champion"}, "filter"),
+])
+def test_bad_filter_is_a_422_naming_the_field(served, http, privacy_models, path, extra, field) -> None:
+    response = http.post(path, json={"model": f"{PLANTED}@champion", "n": 2, "seed": 0} | extra)
+    assert field in _error_fields(response), response.text
+
+
+@pytest.mark.stack
+def test_generate_cli_passes_the_filter(served, key, privacy_models, tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from services.cli.main import main
+
+    _, _, train, _ = privacy_models
+    out = CliRunner().invoke(main, ["generate", "--model", f"{PLANTED}@champion", "--n", "6", "--seed", "11",
+                                    "--filter", "near-copy", "--out", str(tmp_path), "--url", served[0],
+                                    "--api-key", key], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert re.search(r"near-copy filter: [1-9]\d* near copies rejected", out.output), out.output
+    from PIL import Image
+
+    images = np.stack([np.asarray(Image.open(p)) for p in sorted(tmp_path.glob("*.png"))])
+    assert len(images) == 6 and _copies(images, train) == []
+
+
 # -- last: stopping ---------------------------------------------------------------------------
 # -- a multi-label conditional GAN (chest paper's multi-hot conditions), trained and served ------
 MULTI = "gan-serve-test-chest-acgan"

@@ -4,6 +4,8 @@
 - :mod:`.reference` — real-side statistics cached in the object store, keyed by content.
 - :mod:`.kid`, :mod:`.precision_recall` — small-n honest companions to FID.
 - :mod:`.memorization` — nearest training image of each synthetic one, vs real→real.
+- :mod:`.nearcopy` — the same rule per served image: the near-copy filter and its index.
+- :mod:`.membership` — membership-inference attacks (DCR, critic) with AUC / TPR@1%FPR and CIs.
 - :mod:`.ssim`, :mod:`.diversity` — SSIM/MS-SSIM, same-class diversity, AM and Mode scores.
 - :mod:`.registry` — which way each metric is better, for gates.
 

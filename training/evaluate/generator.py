@@ -62,6 +62,7 @@ class GeneratorEvaluation:
     kid: dict
     memorization: dict
     seed: int
+    fake_features: np.ndarray | None = None  # (n, dims) Inception features of the samples (membership audit)
 
     @property
     def reference_key(self) -> str:
@@ -79,4 +80,4 @@ def evaluate_generator(
     # multi-hot rows are no class index: the audit then names each fake's nearest real's class
     audit = memorization_audit(fake, ref, fake_labels=None if labels is not None and labels.ndim == 2 else labels,
                                settings=settings, feats=feats)
-    return GeneratorEvaluation(fid=scores["fid"], kid=scores["kid"], memorization=audit, seed=seed)
+    return GeneratorEvaluation(fid=scores["fid"], kid=scores["kid"], memorization=audit, seed=seed, fake_features=feats)

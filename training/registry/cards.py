@@ -43,6 +43,8 @@ class CardFacts:
     phantom: bool = False  # every training image is from the procedural phantom
     floor: dict | None = None  # real-vs-real FID floor at the same n: {"fid", "n", "method", "key"}
     ema: bool = False  # the weights are the EMA generator's (StyleGAN2-ADA G_ema)
+    membership: dict | None = None  # training.evaluate.membership summary, or {"skipped": why}
+    near_copy: dict | None = None  # {"threshold", "n_indexed", "filter_default"} of the packed index
 
 
 def _augmentation(hp: dict) -> str:
@@ -73,6 +75,13 @@ def known_limits(f: CardFacts) -> list[str]:
     if below:
         limits.append(f"{below} of {f.memorization['n_fake']} audited samples lie closer to a training image than "
                       "99 % of training images lie to each other: inspect the contact sheets before sharing outputs.")
+    if f.near_copy and f.near_copy["n_indexed"] < f.n_train:
+        limits.append(f"The near-copy filter indexes {f.near_copy['n_indexed']} of the {f.n_train} training images "
+                      "(the FID reference, capped by fid_n): copies of the others pass it.")
+    mia = f.membership or {}
+    if "auc" in mia and mia["auc_ci"][0] > 0.5:
+        limits.append(f"The membership-inference attack ({mia['worst_attack']}) beats chance: AUC {mia['auc']:.2f}, "
+                      f"CI low {mia['auc_ci'][0]:.2f} > 0.5; training patients can be told from held-out ones.")
     if f.epoch < 10:
         limits.append(f"Only {f.epoch} epoch(s) of training: expect visible artefacts.")
     return limits
@@ -135,10 +144,42 @@ def render_card(f: CardFacts, version: str | None = None) -> str:
             *((f"contact sheet {k.removeprefix('contact-').removesuffix('.png')}", f"`{v}`")
               for k, v in mem.get("artifacts", {}).items() if k.startswith("contact-")),
         ]),
+        *privacy_sections(f),
         f"## Samples\n![samples (fixed seed {f.eval_seed})]({GRID_FILE})",
         "## Known limits\n" + "\n".join(f"- {line}" for line in known_limits(f)),
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def privacy_sections(f: CardFacts) -> list[str]:
+    """The membership-inference audit and the near-copy filter (empty for facts without them)."""
+    out = []
+    mia = f.membership
+    if mia is not None and "skipped" in mia:
+        out.append(f"## Privacy audit (membership inference)\nNot run: {mia['skipped']}")
+    elif mia is not None:
+        ci = lambda a, k: f"[{a[k + '_ci'][0]:.3f}, {a[k + '_ci'][1]:.3f}]" if a.get(k + "_ci") else "–"  # noqa: E731
+        rows = [("members (training images)", str(mia["n_members"])),
+                ("non-members (held-out patients)", f"{mia['n_nonmembers']} (`{'`, `'.join(mia['nonmember_keys'])}`)"),
+                ("synthetic samples attacked with", str(mia["n_synthetic"]))]
+        names = {"dcr": "distance to closest synthetic record (GAN-Leaks)", "critic": "discriminator score (LOGAN)"}
+        for name, a in mia["attacks"].items():
+            rows.append((f"{names.get(name, name)}: AUC", f"{a['auc']:.3f}, {100 * a['confidence']:.0f} % CI {ci(a, 'auc')}"))
+            rows.append((f"{names.get(name, name)}: TPR at 1 % FPR",
+                         f"{a['tpr_at_1pct_fpr']:.3f}, CI {ci(a, 'tpr_at_1pct_fpr')}"))
+        rows.append(("summary", f"`{mia['artifact']}`"))
+        out.append("## Privacy audit (membership inference)\n"
+                   "Can an attacker tell a training patient's image from a held-out patient's? AUC 0.5 is chance; "
+                   "the promotion gate `--max-mia-auc` (default 0.6) reads the worst attack's AUC and its CI.\n\n" + _kv(rows))
+    if f.near_copy:
+        nc = f.near_copy
+        out.append("## Near-copy filter\n" + _kv([
+            ("default for requests", f"`{nc['filter_default']}` (`filter=near-copy` or `filter=none` per request)"),
+            ("index", f"{nc['n_indexed']} training-split images (the memorization audit's reference), Inception "
+                      "features, scikit-learn NearestNeighbors"),
+            ("threshold", f"{nc['threshold']:.3f} (real→real nearest-neighbour 1st percentile)"),
+        ]))
+    return out
 
 
 def cas_section(tags: dict[str, str]) -> str | None:

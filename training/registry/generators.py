@@ -33,7 +33,7 @@ from infra.settings import Settings, get_settings
 from infra.tracking import configure, run_url
 from training.registry.cards import CARD_FILE, GRID_FILE, CardFacts, cas_section, render_card
 from infra.names import safe_name
-from infra.errors import classify
+from infra.errors import BadInput, classify
 from training.registry import tags as tag
 from training.registry.models import (  # noqa: F401 - re-exported: the registry's public names
     CHALLENGER,
@@ -170,7 +170,7 @@ def _signature(sampler: GeneratorSampler):
 
 
 def _facts(client, run_id: str, checkpoint: str | None, settings: Settings, progress: Progress):
-    """Load the run's checkpoint and score it: (sampler, CardFacts)."""
+    """Load the run's checkpoint and score it: (sampler, CardFacts, near-copy index)."""
     from training.catalog.selection import catalog, select_records
     from training.gan.config import GanTrainConfig
     from training.evaluate.generator import evaluate_generator
@@ -197,6 +197,8 @@ def _facts(client, run_id: str, checkpoint: str | None, settings: Settings, prog
     progress(f"register: scoring {checkpoint}: {ref.n} samples against {ref.key} (FID, KID, memorization)")
     evaluation = evaluate_generator(sampler, ref, seed=seed, settings=settings)
     floor = real_floor(ref, settings)  # cached by training; computed (and cached) otherwise
+    progress("register: near-copy index and membership-inference audit (DCR on the samples, critic score)")
+    index, membership = _privacy(cfg, ref, evaluation, state, settings)
     preset = cfg.preset()
     facts = CardFacts(
         name="", arch=cfg.arch, image_size=preset.image_size, latent_dim=preset.latent_dim,
@@ -211,8 +213,28 @@ def _facts(client, run_id: str, checkpoint: str | None, settings: Settings, prog
         phantom=all((r.patient_id or "").startswith(PHANTOM_PATIENT_PREFIX) for r in records),
         floor={"fid": floor.fid, "n": floor.n, "method": floor.method, "key": floor.key},
         ema=bool(state.get("generator_ema")),
+        membership=membership, near_copy={"threshold": index.threshold(), "n_indexed": index.n, "filter_default": "none"},
     )
-    return sampler, facts
+    return sampler, facts, index
+
+
+def _privacy(cfg, ref, evaluation, state: dict, settings: Settings):
+    """(near-copy index, membership audit summary) of the run's training selection (:mod:`.privacy`).
+
+    A dataset without held-out patients of these classes cannot be audited: the summary then says
+    why (``{"skipped": …}``), and the promotion gate fails on it.
+    """
+    from training.evaluate.membership import membership_audit
+    from training.evaluate.nearcopy import NearCopyIndex
+    from training.registry.privacy import critic_from_state, training_selection
+
+    try:
+        train = training_selection(ref, cfg.selection(), settings)
+        membership = membership_audit(evaluation.fake_features, ref, member_rows=train.rows,
+                                      critic=critic_from_state(state), settings=settings, seed=evaluation.seed)
+    except BadInput as exc:
+        membership = {"skipped": exc.message}
+    return NearCopyIndex.from_reference(ref), membership
 
 
 def register_run(
@@ -221,16 +243,24 @@ def register_run(
     name: str | None = None,
     checkpoint: str | None = None,
     alias: str = CHALLENGER,
+    filter_default: str = "none",
     settings: Settings | None = None,
     progress: Progress = print,
 ) -> RegisteredGenerator:
     """Evaluate and register the generator of a training run (its best-FID checkpoint unless ``checkpoint``).
+
+    Besides FID, KID and the memorization audit, registration builds the near-copy index of the
+    training selection (packed with the model) and runs the membership-inference audit
+    (:mod:`training.registry.privacy`); their numbers are version tags, MLflow metrics of the run
+    and sections of the card.
 
     Args:
         run_id: the MLflow training run.
         name: registered model name; default :func:`registered_name` of the run.
         checkpoint: checkpoint URI (``s3://…``) instead of the run's selected one.
         alias: alias the new version gets (``challenger``).
+        filter_default: the version's default synthesis filter (``none`` or ``near-copy``), used by
+            ``/v1/synthesize``, batches and ``synthray generate`` when a request names none.
         settings: where MLflow and the object store are.
         progress: receives progress lines.
     """
@@ -238,21 +268,33 @@ def register_run(
 
     if name is not None:
         safe_name(name, "--name")  # before any download: a model name is a key in the registry's store
+    from training.evaluate.nearcopy import FILTERS, INDEX_FILE
+    from training.registry.privacy import membership_metrics, privacy_tags
+
+    if filter_default not in FILTERS:
+        raise BadInput(f"filter_default must be one of {FILTERS}, got {filter_default!r}", field="filter_default")
     settings = settings or get_settings()
-    sampler, facts = _facts(_client(settings), run_id, checkpoint, settings, progress)
+    client = _client(settings)
+    sampler, facts, index = _facts(client, run_id, checkpoint, settings, progress)
     name = name or registered_name(facts.dataset, facts.arch, facts.class_name)
-    facts = replace(facts, name=name)
+    facts = replace(facts, name=name, near_copy=facts.near_copy | {"filter_default": filter_default})
     card = render_card(facts)
+    tags = _version_tags(facts, sampler) | privacy_tags(facts.membership, index, filter_default)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / CARD_FILE).write_text(card)
         (Path(tmp) / GRID_FILE).write_bytes(_sample_grid(sampler, facts.eval_seed))
-        reg = log_generator(sampler, name, run_id=run_id, alias=alias, tags=_version_tags(facts, sampler),
+        (Path(tmp) / INDEX_FILE).write_bytes(index.to_bytes())
+        reg = log_generator(sampler, name, run_id=run_id, alias=alias, tags=tags,
                             description=card, card_dir=Path(tmp), settings=settings)
+    for key, value in membership_metrics(facts.membership or {}).items():
+        client.log_metric(run_id, key, value)
     from training.evaluate.floor import RealFloor, with_floor
 
     floor = RealFloor(**facts.floor, n_available=0, reference_key="") if facts.floor else None
     progress(f"register: {name} version {reg.version} (alias {alias}), {with_floor(facts.fid['fid'], floor)}, "
-             f"KID {facts.kid['kid']:.4f}, memorized {facts.memorization['n_below_real_p1']}/{facts.memorization['n_fake']}")
+             f"KID {facts.kid['kid']:.4f}, memorized {facts.memorization['n_below_real_p1']}/{facts.memorization['n_fake']}, "
+             + (f"membership AUC {facts.membership['auc']:.3f} ({facts.membership['worst_attack']})"
+                if "auc" in (facts.membership or {}) else f"membership audit skipped: {facts.membership['skipped']}"))
     return reg
 
 

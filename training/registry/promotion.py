@@ -9,8 +9,15 @@ Gates (each configurable, each reported with its number):
    real→real 1st percentile is at most ``max_memorized_fraction``.
 3. **determinism**: the version loads from the registry and ``generate(n, seed)`` twice gives
    byte-identical images.
+4. **membership**: the registration's membership-inference audit (:mod:`training.evaluate.membership`,
+   worst of its attacks) fails the gate when its AUC is above ``max_mia_auc`` (default 0.6) *and*
+   its bootstrap CI lies above 0.5 (the leak is real, not noise). Registration audits are small
+   (tens of held-out patients, AUC standard error ~0.07), so an untrained generator's AUC lands
+   above 0.6 by chance about one time in five; a planted copier scores ~1.0 with a CI far from
+   0.5. A version without an audit (registered before it existed, or on a dataset without
+   held-out patients) fails, with the reason.
 
-The first two read the tags written at registration (versions never change afterwards); the
+Gates 1, 2 and 4 read the tags written at registration (versions never change afterwards); the
 third runs the model. A failed gate refuses the promotion unless ``force`` with a ``reason``,
 which is recorded. Moving ``champion`` is a single alias update on the server, so readers see
 the old or the new version, never neither; the old champion first gets ``previous-champion``,
@@ -48,6 +55,7 @@ class PromotionGates(BaseModel):
     beat_champion: bool = Field(True, description="gate 1 also passes when FID beats the champion's on the same reference")
     max_memorized_fraction: float = Field(0.05, ge=0, le=1, description="gate 2 threshold")
     determinism_n: int = Field(8, ge=1, le=1024, description="images generated twice by gate 3")
+    max_mia_auc: float = Field(0.6, ge=0.5, le=1, description="gate 4: largest membership-inference AUC")
     determinism_seed: int = Field(1234, ge=0)
 
 
@@ -122,14 +130,26 @@ def _determinism_gate(version, gates: PromotionGates, settings: Settings) -> Gat
                       f"{gates.determinism_n} images, seed {gates.determinism_seed}" + ("" if a == b else f", then {b[:12]}…"))
 
 
+def _membership_gate(version, gates: PromotionGates) -> GateResult:
+    tags = version.tags
+    if "mia.auc" not in tags:
+        why = tags.get("mia.skipped") or "no membership audit on this version (registered before it existed)"
+        return GateResult("membership", False, "no audit", f"AUC <= {gates.max_mia_auc:g}", why)
+    auc, low = float(tags["mia.auc"]), float(tags["mia.auc_ci_low"])
+    return GateResult("membership", auc <= gates.max_mia_auc or low <= 0.5,
+                      f"AUC {auc:.3f} ({tags.get('mia.attack', '?')})", f"<= {gates.max_mia_auc:g} or CI low <= 0.5",
+                      f"CI [{float(tags['mia.auc_ci_low']):.2f}, {float(tags['mia.auc_ci_high']):.2f}], "
+                      f"TPR@1%FPR {float(tags['mia.tpr_at_1pct_fpr']):.2f}")
+
+
 def check_gates(client, version, gates: PromotionGates, settings: Settings) -> list[GateResult]:
-    """All three gates for one version."""
+    """All four gates for one version."""
     missing = [k for k in ("fid", "fid.reference_key", "memorization.fraction_below_real_p1") if k not in version.tags]
     if missing:
         raise RegistryError(f"{version.name} v{version.version} lacks tags {missing}: register it with "
                             "`synthray registry register` (or `train gan --register`)")
     return [_fid_gate(client, version, gates), _memorization_gate(version, gates),
-            _determinism_gate(version, gates, settings)]
+            _determinism_gate(version, gates, settings), _membership_gate(version, gates)]
 
 
 def _record(client, name: str, key: str, event: dict) -> None:
