@@ -203,5 +203,5 @@ def derive(
         note += "; subsets " + ", ".join(f"{k}={v}" for k, v in subsets.items())
     return catalog.publish_records(
         name or source.name, records, source.classes, description=f"{source.description} | {note}",
-        subsets=declared, preprocessing=source.preprocessing,
+        subsets=declared, preprocessing=source.preprocessing, mask_classes=source.mask_classes,
     )
