@@ -27,6 +27,7 @@ from ray import serve
 from infra.errors import BadInput, NotFound, SynthrayError, Unavailable
 from infra.settings import Settings, get_settings
 from training.registry.generators import parse_model
+from training.registry.tags import CLASSIFIER_KIND
 from training.registry.tags import KIND as KIND_TAG
 from training.registry.refs import version_uri
 
@@ -87,6 +88,8 @@ class Classifier:
         torch_threads: intra-op threads (0 = every usable CPU; Ray would leave one).
     """
 
+    kind = CLASSIFIER_KIND  # the registry kind this deployment serves (the segmenter subclass: "segmenter")
+
     def __init__(self, settings: Settings | None = None, max_images: int = MAX_CLASSIFY_IMAGES,
                  torch_threads: int = 0) -> None:
         from infra.cpus import set_torch_threads
@@ -107,8 +110,6 @@ class Classifier:
 
         from mlflow.exceptions import MlflowException, RestException
 
-        from training.registry.classifiers import CLASSIFIER_KIND
-
         try:
             name, alias, version = parse_model(model)
         except (TypeError, ValueError) as exc:
@@ -127,9 +128,9 @@ class Classifier:
             return Unavailable(f"model: model registry error for {model!r}: {reason}", field="model")
         except MlflowException as exc:
             return Unavailable(f"model registry at {self._settings.mlflow_tracking_uri} unreachable: {exc.message}")
-        if kind != CLASSIFIER_KIND:
+        if kind != self.kind:
             return _bad("model", f"model {model!r} (version {found.version}) is a {kind or 'model of unknown kind'}, "
-                                 f"not a {CLASSIFIER_KIND}")
+                                 f"not a {self.kind}")
         try:
             classes = tuple(json.loads((found.tags or {}).get("classes", "[]")))
         except ValueError:
