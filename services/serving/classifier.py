@@ -161,14 +161,19 @@ class Classifier:
             One ``{"probabilities": {class: p}, "label": class, "model": name, "version": v}``
             per image, in order, or the :class:`~infra.errors.SynthrayError` that says why not.
         """
+        return await self._answer(model, images, self._predict)
+
+    async def _answer(self, model: str | ClassifierRef, images: Sequence[np.ndarray], predict
+                      ) -> list[dict[str, Any]] | SynthrayError:
+        """Check the images, resolve ``model``, load it (cached) and run ``predict(model, ref, images)`` off the loop."""
         items = _classify_images(images, self._max_images)
         if isinstance(items, SynthrayError):
             return items
         ref = model if isinstance(model, ClassifierRef) else await self.resolve(model)
         if isinstance(ref, SynthrayError):
             return ref
-        classifier = await self._classifier(ref.uri)
-        return await asyncio.to_thread(self._predict, classifier, ref, items)
+        loaded = await self._classifier(ref.uri)
+        return await asyncio.to_thread(predict, loaded, ref, items)
 
     @staticmethod
     def _predict(classifier: ImageClassifier, ref: ClassifierRef, images: Sequence[np.ndarray]) -> list[dict[str, Any]]:

@@ -13,7 +13,6 @@ Uploaded images are segmented in memory only and never persisted.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -22,7 +21,7 @@ import numpy as np
 from ray import serve
 
 from infra.errors import SynthrayError
-from services.serving.classifier import Classifier, ClassifierRef, _classify_images
+from services.serving.classifier import Classifier, ClassifierRef
 from training.registry.tags import SEGMENTER_KIND
 
 if TYPE_CHECKING:
@@ -71,14 +70,7 @@ class Segmenter(Classifier.func_or_class):
             One ``{"height", "width", "counts": {class: pixels}, "mask_png": base64 PNG, "model",
             "version"}`` per image, in order, or the error that says why not.
         """
-        items = _classify_images(images, self._max_images)
-        if isinstance(items, SynthrayError):
-            return items
-        ref = model if isinstance(model, ClassifierRef) else await self.resolve(model)
-        if isinstance(ref, SynthrayError):
-            return ref
-        segmenter = await self._classifier(ref.uri)
-        return await asyncio.to_thread(self._segment, segmenter, ref, items)
+        return await self._answer(model, images, self._segment)
 
     @staticmethod
     def _segment(segmenter: ImageSegmenter, ref: ClassifierRef, images: Sequence[np.ndarray]) -> list[dict[str, Any]]:

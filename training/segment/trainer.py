@@ -17,7 +17,7 @@ import numpy as np
 
 from infra.errors import BadInput
 from infra.progress import Progress
-from infra.ray_runtime import connect, storage
+from infra.ray_runtime import connect, require_workers, storage
 from infra.settings import Settings, get_settings
 from infra.tracking import configure, run_url
 from infra.train_failures import fit_or_input_error, torch_trainer
@@ -62,15 +62,6 @@ def mask_data(manifest, splits: tuple[str, str, str] = ("train", "val", "test"),
     return SegmenterData(arrays[0][0], arrays[0][1], arrays[1][0], arrays[1][1], arrays[2][0], arrays[2][1])
 
 
-def _check_cluster(cfg: SegmenterTrainConfig) -> None:
-    import ray
-
-    kind = "GPU" if cfg.use_gpu else "CPU"
-    have = int(ray.cluster_resources().get(kind, 0))
-    if cfg.workers > have:
-        raise BadInput(f"--workers {cfg.workers} needs {cfg.workers} {kind}s but the Ray cluster has {have}")
-
-
 def fit_segmenters(
     cfg: SegmenterTrainConfig,
     classes: list[str],
@@ -109,7 +100,7 @@ def fit_segmenters(
             raise BadInput(f"run {job.key!r} has {len(job.train_index)} training images, fewer than "
                            f"{cfg.workers} worker(s)")
     connect(settings)
-    _check_cluster(cfg)
+    require_workers(cfg.workers, cfg.use_gpu)
     path, fs = storage(settings)
     trainer = torch_trainer(
         train_loop,
