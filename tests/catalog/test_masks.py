@@ -89,7 +89,7 @@ def test_phantom_masks_are_exact_and_leave_the_images_unchanged() -> None:
 
 
 # -- ingest on the stack --------------------------------------------------------------------------
-def test_phantom_with_masks_ingests_and_reads_back(catalog) -> None:
+def test_phantom_with_masks_ingests_and_reads_back(catalog, tmp_path: Path) -> None:
     spec = PhantomSpec(size=32, seed=1)
     name = f"masks-{uuid.uuid4().hex[:8]}"
     options = IngestOptions(name=name, layout="csv", preset="none", seed=1)
@@ -104,6 +104,10 @@ def test_phantom_with_masks_ingests_and_reads_back(catalog) -> None:
     for r, mask in zip(manifest.records, masks):
         assert np.array_equal(mask, truth[r.source_path])
     assert catalog.verify(manifest.ref).ok
+    out = catalog.export(manifest.ref, tmp_path / "export", records=manifest.records[:2])
+    for r in manifest.records[:2]:
+        exported = np.asarray(Image.open(out / r.split / r.label_name / f"{r.sha256}.mask.png"))
+        assert np.array_equal(exported, truth[r.source_path])
     # the plain phantom's version is untouched by the option
     plain = ingest_phantom(20, spec, IngestOptions(name=name + "-plain", layout="csv", preset="none", seed=1),
                            catalog, quiet)

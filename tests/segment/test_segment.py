@@ -89,14 +89,18 @@ def test_checkpoints_are_in_the_object_store(trained, stack) -> None:
     assert any(f"segmenters-{parent}" in k and k.endswith("best_model.pt") for k in keys)
 
 
-def test_dataset_without_masks_is_refused_before_training(stack) -> None:
-    from training.catalog.selection import catalog, publish_phantom
+def test_dataset_without_masks_is_refused_before_training(trained, stack) -> None:
+    from dataclasses import replace
+
     from training.segment.trainer import mask_data
 
-    manifest = publish_phantom(20, PhantomSpec(size=32, seed=9), name=f"nomask-{uuid.uuid4().hex[:6]}",
-                               settings=stack, progress=lambda _: None)
+    manifest = trained[0]
     with pytest.raises(BadInput, match="has no masks"):
-        mask_data(catalog(stack).manifest(manifest.ref), settings=stack)
+        mask_data(replace(manifest, mask_classes=[]), settings=stack)
+    first, *rest = manifest.records
+    unmasked = replace(manifest, records=[replace(first, mask_sha256=None), *rest])
+    with pytest.raises(BadInput, match=f"1 image\\(s\\) of split '{first.split}' have no mask"):
+        mask_data(unmasked, settings=stack)
 
 
 def test_segmenter_deployment_answers_with_the_champion(trained, stack) -> None:

@@ -518,7 +518,8 @@ class Catalog:
         self, ref: DatasetRef | str, directory: Path, records: Sequence[ImageRecord] | None = None,
         progress: CountProgress | None = None,
     ) -> Path:
-        """Write verified PNGs as ``DIR/{split}/{label_name}/{sha256}.png`` plus ``manifest.json``.
+        """Write verified PNGs as ``DIR/{split}/{label_name}/{sha256}.png`` plus ``manifest.json``
+        (and a record's mask as ``{sha256}.mask.png`` next to its image).
 
         Each file is written to a temporary name and renamed, so an interrupted export never
         leaves a truncated image; the manifest goes last.
@@ -530,6 +531,10 @@ class Catalog:
         def write(record: ImageRecord) -> None:
             # split, class and hash come from a manifest: confined, whatever it holds
             path = confined(directory, record.split, record.label_name, f"{record.sha256}.png")
+            if record.mask_sha256 is not None:  # the label map next to its image
+                mask_path = path.with_name(f"{record.sha256}.mask.png")
+                if not (mask_path.exists() and sha256_bytes(mask_path.read_bytes()) == record.mask_sha256):
+                    _write_atomic(mask_path, self.fetch_mask(record))
             if path.exists() and sha256_bytes(path.read_bytes()) == record.sha256:
                 return  # a retried export skips what it already wrote
             _write_atomic(path, self.fetch(record))
