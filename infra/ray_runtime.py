@@ -85,3 +85,15 @@ def storage(settings: Settings | None = None):
         scheme, _, host = settings.s3_endpoint_url.partition("://")
         kwargs |= {"endpoint_override": host, "scheme": scheme}
     return f"{settings.bucket}/{settings.ray_results_prefix}", pyarrow.fs.S3FileSystem(**kwargs)
+
+
+def require_workers(workers: int, use_gpu: bool = False) -> None:
+    """Refuse (BadInput, one line) a worker group larger than the connected cluster's CPUs or GPUs."""
+    import ray
+
+    from infra.errors import BadInput
+
+    kind = "GPU" if use_gpu else "CPU"
+    have = int(ray.cluster_resources().get(kind, 0))
+    if workers > have:
+        raise BadInput(f"--workers {workers} needs {workers} {kind}s but the Ray cluster has {have}")

@@ -51,6 +51,8 @@ def _echo_report(report: dict) -> None:
         click.echo(f"  EXIF orientation applied to {turned['applied']} file(s): {turned['by_orientation']}")
     if report.get("excluded_by_merge"):
         click.echo(f"  excluded by --merge/--classes: {report['excluded_by_merge']}")
+    if masks := report.get("masks"):
+        click.echo(f"  masks: {masks['with_mask']} image(s) with a mask; classes {masks['classes']}")
     for problem in report["problems"][:20]:
         click.echo(f"  skipped {problem['kind']:<11} {problem['path']}: {problem['reason']}")
     if len(report["problems"]) > 20:
@@ -179,8 +181,9 @@ def catalog() -> None:
 @click.option("--name", default="phantom-knee", show_default=True, help="dataset name")
 @click.option("--merge", "merges", multiple=True, metavar="NEW=L1,L2",
               help="merge grades into a class, e.g. --merge KL01=0,1 --merge KL234=2,3,4 (the knee paper's two classes)")
+@click.option("--masks", is_flag=True, help="also publish each image's exact label map (background, femur, tibia, fibula)")
 @_preprocess_options
-def catalog_phantom(n, phantom_size, seed, name, merges, preset, size, focus_threshold, flip_detector,
+def catalog_phantom(n, phantom_size, seed, name, merges, masks, preset, size, focus_threshold, flip_detector,
                     negative_detector, focus_sweep, engine, report_dir) -> None:
     """Publish the procedural knee-radiograph PHANTOM (not medical data), scored against its ground truth."""
     from training.catalog.selection import ingest_phantom
@@ -193,7 +196,7 @@ def catalog_phantom(n, phantom_size, seed, name, merges, preset, size, focus_thr
         engine=engine, merges=dict(parse_merge(m) for m in merges),
     )
     cat = _open()
-    result = ingest_phantom(n, PhantomSpec(size=phantom_size, seed=seed), options, cat, say)
+    result = ingest_phantom(n, PhantomSpec(size=phantom_size, seed=seed), options, cat, say, masks=masks)
     _echo_report(result.report)
     _save_report(cat, result, report_dir)
     click.echo(str(result.manifest.ref))
@@ -214,13 +217,16 @@ def catalog_phantom(n, phantom_size, seed, name, merges, preset, size, focus_thr
 @click.option("--patient-regex", default=None, help="patient id from the file stem (group 'patient' or 1)")
 @click.option("--truth", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="CSV with path + mirrored/inverted/blurred (0/1) to score the detectors")
+@click.option("--mask-classes", default=None, metavar="BACKGROUND,C1,…",
+              help="names of the mask values, value 0 first (default: masks/classes.txt of layout image-mask)")
+@click.option("--require-mask", is_flag=True, help="every image needs a mask with at least one labelled pixel")
 @medical_options
 @click.option("--uncertain", type=click.Choice(("zeros", "ones", "ignore")), default=None,
               help="chexpert: uncertain (-1) labels become 0, 1, or are masked out of the loss "
                    "(stored in each record's 'uncertain' list) [default: zeros]")
 def catalog_ingest(src, name, layout, preset, size, focus_threshold, flip_detector, negative_detector, focus_sweep,
                    engine, report_dir, merges, classes, fractions, resplit, seed, patient_regex, truth,
-                   **medical) -> None:
+                   mask_classes, require_mask, **medical) -> None:
     """Ingest SRC (a directory, a CSV file for --layout csv, nih-cxr14 or chexpert, a DICOMDIR or a NIfTI file)
     as a new version of --name. For nih-cxr14/chexpert, --classes picks the findings (multi-hot order)."""
     from training.catalog.ingest import IngestOptions, ingest, parse_merge
@@ -231,6 +237,8 @@ def catalog_ingest(src, name, layout, preset, size, focus_threshold, flip_detect
         merges=dict(parse_merge(m) for m in merges), classes=classes.split(",") if classes else None,
         fractions=fractions, resplit=resplit, seed=seed, patient_regex=patient_regex, truth=truth,
         layout_options=layout_options(layout, medical),
+        mask_classes=[c.strip() for c in mask_classes.split(",")] if mask_classes else None,
+        require_mask=require_mask,
     )
     cat = _open()
     result = ingest(src, options, cat, say)

@@ -231,3 +231,29 @@ def train_classifier_cmd(dataset: str, seed: int, register: bool, label_from: st
     click.echo(f"run: {url}\ntest: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in keys))
     if reg is not None:
         click.echo(f"classifier: {reg.uri} ({reg.alias_uri})")
+
+
+@train.command("segmenter")
+@click.option("--dataset", required=True, help="catalog dataset with masks, name@version or name (latest)")
+@click.option("--arch", type=click.Choice(["unet-small", "unet", "basicunet-small"]), default="unet-small",
+              show_default=True, help="segmenter preset (MONAI UNet / BasicUNet)")
+@click.option("--epochs", type=click.IntRange(1, 100_000), default=None, help="preset default")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="global batch (preset default)")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Adam lr (preset default)")
+@click.option("--workers", type=click.IntRange(1, 1024), default=1, show_default=True)
+@click.option("--gpu/--cpu", "use_gpu", default=False, show_default=True)
+@click.option("--seed", type=click.IntRange(0, TRAIN_MAX_SEED), default=0, show_default=True)
+@click.option("--register/--no-register", default=True, show_default=True,
+              help="register the highest-validation-Dice model as segmenter-{dataset}-{arch}@champion")
+def train_segmenter_cmd(dataset: str, seed: int, register: bool, **kwargs) -> None:
+    """Train a segmenter on DATASET's real image + mask train split (best validation Dice selects the epoch)."""
+    from training.segment.config import SegmenterTrainConfig
+    from training.segment.trainer import train_segmenter
+
+    fit, reg, url = train_segmenter(SegmenterTrainConfig(**kwargs), dataset, seed=seed, register=register,
+                                    progress=click.echo)
+    metrics = fit.results[fit.best_key].test_metrics
+    click.echo(f"run: {url}\ntest Dice {metrics['dice']:.3f} [{metrics['dice/ci_low']:.3f}, {metrics['dice/ci_high']:.3f}]"
+               f", IoU {metrics['iou']:.3f} [{metrics['iou/ci_low']:.3f}, {metrics['iou/ci_high']:.3f}]")
+    if reg is not None:
+        click.echo(f"segmenter: {reg.uri} ({reg.alias_uri})")

@@ -10,10 +10,11 @@ carry no options, so the config file is the one place to change them):
 * ``Synthesizer`` — generators (multiplexed), request batching by image count, latent tools.
 * ``FidScorer`` — one Inception network per replica, reference statistics from the cache.
 * ``Classifier`` — registered classifiers (multiplexed).
+* ``Segmenter`` — registered segmenters (multiplexed), label maps for ``POST segment``.
 
 Routes: ``GET /healthz``, ``GET /readyz``, ``GET /metrics`` (no key); under ``/v1`` (bearer
 key): ``POST synthesize``, ``POST batches``, ``GET batches/{id}``, ``POST batches/{id}/cancel``,
-``POST fid``, ``POST fid/images``, ``POST classify``, ``GET models``,
+``POST fid``, ``POST fid/images``, ``POST classify``, ``POST segment``, ``GET models``,
 ``POST latent/interpolate``, ``POST latent/sweep``, ``POST admin/reload``.
 
 Status codes: 401 no/wrong key; 404 unknown model/alias/version/batch/dataset; 409 batch not
@@ -55,6 +56,7 @@ from services.serving.body_limit import BodyLimit
 from services.serving.classifier import Classifier
 from services.serving.fid_scorer import FidScorer
 from services.serving.model_directory import ModelDirectory, ModelRef
+from services.serving.segmenter import Segmenter
 from services.serving.schemas import (
     API_VERSION,
     BATCHES_PATH,
@@ -230,8 +232,10 @@ class Api:
     """HTTP ingress; see the module docstring for the contract."""
 
     def __init__(self, directory: DeploymentHandle, synthesizer: DeploymentHandle, fid: DeploymentHandle,
-                 classifier: DeploymentHandle, args: dict[str, Any] | None = None) -> None:
+                 classifier: DeploymentHandle, args: dict[str, Any] | None = None,
+                 segmenter: DeploymentHandle | None = None) -> None:
         self.directory, self.synthesizer, self.fid, self.classifier = directory, synthesizer, fid, classifier
+        self.segmenter = segmenter
         self.args = AppArgs.model_validate(args or {})
         self.settings = get_settings()
         studies_routes.attach(directory, synthesizer)
@@ -392,6 +396,23 @@ class Api:
         results = await _call(self.classifier.options(multiplexed_model_id=ref.uri).classify.remote(ref, images), uploads=True)
         return {"model": spec, "version": ref.version, "results": results}
 
+    @api.post(f"{V1}/segment", responses=_ERRORS, dependencies=AUTH)
+    async def segment(self, files: list[UploadFile] = File(), model: str | None = Form(default=None, max_length=300)
+                      ) -> dict[str, Any]:
+        """Per image: a label map (base64 PNG, pixel value = index into ``classes``) at the image's size,
+        per-class pixel counts and the segmenter version; nothing is stored. Limits and errors as ``classify``."""
+        spec = model or self.args.default_segmenter
+        try:
+            parse_model(spec)
+        except ValueError as exc:
+            raise field_error("model", str(exc), spec) from None
+        if self.segmenter is None:
+            raise Unavailable("segmentation is not deployed in this application")
+        images = await self._decode(files)
+        ref = await _call(self.segmenter.resolve.remote(spec))
+        results = await _call(self.segmenter.options(multiplexed_model_id=ref.uri).segment.remote(ref, images), uploads=True)
+        return {"model": spec, "version": ref.version, "classes": list(ref.classes), "results": results}
+
     async def _decode(self, files: list[UploadFile]) -> list:
         """Uploaded files → uint8 arrays, in memory only; 422 naming the file that does not decode."""
         from services.serving.uploads import UploadError, decode_upload
@@ -428,7 +449,7 @@ def build_app(args: dict[str, Any]) -> Application:
                                    torch_threads=options.torch_threads)
     threads = {"torch_threads": options.torch_threads}
     return Api.bind(ModelDirectory.bind(), synthesizer, FidScorer.bind(**threads), Classifier.bind(**threads),
-                    args=options.model_dump())
+                    args=options.model_dump(), segmenter=Segmenter.bind(**threads))
 
 
 __all__ = ["Api", "ModelRef", "build_app", "error_response", "parse_model"]

@@ -27,6 +27,7 @@ from ray import serve
 from infra.errors import BadInput, NotFound, SynthrayError, Unavailable
 from infra.settings import Settings, get_settings
 from training.registry.generators import parse_model
+from training.registry.tags import CLASSIFIER_KIND
 from training.registry.tags import KIND as KIND_TAG
 from training.registry.refs import version_uri
 
@@ -87,6 +88,8 @@ class Classifier:
         torch_threads: intra-op threads (0 = every usable CPU; Ray would leave one).
     """
 
+    kind = CLASSIFIER_KIND  # the registry kind this deployment serves (the segmenter subclass: "segmenter")
+
     def __init__(self, settings: Settings | None = None, max_images: int = MAX_CLASSIFY_IMAGES,
                  torch_threads: int = 0) -> None:
         from infra.cpus import set_torch_threads
@@ -107,8 +110,6 @@ class Classifier:
 
         from mlflow.exceptions import MlflowException, RestException
 
-        from training.registry.classifiers import CLASSIFIER_KIND
-
         try:
             name, alias, version = parse_model(model)
         except (TypeError, ValueError) as exc:
@@ -127,9 +128,9 @@ class Classifier:
             return Unavailable(f"model: model registry error for {model!r}: {reason}", field="model")
         except MlflowException as exc:
             return Unavailable(f"model registry at {self._settings.mlflow_tracking_uri} unreachable: {exc.message}")
-        if kind != CLASSIFIER_KIND:
+        if kind != self.kind:
             return _bad("model", f"model {model!r} (version {found.version}) is a {kind or 'model of unknown kind'}, "
-                                 f"not a {CLASSIFIER_KIND}")
+                                 f"not a {self.kind}")
         try:
             classes = tuple(json.loads((found.tags or {}).get("classes", "[]")))
         except ValueError:
@@ -160,14 +161,19 @@ class Classifier:
             One ``{"probabilities": {class: p}, "label": class, "model": name, "version": v}``
             per image, in order, or the :class:`~infra.errors.SynthrayError` that says why not.
         """
+        return await self._answer(model, images, self._predict)
+
+    async def _answer(self, model: str | ClassifierRef, images: Sequence[np.ndarray], predict
+                      ) -> list[dict[str, Any]] | SynthrayError:
+        """Check the images, resolve ``model``, load it (cached) and run ``predict(model, ref, images)`` off the loop."""
         items = _classify_images(images, self._max_images)
         if isinstance(items, SynthrayError):
             return items
         ref = model if isinstance(model, ClassifierRef) else await self.resolve(model)
         if isinstance(ref, SynthrayError):
             return ref
-        classifier = await self._classifier(ref.uri)
-        return await asyncio.to_thread(self._predict, classifier, ref, items)
+        loaded = await self._classifier(ref.uri)
+        return await asyncio.to_thread(predict, loaded, ref, items)
 
     @staticmethod
     def _predict(classifier: ImageClassifier, ref: ClassifierRef, images: Sequence[np.ndarray]) -> list[dict[str, Any]]:

@@ -175,6 +175,7 @@ class AppArgs(BaseModel):
     max_fid_images: int = Field(default=5000, ge=2, le=200_000)
     max_upload_images: int = Field(default=256, ge=1, le=65536)
     default_classifier: str = Field(default="classifier@champion", description="used when /v1/classify names none")
+    default_segmenter: str = Field(default="segmenter@champion", description="used when /v1/segment names none")
     # torch intra-op threads of the Synthesizer, FidScorer and Classifier replicas; 0 = every CPU
     # the process may use. Ray would otherwise leave a fractional-CPU replica on one thread.
     torch_threads: int = Field(default=0, ge=0, le=256)

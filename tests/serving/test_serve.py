@@ -33,7 +33,7 @@ N, SEED = 5, 3
 
 
 # -- the config file (no stack needed) -----------------------------------------------------
-DEPLOYMENTS = {"Api", "ModelDirectory", "Synthesizer", "FidScorer", "Classifier"}
+DEPLOYMENTS = {"Api", "ModelDirectory", "Synthesizer", "FidScorer", "Classifier", "Segmenter"}
 
 
 def test_config_is_a_valid_serve_deploy_schema() -> None:
@@ -209,6 +209,7 @@ def test_api_keys_from_settings_and_file(tmp_path) -> None:
 
 # -- over HTTP -------------------------------------------------------------------------------
 COND, CLASSIFIER, SWAP = "gan-serve-test-acgan", "classifier-serve-test", "gan-serve-swap-test"
+SEGMENTER, SEGMENT_CLASSES = "segmenter-serve-test", ["background", "femur", "tibia", "fibula"]
 COND_CLASSES = ["L1", "L2", "L3"]
 REFERENCE_NAME = "phantom-metrics"  # the metrics tests' dataset: same spec, one version
 POLL_S = 1.0
@@ -307,6 +308,17 @@ def cond(stack: Settings):
 @pytest.fixture(scope="module")
 def classifier(stack: Settings):
     return _register_classifier(stack)
+
+
+@pytest.fixture(scope="module")
+def segmenter(stack: Settings):
+    """An untrained, seeded MONAI U-Net registered as a segmenter: what it answers is checked, not how well."""
+    from training.nets.segmenter import get_segmenter_preset
+    from training.registry.segmenters import log_segmenter
+
+    torch.manual_seed(0)
+    return log_segmenter(get_segmenter_preset("unet-small").build(SEGMENT_CLASSES), SEGMENTER, alias="champion",
+                         settings=stack)
 
 
 @pytest.fixture(scope="module")
@@ -514,6 +526,28 @@ class TestHttp:
             np.testing.assert_allclose(got, probs, rtol=1e-5, atol=1e-6)
             assert row["label"] == ["normal", "fracture"][int(np.argmax(probs))]
             assert row["version"] == classifier.version
+
+    def test_segment_uploaded_images_returns_label_maps_at_their_size(self, http, segmenter, stack) -> None:
+        import base64
+
+        from training.catalog.store import decode_png, encode_png
+        from training.registry.segmenters import load_segmenter
+
+        rng = np.random.default_rng(1)
+        images = [rng.integers(0, 256, (32, 32), dtype=np.uint8), rng.integers(0, 256, (48, 40), dtype=np.uint8)]
+        files = [("files", (f"{i}.png", encode_png(img), "image/png")) for i, img in enumerate(images)]
+        response = http.post("/v1/segment", files=files, data={"model": f"{SEGMENTER}@champion"})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["version"] == segmenter.version and body["classes"] == SEGMENT_CLASSES
+        expected = load_segmenter(segmenter.uri, stack).predict(images)
+        for row, img, want in zip(body["results"], images, expected, strict=True):
+            labels = decode_png(base64.b64decode(row["mask_png"]))
+            assert labels.shape == img.shape == (row["height"], row["width"])
+            np.testing.assert_array_equal(labels, want)
+            assert row["counts"] == {c: int((want == i).sum()) for i, c in enumerate(SEGMENT_CLASSES)}
+        again = http.post("/v1/segment", files=files, data={"model": f"{SEGMENTER}/{segmenter.version}"})
+        assert again.json()["results"] == body["results"]  # a pinned version answers the same
 
     def test_fid_of_generated_images_against_a_reference(self, http, reference, served, stack) -> None:
 
@@ -757,6 +791,15 @@ BAD_INPUT = [
                                                         "files": [("files", ("a.png", "PNG", "image/png"))]}, 404, None),
     ("classify-generator", "POST", "/v1/classify", {"data": {"model": f"{NAME}@champion"},
                                                     "files": [("files", ("a.png", "PNG", "image/png"))]}, 422, None),
+    ("segment-no-files", "POST", "/v1/segment", {"data": {"model": f"{SEGMENTER}@champion"}}, 422, "files"),
+    ("segment-not-an-image", "POST", "/v1/segment", {"files": [("files", ("x.png", b"hello", "image/png"))]}, 422,
+     "files"),
+    ("segment-unknown-model", "POST", "/v1/segment", {"data": {"model": "nope@champion"},
+                                                      "files": [("files", ("a.png", "PNG", "image/png"))]}, 404, None),
+    ("segment-classifier", "POST", "/v1/segment", {"data": {"model": f"{CLASSIFIER}@champion"},
+                                                   "files": [("files", ("a.png", "PNG", "image/png"))]}, 422, None),
+    ("segment-generator", "POST", "/v1/segment", {"data": {"model": f"{NAME}@champion"},
+                                                  "files": [("files", ("a.png", "PNG", "image/png"))]}, 422, None),
     ("sweep-dim-too-big", "POST", "/v1/latent/sweep", {"json": {"model": f"{NAME}@champion", "seed": 1, "dim": 4000}},
      422, "dim"),
     ("interpolate-one-step", "POST", "/v1/latent/interpolate",

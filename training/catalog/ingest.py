@@ -76,6 +76,10 @@ class IngestOptions:
         layout_options: keyword options of the medical layouts (``dicom``: window,
             allow_burned_in, label_by; ``nifti``: slice_axis, …; both: id_salt_file), see
             ``training.catalog.dicom`` / ``training.catalog.nifti``; recorded in the report.
+        mask_classes: names of the mask values (index = value, 0 = background); None takes
+            the ones the layout declares (``masks/classes.txt`` of the image-mask layout).
+        require_mask: every image needs a mask with at least one foreground pixel; an image
+            without one is a problem of the report (``no-mask`` / ``mask-empty``).
     """
 
     name: str
@@ -95,6 +99,8 @@ class IngestOptions:
     focus_sweep: bool = False
     engine: str = "threads"
     layout_options: Mapping[str, Any] = field(default_factory=dict)
+    mask_classes: Sequence[str] | None = None
+    require_mask: bool = False
 
     def validate(self) -> None:
         """Refuse bad names before a single file is read (:func:`infra.names.safe_name`)."""
@@ -103,6 +109,8 @@ class IngestOptions:
             safe_name(new, "--merge target")
         for name in self.classes or ():
             safe_name(name, "--classes entry")
+        for name in self.mask_classes or ():
+            safe_name(name, "--mask-classes entry")
         fold_plan(self.fractions)
 
     def pipeline(self) -> Pipeline:
@@ -128,6 +136,7 @@ class Prepared:
     orientation: int = 1  # the source's EXIF orientation, applied before anything else
     stored_shape: tuple[int, ...] = ()
     stored_dtype: str = "uint8"
+    mask_png: bytes | None = None  # the preprocessed label map, when the item has a mask
 
     @property
     def stored(self) -> dict:
@@ -196,7 +205,47 @@ def _orientation(img: Image.Image) -> int:
     return value if 1 <= value <= 8 else 1
 
 
-def _prepare(item: SourceItem, pipe: Pipeline) -> Prepared:
+@dataclass(frozen=True)
+class MaskRule:
+    """What an item's mask must satisfy: values below ``n_classes``; present and non-empty if ``required``."""
+
+    n_classes: int
+    required: bool = False
+
+
+def read_mask(item: SourceItem, shape: tuple[int, ...], rule: MaskRule) -> np.ndarray | None:
+    """The item's uint8 label map, checked against its image's ``shape`` and ``rule``, or raise BadFile.
+
+    Kinds: ``no-mask`` (required but absent), ``mask-unreadable``, ``mask-mode`` (not 8-bit
+    grayscale), ``mask-size`` (not the image's height x width), ``mask-labels`` (a value
+    without a declared class), ``mask-empty`` (required, but all background).
+    """
+    if item.mask_path is None:
+        if rule.required:
+            raise BadFile("no-mask", f"{item.rel_path} has no mask (--require-mask)")
+        return None
+    what = f"mask of {item.rel_path}"
+    try:
+        mask, depth, _, _ = read_oriented(item.mask_path.read_bytes(), what)
+    except OSError as exc:
+        raise BadFile("mask-unreadable", f"{what} cannot be read: {exc.strerror or exc}") from None
+    except BadFile as bad:
+        raise BadFile("mask-mode" if bad.kind == "wrong-mode" else "mask-unreadable", bad.reason) from None
+    if depth != 8:
+        raise BadFile("mask-mode", f"{what} is {depth}-bit: a mask is an 8-bit label map")
+    if mask.shape != tuple(shape[:2]):
+        raise BadFile("mask-size", f"{what} is {mask.shape[1]}x{mask.shape[0]}, the image "
+                                   f"{shape[1]}x{shape[0]}: they must be the same size")
+    if (top := int(mask.max())) >= rule.n_classes:
+        bad = sorted(int(v) for v in np.unique(mask) if v >= rule.n_classes)
+        raise BadFile("mask-labels", f"{what} has label value(s) {bad[:10]} but only 0..{rule.n_classes - 1} "
+                                     f"are declared classes (max {top})")
+    if rule.required and top == 0:
+        raise BadFile("mask-empty", f"{what} is all background (--require-mask)")
+    return np.ascontiguousarray(mask)
+
+
+def _prepare(item: SourceItem, pipe: Pipeline, rule: MaskRule | None = None) -> Prepared:
     orientation = 1
     if item.reader is not None:  # DICOM frames, NIfTI slices: the layout's own decoder
         decoded = item.reader(item)
@@ -210,27 +259,35 @@ def _prepare(item: SourceItem, pipe: Pipeline) -> Prepared:
         pixels, depth, mode, orientation = read_oriented(data, item.rel_path)
         source_sha, source_steps = sha256_bytes(data), []
     height, width = pixels.shape[:2]
-    out, steps = pipe.run(pixels)
+    mask = read_mask(item, pixels.shape, rule) if rule is not None else None
+    if mask is None:
+        out, steps = pipe.run(pixels)
+        mask_png = None
+    else:
+        out, mask, steps = pipe.run_pair(pixels, mask)
+        mask_png = encode_png(np.ascontiguousarray(mask))
     out = np.ascontiguousarray(out)
     png = encode_png(out)
     return Prepared(item, source_sha, png, sha256_bytes(png), depth, width, height, [*source_steps, *steps], mode,
-                    orientation, out.shape, str(out.dtype))
+                    orientation, out.shape, str(out.dtype), mask_png)
 
 
-def _vet(item: SourceItem, pipe: Pipeline) -> Prepared | Problem:
+def _vet(item: SourceItem, pipe: Pipeline, rule: MaskRule | None = None) -> Prepared | Problem:
     try:
-        return _prepare(item, pipe)
+        return _prepare(item, pipe, rule)
     except BadFile as bad:
         return Problem(item.rel_path, bad.kind, bad.reason)
 
 
-def _vet_locally(items: Sequence[SourceItem], pipe: Pipeline) -> Iterator[Prepared | Problem]:
+def _vet_locally(items: Sequence[SourceItem], pipe: Pipeline, rule: MaskRule | None = None
+                 ) -> Iterator[Prepared | Problem]:
     """Read and preprocess on a thread pool (decode, resize and zlib release the GIL)."""
     with ThreadPoolExecutor(max_workers=4) as pool:
-        yield from pool.map(lambda item: _vet(item, pipe), items)
+        yield from pool.map(lambda item: _vet(item, pipe, rule), items)
 
 
-def _vet_on_ray(items: Sequence[SourceItem], pipe: Pipeline, settings: Settings) -> Iterator[Prepared | Problem]:
+def _vet_on_ray(items: Sequence[SourceItem], pipe: Pipeline, settings: Settings, rule: MaskRule | None = None
+                ) -> Iterator[Prepared | Problem]:
     """Read and preprocess with Ray Data across the cluster (SRC must be visible to every node)."""
     import ray
 
@@ -240,7 +297,7 @@ def _vet_on_ray(items: Sequence[SourceItem], pipe: Pipeline, settings: Settings)
     rows = ray.data.from_items([{"item": pickle.dumps(item)} for item in items])
     # Results travel pickled: they are our own objects between our own processes, and a
     # binary column spares Ray Data a failed Arrow conversion per block.
-    vetted = rows.map(lambda row: {"result": pickle.dumps(_vet(pickle.loads(row["item"]), pipe))})
+    vetted = rows.map(lambda row: {"result": pickle.dumps(_vet(pickle.loads(row["item"]), pipe, rule))})
     for row in vetted.iter_rows():
         yield pickle.loads(row["result"])
 
@@ -249,11 +306,11 @@ ENGINES = ("threads", "ray")
 
 
 def _read_all(
-    items: Sequence[SourceItem], pipe: Pipeline, engine: str, settings: Settings
+    items: Sequence[SourceItem], pipe: Pipeline, engine: str, settings: Settings, rule: MaskRule | None = None,
 ) -> tuple[list[Prepared], list[Problem]]:
     prepared, problems = [], []
     start = time.perf_counter()
-    results = _vet_on_ray(items, pipe, settings) if engine == "ray" else _vet_locally(items, pipe)
+    results = _vet_on_ray(items, pipe, settings, rule) if engine == "ray" else _vet_locally(items, pipe, rule)
     with bar("ingest: read + preprocess", total=len(items), unit="img") as shown:
         for done, result in enumerate(results, 1):
             (problems if isinstance(result, Problem) else prepared).append(result)
@@ -368,7 +425,8 @@ def ingest(
 
     excluded = Counter(i.label_name for i in found.items if i.label_name not in mapping)
     items = [i for i in found.items if i.label_name in mapping]
-    prepared, bad = _read_all(items, pipe, options.engine, catalog.store.settings)
+    mask_classes, rule = _mask_rule(options, found.mask_classes, items)
+    prepared, bad = _read_all(items, pipe, options.engine, catalog.store.settings, rule)
     prepared, dupes = _drop_duplicates(prepared)
     problems = sorted([*found.problems, *bad, *dupes], key=lambda p: (p.kind, p.rel_path))
 
@@ -399,8 +457,12 @@ def ingest(
         }
         if findings is not None:
             fields |= label_sets[p.item.rel_path]
+        if p.mask_png is not None:
+            fields["mask_png"] = p.mask_png  # stored as a blob; the record keeps its mask_sha256
         items_out.append((p.png, fields))
-    records = [ImageRecord(sha256=p.sha256, **fields) for p, (_, fields) in zip(prepared, items_out)]
+    records = [ImageRecord(sha256=p.sha256, **{k: v for k, v in fields.items() if k != "mask_png"},
+                           mask_sha256=sha256_bytes(fields["mask_png"]) if "mask_png" in fields else None)
+               for p, (_, fields) in zip(prepared, items_out)]
 
     report = {
         "source": str(found.root), "layout": options.layout, "scanned": len(found.items),
@@ -409,6 +471,8 @@ def ingest(
         **summarize(records),
         **({"findings": findings, "per_finding": per_finding(records, findings)} if findings is not None else {}),
         "skipped": dict(Counter(p.kind for p in problems)),
+        **({"masks": {"classes": list(mask_classes), "with_mask": sum(r.mask_sha256 is not None for r in records),
+                      "required": options.require_mask}} if mask_classes else {}),
         "exif_oriented": _orientation_counts(prepared),
         "problems": [{"path": p.rel_path, "kind": p.kind, "reason": p.reason} for p in problems],
         "detectors": detector_scores(records, truth) if truth else {},
@@ -424,12 +488,27 @@ def ingest(
         manifest = catalog.publish(
             options.name, items_out, classes, description=description, subsets=_subsets(records),
             preprocessing=[{"preset": options.preset}, *pipe.describe()], attachments=attachments,
-            progress=shown.count, findings=findings,
+            progress=shown.count, findings=findings, mask_classes=mask_classes,
         )
     report["version"] = str(manifest.ref)
     report["seconds"] = round(time.perf_counter() - started, 2)
     progress(f"ingest: published {manifest.ref}: {len(manifest.records)} images, {len(problems)} skipped, {report['seconds']} s")
     return IngestResult(manifest, report, sheets)
+
+
+def _mask_rule(options: IngestOptions, declared: Sequence[str] | None, items: Sequence[SourceItem]
+               ) -> tuple[list[str], MaskRule | None]:
+    """Mask classes (the options', else the layout's) and the rule each item's mask is held to.
+
+    No masks anywhere and none required: ``([], None)``, the image-only ingest of old.
+    """
+    classes = list(options.mask_classes or declared or [])
+    if not classes and not options.require_mask and not any(i.mask_path for i in items):
+        return [], None
+    if len(classes) < 2:
+        raise BadInput("masks need their class names, background first (value 0): pass --mask-classes "
+                       "background,femur,… or list them in masks/classes.txt", field="--mask-classes")
+    return classes, MaskRule(len(classes), options.require_mask)
 
 
 def _orientation_counts(prepared: Sequence[Prepared]) -> dict:

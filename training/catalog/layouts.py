@@ -15,7 +15,7 @@ import csv
 import os
 import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -45,6 +45,8 @@ class SourceItem:
     #: "No Finding") and the findings the source marks uncertain and the policy keeps as such.
     findings: tuple[str, ...] | None = None
     uncertain: tuple[str, ...] = ()
+    #: The item's segmentation mask (uint8 label map PNG, same size), when the layout pairs one.
+    mask_path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class Scan:
     problems: list[Problem]
     #: The K findings of a multi-label layout (items carry ``findings``); None otherwise.
     findings: list[str] | None = None
+    #: Names of the mask values (index = value, 0 = background) the source declares, if any.
+    mask_classes: list[str] | None = None
 
 
 class LayoutError(BadInput):
@@ -255,13 +259,14 @@ def _mura_label(study_dir: str, listed: str | None) -> tuple[str | None, str]:
 # --- csv -----------------------------------------------------------------------------------
 
 CSV_REQUIRED = ("path", "label")
-CSV_COLUMNS = (*CSV_REQUIRED, "patient_id", "split")
+CSV_COLUMNS = (*CSV_REQUIRED, "patient_id", "split", "mask")
 
 
 def scan_csv(src: str | Path, patient_regex: str | None = None) -> Scan:
-    """A CSV with a header and columns ``path,label[,patient_id][,split]``: any other layout.
+    """A CSV with a header and columns ``path,label[,patient_id][,split][,mask]``: any other layout.
 
-    Paths are relative to the CSV's folder (absolute ones allowed). ``patient_regex`` fills
+    Paths (and ``mask`` paths, a uint8 label-map PNG per image) are relative to the CSV's
+    folder (absolute ones allowed). ``patient_regex`` fills
     in patients for rows without a ``patient_id``. Other non-empty columns become attributes.
     Classes are every label a row declares, so a missing file does not shift label indices.
     """
@@ -305,7 +310,60 @@ def _csv_item(root: Path, path: Path, cells: dict[str, str], ref: str,
         return Problem(_rel(root, path), "missing", f"{ref} lists it but it is not on disk")
     patient = cells.get("patient_id") or patient_of(path.stem)
     extra = {k: v for k, v in cells.items() if v and k not in CSV_COLUMNS}
-    return _item(root, path, cells["label"], patient, SPLIT_NAMES.get(split), extra)
+    item = _item(root, path, cells["label"], patient, SPLIT_NAMES.get(split), extra)
+    if mask := cells.get("mask"):
+        mask_path = Path(os.path.normpath(root / mask))
+        if not mask_path.is_file():
+            return Problem(_rel(root, path), "missing-mask", f"{ref} lists mask {mask} but it is not on disk")
+        item = replace(item, mask_path=mask_path)
+    return item
+
+
+# --- image-mask ----------------------------------------------------------------------------
+
+MASK_CLASSES_FILE = "classes.txt"
+
+
+def scan_image_mask(src: str | Path, patient_regex: str | None = None) -> Scan:
+    """``SRC/images/`` + ``SRC/masks/``: images and their label-map PNGs, matched by file stem.
+
+    ``images/`` is an image folder (``images/<class>/…``); images lying directly in it get the
+    class ``image`` (a segmentation set without image labels). ``masks/`` holds one uint8 PNG
+    per image anywhere below it, named by the image's stem; ``masks/classes.txt`` names the
+    mask values, one per line, line 1 = value 0 (the background). An image without a mask is
+    still an item (``--require-mask`` at ingest refuses it); a mask stem used twice, or a mask
+    without an image, is a problem.
+    """
+    root = _directory(src)
+    images_dir, masks_dir = root / "images", root / "masks"
+    for folder in (images_dir, masks_dir):
+        if not folder.is_dir():
+            raise LayoutError(f"{src} has no {folder.name}/ folder (layout image-mask: images/ + masks/)")
+    patient_of = _patient_matcher(patient_regex)
+    problems: list[Problem] = []
+    masks: dict[str, Path] = {}
+    for path in _images(masks_dir):
+        if path.stem in masks:
+            problems.append(Problem(_rel(root, path), "duplicate-mask",
+                                    f"mask stem {path.stem!r} is also {_rel(root, masks[path.stem])}"))
+        else:
+            masks[path.stem] = path
+    items: list[SourceItem] = []
+    for path in _images(images_dir):
+        folder, *rest = path.relative_to(images_dir).parts
+        label = folder if rest else "image"
+        if (why := name_problem(label)) is not None:
+            problems.append(Problem(_rel(root, path), "bad-label", f"class folder {label!r} {why}"))
+            continue
+        items.append(replace(_item(root, path, label, patient_of(path.stem)), mask_path=masks.get(path.stem)))
+    stems = {i.path.stem for i in items}
+    problems += [Problem(_rel(root, p), "orphan-mask", "no image in images/ has this stem")
+                 for stem, p in sorted(masks.items()) if stem not in stems]
+    mask_classes = None
+    if (listed := masks_dir / MASK_CLASSES_FILE).is_file():
+        mask_classes = [line.strip() for line in listed.read_text().splitlines() if line.strip()]
+    scan = _scan(root, "image-mask", items, _class_order({i.label_name for i in items}), problems)
+    return replace(scan, mask_classes=mask_classes)
 
 
 def _csv_records(table: Path) -> Iterator[tuple[int, dict[str, str]]]:
@@ -430,6 +488,7 @@ LAYOUTS: dict[str, Callable[..., Scan]] = {
     "chen-kl": scan_chen_kl,
     "mura": scan_mura,
     "csv": scan_csv,
+    "image-mask": scan_image_mask,
     "dicom": _lazy("training.catalog.dicom", "scan_dicom"),
     "nifti": _lazy("training.catalog.nifti", "scan_nifti"),
     "nih-cxr14": _lazy("training.catalog.chest", "scan_nih"),

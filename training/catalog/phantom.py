@@ -17,6 +17,14 @@ the preprocessing stage has ground truth to check against.
 Every image is rendered from its own RNG, derived from ``(seed, index)`` (and
 ``(seed, patient)`` for patient-level anatomy), so image ``i`` is byte-identical
 whether it is made alone or in a batch of any size.
+
+With ``masks=True`` each image also gets its exact label map (``MASK_CLASSES``: 0
+background, 1 femur, 2 tibia, 3 fibula): the pixels whose centre lies inside a bone's
+signed distance field (osteophytes belong to their bone; the patella, a faint overlay, is
+not labelled). Where the fibula head lies behind the tibia in the projection, the fibula
+wins, so the fibula is a complete silhouette. Masks draw no random numbers, so the images
+are the same bytes with or without them; mirrored images have mirrored masks, while
+inversion and blur do not touch the mask.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from infra.errors import BadInput
 __all__ = [
     "CHEN2019_GRADE_COUNTS",
     "KL_NAMES",
+    "MASK_CLASSES",
     "PhantomImage",
     "PhantomSpec",
     "make_phantom",
@@ -45,6 +54,8 @@ __all__ = [
 ]
 
 KL_NAMES: tuple[str, ...] = ("KL0", "KL1", "KL2", "KL3", "KL4")
+#: Values of the phantom's label maps (index = value).
+MASK_CLASSES: tuple[str, ...] = ("background", "femur", "tibia", "fibula")
 
 #: Images per KL grade in Chen et al. 2019 (OAI knee dataset), used as default balance.
 CHEN2019_GRADE_COUNTS: tuple[int, int, int, int, int] = (3253, 1495, 2175, 1086, 251)
@@ -145,6 +156,7 @@ class PhantomImage:
     mirrored: bool
     inverted: bool
     blurred: bool
+    mask: np.ndarray | None = None  # uint8 label map (values index MASK_CLASSES) when asked for
 
     @property
     def grade_name(self) -> str:
@@ -268,8 +280,8 @@ def _pick_grade(u: float, weights: np.ndarray) -> int:
     return int(min(np.searchsorted(np.cumsum(weights), u * weights.sum(), side="right"), 4))
 
 
-def _render(rng: np.random.Generator, size: int, a: dict, grade: int) -> np.ndarray:
-    """Render a canonical left knee as float image in [0, 1] (bone bright)."""
+def _render(rng: np.random.Generator, size: int, a: dict, grade: int) -> tuple[np.ndarray, np.ndarray]:
+    """Render a canonical left knee as float image in [0, 1] (bone bright) and its uint8 label map."""
     px = size / _REFERENCE_SIZE  # pixels per reference pixel
     pix = 2.0 / size  # one pixel in normalised units
     u = rng.random(12)
@@ -331,7 +343,10 @@ def _render(rng: np.random.Generator, size: int, a: dict, grade: int) -> np.ndar
     img = 1.0 - np.exp(-att)
     img = np.clip(img, 0.0, 1.0) ** (0.85 + 0.35 * u[9])
     img = 0.02 + 0.04 * u[10] + (0.85 + 0.12 * u[11]) * img
-    return img.astype(np.float32)
+    labels = np.zeros((size, size), np.uint8)
+    for value, sdf in ((1, femur), (2, tibia), (3, fibula)):  # later wins: the fibula over the tibia
+        labels[sdf < 0] = value
+    return img.astype(np.float32), labels
 
 
 def _degrade(rng: np.random.Generator, img: np.ndarray, size: int) -> np.ndarray:
@@ -345,8 +360,8 @@ def _degrade(rng: np.random.Generator, img: np.ndarray, size: int) -> np.ndarray
     return img + (0.012 + 0.01 * u[2]) * grain / (grain.std() + 1e-6)
 
 
-def make_phantom_image(index: int, spec: PhantomSpec = PhantomSpec()) -> PhantomImage:
-    """Render image ``index`` of the phantom described by ``spec``.
+def make_phantom_image(index: int, spec: PhantomSpec = PhantomSpec(), masks: bool = False) -> PhantomImage:
+    """Render image ``index`` of the phantom described by ``spec`` (with its label map if ``masks``).
 
     Depends only on ``(spec, index)``, never on other images, so batches and single
     calls agree byte for byte.
@@ -366,13 +381,15 @@ def make_phantom_image(index: int, spec: PhantomSpec = PhantomSpec()) -> Phantom
     inverted = bool(u_invert < spec.inverted_fraction)
     blurred = bool(u_blur < spec.blurred_fraction)
 
-    img = _degrade(rng, _render(rng, spec.size, anatomy, grade), spec.size)
+    img, labels = _render(rng, spec.size, anatomy, grade)
+    img = _degrade(rng, img, spec.size)
     if blurred:  # applied after noise, so the loss of detail is measurable
         sigma = max((1.6 + 1.2 * u_sigma) * spec.size / _REFERENCE_SIZE, 1.0)
         img = ndimage.gaussian_filter(img, sigma)
     pixels = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
     if mirrored:
         pixels = pixels[:, ::-1]
+        labels = labels[:, ::-1]
     if inverted:
         pixels = 255 - pixels
     pixels = np.ascontiguousarray(pixels)
@@ -385,20 +402,22 @@ def make_phantom_image(index: int, spec: PhantomSpec = PhantomSpec()) -> Phantom
         mirrored=mirrored,
         inverted=inverted,
         blurred=blurred,
+        mask=np.ascontiguousarray(labels) if masks else None,
     )
 
 
-def make_phantom(n: int, spec: PhantomSpec = PhantomSpec()) -> list[PhantomImage]:
-    """Render images ``0 .. n-1``."""
+def make_phantom(n: int, spec: PhantomSpec = PhantomSpec(), masks: bool = False) -> list[PhantomImage]:
+    """Render images ``0 .. n-1`` (with label maps if ``masks``)."""
     _check_int("n", n, minimum=0)
-    return [make_phantom_image(i, spec) for i in range(n)]
+    return [make_phantom_image(i, spec, masks) for i in range(n)]
 
 
 def write_phantom(images: Iterable[PhantomImage], root: Path) -> Path:
     """Write PNGs in the Chen-2019-like layout root/{grade}/{patient_id}_{side}_{index:05d}.png
     (8-bit grayscale, via PIL) and a ground-truth CSV root/phantom.csv with columns
     path,grade,patient_id,side,mirrored,inverted,blurred (path relative to root,
-    POSIX separators; flags as 0/1). Returns root."""
+    POSIX separators; flags as 0/1). Images with a mask also get root/masks/{same path}
+    (uint8 label map) and root/masks/classes.txt (``MASK_CLASSES``, one per line). Returns root."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -406,6 +425,10 @@ def write_phantom(images: Iterable[PhantomImage], root: Path) -> Path:
         rel = Path(str(im.grade)) / f"{im.patient_id}_{im.side}_{im.index:05d}.png"
         (root / rel).parent.mkdir(exist_ok=True)
         Image.fromarray(np.asarray(im.pixels, dtype=np.uint8)).save(root / rel)
+        if im.mask is not None:
+            (root / "masks" / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.asarray(im.mask, dtype=np.uint8)).save(root / "masks" / rel)
+            (root / "masks" / "classes.txt").write_text("\n".join(MASK_CLASSES) + "\n")
         flags = (int(im.mirrored), int(im.inverted), int(im.blurred))
         rows.append((rel.as_posix(), im.grade, im.patient_id, im.side, *flags))
     with open(root / "phantom.csv", "w", newline="") as fh:

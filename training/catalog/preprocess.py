@@ -10,6 +10,11 @@ dataset) and *what happened to each image* (``Pipeline.run()``'s per-image infos
 Images are 2-D grayscale arrays, uint8 or uint16 (16-bit radiographs). Steps keep the
 dtype, except equalization, which outputs uint8 like the paper's 8-bit images.
 
+Segmentation masks (uint8 label maps, 0 = background) go through ``Pipeline.run_pair``:
+geometric steps (``lateral_flip``, ``resize``) move the mask with the image, by the same
+decision, and resample it with nearest neighbour so no new label value appears;
+intensity steps (inversion, equalization, focus) leave the mask alone.
+
 The paper does not describe its flip and negative detectors; the ones here are simple,
 documented heuristics tuned on the procedural phantom (``training.catalog.phantom``), looked up
 by name in ``FLIP_DETECTORS`` / ``NEGATIVE_DETECTORS`` so they can be swapped and recorded.
@@ -47,6 +52,7 @@ __all__ = [
     "focus_bands",
     "laplacian_focus",
     "pipeline",
+    "resize_labels",
 ]
 
 #: The paper's threshold grid for the focus filter (threshold 350 was picked by eye from it).
@@ -84,6 +90,12 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
     if img.dtype == np.uint8:
         return img
     return np.clip(np.rint(_as_8bit_scale(img)), 0, 255).astype(np.uint8)
+
+
+def resize_labels(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a uint8 label map to ``shape``: every output value is an input value."""
+    out = _sk_resize(mask, shape, order=0, anti_aliasing=False, preserve_range=True)
+    return np.ascontiguousarray(out.astype(mask.dtype))
 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
@@ -268,6 +280,10 @@ class LateralFlip(_DetectorStep):
     def transform(self, img: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(img[:, ::-1])
 
+    def apply_mask(self, mask: np.ndarray, info: dict) -> np.ndarray:
+        """The image's flip decision (``info``), applied to its mask."""
+        return self.transform(mask) if info[self.flag] else mask
+
 
 @dataclass(frozen=True)
 class InvertNegative(_DetectorStep):
@@ -309,6 +325,10 @@ class Resize(_Params):
         if _check_image(img).shape == (self.size, self.size):
             return img, {"resized": False}
         return _resize(img, self.size), {"resized": True}
+
+    def apply_mask(self, mask: np.ndarray, info: dict) -> np.ndarray:
+        """Nearest neighbour, so the label values stay those of the input mask."""
+        return resize_labels(mask, (self.size, self.size)) if info["resized"] else mask
 
 
 @dataclass(frozen=True)
@@ -354,6 +374,26 @@ class Pipeline:
             img, info = s.apply(img)
             records.append({"step": s.name, **info})
         return img, records
+
+    def run_pair(self, img: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+        """:meth:`run` on the image; geometric steps (those with ``apply_mask``) also move the mask.
+
+        Args:
+            img: the image, as for :meth:`run`.
+            mask: uint8 (H, W) label map of the same size as ``img``.
+
+        Returns:
+            (image, mask, per-step infos); the infos are the image's, identical to :meth:`run`'s.
+        """
+        if mask.shape != img.shape[:2]:
+            raise BadInput(f"mask {mask.shape} and image {img.shape[:2]} differ in size", field="mask")
+        records = []
+        for s in self.steps:
+            img, info = s.apply(img)
+            if (move := getattr(s, "apply_mask", None)) is not None:
+                mask = move(mask, info)
+            records.append({"step": s.name, **info})
+        return img, mask, records
 
     @classmethod
     def from_description(cls, description: Sequence[dict]) -> Pipeline:

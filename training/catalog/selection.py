@@ -21,7 +21,7 @@ from training.catalog.store import Catalog, DatasetRef, ImageRecord, Manifest
 from infra.object_store import ObjectStore
 from infra.settings import Settings, get_settings
 from training.catalog.ingest import IngestOptions, IngestResult, ingest
-from training.catalog.phantom import KL_NAMES, PhantomSpec, make_phantom, write_phantom
+from training.catalog.phantom import KL_NAMES, MASK_CLASSES, PhantomSpec, make_phantom, write_phantom
 from infra.errors import BadInput
 
 PHANTOM_NAME = "phantom-knee"
@@ -37,6 +37,7 @@ def ingest_phantom(
     options: IngestOptions | None = None,
     cat: Catalog | None = None,
     progress: Callable[[str], None] = print,
+    masks: bool = False,
 ) -> IngestResult:
     """Render ``n`` phantom radiographs and ingest them as a catalog version.
 
@@ -47,20 +48,23 @@ def ingest_phantom(
             preprocessing, splits seeded with ``spec.seed``.
         cat: the catalog to publish to (default: the one the settings point at).
         progress: receives human-readable progress lines.
+        masks: also ingest each image's exact label map (femur, tibia, fibula; see
+            ``training.catalog.phantom.MASK_CLASSES``), every one required to be non-empty.
     """
     options = options or IngestOptions(name=PHANTOM_NAME, layout="csv", preset="none", seed=spec.seed)
     progress(f"phantom: rendering {n} images of {spec.size}x{spec.size} (seed {spec.seed})")
     with tempfile.TemporaryDirectory(prefix="synthray-phantom-") as tmp:
-        images = make_phantom(n, spec)
+        images = make_phantom(n, spec, masks=masks)
         root = write_phantom(images, Path(tmp))
         with open(root / "labels.csv", "w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(("path", "label", "patient_id"))
-            writer.writerows(
-                (f"{img.grade}/{img.patient_id}_{img.side}_{img.index:05d}.png", img.grade_name, img.patient_id)
-                for img in images
-            )
+            writer.writerow(("path", "label", "patient_id", *(("mask",) if masks else ())))
+            for img in images:
+                rel = f"{img.grade}/{img.patient_id}_{img.side}_{img.index:05d}.png"
+                writer.writerow((rel, img.grade_name, img.patient_id, *((f"masks/{rel}",) if masks else ())))
         options = replace(options, layout="csv", classes=KL_NAMES, truth=root / "phantom.csv")
+        if masks:
+            options = replace(options, mask_classes=MASK_CLASSES, require_mask=True)
         return ingest(root / "labels.csv", options, cat or catalog(), progress)
 
 

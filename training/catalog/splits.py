@@ -235,4 +235,5 @@ def derive(
     return catalog.publish_records(
         name or source.name, records, source.classes, description=f"{source.description} | {note}",
         subsets=declared, preprocessing=source.preprocessing, findings=source.findings,
+        mask_classes=source.mask_classes,
     )

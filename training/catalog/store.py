@@ -2,7 +2,7 @@
 
 Layout under ``s3://{bucket}/catalog/``::
 
-    blobs/sha256/ab/abcdef….png              one object per distinct image (content hash)
+    blobs/sha256/ab/abcdef….png              one object per distinct image or mask (content hash)
     datasets/{name}/reports/{version}/…      ingest report, contact sheets (written before the manifest)
     datasets/{name}/versions/{version}.json  the manifest: one record per image, plus named subsets
     datasets/{name}/latest                   pointer to the newest version
@@ -14,10 +14,16 @@ writes blobs (skipping those already stored with the right hash), then attachmen
 the manifest, then the pointer: a reader never sees a version whose objects are not all
 there, and an interrupted publish leaves nothing visible. Every read re-hashes what it
 fetched.
+
+Segmentation masks: a record may carry ``mask_sha256``, a uint8 label map (0 = background,
+value ``i`` = ``Manifest.mask_classes[i]``) stored as a PNG blob next to the images and covered
+by the version hash. Both fields are written only when present, so the manifests (and version
+hashes) of datasets without masks are exactly what they were before masks existed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -108,11 +114,19 @@ class ImageRecord:
     #: Multi-label versions ingested with ``--uncertain ignore``: indices of findings the source
     #: marked uncertain (CheXpert's -1). Their target is 0 and their loss weight 0 (masked out).
     uncertain: list[int] | None = None
+    mask_sha256: str | None = None  # the record's label map (a blob like the image); None = no mask
 
 
 #: Fields that exist only on multi-label versions: omitted from the stored JSON (and therefore
 #: from the version hash) when None, so every single-label manifest keeps its bytes and version.
 _MULTILABEL_RECORD_FIELDS = ("label_set", "uncertain")
+#: Record and manifest fields written only when set, so manifests without masks keep their hashes.
+_OPTIONAL_RECORD_FIELDS = (*_MULTILABEL_RECORD_FIELDS, "mask_sha256")
+
+
+def _manifest_body(manifest: Manifest) -> dict:
+    """The manifest as stored (and hashed): ``asdict`` without the unset optional fields."""
+    return _compact(asdict(manifest))
 
 
 @dataclass(frozen=True)
@@ -121,7 +135,8 @@ class Manifest:
 
     ``subsets`` are named, stored selections (e.g. ``rejected``, ``gan-train``), each a
     sorted list of image hashes; ``preprocessing`` describes the pipeline once per dataset
-    while each record keeps what its steps did.
+    while each record keeps what its steps did. ``mask_classes`` names the values of the
+    records' masks (index = value, index 0 the background); empty when there are no masks.
     """
 
     name: str
@@ -136,6 +151,7 @@ class Manifest:
     #: that occur ("No Finding", "Effusion+Pneumonia", …): they stratify the splits, balance
     #: and name export folders, so every single-label consumer keeps working.
     findings: list[str] | None = None
+    mask_classes: list[str] = field(default_factory=list)
 
     @property
     def ref(self) -> DatasetRef:
@@ -219,12 +235,15 @@ def decode_png(data: bytes) -> np.ndarray:
 
 
 def _compact(body: dict) -> dict:
-    """A manifest body without the multi-label fields of a single-label version (see
-    ``_MULTILABEL_RECORD_FIELDS``): what is stored and hashed."""
+    """A manifest body without its unset optional fields (multi-label ``findings``, mask
+    ``mask_classes``; ``_OPTIONAL_RECORD_FIELDS`` per record): what is stored and hashed, so
+    versions without labels sets or masks keep the bytes and hashes they had before either existed."""
     if body.get("findings") is None:
         body.pop("findings", None)
+    if not body.get("mask_classes"):
+        body.pop("mask_classes", None)
     for record in body["records"]:
-        for key in _MULTILABEL_RECORD_FIELDS:
+        for key in _OPTIONAL_RECORD_FIELDS:
             if record.get(key) is None:
                 record.pop(key, None)
     return body
@@ -296,6 +315,7 @@ class Catalog:
         preprocessing: list[dict] | None = None,
         attachments: Sequence[Attachment] = (),
         findings: Sequence[str] | None = None,
+        mask_classes: Sequence[str] = (),
     ) -> Manifest:
         """Publish PNG blobs plus their record fields as a new (or existing) version.
 
@@ -309,17 +329,23 @@ class Catalog:
             preprocessing: dataset-level description of the pipeline that made the blobs.
             attachments: files stored under the version's report prefix before the manifest.
             findings: the K findings of a multi-label version (records carry ``label_set``).
+            mask_classes: names of the mask values (index = value, 0 = background); a record's
+                mask PNG travels in its fields as ``mask_png`` (bytes) and is stored as a blob.
         """
         DatasetRef.parse(name)
         records, blobs = [], {}
         for data, fields in items:
             sha = sha256_bytes(data)
             blobs[sha] = data
+            fields = dict(fields)
+            if (mask := fields.pop("mask_png", None)) is not None:
+                fields["mask_sha256"] = sha256_bytes(mask)
+                blobs[fields["mask_sha256"]] = mask
             records.append(ImageRecord(sha256=sha, **fields))
         return self.publish_records(
             name, records, classes, description=description, subsets=subsets,
             preprocessing=preprocessing, attachments=attachments, blobs=blobs, progress=progress,
-            findings=findings,
+            findings=findings, mask_classes=mask_classes,
         )
 
     def publish_records(
@@ -334,6 +360,7 @@ class Catalog:
         blobs: Mapping[str, bytes] | None = None,
         progress: CountProgress | None = None,
         findings: Sequence[str] | None = None,
+        mask_classes: Sequence[str] = (),
     ) -> Manifest:
         """Publish a version from records; blobs not passed in must already be stored.
 
@@ -344,6 +371,7 @@ class Catalog:
         blobs = dict(blobs or {})
         records = sorted(records, key=lambda r: (r.split, r.label, r.source_path))
         _check_names(classes, records)
+        _check_masks(mask_classes, records)
         shas = {r.sha256 for r in records}
         subsets = {k: sorted(set(v)) for k, v in sorted((subsets or {}).items())}
         for subset, members in subsets.items():
@@ -352,15 +380,16 @@ class Catalog:
             if stray := set(members) - shas:
                 raise CatalogError(f"subset {subset!r} names {len(stray)} image(s) that are not in the dataset")
         _check_findings(findings, records)
-        body = _compact(asdict(Manifest(name, "", records, list(classes), description, subsets,
-                                        list(preprocessing or []), None if findings is None else list(findings))))
+        manifest = Manifest(name, "", records, list(classes), description, subsets, list(preprocessing or []),
+                            None if findings is None else list(findings), list(mask_classes))
+        body = _manifest_body(manifest)
         version = _version_of(body)
-        manifest = Manifest(**{**body, "records": records, "version": version})
+        manifest = dataclasses.replace(manifest, version=version)
         if self.store.exists(self.manifest_key(name, version)):
             self._point_latest(name, version)  # idempotent re-publish
             return manifest
         self._put_blobs(blobs, progress)
-        self._require_blobs(shas - blobs.keys())
+        self._require_blobs((shas | {r.mask_sha256 for r in records if r.mask_sha256}) - blobs.keys())
         for item in attachments:
             self.store.put_bytes(self.attachment_key(name, version, item.name), item.data, content_type=item.content_type)
         body = json.dumps({**body, "version": version}, sort_keys=True)
@@ -447,15 +476,24 @@ class Catalog:
 
     def fetch(self, record: ImageRecord) -> bytes:
         """The PNG bytes of one record, verified against its hash."""
-        key = self.blob_key(record.sha256)
+        return self._fetch_blob(record.sha256, record.source_path)
+
+    def fetch_mask(self, record: ImageRecord) -> bytes:
+        """The PNG bytes of one record's mask, verified against its hash (CatalogError without one)."""
+        if record.mask_sha256 is None:
+            raise CatalogError(f"{record.source_path} has no mask", field="mask")
+        return self._fetch_blob(record.mask_sha256, f"mask of {record.source_path}")
+
+    def _fetch_blob(self, sha: str, what: str) -> bytes:
+        key = self.blob_key(sha)
         try:
             data = self.store.get_bytes(key)
         except ObjectNotFoundError:
             raise CatalogError(
-                f"object {self.store.uri(key)} of {record.source_path} is missing from the object store (deleted?)"
+                f"object {self.store.uri(key)} of {what} is missing from the object store (deleted?)"
             ) from None
-        if sha256_bytes(data) != record.sha256:
-            raise CatalogError(f"object {self.store.uri(key)} fails its sha256 check ({record.source_path})")
+        if sha256_bytes(data) != sha:
+            raise CatalogError(f"object {self.store.uri(key)} fails its sha256 check ({what})")
         return data
 
     def _map(self, fn: Callable, items: Sequence) -> Iterator:
@@ -484,6 +522,18 @@ class Catalog:
             out.extend(self._map(decode_png, blobs))
         return np.stack(out) if out else np.empty((0,), np.uint8)
 
+    def read_masks(self, records: Sequence[ImageRecord]) -> np.ndarray:
+        """Fetch, verify and decode the records' masks into one uint8 (N, H, W) label array.
+
+        Raises:
+            CatalogError: a record has no mask, or its blob is missing or fails its hash.
+        """
+        out: list[np.ndarray] = []
+        for start in range(0, len(records), _READ_CHUNK):
+            blobs = list(self._map(self.fetch_mask, records[start : start + _READ_CHUNK]))
+            out.extend(self._map(decode_png, blobs))
+        return np.stack(out) if out else np.empty((0,), np.uint8)
+
     def verify(self, ref: DatasetRef | str, progress: CountProgress | None = None) -> VerifyReport:
         """Re-hash every object of a version and list every problem (not just the first)."""
         manifest = self.manifest(ref)
@@ -492,6 +542,8 @@ class Catalog:
         def check(record: ImageRecord) -> str | None:
             try:
                 decode_png(self.fetch(record))
+                if record.mask_sha256 is not None:
+                    decode_png(self.fetch_mask(record))
             except CatalogError as exc:
                 return str(exc)
             except (OSError, ValueError) as exc:  # hash matches but the PNG does not decode
@@ -511,7 +563,8 @@ class Catalog:
         self, ref: DatasetRef | str, directory: Path, records: Sequence[ImageRecord] | None = None,
         progress: CountProgress | None = None,
     ) -> Path:
-        """Write verified PNGs as ``DIR/{split}/{label_name}/{sha256}.png`` plus ``manifest.json``.
+        """Write verified PNGs as ``DIR/{split}/{label_name}/{sha256}.png`` plus ``manifest.json``
+        (and a record's mask as ``{sha256}.mask.png`` next to its image).
 
         Each file is written to a temporary name and renamed, so an interrupted export never
         leaves a truncated image; the manifest goes last.
@@ -523,6 +576,10 @@ class Catalog:
         def write(record: ImageRecord) -> None:
             # split, class and hash come from a manifest: confined, whatever it holds
             path = confined(directory, record.split, record.label_name, f"{record.sha256}.png")
+            if record.mask_sha256 is not None:  # the label map next to its image
+                mask_path = path.with_name(f"{record.sha256}.mask.png")
+                if not (mask_path.exists() and sha256_bytes(mask_path.read_bytes()) == record.mask_sha256):
+                    _write_atomic(mask_path, self.fetch_mask(record))
             if path.exists() and sha256_bytes(path.read_bytes()) == record.sha256:
                 return  # a retried export skips what it already wrote
             _write_atomic(path, self.fetch(record))
@@ -531,7 +588,7 @@ class Catalog:
         for done, _ in enumerate(self._map(write, records), 1):
             if progress and (done % step == 0 or done == len(records)):
                 progress(done, len(records))
-        _write_atomic(directory / "manifest.json", json.dumps(asdict(manifest), indent=1, sort_keys=True).encode())
+        _write_atomic(directory / "manifest.json", json.dumps(_manifest_body(manifest), indent=1, sort_keys=True).encode())
         return directory
 
     def datasets(self) -> list[str]:
@@ -569,6 +626,22 @@ def _check_findings(findings: Sequence[str] | None, records: Sequence[ImageRecor
                                    field=key)
         if r.label_set is None:
             raise CatalogError(f"record {r.source_path} of a multi-label version has no label_set", field="label_set")
+
+
+def _check_masks(mask_classes: Sequence[str], records: Sequence[ImageRecord]) -> None:
+    """Masks need the names of their values, and mask hashes must be sha256 digests."""
+    masked = [r for r in records if r.mask_sha256 is not None]
+    if masked and not mask_classes:
+        raise CatalogError("records carry masks but the dataset declares no mask classes", field="mask_classes")
+    if mask_classes and len(mask_classes) < 2:
+        raise CatalogError("mask classes need the background (value 0) and at least one class", field="mask_classes")
+    if len(set(mask_classes)) != len(mask_classes):
+        raise CatalogError(f"mask classes {list(mask_classes)} repeat a name", field="mask_classes")
+    for value in mask_classes:
+        if (problem := name_problem(value)) is not None:
+            raise CatalogError(f"mask class {value!r} {problem}", field="mask_classes")
+    if bad := next((r.mask_sha256 for r in masked if not re.fullmatch(r"[0-9a-f]{64}", r.mask_sha256)), None):
+        raise CatalogError(f"mask hash {bad!r} is not a sha256 hex digest", field="mask_sha256")
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

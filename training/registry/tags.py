@@ -16,6 +16,9 @@ GAN_TRAINING_KIND = "gan-training"
 GAN_SWEEP_KIND = "gan-sweep"
 CLASSIFIER_TRAINING_KIND = "classifier-training"
 AUGMENTATION_EXPERIMENT_KIND = "augmentation-experiment"
+SEGMENTER_KIND = "segmenter"  # registered segmenters, and the parent run of `train segmenter`
+SEGMENTER_TRAINING_KIND = "segmenter-training"
+SEGMENTATION_EXPERIMENT_KIND = "segmentation-experiment"
 
 # -- data lineage -----------------------------------------------------------------------------------
 DATASET = "synthray.dataset"

@@ -1,0 +1,1 @@
+"""Segmentation on Ray Train: MONAI U-Nets on image + mask datasets, Dice-selected, registered like classifiers."""
