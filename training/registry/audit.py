@@ -12,7 +12,9 @@ from infra.errors import BadInput
 from infra.settings import Settings
 from training.registry.privacy import critic_from_state, membership_metrics, training_selection
 
-__all__ = ["audit_version"]
+__all__ = ["AUDIT_EXPERIMENT", "audit_version"]
+
+AUDIT_EXPERIMENT = "membership-audit"
 
 
 def audit_version(spec: str, *, critic: bool = True, bootstrap: int = 1000, settings: Settings | None = None,
@@ -61,9 +63,15 @@ def audit_version(spec: str, *, critic: bool = True, bootstrap: int = 1000, sett
             progress(f"membership: critic unavailable ({str(exc).splitlines()[0]}); DCR attack only")
     summary = membership_audit(feats, eval_ref, member_rows=train.rows, critic=critic_net, settings=settings,
                                bootstrap=bootstrap, seed=int(tags["eval_seed"]))  # registration's resampling seed
-    mlflow.set_experiment("membership-audit")
-    with mlflow.start_run(run_name=f"{version.name}-v{version.version}"):
-        mlflow.set_tags({"model.name": version.name, "model.version": str(version.version),
-                         "model.run_id": version.run_id or "", "mia.summary": summary["artifact"]})
-        mlflow.log_metrics(membership_metrics(summary))
+    # The client API, not mlflow.start_run: the fluent run prints "View run …" to stdout on exit,
+    # which would corrupt `eval membership --json`.
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(AUDIT_EXPERIMENT)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(AUDIT_EXPERIMENT)
+    run = client.create_run(experiment_id, run_name=f"{version.name}-v{version.version}", tags={
+        "model.name": version.name, "model.version": str(version.version), "model.run_id": version.run_id or "",
+        "mia.summary": summary["artifact"]})
+    for key, value in membership_metrics(summary).items():
+        client.log_metric(run.info.run_id, key, value)
+    client.set_terminated(run.info.run_id)
     return summary | {"model": version.name, "version": str(version.version)}
