@@ -432,9 +432,11 @@ def test_train_classifier_cli_on_two_ddp_workers(knee, stack: Settings) -> None:
                           capture_output=True, text=True, timeout=900)  # own process: see the `ran` fixture
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert re.search(r"test: accuracy [\d.]+, balanced_accuracy [\d.]+, kappa -?[\d.]+, roc_auc [\d.]+", proc.stdout)
-    # Rank 0's epochs reach the console as the driver's bar (one line off a terminal); the
-    # workers' own log lines stay in Ray's log files.
-    assert re.search(r"^classifier: runs x epochs: 2/2 epoch \(100 %\), run 1/1 ", proc.stderr, re.M), proc.stderr
+    # Rank 0's epochs reach the console only as the driver's bar; the workers' own log lines stay
+    # in Ray's log files. Off a terminal the bar prints nothing for work under 30 s (infra.progress;
+    # its line rules are tested in tests/cli/test_progress.py), so its lines are checked when present.
+    bar_lines = [line for line in proc.stderr.splitlines() if line.startswith("classifier:")]
+    assert all(re.match(r"classifier: runs x epochs: \d/2 epoch", line) for line in bar_lines), proc.stderr
     assert "[classifier]" not in proc.stdout + proc.stderr
     name = "classifier-phantom-knee-binary-small-cnn"
     assert f"classifier: models:/{name}/" in proc.stdout
