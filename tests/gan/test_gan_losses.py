@@ -66,7 +66,7 @@ def _free_port() -> int:
 def test_gradient_penalty_is_correct_under_ddp() -> None:
     torch.manual_seed(2)
     tensors = {"real": torch.randn(8, 1, 16, 16), "fake": torch.randn(8, 1, 16, 16), "eps": torch.rand(8, 1, 1, 1)}
-    with mp.Manager() as manager:
+    with mp.get_context("spawn").Manager() as manager:  # no fork of a process holding Ray's gRPC threads
         out = manager.dict()
         mp.start_processes(_ddp_worker, args=(_free_port(), tensors, out), nprocs=2, start_method="spawn")
         ddp_grads = list(out["grads"])

@@ -78,7 +78,7 @@ def _ddp_worker(rank: int, port: int, tensors: dict, out: dict) -> None:
 
 def test_ac_loss_under_ddp_with_idle_blocks_matches_one_process() -> None:
     tensors = _tensors()
-    with mp.Manager() as manager:
+    with mp.get_context("spawn").Manager() as manager:  # no fork of a process holding Ray's gRPC threads
         out = manager.dict()
         mp.start_processes(_ddp_worker, args=(_free_port(), tensors, out), nprocs=2, start_method="spawn")
         ddp_grads = list(out["grads"])
