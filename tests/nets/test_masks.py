@@ -126,3 +126,19 @@ def test_pair_panels_show_image_then_overlay(sampler: GeneratorSampler) -> None:
     assert panels.shape == (6, 3, 64, 64)
     torch.testing.assert_close(panels[0], out[0, :1].clamp(-1, 1).expand(3, -1, -1))
     assert panels.min() >= -1 and panels.max() <= 1
+
+
+def test_augmentation_moves_masks_with_images_but_leaves_their_values() -> None:
+    from training.gan.augment import Augment
+
+    maps = torch.randint(0, 4, (6, 16, 16))
+    stack = stack_pairs(torch.rand(6, 1, 16, 16) * 2 - 1, maps, 4)
+    torch.manual_seed(0)
+    out = Augment(("brightness", "contrast"))(stack)
+    torch.testing.assert_close(out[:, 1:], stack[:, 1:])  # intensity ops: image channel only
+    assert not torch.allclose(out[:, :1], stack[:, :1])
+    torch.manual_seed(1)
+    moved = Augment(("translation",))(stack)
+    image_shift = [(moved[i, 0] != stack[i, 0]).any().item() for i in range(6)]
+    mask_shift = [(moved[i, 1:] != stack[i, 1:]).any().item() for i in range(6)]
+    assert any(image_shift) and image_shift == mask_shift  # geometric ops: both, the same way

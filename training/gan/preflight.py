@@ -55,6 +55,9 @@ def check_run(cfg: GanTrainConfig, settings: Settings | None = None, *, init_fro
     from training.gan.growth import check_progressive
 
     check_progressive(cfg)  # progressive options only on progressive presets
+    if cfg.masks and cfg.channels:
+        raise BadInput("--channels and --masks both set the generator's channels; --masks makes 1 + K "
+                       "(K mask classes), drop --channels", field="--channels")
     manifest, records = _check_selection(cfg, settings)  # dataset, split/subset/class, stored size, batch
     _check_reference(cfg, manifest, records)
     mask_classes = _check_masks(cfg, manifest, records)
@@ -70,9 +73,6 @@ def _check_masks(cfg: GanTrainConfig, manifest, records: list) -> list[str] | No
     """``--masks``: the dataset names its mask classes and every selected record has a mask."""
     if not cfg.masks:
         return None
-    if cfg.channels:
-        raise BadInput("--channels and --masks both set the generator's channels; --masks makes 1 + K "
-                       "(K mask classes), drop --channels", field="--channels")
     if not manifest.mask_classes:
         raise BadInput(f"--masks: dataset {manifest.ref} has no masks (ingest with masks, e.g. "
                        "`synthray catalog phantom --masks`)", field="--masks")
