@@ -1,13 +1,13 @@
 """Image + mask GAN training on the real stack (issue 26): phantom with masks → 1 + K channel
-DCGAN on Ray Train → checkpoint, MLflow pair grid, FID of the image channel → registry (mask
-classes on the card and tags) → reloaded sampler gives the same image + mask pairs.
+DCGAN on Ray Train → S3 checkpoint with the mask classes, MLflow pair grid → the checkpoint's
+sampler gives the same image + mask pairs. (Registration's card and tags: tests/registry;
+serving the pairs over HTTP: tests/serving/test_serve.py.)
 
-One tiny run (64 px, 2 epochs of 3 steps) serves every test here.
+One tiny run (64 px, 2 epochs of 3 steps, no FID) serves every test here.
 """
 
 from __future__ import annotations
 
-import json
 import re
 
 import numpy as np
@@ -35,7 +35,7 @@ def masked(stack: Settings):
 @pytest.fixture(scope="module")
 def run(stack: Settings, masked):
     cfg = GanTrainConfig(dataset=str(masked.ref), arch="dcgan-fracture-small", masks=True, epochs=2, workers=2,
-                         batch_size=16, steps_per_epoch=3, grid_size=4, fid_every=2, fid_n=32, keep_checkpoints=1)
+                         batch_size=16, steps_per_epoch=3, grid_size=4, fid_every=0, keep_checkpoints=1)
     return train_gan(cfg, settings=stack, progress=lambda _: None)
 
 
@@ -59,6 +59,7 @@ def test_paired_run_samples_images_with_label_maps(run, masked, stack: Settings)
     from mlflow import MlflowClient
 
     from training.gan.loop import checkpoint_state
+    from training.gan.trainer import sampler_from_state
 
     sampler = run.sampler
     assert sampler.paired and sampler.mask_classes == list(masked.mask_classes) == list(MASK_CLASSES)
@@ -67,7 +68,8 @@ def test_paired_run_samples_images_with_label_maps(run, masked, stack: Settings)
     state = checkpoint_state(run.checkpoint_path)
     assert state["config"]["mask_classes"] == list(MASK_CLASSES)
     assert state["generator_ema"]["net.12.weight"].shape[1] == 1 + len(MASK_CLASSES)  # last ConvT: 5 channels
-    assert np.isfinite(run.metrics["fid"])  # FID scored the image channel
+    reloaded = sampler_from_state(state).generate_pairs(6, seed=3)  # what registration and Serve load
+    assert reloaded[0].tobytes() == images.tobytes() and reloaded[1].tobytes() == masks.tobytes()
     client = MlflowClient(stack.mlflow_tracking_uri)
     grids = [a.path for a in client.list_artifacts(run.run_id, "images")]
     grid = Image.open(client.download_artifacts(run.run_id, sorted(grids)[-1]))
@@ -77,22 +79,8 @@ def test_paired_run_samples_images_with_label_maps(run, masked, stack: Settings)
     assert (panel[..., 0] != panel[..., 1]).any()  # the overlay panel is in colour
 
 
-def test_registered_pair_model_records_mask_classes_and_reloads(run, stack: Settings) -> None:
-    from training.registry.generators import load_generator, register_run
-
-    reg = register_run(run.run_id, settings=stack, progress=lambda _: None)
-    assert json.loads(reg.tags["mask_classes"]) == list(MASK_CLASSES)
-    from mlflow import MlflowClient
-
-    card = MlflowClient(stack.mlflow_tracking_uri).get_model_version(reg.name, reg.version).description
-    assert "generate_pairs" in card and "`femur`" in card
-    loaded = load_generator(reg.version_uri, settings=stack)
-    got, want = loaded.generate_pairs(4, seed=9), run.sampler.generate_pairs(4, seed=9)
-    assert got[0].tobytes() == want[0].tobytes() and got[1].tobytes() == want[1].tobytes()
-
-
 @pytest.mark.parametrize(("args", "message"), [
-    (["--masks"], r"--masks: dataset \S+ has no masks"),
+    (["--masks", "--batch-size", "8"], r"--masks: dataset \S+ has no masks"),
     (["--masks", "--channels", "2", "--arch", "pggan-knee-mri-small"], "--channels and --masks both set"),
 ], ids=["no-masks", "channels"])
 def test_masks_on_the_wrong_dataset_fail_fast_with_one_line(stack: Settings, masked, args, message) -> None:
