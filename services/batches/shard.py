@@ -2,9 +2,9 @@
 
 Shard ``k`` of class ``c`` is ``sampler.generate(count, shard_seed, label=c)`` (the seed rule
 is in :mod:`services.batches.ids`); an image + mask generator's shard also holds the
-``masks`` (``sampler.generate_pairs``, same latents, see :mod:`training.nets.masks`). A shard object that already exists with the expected
-metadata (same batch, shard seed and count, and its content sha256) is skipped, which makes
-Ray's task retries and resubmission cheap.
+``masks`` (``sampler.generate_pairs``, same latents, see :mod:`training.nets.masks`). A shard
+object that already exists with the expected metadata (same batch, shard seed and count, and
+its content sha256) is skipped, which makes Ray's task retries and resubmission cheap.
 
 Failures: shard tasks use Ray's ``max_retries`` (a killed worker) and ``retry_exceptions``
 (an ordinary exception); a shard that still fails fails the batch, which a resubmission
@@ -150,7 +150,8 @@ def generate_shard(job: Job, shard: Shard, fail_once: int | None = None) -> dict
     if report is not None:
         near_copy = _near_copy_row(report)
         meta |= {"call": "filtered_generate(sampler, count, shard_seed, index, label=class)", "filter": report}
-    data = to_npz(images, meta, compress=True, masks=masks)  # at rest for good: deflate is ~1 % of a 210² shard's forward
+    # at rest for good: deflate is ~1 % of a 210² shard's forward
+    data = to_npz(images, meta, compress=True, masks=masks)
     sha, pixels = hashlib.sha256(data).hexdigest(), hashlib.sha256(images.tobytes()).hexdigest()
     shape = list(images.shape[1:])
     store.put_bytes(shard.key, data, metadata=base_metadata(job) | {

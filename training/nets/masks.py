@@ -11,6 +11,9 @@ sees the image and its mask as one stack. A sample's label map is the argmax ove
 class channels. Why not a single label channel: its values would be ordinal (femur < tibia),
 and the halfway colour between two classes would read as a third class; why not a softmax
 layer: it would change every preset's head, while argmax of tanh outputs gives the same map.
+The knee-MRI paper's stack is 2 channels (image + one cartilage mask); here a binary mask is
+K = 2 one-hot channels (background, cartilage), 3 in all: the background channel is the
+complement of the other, so it adds no information, but one rule then covers every K.
 
 Functions here are pure tensor/array code; the catalog side (reading masks) is
 :func:`training.catalog.selection.load_tensors` with ``masks=True``.
