@@ -46,3 +46,16 @@ def test_pair_model_tags_and_card_name_the_mask_classes() -> None:
 def test_image_only_model_has_no_mask_record() -> None:
     assert "mask_classes" not in _version_tags(_facts(), _sampler(paired=False))
     assert "generate_pairs" not in render_card(_facts())
+
+
+def test_membership_critic_attack_is_skipped_for_pair_models() -> None:
+    """The audit scores images alone; a pair model's critic reads image + mask stacks (DCR still runs)."""
+    from training.gan.config import GanTrainConfig
+    from training.registry.privacy import critic_from_state
+
+    def state(**kw) -> dict:
+        cfg = GanTrainConfig(dataset="d@1", arch="dcgan-fracture-small", **kw)
+        return {"critic": cfg.preset().build()[1].state_dict(), "config": cfg.model_dump()}
+
+    assert critic_from_state(state(masks=True, mask_classes=CLASSES)) is None
+    assert critic_from_state(state()) is not None
