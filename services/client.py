@@ -129,8 +129,9 @@ class ApiClient:
                 echo(f"near-copy filter: {response.headers['x-near-copy-rejected']} near copies rejected and replaced")
             with zipfile.ZipFile(io.BytesIO(response.content)) as zf:
                 files = [_write(confined(out_dir, name), zf.read(name)) for name in zf.namelist()]  # no zip-slip
-            echo(f"{n} images from {response.headers['x-model-name']} v{response.headers['x-model-version']} "
-                 f"(seed {seed}) → {out_dir}")
+            masks = sum(f.name.startswith("mask-") for f in files)  # an image + mask generator's label maps
+            echo(f"{n} images{f' and {masks} masks' if masks else ''} from {response.headers['x-model-name']} "
+                 f"v{response.headers['x-model-version']} (seed {seed}) → {out_dir}")
             return GenerateResult(out_dir, files, dict(response.headers))
         if cls:
             raise ApiError("--class with more images than one synchronous request: use a batch with per_class")

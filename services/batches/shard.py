@@ -1,9 +1,10 @@
 """The shard task: one Ray task writes one shard object of a batch (or finds it written).
 
 Shard ``k`` of class ``c`` is ``sampler.generate(count, shard_seed, label=c)`` (the seed rule
-is in :mod:`services.batches.ids`). A shard object that already exists with the expected
-metadata (same batch, shard seed and count, and its content sha256) is skipped, which makes
-Ray's task retries and resubmission cheap.
+is in :mod:`services.batches.ids`); an image + mask generator's shard also holds the
+``masks`` (``sampler.generate_pairs``, same latents, see :mod:`training.nets.masks`). A shard
+object that already exists with the expected metadata (same batch, shard seed and count, and
+its content sha256) is skipped, which makes Ray's task retries and resubmission cheap.
 
 Failures: shard tasks use Ray's ``max_retries`` (a killed worker) and ``retry_exceptions``
 (an ordinary exception); a shard that still fails fails the batch, which a resubmission
@@ -50,7 +51,8 @@ def _sampler(uri: str, settings: Settings):
 def describe(uri: str, settings: Settings) -> dict[str, Any]:
     """What the coordinator must know about a generator before planning per_class shards."""
     sampler = _sampler(uri, settings)
-    return {"conditional": bool(sampler.conditional), "num_classes": getattr(sampler, "num_classes", None)}
+    return {"conditional": bool(sampler.conditional), "num_classes": getattr(sampler, "num_classes", None),
+            "paired": bool(getattr(sampler, "paired", False))}
 
 
 def _index(uri: str, settings: Settings):
@@ -66,17 +68,18 @@ def _index(uri: str, settings: Settings):
     return _INDEXES[key]
 
 
-def _images(job: Job, shard: Shard) -> tuple[Any, dict[str, Any] | None]:
-    """The shard's images and, when filtered, the filter's report."""
+def _images(job: Job, shard: Shard) -> tuple[Any, dict[str, Any] | None, Any]:
+    """The shard's images, when filtered the filter's report, and an image + mask generator's masks."""
     sampler = _sampler(job.model.uri, job.settings)
     if job.filter != "near-copy":
-        return sampler.generate(shard.count, shard.seed, label=shard.label), None
+        images, masks = sampler.generate_pairs(shard.count, shard.seed, label=shard.label)
+        return images, None, masks
     from training.evaluate.nearcopy import embedder, filtered_generate
 
     index = _index(job.model.uri, job.settings)
     images, report = filtered_generate(sampler, shard.count, shard.seed, index, embedder(index, job.settings),
                                        shard.label, job.filter_percentile or 1.0)
-    return images, report.as_dict()
+    return images, report.as_dict(), None
 
 
 def _existing(store: ObjectStore, job: Job, shard: Shard) -> dict[str, Any] | None:
@@ -135,16 +138,20 @@ def generate_shard(job: Job, shard: Shard, fail_once: int | None = None) -> dict
     if (done := _existing(store, job, shard)) is not None:
         return done
     _maybe_fail_once(store, job, shard, fail_once)
-    images, report = _images(job, shard)
+    images, report, masks = _images(job, shard)
     meta = {"model": job.model.name, "version": str(job.model.version), "run_id": job.model.run_id,
             "seed": job.seed, "batch_id": job.batch_id, "shard": shard.index, "class": shard.label, "k": shard.k,
             "shard_seed": shard.seed, "offset": shard.offset,
             "call": "sampler.generate(count, shard_seed, label=class)"}
+    if masks is not None:
+        meta |= {"call": "sampler.generate_pairs(count, shard_seed, label=class)",
+                 "mask_classes": list(_sampler(job.model.uri, job.settings).mask_classes)}
     near_copy = None
     if report is not None:
         near_copy = _near_copy_row(report)
         meta |= {"call": "filtered_generate(sampler, count, shard_seed, index, label=class)", "filter": report}
-    data = to_npz(images, meta, compress=True)  # at rest for good: deflate is ~1 % of a 210² shard's forward
+    # at rest for good: deflate is ~1 % of a 210² shard's forward
+    data = to_npz(images, meta, compress=True, masks=masks)
     sha, pixels = hashlib.sha256(data).hexdigest(), hashlib.sha256(images.tobytes()).hexdigest()
     shape = list(images.shape[1:])
     store.put_bytes(shard.key, data, metadata=base_metadata(job) | {
@@ -155,7 +162,11 @@ def generate_shard(job: Job, shard: Shard, fail_once: int | None = None) -> dict
 
 
 def check_classes(job: Job, info: dict[str, Any]) -> None:
-    """per_class needs a conditional generator that knows every requested class."""
+    """per_class needs a conditional generator that knows every requested class; the near-copy
+    filter does not handle an image + mask generator's masks yet."""
+    if job.filter == "near-copy" and info.get("paired"):
+        raise BadInput(f"{job.model.uri} makes image + mask pairs; the near-copy filter does not handle masks yet, "
+                       "submit with filter=none", field="filter")
     if job.per_class is None:
         return
     if not info["conditional"]:

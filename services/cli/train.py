@@ -97,6 +97,9 @@ def _register(run_id: str, checkpoint: str | None = None) -> None:
               help="progressive presets: images per epoch (checkpoint, grid, FID); default one pass")
 @click.option("--channels", type=click.IntRange(1, 4), default=None,
               help="progressive presets: image channels (knee MRI: 2 with the cartilage mask)")
+@click.option("--masks/--no-masks", default=False, show_default=True,
+              help="image + mask generator: train on (image, one-hot mask) stacks of a dataset with masks; "
+                   "G emits 1 + K channels (K mask classes), samples come with argmax label maps")
 def train_gan_cmd(register: bool, growth_batch: tuple, **kwargs) -> None:
     """Train a GAN preset on DATASET and (optionally) register the generator.
 

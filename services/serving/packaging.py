@@ -8,6 +8,11 @@ carry a fixed timestamp and permissions, names sort in index order, JSON is cano
 Every image is marked synthetic twice: each PNG carries ``tEXt`` chunks (so a file copied
 out of the zip still says what it is) and a ``manifest.json`` / ``manifest`` entry
 describes the whole set (generator name, version, run, seed, per-image index and hash).
+
+An image + mask generator's set also carries its masks (uint8 label maps, value i = class i of
+``mask_classes``): ``mask-00000.png`` next to ``img-00000.png`` in a zip, a ``masks`` array
+beside ``images`` in an ``.npz``, and per image a ``mask_file`` / ``sha256_mask`` row in the
+manifest; the same determinism rules hold for them.
 """
 
 from __future__ import annotations
@@ -50,18 +55,33 @@ def _check(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(images)
 
 
-def image_name(index: int, count: int) -> str:
-    """Zero-padded so that lexical order is index order."""
-    return f"img-{index:0{max(5, len(str(count - 1)))}d}.png"
+def image_name(index: int, count: int, prefix: str = "img") -> str:
+    """Zero-padded so that lexical order is index order (``prefix`` ``mask`` names a mask)."""
+    return f"{prefix}-{index:0{max(5, len(str(count - 1)))}d}.png"
 
 
-def manifest(images: np.ndarray, meta: Mapping[str, Any], files: list[str] | None = None) -> dict[str, Any]:
-    """The description shipped with a set: ``meta`` plus the synthetic flag and per-image rows."""
+def _check_masks(images: np.ndarray, masks: np.ndarray | None) -> np.ndarray | None:
+    if masks is None:
+        return None
+    masks = np.asarray(masks)
+    if masks.dtype != np.uint8 or masks.shape != images.shape[:3]:
+        raise BadInput(f"masks must be uint8 {images.shape[:3]} like the images, got {masks.dtype} {masks.shape}")
+    return np.ascontiguousarray(masks)
+
+
+def manifest(images: np.ndarray, meta: Mapping[str, Any], files: list[str] | None = None,
+             masks: np.ndarray | None = None, mask_files: list[str] | None = None) -> dict[str, Any]:
+    """The description shipped with a set: ``meta`` plus the synthetic flag and per-image rows
+    (with ``masks``, each row also has its mask's hash and, in a zip, its file)."""
     rows = []
     for i, image in enumerate(images):
         row: dict[str, Any] = {"index": i, "sha256_pixels": hashlib.sha256(image.tobytes()).hexdigest()}
         if files is not None:
             row["file"] = files[i]
+        if masks is not None:
+            row["sha256_mask"] = hashlib.sha256(masks[i].tobytes()).hexdigest()
+            if mask_files is not None:
+                row["mask_file"] = mask_files[i]
         rows.append(row)
     return {
         "synthetic": True,
@@ -82,16 +102,20 @@ def _png_text(meta: Mapping[str, Any], index: int) -> dict[str, str]:
     return text
 
 
-def to_png_zip(images: np.ndarray, meta: Mapping[str, Any]) -> bytes:
-    """Zip of ``img-00000.png`` … plus ``manifest.json``; byte-identical for equal inputs.
+def to_png_zip(images: np.ndarray, meta: Mapping[str, Any], masks: np.ndarray | None = None) -> bytes:
+    """Zip of ``img-00000.png`` … (and ``mask-00000.png`` … with ``masks``) plus ``manifest.json``;
+    byte-identical for equal inputs.
 
     Args:
         images: uint8 (N, H, W) or (N, H, W, C).
         meta: JSON-serialisable description of the generator (model, version, run_id,
             seed, …); written to the manifest and, for the scalar keys, to each PNG.
+        masks: uint8 (N, H, W) label maps of an image + mask generator, or None.
     """
     images = _check(images)
+    masks = _check_masks(images, masks)
     names = [image_name(i, len(images)) for i in range(len(images))]
+    mask_names = None if masks is None else [image_name(i, len(images), "mask") for i in range(len(images))]
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for i, (name, image) in enumerate(zip(names, images, strict=True)):
@@ -102,21 +126,30 @@ def to_png_zip(images: np.ndarray, meta: Mapping[str, Any]) -> bytes:
             info = _entry(name)
             info.compress_type = zipfile.ZIP_STORED
             zf.writestr(info, png)
-        zf.writestr(_entry(MANIFEST_NAME), _canonical_json(manifest(images, meta, names)))
+            if masks is not None:
+                text = _png_text(meta, i) | {"synthray:mask_classes": json.dumps(list(meta.get("mask_classes") or []))}
+                info = _entry(mask_names[i])
+                info.compress_type = zipfile.ZIP_STORED
+                zf.writestr(info, encode_png(masks[i], text=text, compress_level=1))
+        zf.writestr(_entry(MANIFEST_NAME), _canonical_json(manifest(images, meta, names, masks, mask_names)))
     return buf.getvalue()
 
 
-def to_npz(images: np.ndarray, meta: Mapping[str, Any], compress: bool = False) -> bytes:
-    """``.npz`` with ``images`` (uint8) and ``manifest`` (JSON string); deterministic.
+def to_npz(images: np.ndarray, meta: Mapping[str, Any], compress: bool = False, masks: np.ndarray | None = None
+           ) -> bytes:
+    """``.npz`` with ``images`` (uint8), ``manifest`` (JSON string) and, for an image + mask
+    generator, ``masks`` (uint8 (N, H, W) label maps); deterministic.
 
     Readable with ``np.load(io.BytesIO(data))`` without ``allow_pickle``. Stored, like
     ``np.savez``, unless ``compress`` (``np.savez_compressed``): deflate took ~30 ms of a
     64-image synchronous request, 40 % of the forward pass itself (py-spy, docs/benchmarks.md).
     """
     images = _check(images)
+    masks = _check_masks(images, masks)
     arrays = {
         "images": images,
-        "manifest": np.array(_canonical_json(manifest(images, meta)).decode()),
+        "manifest": np.array(_canonical_json(manifest(images, meta, masks=masks)).decode()),
+        **({"masks": masks} if masks is not None else {}),
     }
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
@@ -164,7 +197,7 @@ def read_images(data: bytes) -> np.ndarray:
     from training.catalog.store import decode_png
 
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        names = sorted(n for n in zf.namelist() if n.endswith(".png"))
+        names = sorted(n for n in zf.namelist() if n.endswith(".png") and not n.startswith("mask-"))
         if names:
             return np.stack([decode_png(zf.read(n)) for n in names])
         if dicoms := sorted(n for n in zf.namelist() if n.endswith(".dcm")):
@@ -173,3 +206,17 @@ def read_images(data: bytes) -> np.ndarray:
             return np.stack([pydicom.dcmread(io.BytesIO(zf.read(n))).pixel_array for n in dicoms])
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         return npz["images"]
+
+
+def read_masks(data: bytes) -> np.ndarray | None:
+    """The uint8 (N, H, W) label maps of a ``to_png_zip`` or ``to_npz`` payload, in index order; None without masks."""
+    from training.catalog.store import decode_png
+
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        names = sorted(n for n in zf.namelist() if n.startswith("mask-") and n.endswith(".png"))
+        if names:
+            return np.stack([decode_png(zf.read(n)) for n in names])
+        if any(n.endswith(".png") or n.endswith(".dcm") for n in zf.namelist()):
+            return None
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return npz["masks"] if "masks" in npz.files else None

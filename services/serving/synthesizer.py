@@ -14,6 +14,11 @@
   training index, refill rejected rows from the replacement stream. The version's index is read
   once per replica from its model artifacts. What it did (rejections, their rows and stream
   positions) comes back beside the bytes and goes into the manifest and the response headers.
+* **Image + mask pairs.** A generator trained with masks (:mod:`training.nets.masks`) returns
+  each image with its argmax label map from the same forward pass: ``mask-NNNNN.png`` next to
+  ``img-NNNNN.png`` in a png-zip, a ``masks`` array in an npz, their classes in the manifest.
+  Same request, same bytes, masks included. dicom-zip and the near-copy filter refuse pairs
+  (422); the latent tools return the image channel.
 * **Latent tools** (knee paper, Fig. 4): a linear path between the latents of two seeds, and
   one latent dimension swept from −4.2 to +4.2 around a seed's latent; both take a condition
   (``class``, or multi-hot ``labels``). The chest paper's label transition holds z fixed and
@@ -52,6 +57,14 @@ class _Job:
     n: int
     seed: int
     label: int | tuple[int, ...] | None  # class index, or multi-hot findings of a multi-label generator
+
+
+@dataclass(frozen=True)
+class _Pairs:
+    """An image + mask generator's share of a render: uint8 images and (N, H, W) label maps."""
+
+    images: np.ndarray
+    masks: np.ndarray
 
 
 def _job_images(jobs: Sequence[_Job]) -> int:
@@ -182,8 +195,9 @@ class Synthesizer:
         return await asyncio.get_running_loop().run_in_executor(self._torch_thread, fn, *args)
 
     @staticmethod
-    def _render_jobs(jobs: Sequence[_Job]) -> list[np.ndarray]:
-        """One fixed-shape render per generator in the batch, split back per request."""
+    def _render_jobs(jobs: Sequence[_Job]) -> list[np.ndarray | _Pairs]:
+        """One fixed-shape render per generator in the batch, split back per request (an image +
+        mask generator's share is a :class:`_Pairs`)."""
         import torch
 
         out: list[np.ndarray | None] = [None] * len(jobs)
@@ -194,15 +208,19 @@ class Synthesizer:
             sampler = jobs[indices[0]].sampler
             z = torch.cat([sampler.latents(jobs[i].n, jobs[i].seed) for i in indices])
             labels = torch.cat([sampler.labels(jobs[i].n, jobs[i].label) for i in indices]) if sampler.conditional else None
-            images = sampler.render(z, labels)
+            images, masks = sampler.render_pairs(z, labels)  # masks: None unless an image + mask generator
             bounds = np.cumsum([0] + [jobs[i].n for i in indices])
             for i, start, stop in zip(indices, bounds[:-1], bounds[1:], strict=True):
-                out[i] = images[start:stop]
+                out[i] = images[start:stop] if masks is None else _Pairs(images[start:stop], masks[start:stop])
         return out  # type: ignore[return-value]
 
-    async def _pack(self, images: np.ndarray, meta: dict[str, Any], fmt: str) -> bytes:
+    async def _pack(self, images: np.ndarray, meta: dict[str, Any], fmt: str, masks: np.ndarray | None = None
+                    ) -> bytes:
         from services.serving.packaging import to_dicom_zip, to_npz, to_png_zip
 
+        if masks is not None:  # png-zip or npz (synthesize refuses dicom-zip for pairs)
+            pack = to_png_zip if fmt == "png-zip" else to_npz
+            return await asyncio.to_thread(lambda: pack(images, meta, masks=masks))
         pack = {"png-zip": to_png_zip, "dicom-zip": to_dicom_zip}.get(fmt, to_npz)
         return await asyncio.to_thread(pack, images, meta)
 
@@ -212,19 +230,26 @@ class Synthesizer:
         """``n`` images of ``ref`` from ``seed`` (optionally of class ``cls``, or with multi-hot
         ``labels``), packaged as ``fmt``, and the filter's report (``filter``/``percentile`` as
         resolved by :func:`resolve_filter`)."""
+        masks, mask_meta = None, {}
         if filter == "near-copy":
             found = await self._filtered(ref, n, seed, cls, labels, percentile)
             if isinstance(found, SynthrayError):
                 return found
             images, report = found
         else:
-            images, report = await self.images(ref, n, seed, cls, labels), {"filter": "none", "rejected": 0}
+            images, report = await self._rendered(ref, n, seed, cls, labels), {"filter": "none", "rejected": 0}
             if isinstance(images, SynthrayError):
                 return images
+            if isinstance(images, _Pairs):
+                if fmt == "dicom-zip":
+                    return BadInput(f"{ref.name}/{ref.version} makes image + mask pairs; dicom-zip carries no "
+                                    "masks, use png-zip or npz", field="format")
+                images, masks = images.images, images.masks
+                mask_meta = {"mask_classes": list((await self._generator(ref.uri)).mask_classes)}
         # unfiltered responses keep their manifest (and bytes) as before the filter existed
         extra = ({"class": cls} if cls is not None else {}) | ({"labels": list(labels)} if labels is not None else {})
-        meta = _meta(ref, seed=seed, **extra, **({"filter": report} if filter == "near-copy" else {}))
-        return await self._pack(images, meta, fmt), report
+        meta = _meta(ref, seed=seed, **extra, **mask_meta, **({"filter": report} if filter == "near-copy" else {}))
+        return await self._pack(images, meta, fmt, masks), report
 
     async def _filtered(self, ref: ModelRef, n: int, seed: int, cls: str | int | None,
                         labels: Sequence[int] | None, percentile: float | None
@@ -235,6 +260,9 @@ class Synthesizer:
         label = resolve_condition(sampler, ref, cls, labels)
         if isinstance(label, SynthrayError):
             return label
+        if getattr(sampler, "paired", False):  # the filter refills rows by image alone; masks would be lost
+            return BadInput(f"{ref.name}/{ref.version} makes image + mask pairs; the near-copy filter does not "
+                            "handle masks yet, use filter=none", field="filter")
         index = self._indexes.get(ref.uri)
         if index is None:
             from training.registry.privacy import load_index
@@ -259,6 +287,12 @@ class Synthesizer:
     async def images(self, ref: ModelRef, n: int, seed: int, cls: str | int | None,
                      labels: Sequence[int] | None = None) -> np.ndarray | SynthrayError:
         """The raw uint8 images of a synthesize request (for FID scoring), same pixels as synthesize."""
+        found = await self._rendered(ref, n, seed, cls, labels)
+        return found.images if isinstance(found, _Pairs) else found
+
+    async def _rendered(self, ref: ModelRef, n: int, seed: int, cls: str | int | None,
+                        labels: Sequence[int] | None = None) -> np.ndarray | _Pairs | SynthrayError:
+        """A request's images, or an image + mask generator's :class:`_Pairs` (one batched render)."""
         sampler = await self._generator(ref.uri)
         label = resolve_condition(sampler, ref, cls, labels)
         if isinstance(label, SynthrayError):

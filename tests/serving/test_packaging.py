@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 import zipfile
@@ -97,3 +98,47 @@ def test_npz_is_stored_unless_compressed_and_both_read_back(compress: bool) -> N
 def test_rejects_wrong_arrays(pack, bad) -> None:
     with pytest.raises(ValueError, match="uint8"):
         pack(bad, META)
+
+
+MASK_META = {**META, "mask_classes": ["background", "femur", "tibia", "fibula"]}
+
+
+def _masks(seed: int = 0, n: int = 4, shape: tuple[int, int] = (16, 12)) -> np.ndarray:
+    return np.random.default_rng(seed + 100).integers(0, 4, size=(n, *shape), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("pack", PACKERS)
+def test_image_mask_pairs_round_trip_deterministically(pack) -> None:
+    from services.serving.packaging import read_masks
+
+    data = pack(_images(), MASK_META, masks=_masks())
+    assert pack(_images(), MASK_META, masks=_masks()) == data
+    assert pack(_images(), MASK_META, masks=_masks(seed=1)) != data  # the masks are part of the bytes
+    np.testing.assert_array_equal(read_images(data), _images())  # masks are not mistaken for images
+    np.testing.assert_array_equal(read_masks(data), _masks())
+    rows = read_manifest(data)["images"]
+    assert [r["sha256_mask"] for r in rows] == [hashlib.sha256(m.tobytes()).hexdigest() for m in _masks()]
+    assert read_manifest(data)["generator"]["mask_classes"] == MASK_META["mask_classes"]
+    assert read_masks(pack(_images(), META)) is None  # image-only sets say so
+
+
+def test_png_zip_puts_each_mask_next_to_its_image() -> None:
+    data = to_png_zip(_images(n=3), MASK_META, masks=_masks(n=3))
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        names = zf.namelist()
+        mask = Image.open(io.BytesIO(zf.read("mask-00001.png")))
+        assert mask.info["Synthetic"] == "true" and "femur" in mask.info["synthray:mask_classes"]
+    assert names == ["img-00000.png", "mask-00000.png", "img-00001.png", "mask-00001.png",
+                     "img-00002.png", "mask-00002.png", "manifest.json"]
+    rows = read_manifest(data)["images"]
+    assert [(r["file"], r["mask_file"]) for r in rows] == [(f"img-0000{i}.png", f"mask-0000{i}.png") for i in range(3)]
+
+
+@pytest.mark.parametrize("pack", PACKERS)
+def test_masks_of_another_shape_are_refused(pack) -> None:
+    from infra.errors import BadInput
+
+    with pytest.raises(BadInput, match="masks must be uint8"):
+        pack(_images(), MASK_META, masks=_masks(shape=(16, 11)))
+    with pytest.raises(BadInput, match="masks must be uint8"):
+        pack(_images(), MASK_META, masks=_masks().astype(np.int64))

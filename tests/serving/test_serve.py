@@ -210,6 +210,7 @@ def test_api_keys_from_settings_and_file(tmp_path) -> None:
 # -- over HTTP -------------------------------------------------------------------------------
 COND, CLASSIFIER, SWAP = "gan-serve-test-acgan", "classifier-serve-test", "gan-serve-swap-test"
 SEGMENTER, SEGMENT_CLASSES = "segmenter-serve-test", ["background", "femur", "tibia", "fibula"]
+PAIRED = "gan-serve-test-image-mask"
 COND_CLASSES = ["L1", "L2", "L3"]
 REFERENCE_NAME = "phantom-metrics"  # the metrics tests' dataset: same spec, one version
 POLL_S = 1.0
@@ -319,6 +320,23 @@ def segmenter(stack: Settings):
     torch.manual_seed(0)
     return log_segmenter(get_segmenter_preset("unet-small").build(SEGMENT_CLASSES), SEGMENTER, alias="champion",
                          settings=stack)
+
+
+@pytest.fixture(scope="module")
+def paired(stack: Settings):
+    """An untrained, seeded image + mask DCGAN (1 + 4 channels) registered as a generator."""
+    import dataclasses
+
+    from training.nets.presets import get_preset
+    from training.nets.sampler import GeneratorSampler
+    from training.registry.generators import log_generator
+
+    torch.manual_seed(4)
+    spec = dataclasses.replace(get_preset("dcgan-fracture-small"), mask_channels=len(SEGMENT_CLASSES))
+    generator, _ = spec.build()
+    sampler = GeneratorSampler(generator, spec.latent_dim, mask_classes=SEGMENT_CLASSES)
+    return log_generator(sampler, PAIRED, alias="champion", settings=stack,
+                         tags={"mask_classes": json.dumps(SEGMENT_CLASSES)})
 
 
 @pytest.fixture(scope="module")
@@ -548,6 +566,44 @@ class TestHttp:
             assert row["counts"] == {c: int((want == i).sum()) for i, c in enumerate(SEGMENT_CLASSES)}
         again = http.post("/v1/segment", files=files, data={"model": f"{SEGMENTER}/{segmenter.version}"})
         assert again.json()["results"] == body["results"]  # a pinned version answers the same
+
+    def test_image_mask_pairs_over_http_are_byte_identical(self, http, paired, stack) -> None:
+        """Issue 26: mask-NNNNN.png next to img-NNNNN.png, a masks array in npz, same request same bytes."""
+        from services.serving.packaging import read_masks
+        from training.registry.generators import load_generator
+
+        body = {"model": f"{PAIRED}@champion", "n": 3, "seed": 7}
+        want_images, want_masks = load_generator(paired.uri, stack).generate_pairs(3, 7)
+        for fmt in ("png-zip", "npz"):
+            one, two = (http.post("/v1/synthesize", json=body | {"format": fmt}) for _ in range(2))
+            assert one.status_code == 200, one.text
+            assert one.content == two.content
+            np.testing.assert_array_equal(read_images(one.content), want_images)
+            np.testing.assert_array_equal(read_masks(one.content), want_masks)
+            assert read_manifest(one.content)["generator"]["mask_classes"] == SEGMENT_CLASSES
+        zipped = http.post("/v1/synthesize", json=body | {"format": "png-zip"}).content
+        with zipfile.ZipFile(io.BytesIO(zipped)) as zf:
+            assert sorted(zf.namelist()) == ["img-00000.png", "img-00001.png", "img-00002.png", "manifest.json",
+                                             "mask-00000.png", "mask-00001.png", "mask-00002.png"]
+        refused = http.post("/v1/synthesize", json=body | {"format": "dicom-zip"})
+        assert refused.status_code == 422 and "dicom-zip carries no masks" in refused.text
+        filtered = http.post("/v1/synthesize", json=body | {"filter": "near-copy"})
+        assert filtered.status_code == 422, filtered.text
+
+    def test_batch_shards_of_a_pair_model_hold_masks(self, http, paired, stack) -> None:
+        from services.serving.packaging import read_masks
+        from training.registry.generators import load_generator
+
+        submitted = http.post("/v1/batches", json={"model": f"{PAIRED}@champion", "n": 4, "seed": 2})
+        assert submitted.status_code == 202, submitted.text
+        state = _wait_batch(http, submitted.json()["batch_id"])
+        assert state["state"] == "succeeded", state
+        shard = httpx.get(state["urls"]["shards"][0], timeout=60).content
+        meta = read_manifest(shard)["generator"]
+        assert meta["mask_classes"] == SEGMENT_CLASSES and meta["call"].startswith("sampler.generate_pairs")
+        images, masks = load_generator(paired.uri, stack).generate_pairs(4, meta["shard_seed"])
+        np.testing.assert_array_equal(read_images(shard), images)
+        np.testing.assert_array_equal(read_masks(shard), masks)
 
     def test_fid_of_generated_images_against_a_reference(self, http, reference, served, stack) -> None:
 

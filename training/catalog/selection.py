@@ -94,6 +94,7 @@ class ImageTensors:
     labels: torch.Tensor
     ref: DatasetRef
     mask: torch.Tensor | None = None
+    label_maps: torch.Tensor | None = None  # (N, H, W) int64 segmentation masks, with masks=True
 
     @property
     def multilabel(self) -> bool:
@@ -155,6 +156,7 @@ def load_tensors(
     subset: str | None = None,
     balance: Balance = "none",
     seed: int = 0,
+    masks: bool = False,
 ) -> ImageTensors:
     """Load (a shard of) a dataset subset, hash-verified, scaled to [-1, 1].
 
@@ -167,6 +169,11 @@ def load_tensors(
         limit: cap on the number of records before sharding.
         settings: where the object store is.
         subset, balance, seed: see :func:`select_records`.
+        masks: also read each record's segmentation mask into ``label_maps`` (resized with
+            nearest-neighbour sampling, so values stay among the declared classes).
+
+    Raises:
+        CatalogError: with ``masks``, a record without a mask.
     """
     cat = catalog(settings)
     manifest = cat.manifest(ref)
@@ -181,12 +188,19 @@ def load_tensors(
     x = x / (scale / 2) - 1
     if image_size and x.shape[-1] != image_size:
         x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="area")
+    label_maps = None
+    if masks:
+        raw = torch.from_numpy(cat.read_masks(records).astype(np.int64)).reshape(len(records), *pixels.shape[1:3])
+        if raw.shape[-2:] != x.shape[-2:]:  # nearest neighbour: no value between two classes appears
+            raw = torch.nn.functional.interpolate(raw[:, None].float(), size=x.shape[-2:], mode="nearest-exact")
+            raw = raw[:, 0].long()
+        label_maps = raw
     if manifest.multilabel:
         targets, mask = manifest.multi_hot(records)
         return ImageTensors(images=x, labels=torch.from_numpy(targets), ref=manifest.ref,
-                            mask=torch.from_numpy(mask))
+                            mask=torch.from_numpy(mask), label_maps=label_maps)
     y = torch.tensor([r.label for r in records], dtype=torch.long)
-    return ImageTensors(images=x, labels=y, ref=manifest.ref)
+    return ImageTensors(images=x, labels=y, ref=manifest.ref, label_maps=label_maps)
 
 
 def load_uint8(

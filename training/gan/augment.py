@@ -150,10 +150,19 @@ class Augment:
                 center = torch.where(on[:, None], center, torch.full_like(center, -10 * max(h, w)))  # off-image
                 x = cutout(x, center, size)
             elif op == "brightness":
-                x = brightness(x, (torch.rand(n, device=dev) - 0.5) * on)
+                x = _on_image(x, lambda img: brightness(img, (torch.rand(n, device=dev) - 0.5) * on))
             elif op == "contrast":
-                x = contrast(x, torch.where(on, torch.rand(n, device=dev) + 0.5, torch.ones(n, device=dev)))
+                x = _on_image(x, lambda img: contrast(
+                    img, torch.where(on, torch.rand(n, device=dev) + 0.5, torch.ones(n, device=dev))))
         return x
+
+
+def _on_image(x: torch.Tensor, op: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """An intensity op on the image channel only: an image + mask stack's mask channels
+    (:mod:`training.nets.masks`) are labels, so they move with the geometric ops alone."""
+    if x.shape[1] == 1:
+        return op(x)
+    return torch.cat([op(x[:, :1]), x[:, 1:]], 1)
 
 
 class AugmentedCritic(nn.Module):

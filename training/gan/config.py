@@ -76,12 +76,20 @@ class GanTrainConfig(BaseModel):
     d_norm: Literal["sn", "pn", "none"] | None = Field(None, description="progressive D: spectral, pixel or no norm")
     channels: int | None = Field(None, ge=1, le=4, description="progressive: image channels (knee MRI: 1, or 2 "
                                  "with the cartilage mask); preset's if unset")
+    # Image + mask generators (training.nets.masks): G emits 1 + K channels, D reads them.
+    masks: bool = Field(False, description="train on (image, one-hot mask) stacks of a selection whose records "
+                        "all carry masks; the generator then emits 1 + K channels (K = the dataset's mask classes)")
+    mask_classes: list[str] | None = Field(
+        None, description="the dataset's mask class names (background first); the driver fills this in from the "
+        "manifest when masks is set, so workers and checkpoints rebuild the same 1 + K channels")
 
     def preset(self) -> GanPreset:
         """The architecture preset with this run's latent size."""
         preset = get_preset(self.arch)
         if self.latent_dim is not None:
             preset = dataclasses.replace(preset, latent_dim=self.latent_dim)
+        if self.masks and self.mask_classes:
+            preset = dataclasses.replace(preset, mask_channels=len(self.mask_classes))
         if preset.progressive:
             from training.gan.growth import progressive_preset
 

@@ -85,8 +85,13 @@ def grid_latents(w: "WorkerContext") -> tuple[torch.Tensor, torch.Tensor]:
     return z, y
 
 
-def sample_grid(generator: nn.Module, z: torch.Tensor, labels: torch.Tensor | None = None) -> np.ndarray:
-    """uint8 (H, W, 3) grid of ``generator(z[, labels])`` in eval mode (torchvision's make_grid)."""
+def sample_grid(generator: nn.Module, z: torch.Tensor, labels: torch.Tensor | None = None,
+                paired: bool = False) -> np.ndarray:
+    """uint8 (H, W, 3) grid of ``generator(z[, labels])`` in eval mode (torchvision's make_grid).
+
+    ``paired``: the generator emits image + one-hot mask stacks (:mod:`training.nets.masks`);
+    each sample is shown as its image followed by the image with its argmax mask in colour.
+    """
     from infra.compat import ensure_torchvision
 
     ensure_torchvision()
@@ -97,7 +102,12 @@ def sample_grid(generator: nn.Module, z: torch.Tensor, labels: torch.Tensor | No
     with torch.no_grad():
         images = (generator(z) if labels is None else generator(z, labels)).float().cpu()
     generator.train(was_training)
-    grid = make_grid(images, nrow=int(np.ceil(np.sqrt(len(z)))), padding=2, pad_value=1.0)
+    side = int(np.ceil(np.sqrt(len(z))))
+    if paired:
+        from training.nets.masks import pair_panels
+
+        images, side = pair_panels(images), 2 * side
+    grid = make_grid(images, nrow=side, padding=2, pad_value=1.0)
     return to_uint8(grid.unsqueeze(0))[0]
 
 
@@ -147,6 +157,23 @@ def make_augment(hp: dict) -> tuple[Augment | None, AdaController | None]:
     if kind == "ada":
         return Augment(policy, p=0.0), AdaController(target=hp["ada_target"], kimg=hp["ada_kimg"])
     raise BadInput(f"augment must be none, diffaugment or ada, got {kind!r}")
+
+
+def load_training_data(cfg: GanTrainConfig, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This worker's shard: images (N, C, H, W) in [-1, 1] and their labels.
+
+    C is 1, or 1 + K for a paired run (``cfg.masks``): each image stacked with its one-hot
+    mask in {-1, +1} (:func:`training.nets.masks.stack_pairs`), which D then sees whole.
+    """
+    from training.catalog.selection import load_tensors
+
+    paired = bool(cfg.masks and cfg.mask_classes)
+    data = load_tensors(cfg.dataset, shard=(rank, world), masks=paired, **cfg.selection())
+    if not paired:
+        return data.images, data.labels
+    from training.nets.masks import stack_pairs
+
+    return stack_pairs(data.images, data.label_maps, len(cfg.mask_classes)), data.labels
 
 
 def latent_inputs(hp: dict, conditional: bool, num_classes: int, device, batch: int = 64) -> Callable:
@@ -336,7 +363,6 @@ def train_loop(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from training.catalog.selection import load_tensors
     from training.evaluate.floor import with_floor
 
     w = worker_context(loop_config)
@@ -370,9 +396,9 @@ def train_loop(loop_config: dict) -> None:
         ema = Ema(unwrap(gen), hp["ema_kimg"], hp["ema_rampup"])
     loss = make_loss(hp["loss"], hp["gp_lambda"])
 
-    data = load_tensors(cfg.dataset, shard=(rank, world), **cfg.selection())
-    images = data.images.to(device, memory_format=memory_format)
-    labels = data.labels.to(device)
+    images, labels = load_training_data(cfg, rank, world)
+    images = images.to(device, memory_format=memory_format)
+    labels = labels.to(device)
     batch = max(1, hp["batch_size"] // world)
     steps = _min_across_workers(len(images) // batch, world)
     if steps == 0:
@@ -447,8 +473,8 @@ def train_loop(loop_config: dict) -> None:
             log.info(f"[train] epoch {epoch + 1}: {with_floor(metrics['fid'], loop_config.get('floor'))} "
                      f"(n_real {metrics['fid_n_real']:.0f} = n_fake {metrics['fid_n_fake']:.0f}, EMA generator)")
         _log_epoch(tracker, run_id, metrics, per_step, global_step - steps + 1)
-        tracker.log_image(run_id, sample_grid(ema.module, fixed_z, fixed_y if preset.conditional else None),
-                          key="samples", step=epoch + 1)
+        tracker.log_image(run_id, sample_grid(ema.module, fixed_z, fixed_y if preset.conditional else None,
+                                              paired=preset.mask_channels > 0), key="samples", step=epoch + 1)
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(
                 pair_state(pair, ema) | {"ada": ada.state_dict() if ada is not None else None,
@@ -485,7 +511,8 @@ def fid_fakes(gen: nn.Module, preset, hp: dict, cfg: GanTrainConfig, reference, 
 
     sampler = GeneratorSampler(gen, hp["latent_dim"], class_index=cfg.class_label,
                                num_classes=loop_config["num_classes"] if preset.conditional else None,
-                               multilabel=loop_config.get("multilabel", False))
+                               multilabel=loop_config.get("multilabel", False),
+                               mask_classes=cfg.mask_classes if preset.mask_channels else None)
     was_training = gen.training
     fake, _ = fakes_like(sampler, reference, seed=cfg.seed + 1, settings=get_settings())
     gen.train(was_training)

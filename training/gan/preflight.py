@@ -38,6 +38,7 @@ class Checked:
 
     manifest: object  # training.catalog.store.Manifest
     records: list
+    mask_classes: list[str] | None = None  # with cfg.masks: the manifest's, which the run must set
 
 
 def check_run(cfg: GanTrainConfig, settings: Settings | None = None, *, init_from_later_step: bool = False) -> Checked:
@@ -54,12 +55,35 @@ def check_run(cfg: GanTrainConfig, settings: Settings | None = None, *, init_fro
     from training.gan.growth import check_progressive
 
     check_progressive(cfg)  # progressive options only on progressive presets
+    if cfg.masks and cfg.channels:
+        raise BadInput("--channels and --masks both set the generator's channels; --masks makes 1 + K "
+                       "(K mask classes), drop --channels", field="--channels")
     manifest, records = _check_selection(cfg, settings)  # dataset, split/subset/class, stored size, batch
     _check_reference(cfg, manifest, records)
+    mask_classes = _check_masks(cfg, manifest, records)
+    if mask_classes:
+        cfg = cfg.model_copy(update={"mask_classes": mask_classes})
     if cfg.init_from and not init_from_later_step:
         num_classes = len(manifest.findings or manifest.classes) if cfg.preset().conditional else 1
         check_checkpoint(cfg.init_from, cfg, num_classes, settings)
-    return Checked(manifest, records)
+    return Checked(manifest, records, mask_classes)
+
+
+def _check_masks(cfg: GanTrainConfig, manifest, records: list) -> list[str] | None:
+    """``--masks``: the dataset names its mask classes and every selected record has a mask."""
+    if not cfg.masks:
+        return None
+    if not manifest.mask_classes:
+        raise BadInput(f"--masks: dataset {manifest.ref} has no masks (ingest with masks, e.g. "
+                       "`synthray catalog phantom --masks`)", field="--masks")
+    missing = sum(r.mask_sha256 is None for r in records)
+    if missing:
+        raise BadInput(f"--masks: {missing} of the {len(records)} selected images of {manifest.ref} have no mask "
+                       "(ingest with --require-mask, or select a subset with masks)", field="--masks")
+    if cfg.mask_classes and list(cfg.mask_classes) != list(manifest.mask_classes):
+        raise BadInput(f"--masks: mask classes {cfg.mask_classes} differ from the dataset's {manifest.mask_classes}",
+                       field="mask_classes")
+    return list(manifest.mask_classes)
 
 
 def check_plan(configs: Sequence[tuple[str, GanTrainConfig, bool]], settings: Settings | None = None) -> None:

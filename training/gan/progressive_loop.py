@@ -40,8 +40,8 @@ from training.gan.ema import Ema
 from training.gan.growth import Growth, Timeline, reals_at, schedule_of
 from training.gan.loop import (CHECKPOINT_FILE, _fid, _load_state, _log_epoch, _mean_across_workers,
                                _min_across_workers, _reference, _sum_across_workers, build_pair, epoch_seed,
-                               fid_fakes, grid_latents, make_augment, pair_state, restore_pair, sample_grid, train_step, unwrap,
-                               worker_context)
+                               fid_fakes, grid_latents, load_training_data, make_augment, pair_state, restore_pair,
+                               sample_grid, train_step, unwrap, worker_context)
 from training.gan.losses import make_loss
 
 log = logging.getLogger("synthray.train")
@@ -73,7 +73,6 @@ def train_loop(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from training.catalog.selection import load_tensors
 
     w = worker_context(loop_config)  # channels_last is not used: the networks change shape as they grow
     cfg, run_id, num_classes, hp, preset = w.cfg, w.run_id, w.num_classes, w.hp, w.preset
@@ -99,8 +98,8 @@ def train_loop(loop_config: dict) -> None:
         raise BadInput("init_from (warm start) is not supported with progressive presets yet")
     loss = make_loss(hp["loss"], hp["gp_lambda"], hp["drift"])
 
-    data = load_tensors(cfg.dataset, shard=(rank, world), **cfg.selection())
-    images, labels = data.images.to(device), data.labels.to(device)
+    images, labels = load_training_data(cfg, rank, world)
+    images, labels = images.to(device), labels.to(device)
     n_total = int(_sum_across_workers([float(len(images))], world)[0])
     timeline = Timeline(schedule_of(preset), unwrap(gen).resolutions, cfg.epoch_images or n_total)
     smallest = _min_across_workers(len(images), world)
@@ -179,11 +178,12 @@ def train_loop(loop_config: dict) -> None:
                     ema.module, preset, hp, cfg, reference, loop_config, g0.resolution)
                 metrics[f"fid_{g0.resolution}px"] = value
                 log.info(f"[train] stage {stage_done} ({g0.resolution}px) done at {seen} images: FID {value:.2f}")
-            tracker.log_image(run_id, sample_grid(ema.module, fixed_z, fixed_y if preset.conditional else None),
+            tracker.log_image(run_id, sample_grid(ema.module, fixed_z, fixed_y if preset.conditional else None,
+                                                  paired=preset.mask_channels > 0),
                               key=f"samples_{g0.resolution}px", step=epoch)
         _log_epoch(tracker, run_id, metrics, per_step, global_step - steps + 1)
-        tracker.log_image(run_id, sample_grid(ema.module, fixed_z, fixed_y if preset.conditional else None),
-                          key="samples", step=epoch)
+        tracker.log_image(run_id, sample_grid(ema.module, fixed_z, fixed_y if preset.conditional else None,
+                                              paired=preset.mask_channels > 0), key="samples", step=epoch)
         log.info(f"[train] epoch {epoch}: {g0.resolution}px α {metrics['alpha']:.3f}, {seen}/{timeline.total_images} "
                  f"images, loss_d {metrics['loss_d']:+.3f} loss_g {metrics['loss_g']:+.3f}, "
                  f"{metrics['images_per_s']:.0f} img/s")

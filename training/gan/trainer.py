@@ -63,7 +63,8 @@ def sampler_from_state(state: dict, arch: str | None = None, classes: list[str] 
     return GeneratorSampler(gen, preset.latent_dim, class_index=class_index,
                             class_name=None if classes is None or class_index is None else classes[class_index],
                             num_classes=state.get("num_classes") if preset.conditional else None,
-                            multilabel=bool(state.get("multilabel")))
+                            multilabel=bool(state.get("multilabel")),
+                            mask_classes=state["config"].get("mask_classes") if preset.mask_channels else None)
 
 
 def _git_commit() -> str:
@@ -167,6 +168,9 @@ def train_gan(
 
     checked = check_run(cfg, settings)  # every input, before the cluster is even joined
     manifest, records = checked.manifest, checked.records
+    if checked.mask_classes:  # paired run: G emits 1 + K channels (training.nets.masks)
+        cfg = cfg.model_copy(update={"mask_classes": checked.mask_classes})
+        preset = cfg.preset()
     connect(settings)
     _check_cluster(cfg)
     # A multi-label version conditions on its K findings (multi-hot), not on its label sets.

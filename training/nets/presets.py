@@ -35,26 +35,35 @@ from infra.errors import BadInput
 
 Loss = Literal["wgan-gp", "wgan-gp-ac", "bce", "hinge", "acgan"]
 
-# family → (generator factory, critic factory); each takes (preset, num_classes).
+# family → (generator factory, critic factory); each takes (preset, num_classes, channels).
 _FAMILIES: dict[str, tuple[Callable[..., nn.Module], Callable[..., nn.Module]]] = {
     "knee": (
-        lambda p, k: KneeGenerator(latent_dim=p.latent_dim, **p.generator),
-        lambda p, k: KneeCritic(image_size=p.image_size, **p.critic),
+        lambda p, k, c: KneeGenerator(latent_dim=p.latent_dim, **_knee_widths(p.generator, c)),
+        lambda p, k, c: KneeCritic(image_size=p.image_size, in_channels=c, **p.critic),
     ),
     "dcgan": (
-        lambda p, k: DcganGenerator(latent_dim=p.latent_dim, **p.generator),
-        lambda p, k: DcganDiscriminator(image_size=p.image_size, **p.critic),
+        lambda p, k, c: DcganGenerator(latent_dim=p.latent_dim, channels=c, **p.generator),
+        lambda p, k, c: DcganDiscriminator(image_size=p.image_size, channels=c, **p.critic),
     ),
     "acgan": (
-        lambda p, k: AcganGenerator(num_classes=k, latent_dim=p.latent_dim, **p.generator),
-        lambda p, k: AcganDiscriminator(num_classes=k, image_size=p.image_size, **p.critic),
+        lambda p, k, c: AcganGenerator(num_classes=k, latent_dim=p.latent_dim, channels=c, **p.generator),
+        lambda p, k, c: AcganDiscriminator(num_classes=k, image_size=p.image_size, channels=c, **p.critic),
     ),
     "progressive": (
-        lambda p, k: ProgressiveGenerator(latent_dim=p.latent_dim, num_classes=k if p.conditional else 0,
-                                          end=p.image_size, **p.generator),
-        lambda p, k: ProgressiveCritic(num_classes=k if p.conditional else 0, end=p.image_size, **p.critic),
+        lambda p, k, c: ProgressiveGenerator(latent_dim=p.latent_dim, num_classes=k if p.conditional else 0,
+                                             end=p.image_size, **{**p.generator, "channels": c}),
+        lambda p, k, c: ProgressiveCritic(num_classes=k if p.conditional else 0, end=p.image_size,
+                                          **{**p.critic, "channels": c}),
     ),
 }
+
+
+def _knee_widths(generator: dict, channels: int) -> dict:
+    """The knee generator's last width is its image channel count: 1, or 1 + K for a paired preset."""
+    if channels == 1:
+        return generator
+    widths = tuple(generator.get("widths", (128, 128, 128, 1)))
+    return {**generator, "widths": (*widths[:-1], channels)}
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,9 @@ class GanPreset:
         growth: progressive presets: :class:`training.gan.growth.GrowthSchedule` fields
             (images per stage and fade-in, batch per resolution); None for the others.
         drift: WGAN-GP's ε_drift·E[D(real)²] term (PGGAN: 1e-3; 0 elsewhere).
+        mask_channels: K one-hot mask channels after the image (:mod:`training.nets.masks`;
+            background included), so G emits and D reads ``1 + K`` channels; 0 = image only.
+            A run sets it from its dataset's ``mask_classes`` (``GanTrainConfig.masks``).
     """
 
     name: str
@@ -108,6 +120,7 @@ class GanPreset:
     source: str = ""
     growth: dict[str, Any] | None = None
     drift: float = 0.0
+    mask_channels: int = 0
 
     @property
     def conditional(self) -> bool:
@@ -121,7 +134,9 @@ class GanPreset:
         """A fresh (generator, critic) pair; ``num_classes`` sizes a conditional pair."""
         make_g, make_d = _FAMILIES[self.family]
         k = num_classes or self.num_classes
-        gen, critic = make_g(self, k), make_d(self, k)
+        # A progressive preset's own `channels` (the --channels option) applies when it has no masks.
+        channels = 1 + self.mask_channels if self.mask_channels else self.generator.get("channels", 1)
+        gen, critic = make_g(self, k, channels), make_d(self, k, channels)
         if gen.image_size != self.image_size:
             raise BadInput(f"preset {self.name!r}: generator makes {gen.image_size}px, image_size is {self.image_size}")
         return gen, critic

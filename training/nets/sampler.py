@@ -33,11 +33,15 @@ class GeneratorSampler(nn.Module):
             unconditional one.
         multilabel: the K conditions are findings of a multi-label dataset: ``labels`` are
             multi-hot float (B, K) rows (the chest paper's conditions), not class indices.
+        mask_classes: a paired generator's mask class names (background first): it emits
+            (N, 1 + K, H, W) image + one-hot mask stacks (:mod:`training.nets.masks`);
+            :meth:`generate` then gives the images and :meth:`generate_pairs` images and masks.
     """
 
     def __init__(
         self, generator: nn.Module, latent_dim: int, class_index: int | None = None,
         class_name: str | None = None, num_classes: int | None = None, multilabel: bool = False,
+        mask_classes: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.generator = generator.eval()
@@ -46,11 +50,17 @@ class GeneratorSampler(nn.Module):
         self.class_name = class_name
         self.num_classes = num_classes
         self.multilabel = bool(multilabel and num_classes)
+        self.mask_classes = list(mask_classes) if mask_classes else None
 
     @property
     def conditional(self) -> bool:
         # getattr: samplers pickled into the registry before conditional models existed lack it.
         return getattr(self, "num_classes", None) is not None
+
+    @property
+    def paired(self) -> bool:
+        """Emits image + mask pairs (samplers pickled before paired generators existed do not)."""
+        return bool(getattr(self, "mask_classes", None))
 
     @property
     def is_multilabel(self) -> bool:
@@ -107,9 +117,16 @@ class GeneratorSampler(nn.Module):
             return self.generator(z)
         return self.generator(z, self.labels(len(z)) if labels is None else labels)
 
-    @torch.inference_mode()
     def render(self, z: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = CHUNK) -> np.ndarray:
-        """uint8 images of latents ``z`` (and ``labels``), in forward passes of exactly ``batch_size`` rows.
+        """uint8 images (N, H, W[, C]) of latents ``z`` (and ``labels``); a paired generator's image channel."""
+        return self.render_pairs(z, labels, batch_size)[0]
+
+    @torch.inference_mode()
+    def render_pairs(self, z: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = CHUNK
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+        """uint8 images of latents ``z`` (and ``labels``), in forward passes of exactly ``batch_size`` rows,
+        and for a paired generator their uint8 (N, H, W) argmax label maps (value i = ``mask_classes[i]``),
+        else None.
 
         The last pass is zero-padded to full size. CPU kernels pick different code paths
         for different batch shapes (outputs then differ by ~1e-7, enough to flip a rounded
@@ -130,20 +147,36 @@ class GeneratorSampler(nn.Module):
             forward(z[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
             for i in range(0, len(z), batch_size)
         ]
-        return to_uint8(torch.cat(chunks)[:n])
+        out = torch.cat(chunks)[:n]
+        if not self.paired:
+            return to_uint8(out), None
+        from training.nets.masks import split_pairs
+
+        image, masks = split_pairs(out)
+        return to_uint8(image), masks.numpy().astype(np.uint8)
 
     def generate(self, n: int, seed: int, batch_size: int = CHUNK, label: int | Sequence[int] | None = None
                  ) -> np.ndarray:
         """``n`` uint8 images (N, H, W) for grayscale or (N, H, W, C), reproducible from ``seed``.
 
         ``label`` picks the class of a conditional generator, or the multi-hot findings
-        (e.g. ``[1, 0, 1]``) of a multi-label one (see :meth:`labels`).
+        (e.g. ``[1, 0, 1]``) of a multi-label one (see :meth:`labels`). A paired generator
+        gives its image channel here; :meth:`generate_pairs` adds the masks.
+        """
+        return self.generate_pairs(n, seed, batch_size, label)[0]
+
+    def generate_pairs(self, n: int, seed: int, batch_size: int = CHUNK, label: int | Sequence[int] | None = None
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`generate`'s images and, for a paired generator, their uint8 (N, H, W) label maps (else None).
+
+        The same latents make both, so ``generate_pairs(n, s)[0]`` equals ``generate(n, s)``.
         """
         if n < 0 or batch_size < 1:
             raise BadInput(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
         if label is not None and not self.conditional:
             raise BadInput("label is only for conditional generators; this one is unconditional")
-        return self.render(self.latents(n, seed), self.labels(n, label) if self.conditional else None, batch_size)
+        return self.render_pairs(self.latents(n, seed), self.labels(n, label) if self.conditional else None,
+                                 batch_size)
 
 
 def _channels_last_forward(module: nn.Module):

@@ -45,6 +45,7 @@ class CardFacts:
     ema: bool = False  # the weights are the EMA generator's (StyleGAN2-ADA G_ema)
     membership: dict | None = None  # training.evaluate.membership summary, or {"skipped": why}
     near_copy: dict | None = None  # {"threshold", "n_indexed", "filter_default"} of the packed index
+    mask_classes: list[str] | None = None  # a paired generator's mask classes (background first)
 
 
 def _augmentation(hp: dict) -> str:
@@ -106,7 +107,12 @@ def render_card(f: CardFacts, version: str | None = None) -> str:
         "radiology classifiers, where real images cannot be shared. Every output is synthetic and "
         "must be labelled as such.\n\n"
         f"Contract: `generate(n, seed, {label})` returns uint8 images `(n, {f.image_size}, {f.image_size})`; "
-        "the same arguments give byte-identical images.",
+        "the same arguments give byte-identical images."
+        + (f"\n\nImage + mask pairs: `generate_pairs(n, seed, {label})` also returns uint8 label maps "
+           f"`(n, {f.image_size}, {f.image_size})`, value i = class i of {', '.join(f'`{c}`' for c in f.mask_classes)} "
+           "(argmax of the generator's one-hot mask channels; byte-identical for the same arguments). "
+           "FID, KID and the memorization audit score the image channel only."
+           if f.mask_classes else ""),
         "## Data\n" + _kv([
             ("dataset", f"`{f.dataset}`"),
             ("manifest sha256", f"`{f.manifest_sha256}`"),

@@ -129,7 +129,8 @@ def _sample_grid(sampler: GeneratorSampler, seed: int, n: int = 36) -> bytes:
     from training.gan.loop import sample_grid
 
     z = sampler.latents(n, seed)
-    return _png(sample_grid(sampler.generator, z, sampler.labels(n) if sampler.conditional else None))
+    return _png(sample_grid(sampler.generator, z, sampler.labels(n) if sampler.conditional else None,
+                            paired=sampler.paired))
 
 
 def _version_tags(facts: CardFacts, sampler: GeneratorSampler) -> dict[str, str]:
@@ -159,6 +160,8 @@ def _version_tags(facts: CardFacts, sampler: GeneratorSampler) -> dict[str, str]
                  "fid.floor_method": facts.floor["method"]}
     if sampler.conditional:
         tags["num_classes"] = sampler.num_classes
+    if sampler.paired:  # image + mask pairs: the names of the mask values, background first
+        tags["mask_classes"] = json.dumps(sampler.mask_classes)
     return {k: str(v) for k, v in tags.items()}
 
 
@@ -214,6 +217,7 @@ def _facts(client, run_id: str, checkpoint: str | None, settings: Settings, prog
         floor={"fid": floor.fid, "n": floor.n, "method": floor.method, "key": floor.key},
         ema=bool(state.get("generator_ema")),
         membership=membership, near_copy={"threshold": index.threshold(), "n_indexed": index.n, "filter_default": "none"},
+        mask_classes=sampler.mask_classes if sampler.paired else None,
     )
     return sampler, facts, index
 

@@ -66,12 +66,17 @@ def training_selection(ref: ReferenceStats, selection: dict, settings: Settings 
 
 
 def critic_from_state(state: dict):
-    """The trained discriminator of a checkpoint state (eval mode, CPU), or None if it has none."""
+    """The trained discriminator of a checkpoint state (eval mode, CPU), or None if it has none.
+
+    A paired (image + mask) model's critic reads image + one-hot mask stacks; the audit scores
+    images alone, so such a model has no critic attack here (None): its DCR attack still runs.
+    """
     from training.gan.config import GanTrainConfig
 
-    if not state.get("critic"):
+    cfg = GanTrainConfig(**state["config"])
+    if not state.get("critic") or cfg.preset().mask_channels:
         return None
-    _, critic = GanTrainConfig(**state["config"]).preset().build(state.get("num_classes"))
+    _, critic = cfg.preset().build(state.get("num_classes"))
     critic.load_state_dict(state["critic"])
     return critic.eval()
 
