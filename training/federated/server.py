@@ -28,7 +28,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -250,7 +249,7 @@ def latest_checkpoint(run_id: str, settings: Settings | None = None) -> tuple[in
     return int(pointer["round"]), state
 
 
-def _site_runs(mlflow, client, experiment_id: str, run_id: str, sites: int, resuming: bool) -> list[str]:
+def _site_runs(client, experiment_id: str, run_id: str, sites: int, resuming: bool) -> list[str]:
     if resuming:
         found = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{run_id}'", max_results=10_000)
         by_site = {r.data.tags.get(SITE_TAG): r.info.run_id for r in found}
@@ -328,7 +327,7 @@ def train_federated(cfg: FederatedConfig, settings: Settings | None = None, resu
                   **{k: hp[k] for k in ("batch_size", "critic_steps", "gp_lambda", "lr", "latent_dim", "augment")}}
         for key, value in params.items():
             client.log_param(run_id, key, value)
-    site_runs = _site_runs(mlflow, client, experiment.experiment_id, run_id, cfg.sites, bool(resume))
+    site_runs = _site_runs(client, experiment.experiment_id, run_id, cfg.sites, bool(resume))
     progress(f"federated: MLflow run {run_id}, {cfg.sites} sites, {cfg.sampled_per_round()} per round, "
              f"rounds {offset + 1}..{cfg.rounds}")
 
