@@ -52,10 +52,20 @@ def _cfg(dataset: str, **kw) -> FederatedConfig:
 def run(stack: Settings, sited: str):
     lines: list[str] = []
     t0 = time.monotonic()
-    result = train_federated(_cfg(sited, drill_fail=f"1@{ROUNDS}"), settings=stack,
-                             progress=lambda line: lines.append(f"{time.monotonic() - t0:5.1f}s {line}"))
+    # Instrument (not mock) this process's object-store reads: the server runs here, the sites in Ray actors.
+    reads: list[str] = []
+    get_bytes = ObjectStore.get_bytes
+
+    def recorded(self, key: str) -> bytes:
+        reads.append(key)
+        return get_bytes(self, key)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ObjectStore, "get_bytes", recorded)
+        result = train_federated(_cfg(sited, drill_fail=f"1@{ROUNDS}"), settings=stack,
+                                 progress=lambda line: lines.append(f"{time.monotonic() - t0:5.1f}s {line}"))
     print("\n".join(lines))
-    return result, lines
+    return result, lines, reads
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +86,7 @@ def test_sites_split_by_patient_through_the_cli(stack: Settings, sited: str) -> 
 
 
 def test_a_failed_site_is_dropped_and_the_run_finishes(run, client) -> None:
-    result, lines = run
+    result, lines, _ = run
     assert result.rounds == ROUNDS
     assert result.participants == {1: ["site-0", "site-1"], 2: ["site-0"]}
     assert result.dropped == {1: [], 2: ["site-1"]}
@@ -89,8 +99,15 @@ def test_a_failed_site_is_dropped_and_the_run_finishes(run, client) -> None:
     assert client.get_run(result.run_id).info.status == "FINISHED"
 
 
+def test_the_server_process_reads_no_image_blob(run) -> None:
+    """The server (this process) read manifests only; every image read happened at a site (Ray actor)."""
+    _, _, reads = run
+    assert any("/versions/" in key for key in reads), reads  # the instrument sees the manifest reads
+    assert not [key for key in reads if "/blobs/" in key], reads
+
+
 def test_parent_and_site_child_runs(run, client, sited: str, tmp_path) -> None:
-    result, _ = run
+    result, _, _ = run
     parent = client.get_run(result.run_id)
     assert parent.data.params["dataset"] == sited and parent.data.params["average"] == "g+d"
     assert parent.data.params["sampled_per_round"] == "2"
@@ -113,7 +130,7 @@ def test_parent_and_site_child_runs(run, client, sited: str, tmp_path) -> None:
 
 
 def test_global_checkpoint_every_round_and_fid_on_pooled_statistics(run, stack: Settings) -> None:
-    result, _ = run
+    result, _, _ = run
     store = ObjectStore(stack)
     for rnd in range(1, ROUNDS + 1):
         assert store.exists(checkpoint_key(result.run_id, rnd))
@@ -129,7 +146,7 @@ def test_pooled_statistics_merged_from_sites_equal_the_pooled_computation(run, s
     batches moves each feature by float32 round-off (~6e-8 measured), which is Inception's, not the merge's."""
     from training.evaluate.reference import reference_statistics
 
-    result, _ = run
+    result, _, _ = run
     sites = [reference_statistics(sited, split="train", subset=f"site-{i}", dims=DIMS, settings=stack)
              for i in range(SITES)]
     assert all(s.cached for s in sites)  # the sites' own census computed and stored them
@@ -142,7 +159,7 @@ def test_pooled_statistics_merged_from_sites_equal_the_pooled_computation(run, s
 def test_resume_continues_after_the_last_finished_round(run, stack: Settings, client, sited: str) -> None:
     from services.cli.main import main
 
-    result, _ = run
+    result, _, _ = run
     before = latest_checkpoint(result.run_id, stack)[1]["generator"]
     out = CliRunner().invoke(main, ["train", "federated", "--dataset", sited, "--sites", str(SITES), "--fraction", "0.5",
                                     "--rounds", str(ROUNDS + 1), "--local-iters", "1", "--batch-size", "8",
