@@ -106,6 +106,18 @@ def test_the_server_process_reads_no_image_blob(run) -> None:
     assert not [key for key in reads if "/blobs/" in key], reads
 
 
+def test_sites_ran_as_actors_on_the_stacks_ray_cluster(run, stack: Settings) -> None:
+    """Flower kept the driver's Ray connection (infra.ray_runtime.connect): its site actors are the stack's."""
+    from ray.util.state import list_actors
+
+    from infra.ray_runtime import connect
+
+    connect(stack)  # Flower's backend shut this process's Ray connection down at the run's end
+    actors = list_actors(address=stack.ray_address, filters=[("class_name", "=", "ClientAppActor")], limit=100,
+                         raise_on_missing_output=False)
+    assert 1 <= len(actors) <= stack.ray_num_cpus  # one per client_cpus=1 CPU of the stack's head
+
+
 def test_parent_and_site_child_runs(run, client, sited: str, tmp_path) -> None:
     result, _, _ = run
     parent = client.get_run(result.run_id)
