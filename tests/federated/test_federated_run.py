@@ -106,6 +106,38 @@ def test_the_server_process_reads_no_image_blob(run) -> None:
     assert not [key for key in reads if "/blobs/" in key], reads
 
 
+def test_a_site_reads_only_its_own_blobs(run, stack: Settings, client, sited: str) -> None:
+    """The ClientApp's census and train step (the functions the actors run), run here with the object
+    store's reads instrumented: every image blob read is one of the site's own."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    from training.catalog.store import Catalog
+    from training.federated.client import PARTS, _site_tensors, census, pack, train_site
+
+    cfg = _cfg(sited)
+    manifest = catalog(stack).manifest(sited)
+    own = {Catalog.blob_key(sha) for sha in manifest.subset("site-1")}
+    torch.manual_seed(0)
+    gen, critic = cfg.gan.preset().build(len(manifest.classes))
+    run_id = client.create_run(client.create_experiment("federated-boundary-test")).info.run_id
+    reads: list[str] = []
+    get_bytes = ObjectStore.get_bytes
+
+    def recorded(self, key: str) -> bytes:
+        reads.append(key)
+        return get_bytes(self, key)
+
+    _site_tensors.cache_clear()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ObjectStore, "get_bytes", recorded)
+        census(cfg, 1)
+        train_site(cfg.model_copy(update={"local_iters": 1}), 1, pack(gen, critic, PARTS["g+d"]),
+                   ConfigRecord({"round": 1, "num-classes": len(manifest.classes), "child-runs": ["-", run_id]}),
+                   RecordDict())
+    blobs = {key for key in reads if "/blobs/" in key}
+    assert blobs == own  # all of its images (training) and nothing else
+
+
 def test_sites_ran_as_actors_on_the_stacks_ray_cluster(run, stack: Settings) -> None:
     """Flower kept the driver's Ray connection (infra.ray_runtime.connect): its site actors are the stack's."""
     from ray.util.state import list_actors
