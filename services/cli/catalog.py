@@ -315,12 +315,29 @@ def catalog_verify(ref: str) -> None:
 @click.option("--subset", "subsets", multiple=True, callback=_pairs, metavar="NAME=SELECTOR",
               help="declare a subset, e.g. classifier-pool=subset=rejected or gan-train=split=train,subset!=rejected")
 @click.option("--name", default=None, help="publish under another dataset name")
-def catalog_split(ref, fractions, seed, subsets, name) -> None:
-    """Publish a new version of REF with new splits and/or named subsets (same images)."""
+@click.option("--sites", type=click.IntRange(1), default=None,
+              help="declare K disjoint federated sites site-0 … site-{K-1} (patients never span two)")
+@click.option("--by", default="patient", show_default=True, metavar="patient|attribute=NAME",
+              help="with --sites: deal whole patients, or use a record attribute such as hospital")
+@click.option("--within", default="split=train", show_default=True, metavar="SELECTOR",
+              help="with --sites: the records the sites partition")
+def catalog_split(ref, fractions, seed, subsets, name, sites, by, within) -> None:
+    """Publish a new version of REF with new splits, named subsets or federated sites (same images)."""
     from training.catalog.splits import derive, split_overlap
 
+    if sites is not None:
+        if fractions is not None or subsets:
+            raise click.UsageError("--sites declares sites on the current splits; give it without --split/--subset")
+        from training.federated.sites import publish_sites, site_subsets
+
+        manifest = publish_sites(_open(), ref, sites, by=by, within=within, seed=seed, name=name)
+        for site in site_subsets(manifest):
+            chosen = manifest.select(subset=site)
+            click.echo(f"  {site}: {len(chosen)} images, {len({r.patient_id or r.sha256 for r in chosen})} patients")
+        click.echo(str(manifest.ref))
+        return
     if fractions is None and not subsets:
-        raise click.UsageError("give --split and/or --subset")
+        raise click.UsageError("give --split, --subset or --sites")
     manifest = derive(_open(), ref, name=name, fractions=fractions, seed=seed, subsets=subsets)
     for split in sorted({r.split for r in manifest.records}):
         click.echo(f"  {split:<6} {Counter(r.label_name for r in manifest.records if r.split == split)}")

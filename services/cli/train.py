@@ -114,6 +114,48 @@ def train_gan_cmd(register: bool, growth_batch: tuple, **kwargs) -> None:
         _register(result.run_id, result.checkpoint_path)
 
 
+@train.command("federated")
+@click.option("--dataset", required=True, help="catalog dataset with site subsets (`catalog split REF --sites K`)")
+@click.option("--arch", type=ARCHS, default="wgan-gp-knee-small", show_default=True, help="GAN preset (fixed-size)")
+@click.option("--sites", type=click.IntRange(1), required=True, help="K: the number of sites of the dataset")
+@click.option("--fraction", type=click.FloatRange(0, 1, min_open=True), default=0.1, show_default=True,
+              help="C: fraction of sites sampled per round (chest paper 0.1)")
+@click.option("--rounds", type=click.IntRange(1), required=True, help="communication rounds in all")
+@click.option("--local-iters", type=click.IntRange(1), default=10, show_default=True,
+              help="E: generator updates per site per round (chest paper 10)")
+@click.option("--average", type=click.Choice(["g", "d", "g+d"]), default="g+d", show_default=True,
+              help="networks FedAvg averages (chest paper: both)")
+@click.option("--min-fit-clients", type=click.IntRange(1), default=1, show_default=True,
+              help="a round counts when at least this many sampled sites return")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="per-site batch (preset's; paper 32)")
+@click.option("--fid-every", type=click.IntRange(0), default=1, show_default=True,
+              help="global FID against the pooled site statistics every k rounds; 0 disables")
+@click.option("--fid-dims", type=click.Choice(["64", "192", "768", "2048"]), default="2048", show_default=True)
+@click.option("--augment", type=click.Choice(["none", "diffaugment"]), default=None, help="augmentation before D")
+@click.option("--split", default="train", show_default=True, help="catalog split within each site")
+@click.option("--seed", type=click.IntRange(0, TRAIN_MAX_SEED), default=0, show_default=True)
+@click.option("--client-cpus", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
+              help="Ray CPUs per simulated site")
+@click.option("--resume", default=None, metavar="RUN_ID", help="continue a run after its last finished round")
+@click.option("--drill-fail", default=None, hidden=True, help="SITE@ROUND: that site fails mid-round (drill)")
+def train_federated_cmd(dataset, arch, sites, fraction, rounds, local_iters, average, min_fit_clients, batch_size,
+                        fid_every, fid_dims, augment, split, seed, client_cpus, resume, drill_fail) -> None:
+    """Federated GAN training (FedAvg with Flower): each site trains on its own images, only weights move."""
+    from training.federated.config import FederatedConfig
+    from training.federated.server import train_federated
+    from training.gan.config import GanTrainConfig
+
+    gan = GanTrainConfig(dataset=dataset, arch=arch, batch_size=batch_size, augment=augment, split=split, seed=seed,
+                         fid_every=0)
+    cfg = FederatedConfig(gan=gan, sites=sites, fraction=fraction, rounds=rounds, local_iters=local_iters,
+                          average=average, min_fit_clients=min_fit_clients, fid_every=fid_every,
+                          fid_dims=int(fid_dims), client_cpus=client_cpus, drill_fail=drill_fail)
+    result = train_federated(cfg, resume=resume, progress=say)
+    fid = f", FID {result.fid[max(result.fid)]:.2f} at round {max(result.fid)}" if result.fid else ""
+    click.echo(f"run: {result.run_id} ({len(result.site_run_ids)} site runs), {result.rounds} rounds{fid}\n"
+               f"checkpoint: {result.checkpoint_key}")
+
+
 @train.command("methods")
 @_common
 @click.option("--method", type=click.Choice(["I", "II", "III", "IV"]), required=True,

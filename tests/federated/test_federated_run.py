@@ -1,0 +1,235 @@
+"""A federated GAN run on the real stack: 2 phantom sites, Flower FedAvg of G and D, a site failing.
+
+One run (2 sites, fraction 1.0, 2 rounds, 2 local iterations, min_fit_clients 1; site-1 fails
+mid-round 2) is shared by the tests; a resume through the CLI adds round 3. Small on purpose:
+every Flower simulation starts its Ray actors afresh (most of the runtime).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from infra.object_store import ObjectStore
+from infra.settings import Settings
+from training.catalog.phantom import PhantomSpec
+from training.catalog.selection import catalog, publish_phantom
+from training.federated.config import FederatedConfig
+from training.federated.server import SITE_TAG, checkpoint_key, latest_checkpoint, train_federated
+from training.federated.sites import site_subsets
+from training.federated.stats import GaussianStats
+from training.gan.config import GanTrainConfig
+
+pytestmark = pytest.mark.stack
+SITES, ROUNDS, DIMS = 2, 2, 64
+
+
+@pytest.fixture(scope="module")
+def sited(stack: Settings) -> str:
+    """A phantom version with site-0 and site-1, declared through the CLI."""
+    from services.cli.main import main
+
+    manifest = publish_phantom(40, PhantomSpec(size=64, seed=11), name="phantom-fed-test", settings=stack,
+                               progress=lambda _: None)
+    out = CliRunner().invoke(main, ["catalog", "split", str(manifest.ref), "--sites", str(SITES)])
+    assert out.exit_code == 0, out.output
+    return out.output.strip().splitlines()[-1]
+
+
+def _cfg(dataset: str, **kw) -> FederatedConfig:
+    gan = GanTrainConfig(dataset=dataset, arch="wgan-gp-knee-small", batch_size=8, grid_size=4, fid_every=0)
+    return FederatedConfig(gan=gan, sites=SITES, fraction=1.0, rounds=ROUNDS, local_iters=2, min_fit_clients=1,
+                           fid_every=2, fid_dims=DIMS, **kw)
+
+
+@pytest.fixture(scope="module")
+def run(stack: Settings, sited: str):
+    lines: list[str] = []
+    t0 = time.monotonic()
+    # Instrument (not mock) this process's object-store reads: the server runs here, the sites in Ray actors.
+    reads: list[str] = []
+    get_bytes = ObjectStore.get_bytes
+
+    def recorded(self, key: str) -> bytes:
+        reads.append(key)
+        return get_bytes(self, key)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ObjectStore, "get_bytes", recorded)
+        result = train_federated(_cfg(sited, drill_fail=f"1@{ROUNDS}"), settings=stack,
+                                 progress=lambda line: lines.append(f"{time.monotonic() - t0:5.1f}s {line}"))
+    print("\n".join(lines))
+    return result, lines, reads
+
+
+@pytest.fixture(scope="module")
+def client(stack: Settings):
+    from mlflow import MlflowClient
+
+    return MlflowClient(stack.mlflow_tracking_uri)
+
+
+def test_sites_split_by_patient_through_the_cli(stack: Settings, sited: str) -> None:
+    manifest = catalog(stack).manifest(sited)
+    assert site_subsets(manifest) == ["site-0", "site-1"]
+    members = [set(manifest.subset(s)) for s in site_subsets(manifest)]
+    train = {r.sha256 for r in manifest.records if r.split == "train"}
+    assert set().union(*members) == train and sum(map(len, members)) == len(train)
+    patients = [{r.patient_id for r in manifest.records if r.sha256 in m} for m in members]
+    assert not patients[0] & patients[1] and all(patients)
+
+
+def test_a_failed_site_is_dropped_and_the_run_finishes(run, client) -> None:
+    result, lines, _ = run
+    assert result.rounds == ROUNDS
+    assert result.participants == {1: ["site-0", "site-1"], 2: ["site-0"]}
+    assert result.dropped == {1: [], 2: ["site-1"]}
+    logged = json.loads(client.download_artifacts(result.run_id, "rounds/round-0002.json") and
+                        open(client.download_artifacts(result.run_id, "rounds/round-0002.json")).read())
+    assert logged["dropped"] == ["site-1"] and "drill: site-1 fails mid-round 2" in logged["errors"][0]
+    history = {m.step: m.value for m in client.get_metric_history(result.run_id, "round/participants")}
+    assert history == {1: 2.0, 2: 1.0}
+    assert any("dropped site-1" in line for line in lines)
+    assert client.get_run(result.run_id).info.status == "FINISHED"
+
+
+def test_the_server_process_reads_no_image_blob(run) -> None:
+    """The server (this process) read manifests only; every image read happened at a site (Ray actor)."""
+    _, _, reads = run
+    assert any("/versions/" in key for key in reads), reads  # the instrument sees the manifest reads
+    assert not [key for key in reads if "/blobs/" in key], reads
+
+
+def test_a_site_reads_only_its_own_blobs(run, stack: Settings, client, sited: str) -> None:
+    """The ClientApp's census and train step (the functions the actors run), run here with the object
+    store's reads instrumented: every image blob read is one of the site's own."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    from training.catalog.store import Catalog
+    from training.federated.client import PARTS, _site_tensors, census, pack, train_site
+
+    cfg = _cfg(sited)
+    manifest = catalog(stack).manifest(sited)
+    own = {Catalog.blob_key(sha) for sha in manifest.subset("site-1")}
+    torch.manual_seed(0)
+    gen, critic = cfg.gan.preset().build(len(manifest.classes))
+    run_id = client.create_run(client.create_experiment("federated-boundary-test")).info.run_id
+    reads: list[str] = []
+    get_bytes = ObjectStore.get_bytes
+
+    def recorded(self, key: str) -> bytes:
+        reads.append(key)
+        return get_bytes(self, key)
+
+    _site_tensors.cache_clear()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ObjectStore, "get_bytes", recorded)
+        census(cfg, 1)
+        train_site(cfg.model_copy(update={"local_iters": 1}), 1, pack(gen, critic, PARTS["g+d"]),
+                   ConfigRecord({"round": 1, "num-classes": len(manifest.classes), "child-runs": ["-", run_id]}),
+                   RecordDict())
+    blobs = {key for key in reads if "/blobs/" in key}
+    assert blobs == own  # all of its images (training) and nothing else
+
+
+def test_sites_ran_as_actors_on_the_stacks_ray_cluster(run, stack: Settings) -> None:
+    """Flower kept the driver's Ray connection (infra.ray_runtime.connect): its site actors are the stack's."""
+    from ray.util.state import list_actors
+
+    from infra.ray_runtime import connect
+
+    connect(stack)  # Flower's backend shut this process's Ray connection down at the run's end
+    actors = list_actors(address=stack.ray_address, filters=[("class_name", "=", "ClientAppActor")], limit=100,
+                         raise_on_missing_output=False)
+    assert 1 <= len(actors) <= stack.ray_num_cpus  # one per client_cpus=1 CPU of the stack's head
+
+
+def test_parent_and_site_child_runs(run, client, sited: str, tmp_path) -> None:
+    result, _, _ = run
+    parent = client.get_run(result.run_id)
+    assert parent.data.params["dataset"] == sited and parent.data.params["average"] == "g+d"
+    assert parent.data.params["sampled_per_round"] == "2"
+    manifest_sizes = {s: len(catalog().manifest(sited).select(split="train", subset=s)) for s in
+                      ("site-0", "site-1")}
+    for i, run_id in enumerate(result.site_run_ids):
+        child = client.get_run(run_id)
+        assert child.data.tags["mlflow.parentRunId"] == result.run_id and child.data.tags[SITE_TAG] == f"site-{i}"
+        assert child.data.metrics["n_images"] == manifest_sizes[f"site-{i}"]
+        steps = {m.step for m in client.get_metric_history(run_id, "step/loss_d")}
+        assert steps == ({1, 2} if i == 1 else {1, 2, 3, 4})  # site-1 died in round 2: nothing logged
+        assert client.list_artifacts(run_id) == []  # never images
+    grids = sorted(f.path for f in client.list_artifacts(result.run_id, "images")
+                   if "global_samples" in f.path and f.path.endswith(".png"))
+    assert len(grids) == ROUNDS
+    from PIL import Image
+
+    last = np.asarray(Image.open(client.download_artifacts(result.run_id, grids[-1], str(tmp_path))))
+    assert last.std() > 5  # a grid of 4 samples, not a blank image (kept under pytest's tmp dir to look at)
+
+
+def test_global_checkpoint_every_round_and_fid_on_pooled_statistics(run, stack: Settings) -> None:
+    result, _, _ = run
+    store = ObjectStore(stack)
+    for rnd in range(1, ROUNDS + 1):
+        assert store.exists(checkpoint_key(result.run_id, rnd))
+    rnd, state = latest_checkpoint(result.run_id, stack)
+    assert rnd == ROUNDS and state["participants"][ROUNDS] == ["site-0"]
+    assert set(result.fid) == {ROUNDS} and math.isfinite(result.fid[ROUNDS]) and result.fid[ROUNDS] > 0
+
+
+def test_pooled_statistics_merged_from_sites_equal_the_pooled_computation(run, stack: Settings, sited: str) -> None:
+    """The server's reference, merged from the sites' (n, μ, Σ), equals μ and Σ computed on the pooled
+    images' features to 1e-10. The features are the ones each site extracted (read back from its cached
+    statistics here, in the test, not by the server): Inception run again on the pooled images in other
+    batches moves each feature by float32 round-off (~6e-8 measured), which is Inception's, not the merge's."""
+    from training.evaluate.reference import reference_statistics
+
+    result, _, _ = run
+    sites = [reference_statistics(sited, split="train", subset=f"site-{i}", dims=DIMS, settings=stack)
+             for i in range(SITES)]
+    assert all(s.cached for s in sites)  # the sites' own census computed and stored them
+    pooled = GaussianStats.of(np.concatenate([s.features.astype(np.float64) for s in sites]))
+    assert result.pooled.n == pooled.n == sum(s.n for s in sites)
+    np.testing.assert_allclose(result.pooled.mu, pooled.mu, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(result.pooled.sigma, pooled.sigma, rtol=0, atol=1e-10)
+
+
+def test_resume_continues_after_the_last_finished_round(run, stack: Settings, client, sited: str) -> None:
+    from services.cli.main import main
+
+    result, _, _ = run
+    before = latest_checkpoint(result.run_id, stack)[1]["generator"]
+    out = CliRunner().invoke(main, ["train", "federated", "--dataset", sited, "--sites", str(SITES), "--fraction", "0.5",
+                                    "--rounds", str(ROUNDS + 1), "--local-iters", "1", "--batch-size", "8",
+                                    "--fid-every", "0", "--resume", result.run_id])
+    assert out.exit_code == 0, out.output
+    rnd, state = latest_checkpoint(result.run_id, stack)
+    assert rnd == ROUNDS + 1 and list(state["participants"]) == [ROUNDS + 1]
+    assert len(state["participants"][ROUNDS + 1]) == 1  # int(2 · 0.5) = 1 site sampled
+    assert any(not torch.equal(before[k], state["generator"][k]) for k in before if before[k].is_floating_point())
+    history = {m.step for m in client.get_metric_history(result.run_id, "round/participants")}
+    assert history == {1, 2, 3}
+
+
+def test_fewer_returns_than_min_fit_clients_stop_the_run(stack: Settings, client, sited: str) -> None:
+    """A round where fewer than min_fit_clients sites return raises Unavailable (the run is resumable)."""
+    from flwr.app import Error, Message, MetricRecord, RecordDict
+
+    from infra.errors import Unavailable
+    from training.federated.server import SiteFedAvg
+
+    run_id = client.create_run(client.create_experiment("federated-admit-test")).info.run_id
+    server = SiteFedAvg(_cfg(sited).model_copy(update={"min_fit_clients": 2}), stack, run_id, [], 5, 0, lambda _: None)
+    server.node_site = {7: 0, 9: 1}
+    sent = [Message(RecordDict(), dst_node_id=n, message_type="train") for n in (7, 9)]
+    ok = Message(RecordDict({"metrics": MetricRecord({"num-examples": 3})}), reply_to=sent[0])
+    failed = Message(Error(code=0, reason="site lost"), reply_to=sent[1])
+    with pytest.raises(Unavailable, match="1 of 2 sampled sites returned, fewer than --min-fit-clients 2"):
+        server.admit(4, [ok, failed])
+    assert server.participants[4] == ["site-0"] and server.dropped[4] == ["site-1"]
