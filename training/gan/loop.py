@@ -18,7 +18,11 @@ over all workers, so it too is identical everywhere. Grids, FIDs and checkpoints
 generator are the EMA's; a checkpoint also holds the raw G and ADA's state.
 
 Rank 0 alone talks to MLflow (per-step losses, epoch metrics, the fixed-latent sample grid,
-FID against the cached reference statistics) and writes checkpoints.
+FID against the cached reference statistics) and writes checkpoints. Checkpoints, grids and
+Ray Train reports come by cost, not every epoch (:mod:`training.gan.cadence`: every
+``checkpoint_every`` epochs or ``checkpoint_minutes``, every FID epoch, the last); metrics go
+through MLflow's async queue at each epoch's end and are waited for at each checkpoint
+(:class:`infra.tracking.MetricBuffer`), so no step waits on the network.
 """
 
 from __future__ import annotations
