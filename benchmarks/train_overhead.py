@@ -68,9 +68,9 @@ def one_run(arch: str, n: int, epochs: int, **overrides) -> dict:
     client = MlflowClient(get_settings().mlflow_tracking_uri)
     run = client.get_run(result.run_id).data
     m = run.metrics
-    # log_image names its files images/samples%step%000000042%…: the steps with a sample grid
-    grids = sorted({int(a.path.split("%step%")[1].split("%")[0]) for a in client.list_artifacts(result.run_id, "images")
-                    if "%step%" in a.path})
+    # log_image names its files images/samples+step+42+timestamp+…: the steps with a sample grid
+    grids = sorted({int(a.path.split("+step+")[1].split("+")[0]) for a in client.list_artifacts(result.run_id, "images")
+                    if "samples+step+" in a.path})
     out = {"arch": arch, "images": n, "epochs": epochs, "run_id": result.run_id, "driver_wall_s": driver_s,
            "train_wall_s": m["train_wall_s"], "train_step_s": m["train_step_s"], "train_images": m["train_images"],
            "wall_img_s": m["train_wall_images_per_s"], "step_img_s": m["train_step_images_per_s"],

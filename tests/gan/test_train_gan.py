@@ -117,8 +117,8 @@ def test_run_records_params_dataset_commit_and_grids(run, client, phantom: str) 
     assert len(data.tags["mlflow.source.git.commit"]) == 40
     assert data.tags["synthray.fid.reference_key"].startswith("fid/")
     grids = [a.path for a in client.list_artifacts(result.run_id, "images")]
-    # Grids follow the checkpoints (log_image names files images/samples%step%000000004%…).
-    steps = {int(p.split("%step%")[1].split("%")[0]) for p in grids if "samples" in p and p.endswith(".png")}
+    # Grids follow the checkpoints (log_image names its files images/samples+step+4+timestamp+…).
+    steps = {int(p.split("+step+")[1].split("+")[0]) for p in grids if "samples+" in p and p.endswith(".png")}
     assert sorted(steps) == CHECKPOINTED, grids
     assert [a.path for a in client.list_artifacts(result.run_id, "plots")] == ["plots/fid_curve.png"]
     assert any("FID reference" in line for line in lines)
