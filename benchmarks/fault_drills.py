@@ -4,7 +4,7 @@ Every drill is bounded in count and time and talks to loopback only. Each one in
 fault into the real service (SIGKILL of a process, not a mock) and then checks the data:
 
 * ``train``: SIGKILL one Ray Train worker half-way through an epoch of ``synthray train``.
-  Ray restarts the worker group (``max_failures``) from the last per-epoch checkpoint. Reported:
+  Ray restarts the worker group (``max_failures``) from the last checkpoint (one per epoch here). Reported:
   completed epochs lost (goal 0), the seconds of partial epoch replayed, the time from the kill
   to the resumed run (``resumed_from_epoch`` logged) and to its next finished epoch.
 * ``s3-ingest``: SIGKILL SeaweedFS when 30 % of a dataset's blobs are uploaded, restart it,
@@ -79,8 +79,10 @@ def drill_train(epochs: int, images: int) -> dict:
     # 2 workers x 1 CPU do not fit next to the Serve app on a 2-CPU head (Train waits, then times out).
     subprocess.run([sys.executable, "-m", "services.cli.main", "serve", "down"], check=True)
     dataset = bench_dataset(images, get_preset(arch).image_size)
+    # checkpoint_every=1: the drill measures resuming from the last completed epoch (the default
+    # cadence checkpoints less often and would lose up to one interval by design).
     cfg = GanTrainConfig(dataset=dataset, arch=arch, epochs=epochs, workers=2, batch_size=32, fid_every=0,
-                         grid_size=16, max_failures=1, experiment="synthray-bench-faults")
+                         grid_size=16, max_failures=1, checkpoint_every=1, experiment="synthray-bench-faults")
     mlflow = MlflowClient(settings.mlflow_tracking_uri)
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(run=train_gan(cfg, progress=click.echo)), daemon=True)

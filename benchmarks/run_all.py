@@ -80,6 +80,17 @@ def _train(r: dict) -> list[Row]:
                 r["ratio_steady"], "≥ 0.8", r["ratio_steady"] >= 0.8)]
 
 
+def _overhead(r: dict) -> list[Row]:
+    rows = [Row(f"training wall vs in-step img/s, {x['arch']}, {x['images']} images ({x['epochs']} epochs, defaults)",
+                f"{x['wall_img_s']:.1f} img/s wall", f"{x['step_img_s']:.1f} img/s in-step", x["ratio"],
+                f"≥ {x['goal']:g}", x["ratio"] >= x["goal"]) for x in r["runs"]]
+    if x := r.get("per_epoch_cadence"):
+        rows.append(Row(f"same, old cadence (checkpoint + grid + report every epoch), {x['arch']}, {x['images']} images",
+                        f"{x['wall_img_s']:.1f} img/s wall", f"{x['step_img_s']:.1f} img/s in-step", x["ratio"],
+                        "context (no goal)", None))
+    return rows
+
+
 def _quality(r: dict) -> list[Row]:
     rows = []
     for rec in r["recipes"]:
@@ -156,6 +167,7 @@ BENCHES: dict[str, tuple[list[str], Path, Callable[[dict], list[Row]]]] = {
     "inception": (["benchmarks/inception_forward.py"], OUT / "inception_forward.json", _inception),
     "fid": (["benchmarks/fid.py", "--out", str(OUT / "fid.json")], OUT / "fid.json", _fid),
     "train": (["benchmarks/train_gan.py"], OUT / "train_gan.json", _train),
+    "overhead": (["benchmarks/train_overhead.py"], OUT / "train_overhead.json", _overhead),
     "catalog": (["benchmarks/catalog_read.py"], OUT / "catalog_read.json", _catalog),
     "batch": (["benchmarks/batch_throughput.py"], OUT / "batch_throughput.json", _batch),
     "faults": (["benchmarks/fault_drills.py"], OUT / "fault_drills.json", _faults),

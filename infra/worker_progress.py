@@ -76,24 +76,45 @@ class WorkerProgress:
 
 
 class Sender:
-    """Worker side: throttled, non-blocking events into a :class:`WorkerProgress`'s sink."""
+    """Worker side: throttled events into a :class:`WorkerProgress`'s sink that never wait on the network.
+
+    Each event is a fire-and-forget call on the queue's actor; the replies of earlier calls are
+    collected only when they have already arrived (``ray.wait(timeout=0)``), so a training step
+    never blocks on the driver. Best effort: a full queue drops the event, a gone queue stops
+    sending, and more than ``_MAX_IN_FLIGHT`` unanswered events skip new ones.
+    """
+
+    _MAX_IN_FLIGHT = 8
 
     def __init__(self, sink) -> None:
         self.sink, self._last = sink, 0.0
+        self._in_flight: list = []
 
     def __call__(self, done: int, total: int, info: str = "", force: bool = False) -> None:
         now = time.monotonic()
         if self.sink is None or (not force and now - self._last < SEND_EVERY_S):
             return
+        self._reap()
+        if len(self._in_flight) >= self._MAX_IN_FLIGHT:
+            return
         self._last = now
-        from ray.util.queue import Full
-
         try:
-            self.sink.put_nowait({"done": done, "total": total, "info": info})
-        except Full:
-            pass
+            self._in_flight.append(self.sink.actor.put_nowait.remote({"done": done, "total": total, "info": info}))
         except Exception:  # noqa: BLE001 - progress is best effort; training never waits on it
             self.sink = None
+
+    def _reap(self) -> None:
+        """Collect the replies that are already here (a Full queue's error included); never waits."""
+        import ray
+
+        if not self._in_flight:
+            return
+        ready, self._in_flight = ray.wait(self._in_flight, num_returns=len(self._in_flight), timeout=0)
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except Exception:  # noqa: BLE001 - a full queue dropped this event
+                pass
 
 
 __all__ = ["SEND_EVERY_S", "Sender", "WorkerProgress"]

@@ -40,6 +40,16 @@ def _common(fn):
                      help="evaluate and register each generator as the challenger"),
         click.option("--steps-per-epoch", type=click.IntRange(1), default=None,
                      help="generator steps per epoch (default: one pass over the data)"),
+        click.option("--checkpoint-every", type=click.IntRange(1), default=100, show_default=True,
+                     help="checkpoint and sample grid every N epochs (FID epochs and the last always); a failure "
+                     "loses at most one interval"),
+        click.option("--checkpoint-minutes", type=click.FloatRange(min=0, min_open=True), default=2.0,
+                     show_default=True, help="... or after this many minutes, whichever comes first"),
+        click.option("--kimg", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="train for this many thousand images shown (StyleGAN's --kimg) instead of --epochs: "
+                     "epochs become ticks of --tick-kimg, and --fid-every/--checkpoint-every count ticks"),
+        click.option("--tick-kimg", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+                     help="with --kimg: thousands of images per epoch (tick)"),
         click.option("--fid-quick-n", type=click.IntRange(2), default=None,
                      help="also a quick FID at this n on every epoch (metric fid_quick)"),
         click.option("--augment", type=click.Choice(["none", "diffaugment", "ada"]), default=None,
@@ -65,6 +75,12 @@ def _config(**kwargs):
     from training.gan.config import GanTrainConfig
 
     kwargs["augment_policy"] = list(kwargs.get("augment_policy") or ()) or None  # click gives () when unset
+    if kwargs.get("kimg") is not None:
+        ctx = click.get_current_context(silent=True)
+        given = [f"--{name.replace('_', '-')}" for name in ("epochs", "steps_per_epoch") if ctx is not None
+                 and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise BadInput(f"--kimg sets the run's length in images shown; drop {' and '.join(given)}")
     return GanTrainConfig(**kwargs)
 
 

@@ -91,3 +91,15 @@ def test_nearcopy_rows_are_filtered_over_unfiltered_per_preset() -> None:
     small, paper = run_all._nearcopy(report)
     assert small.ratio == 13.0 and small.passed is False and "wgan-gp-knee-small" in small.measure
     assert paper.passed is True and "n = 64" in paper.measure
+
+
+def test_overhead_rows_judge_wall_over_in_step_per_selection_size() -> None:
+    def run(images: int, ratio: float) -> dict:
+        return {"arch": "dcgan-fracture-small", "images": images, "epochs": 10, "wall_img_s": 100.0 * ratio,
+                "step_img_s": 100.0, "ratio": ratio, "goal": {100: 0.8, 1000: 0.9}[images]}
+
+    report = {"runs": [run(100, 0.85), run(1000, 0.85)], "per_epoch_cadence": run(100, 0.2)}
+    small, large, old = run_all._overhead(report)
+    assert (small.passed, large.passed, old.passed) == (True, False, None)
+    assert small.goal == "≥ 0.8" and large.goal == "≥ 0.9" and "1000 images" in large.measure
+    assert old.ratio == 0.2 and "old cadence" in old.measure

@@ -38,10 +38,11 @@ def phantom32(stack: Settings) -> str:
 def _config(dataset: str, **kw) -> GanTrainConfig:
     # 64 images per stage, 192 per fade-in, global batch 16, epochs of 64 images: 10 epochs,
     # 2 checkpoints inside each fade-in (α = 1/3, 2/3). FID at n = 8 (a smoke value) at each
-    # stage's end only.
+    # stage's end only. Checkpoints every epoch (the default cadence would write them only at
+    # stage ends and the last): the kill test needs one from inside a fade-in.
     base = {"dataset": dataset, "arch": "pggan-knee-mri-small", "workers": 2, "grid_size": 4,
             "stage_images": 64, "fade_images": 192, "growth_batch": {8: 16, 16: 16, 32: 16},
-            "epoch_images": 64, "fid_every": 100, "fid_n": 8, "keep_checkpoints": 1}
+            "epoch_images": 64, "fid_every": 100, "fid_n": 8, "keep_checkpoints": 1, "checkpoint_every": 1}
     return GanTrainConfig(**(base | kw))
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from infra.seeds import TRAIN_MAX_SEED
 
@@ -44,6 +45,16 @@ class GanTrainConfig(BaseModel):
     fid_every: int = Field(5, ge=0, description="FID every k epochs and at the last one; 0 disables it")
     fid_n: int | None = Field(None, ge=2, description="n_real = n_fake; None uses the whole training selection")
     keep_checkpoints: int = Field(2, ge=1, description="top-k checkpoints by FID (the latest is kept too)")
+    checkpoint_every: int = Field(100, ge=1, description="checkpoint (and sample grid) every N epochs, or sooner "
+                                  "by checkpoint_minutes; FID epochs and the last are always checkpointed "
+                                  "(training.gan.cadence)")
+    checkpoint_minutes: float | None = Field(2.0, gt=0, description="… or when this many minutes have passed "
+                                             "since the last checkpoint, whichever comes first; None = by epochs only")
+    kimg: float | None = Field(None, gt=0, description="training length in thousands of real images shown "
+                               "(StyleGAN's --kimg); sets epochs and steps_per_epoch: an epoch becomes a tick of "
+                               "tick_kimg, and fid_every/checkpoint_every count ticks")
+    tick_kimg: float = Field(4.0, gt=0, description="with kimg: thousands of images per epoch (StyleGAN2-ADA's "
+                             "tick, default 4)")
     max_failures: int = Field(1, ge=0, description="worker-group restarts from the last checkpoint")
     init_from: str | None = Field(None, description="warm start: checkpoint URI s3://bucket/path of a run")
     transfer_critic: bool = Field(False, description="with init_from, also start from its critic")
@@ -82,6 +93,23 @@ class GanTrainConfig(BaseModel):
     mask_classes: list[str] | None = Field(
         None, description="the dataset's mask class names (background first); the driver fills this in from the "
         "manifest when masks is set, so workers and checkpoints rebuild the same 1 + K channels")
+
+    @model_validator(mode="after")
+    def _kimg_schedule(self) -> "GanTrainConfig":
+        """With ``kimg``: epochs = ⌈kimg / tick_kimg⌉ ticks of ⌈1000·tick_kimg / global batch⌉ steps.
+
+        So the run shows at least ``kimg`` thousand images (whole steps round it up; the logged
+        ``kimg`` metric is exact). Idempotent: a worker re-validating the dumped config gets the same.
+        """
+        if self.kimg is None:
+            return self
+        preset = get_preset(self.arch)
+        if preset.progressive:
+            raise ValueError("kimg: progressive presets set their length with stage_images/fade_images")
+        batch = self.batch_size or preset.batch_size
+        self.steps_per_epoch = math.ceil(1000 * self.tick_kimg / batch)
+        self.epochs = math.ceil(self.kimg / self.tick_kimg - 1e-9)
+        return self
 
     def preset(self) -> GanPreset:
         """The architecture preset with this run's latent size."""

@@ -18,7 +18,11 @@ over all workers, so it too is identical everywhere. Grids, FIDs and checkpoints
 generator are the EMA's; a checkpoint also holds the raw G and ADA's state.
 
 Rank 0 alone talks to MLflow (per-step losses, epoch metrics, the fixed-latent sample grid,
-FID against the cached reference statistics) and writes checkpoints.
+FID against the cached reference statistics) and writes checkpoints. Checkpoints, grids and
+Ray Train reports come by cost, not every epoch (:mod:`training.gan.cadence`: every
+``checkpoint_every`` epochs or ``checkpoint_minutes``, every FID epoch, the last); metrics go
+through MLflow's async queue at each epoch's end and are waited for at each checkpoint
+(:class:`infra.tracking.MetricBuffer`), so no step waits on the network.
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ import torch
 from torch import nn
 
 from infra.settings import get_settings
-from infra.tracking import configure
+from infra.tracking import MetricBuffer, configure
 from training.gan.config import GanTrainConfig
+from training.gan.cadence import Cadence, agree
 from training.gan.augment import OPS, AdaController, Augment, AugmentedCritic
 from training.gan.ema import Ema
 from training.gan.losses import make_loss
@@ -46,7 +51,6 @@ from training.nets.sampler import GeneratorSampler, to_uint8
 from infra.errors import BadInput
 
 CHECKPOINT_FILE = "gan.pt"
-MLFLOW_BATCH = 1000  # MLflow's log_batch limit on metrics per call
 # Worker progress goes through logging: Ray Train forwards the worker's INFO records to the
 # driver console once (its patched print() would emit each line twice here).
 log = logging.getLogger("synthray.train")
@@ -346,7 +350,12 @@ class _Progress:
         self.send((epoch + 1) * self.steps, self.cfg.epochs * self.steps,
                   f"epoch {epoch + 1}/{self.cfg.epochs} · {self.rate:.1f} img/s · last FID {value:.2f}", force=True)
 
-    def step(self, epoch: int, step: int, started: float, loss_d: float, loss_g: float, force: bool = False) -> None:
+    def step(self, epoch: int, step: int, started: float, loss_d: torch.Tensor, loss_g: torch.Tensor,
+             force: bool = False) -> None:
+        """After a step: the bar (throttled by the Sender) and, every ``every`` steps, a log line.
+
+        The losses stay tensors until a line is written (``.item()`` would sync a GPU every step).
+        """
         rate = self.rate = (step + 1) * self.images / max(time.perf_counter() - started, 1e-9)
         fid = "n/a" if self.last_fid is None else f"{self.last_fid:.2f}"
         self.send(epoch * self.steps + step + 1, self.cfg.epochs * self.steps,
@@ -354,8 +363,8 @@ class _Progress:
                   force=force or step + 1 == self.steps)
         if (step + 1) % self.every and step + 1 != self.steps:
             return
-        log.info(f"[train] epoch {epoch + 1}/{self.cfg.epochs} step {step + 1}/{self.steps}  loss_d {loss_d:+.3f}  "
-                 f"loss_g {loss_g:+.3f}  {rate:.1f} img/s  last FID {fid}")
+        log.info(f"[train] epoch {epoch + 1}/{self.cfg.epochs} step {step + 1}/{self.steps}  "
+                 f"loss_d {float(loss_d):+.3f}  loss_g {float(loss_g):+.3f}  {rate:.1f} img/s  last FID {fid}")
 
 
 def train_loop(loop_config: dict) -> None:
@@ -406,11 +415,12 @@ def train_loop(loop_config: dict) -> None:
     steps = cfg.steps_per_epoch or steps
 
     reference, quick, tracker, progress = None, None, None, None
+    cadence = Cadence(cfg.checkpoint_every, cfg.checkpoint_minutes)
     if rank == 0:
         from mlflow import MlflowClient
 
         configure(get_settings())  # workers get SYNTHRAY_* through the job's runtime env
-        tracker = MlflowClient()
+        tracker = MetricBuffer(MlflowClient(), run_id)
         progress = _Progress(cfg, steps, world * batch, loop_config.get("progress"))
         fixed_z, _ = grid_latents(w)
         fixed_y = grid_conditions(cfg.grid_size, num_classes, loop_config.get("multilabel", False),
@@ -420,11 +430,14 @@ def train_loop(loop_config: dict) -> None:
         if cfg.fid_every and cfg.fid_quick_n:
             quick = _reference({"reference": loop_config["reference_quick"]})
         if start_epoch:
-            tracker.log_metric(run_id, "resumed_from_epoch", start_epoch, step=start_epoch)
+            tracker.client.log_metric(run_id, "resumed_from_epoch", start_epoch, step=start_epoch)
         log.info(f"[train] {world} worker(s) x {batch} images/batch, {steps} steps/epoch, "
                  f"{len(images)} images in shard 0, device {device}"
                  + (f", resuming after epoch {start_epoch}" if start_epoch else ""))
 
+    # The data stay where load_tensors put them (this worker's shard, on its device): an epoch
+    # only draws a new permutation of indices; nothing below re-reads, re-decodes or re-shards.
+    phase_started, step_seconds, shown = time.perf_counter(), 0.0, 0
     for epoch in range(start_epoch, cfg.epochs):
         torch.manual_seed(epoch_seed(cfg.seed, rank, epoch))
         gen.train(), critic.train()
@@ -444,37 +457,51 @@ def train_loop(loop_config: dict) -> None:
             for key, value in scalars.items():
                 history.setdefault(key, []).append(value.detach().float())
             if progress is not None:
-                progress.step(epoch, step, started, history["loss_d"][-1].item(), history["loss_g"][-1].item())
+                progress.step(epoch, step, started, history["loss_d"][-1], history["loss_g"][-1])
         elapsed = time.perf_counter() - started
+        step_seconds += elapsed
+        shown += world * steps * batch
         per_step = {k: torch.stack(v).cpu().numpy() for k, v in history.items()}
         metrics = _mean_across_workers({k: float(v.mean()) for k, v in per_step.items()}, world)
-        metrics |= {"epoch": epoch + 1, "global_step": global_step,
+        metrics |= {"epoch": epoch + 1, "global_step": global_step, "kimg": global_step * world * batch / 1000,
                     "images_per_s": world * steps * batch / elapsed, "lr_g": pair.sched_g.get_last_lr()[0]}
         metrics["ema_beta"] = ema.last_beta
-        # Standing BN statistics of the EMA weights (training.gan.ema), before anything samples it.
-        ema.recalibrate(latent_inputs(hp, preset.conditional, num_classes, device), hp["ema_bn_batches"], cfg.seed)
         if ada is not None:
             # Flush the partial interval at the epoch's end: each worker's partial sums are its
             # own, and the checkpoint (rank 0's) could not restore the others' exactly.
             if ada.pending():
                 augment.p = ada.adjust(lambda v: _sum_across_workers(v, world))
             metrics |= {"ada_p": ada.p, "ada_rt": ada.last_rt}  # identical on every worker
+        last = epoch + 1 == cfg.epochs
+        fid_due = bool(cfg.fid_every) and ((epoch + 1) % cfg.fid_every == 0 or last)
+        # Checkpoint, grid and Ray Train report by cost (training.gan.cadence); rank 0's clock decides.
+        checkpoint_due = cadence.due(epoch + 1, forced=fid_due or last,
+                                     timed=agree(cadence.by_time(), world, device))
+        if checkpoint_due or quick is not None:
+            # Standing BN statistics of the EMA weights (training.gan.ema), before anything samples it.
+            ema.recalibrate(latent_inputs(hp, preset.conditional, num_classes, device), hp["ema_bn_batches"],
+                            cfg.seed)
         if rank != 0:
-            ray.train.report(metrics)
+            if checkpoint_due:
+                ray.train.report(metrics)
+                cadence.done()
             continue
         metrics["fid"] = float("nan")
         if quick is not None:
             q = _fid(ema.module, preset, hp, cfg, quick, loop_config)
             metrics |= {"fid_quick": q["fid"], "fid_quick_n": q["fid_n_real"]}
             log.info(f"[train] epoch {epoch + 1}: quick {with_floor(q['fid'], loop_config.get('floor_quick'))}")
-        if reference is not None and ((epoch + 1) % cfg.fid_every == 0 or epoch + 1 == cfg.epochs):
+        if reference is not None and fid_due:
             metrics |= _fid(ema.module, preset, hp, cfg, reference, loop_config)
             progress.fid(epoch, metrics["fid"])
             log.info(f"[train] epoch {epoch + 1}: {with_floor(metrics['fid'], loop_config.get('floor'))} "
                      f"(n_real {metrics['fid_n_real']:.0f} = n_fake {metrics['fid_n_fake']:.0f}, EMA generator)")
-        _log_epoch(tracker, run_id, metrics, per_step, global_step - steps + 1)
-        tracker.log_image(run_id, sample_grid(ema.module, fixed_z, fixed_y if preset.conditional else None,
-                                              paired=preset.mask_channels > 0), key="samples", step=epoch + 1)
+        _log_epoch(tracker, metrics, per_step, global_step - steps + 1)
+        if not checkpoint_due:
+            tracker.submit()  # MLflow's async queue: returns at once
+            continue
+        tracker.client.log_image(run_id, sample_grid(ema.module, fixed_z, fixed_y if preset.conditional else None,
+                                                     paired=preset.mask_channels > 0), key="samples", step=epoch + 1)
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(
                 pair_state(pair, ema) | {"ada": ada.state_dict() if ada is not None else None,
@@ -484,18 +511,31 @@ def train_loop(loop_config: dict) -> None:
                 Path(tmp) / CHECKPOINT_FILE,
             )
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        tracker.flush()  # the history is durable up to this checkpoint
+        cadence.done()
+    if tracker is not None:
+        _log_phase(tracker, cfg.epochs, time.perf_counter() - phase_started, step_seconds, shown)
 
 
-def _log_epoch(tracker, run_id: str, metrics: dict, per_step: dict[str, np.ndarray], first_step: int) -> None:
-    """Epoch metrics at step = epoch, per-step losses (rank 0's) at the global step."""
-    from mlflow.entities import Metric
+def _log_phase(tracker: MetricBuffer, epoch: int, wall_s: float, step_s: float, shown: int) -> None:
+    """This worker group's training phase: wall seconds (first step → last checkpoint) vs seconds in steps.
 
-    now = int(time.time() * 1000)
-    rows = [Metric(k, float(v), now, int(metrics["epoch"])) for k, v in metrics.items() if math.isfinite(v)]
-    rows += [Metric(f"step/{k}", float(x), now, first_step + i) for k, values in per_step.items()
-             for i, x in enumerate(values)]
-    for start in range(0, len(rows), MLFLOW_BATCH):
-        tracker.log_batch(run_id, metrics=rows[start : start + MLFLOW_BATCH])
+    ``train_wall_s`` covers everything between the first step and the last checkpoint's report
+    (bookkeeping, FID, grids, checkpoints); ``train_step_s`` only the steps, so their ratio is
+    the share of the time spent training (``benchmarks/train_overhead.py``). Not logged when
+    the group trained no epoch (a restart after the last checkpoint).
+    """
+    if shown:
+        tracker.add({"train_wall_s": wall_s, "train_step_s": step_s, "train_images": shown,
+                     "train_wall_images_per_s": shown / wall_s, "train_step_images_per_s": shown / step_s}, epoch)
+    tracker.flush()
+
+
+def _log_epoch(tracker: MetricBuffer, metrics: dict, per_step: dict[str, np.ndarray], first_step: int) -> None:
+    """Buffer epoch metrics at step = epoch and per-step losses (rank 0's) at the global step (no I/O)."""
+    tracker.add(metrics, int(metrics["epoch"]))
+    for key, values in per_step.items():
+        tracker.add_series(f"step/{key}", values, first_step)
 
 
 def _reference(loop_config: dict):

@@ -34,11 +34,12 @@ import torch.nn.functional as F
 
 from infra.errors import BadInput
 from infra.settings import get_settings
-from infra.tracking import configure
+from infra.tracking import MetricBuffer, configure
 from training.gan.config import GanTrainConfig
 from training.gan.ema import Ema
 from training.gan.growth import Growth, Timeline, reals_at, schedule_of
-from training.gan.loop import (CHECKPOINT_FILE, _fid, _load_state, _log_epoch, _mean_across_workers,
+from training.gan.cadence import Cadence, agree
+from training.gan.loop import (CHECKPOINT_FILE, _fid, _load_state, _log_epoch, _log_phase, _mean_across_workers,
                                _min_across_workers, _reference, _sum_across_workers, build_pair, epoch_seed,
                                fid_fakes, grid_latents, load_training_data, make_augment, pair_state, restore_pair,
                                sample_grid, train_step, unwrap, worker_context)
@@ -110,11 +111,12 @@ def train_loop(loop_config: dict) -> None:
     downsampled: dict[int, torch.Tensor] = {}
 
     reference, tracker = None, None
+    cadence = Cadence(cfg.checkpoint_every, cfg.checkpoint_minutes)
     if rank == 0:
         from mlflow import MlflowClient
 
         configure(get_settings())
-        tracker = MlflowClient()
+        tracker = MetricBuffer(MlflowClient(), run_id)
         fixed_z, fixed_y = grid_latents(w)
         if cfg.fid_every:
             reference = _reference(loop_config)
@@ -122,12 +124,14 @@ def train_loop(loop_config: dict) -> None:
             g = timeline.at(seen)
             for key, value in (("resumed_from_epoch", epoch), ("resumed_images_seen", seen),
                                ("resumed_stage", g.stage), ("resumed_alpha", g.alpha)):
-                tracker.log_metric(run_id, key, value, step=epoch)
+                tracker.client.log_metric(run_id, key, value, step=epoch)
         log.info(f"[train] progressive {timeline.resolutions[0]} → {timeline.resolutions[-1]}px, "
                  f"{timeline.total_images} images on {world} worker(s), {n_total} training images"
                  + (f", resuming at {seen} images" if checkpoint else ""))
 
     last_stage = len(timeline.resolutions) - 1
+    # The shard stays on the device; a resolution's downsampled copy is made once per stage.
+    phase_started, step_seconds, shown = time.perf_counter(), 0.0, 0
     while seen < timeline.total_images:
         torch.manual_seed(epoch_seed(cfg.seed, rank, epoch))
         gen.train(), critic.train()
@@ -155,6 +159,8 @@ def train_loop(loop_config: dict) -> None:
             for key, value in scalars.items():
                 history.setdefault(key, []).append(value.detach().float())
         elapsed = time.perf_counter() - started
+        step_seconds += elapsed
+        shown += seen - start_seen
         per_step = {k: torch.stack(v).cpu().numpy() for k, v in history.items()}
         metrics = _mean_across_workers({k: float(v.mean()) for k, v in per_step.items() if k != "alpha"}, world)
         stage_done = timeline.ends_stage(end)
@@ -164,12 +170,18 @@ def train_loop(loop_config: dict) -> None:
                     "ema_beta": ema.last_beta}
         epoch += 1
         final = seen >= timeline.total_images
+        at_last = g0.stage == last_stage and float(ema.module.alpha) == 1.0
+        fid_due = bool(cfg.fid_every) and at_last and (epoch % cfg.fid_every == 0 or final)
+        # Same cadence as training.gan.loop; a stage's end is always checkpointed (its grid and FID).
+        checkpoint_due = cadence.due(epoch, forced=fid_due or final or stage_done is not None,
+                                     timed=agree(cadence.by_time(), world, device))
         if rank != 0:
-            ray.train.report(metrics)
+            if checkpoint_due:
+                ray.train.report(metrics)
+                cadence.done()
             continue
         metrics["fid"] = float("nan")
-        at_last = g0.stage == last_stage and float(ema.module.alpha) == 1.0
-        if reference is not None and at_last and (epoch % cfg.fid_every == 0 or final):
+        if reference is not None and fid_due:
             metrics |= _fid(ema.module, preset, hp, cfg, reference, loop_config)
             log.info(f"[train] epoch {epoch}: FID {metrics['fid']:.2f} at {g0.resolution}px")
         if stage_done is not None:
@@ -178,15 +190,18 @@ def train_loop(loop_config: dict) -> None:
                     ema.module, preset, hp, cfg, reference, loop_config, g0.resolution)
                 metrics[f"fid_{g0.resolution}px"] = value
                 log.info(f"[train] stage {stage_done} ({g0.resolution}px) done at {seen} images: FID {value:.2f}")
-            tracker.log_image(run_id, sample_grid(ema.module, fixed_z, fixed_y if preset.conditional else None,
-                                                  paired=preset.mask_channels > 0),
-                              key=f"samples_{g0.resolution}px", step=epoch)
-        _log_epoch(tracker, run_id, metrics, per_step, global_step - steps + 1)
-        tracker.log_image(run_id, sample_grid(ema.module, fixed_z, fixed_y if preset.conditional else None,
-                                              paired=preset.mask_channels > 0), key="samples", step=epoch)
+            tracker.client.log_image(run_id, sample_grid(ema.module, fixed_z, fixed_y if preset.conditional else None,
+                                                         paired=preset.mask_channels > 0),
+                                     key=f"samples_{g0.resolution}px", step=epoch)
+        _log_epoch(tracker, metrics, per_step, global_step - steps + 1)
         log.info(f"[train] epoch {epoch}: {g0.resolution}px α {metrics['alpha']:.3f}, {seen}/{timeline.total_images} "
                  f"images, loss_d {metrics['loss_d']:+.3f} loss_g {metrics['loss_g']:+.3f}, "
                  f"{metrics['images_per_s']:.0f} img/s")
+        if not checkpoint_due:
+            tracker.submit()  # MLflow's async queue: returns at once
+            continue
+        tracker.client.log_image(run_id, sample_grid(ema.module, fixed_z, fixed_y if preset.conditional else None,
+                                                     paired=preset.mask_channels > 0), key="samples", step=epoch)
         with tempfile.TemporaryDirectory() as tmp:
             growth = {"images_seen": seen, "stage": g0.stage, "alpha": metrics["alpha"], "resolution": g0.resolution}
             torch.save(pair_state(pair, ema) | {"ada": None, "epoch": epoch, "global_step": global_step,
@@ -194,5 +209,8 @@ def train_loop(loop_config: dict) -> None:
                                                 "config": cfg.model_dump(), "hyperparameters": hp, "metrics": metrics},
                        Path(tmp) / CHECKPOINT_FILE)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        tracker.flush()  # the history is durable up to this checkpoint
+        cadence.done()
     if rank == 0:
+        _log_phase(tracker, epoch, time.perf_counter() - phase_started, step_seconds, shown)
         log.info(f"[train] progressive run done: {seen} images, {np.round(seen / 1000, 1)} kimg")
