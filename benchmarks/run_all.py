@@ -100,13 +100,13 @@ def _train_limit(r: dict) -> list[Row]:
     rows = []
     for row in r["rows"]:
         fp32 = row["variants"].get("fp32")
-        others = ", ".join(f"{v} {t['img_s']:.1f} img/s = {t['ratio_to_limit']:.2f}"
+        others = ", ".join(f"{v} {t['img_s']:.3g} img/s = {t['ratio_to_limit']:.2f}"
                            for v, t in row["variants"].items() if v != "fp32")
-        value = (f"{fp32['img_s']:.1f} img/s" if fp32 else "fp32 not run") + (f" ({others})" if others else "")
+        value = (f"{fp32['img_s']:.3g} img/s" if fp32 else "fp32 not run") + (f" ({others})" if others else "")
         ratio = fp32["ratio_to_limit"] if fp32 else None
         rows.append(Row(f"training step vs FLOP limit, {row['arch']} (batch {row['batch']}, fp32, "
                         f"{r['threads']} thread{'s' if r['threads'] > 1 else ''})", value,
-                        f"{row['limit_img_s']:.1f} img/s = {r['matmul_gflops']:.0f} GFLOP/s ÷ "
+                        f"{row['limit_img_s']:.3g} img/s = {r['matmul_gflops']:.0f} GFLOP/s ÷ "
                         f"{row['gflop_per_image']:.3f} GFLOP/image/step", ratio, "≥ 0.60 (below: profile)",
                         None if ratio is None else ratio >= 0.6))
     return rows

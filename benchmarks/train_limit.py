@@ -24,7 +24,7 @@ networks and the reals) and ``bf16`` (``torch.autocast("cpu", bfloat16)``); a GP
 last two (``GanTrainConfig.amp``). Their ratios use the same fp32 limit and FLOP count.
 
 ``wgan-gp-knee`` is timed at batch ``--knee-batch`` (8; the preset's 32 with 3 critic steps
-at 210² is about a minute per step on one thread here): FLOPs per image do not depend on the
+at 210² is about 85 s per step on one thread here): FLOPs per image do not depend on the
 batch, but small batches run a little less efficiently, so its ratio is a lower bound.
 JSON in ``out/bench/train_limit.json``.
 """
