@@ -8,7 +8,7 @@ LOCK   := requirements.lock
 WEIGHTS := .synthray/torch/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth
 PYTEST_ARGS ?=
 
-.PHONY: help setup lock dicom-tools demo test test-unit stack-up stack-down stack-status serve-up serve-down train-cluster bench bench-catalog bench-train bench-fid clean
+.PHONY: help setup lock dicom-tools demo test test-unit stack-up stack-down stack-status serve-up serve-down train-cluster bench bench-catalog bench-train bench-train-limit bench-fid clean
 
 help:
 	@echo "make demo        set up, start the local stack, run the walking skeleton end to end"
@@ -101,6 +101,10 @@ bench-catalog: setup
 # Training img/s: Ray Train (2 workers, DDP) vs a plain single-process loop; needs the local stack up.
 bench-train: setup
 	$(BIN)/python benchmarks/train_gan.py
+
+# Training step img/s vs its FLOP limit, every -small preset and wgan-gp-knee (no stack needed).
+bench-train-limit: setup
+	$(BIN)/python benchmarks/train_limit.py
 
 # FID time and value vs the pytorch-fid CLI on 2 x 2,000 PNGs (no stack needed); JSON in out/bench-fid.json.
 bench-fid: setup

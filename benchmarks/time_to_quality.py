@@ -9,8 +9,9 @@ compared with the real-vs-real floor at the same n (:mod:`training.evaluate.floo
 that never gets there is reported as such, with the budget it used and its best FID.
 
 It also reports training img/s against the FLOP limit of one training step: the FLOPs of one
-step (``torch.utils.flop_counter.FlopCounterMode``: D step on real + fake, G step through D,
-a multiply-add = 2 FLOPs) per image, against the machine's one-thread fp32 matmul rate.
+step (:func:`train_flops.step_flops`: D step on real + fake, G step through D, a multiply-add
+= 2 FLOPs) per image, against the machine's one-thread fp32 matmul rate. ``train_limit.py``
+does the same for every ``-small`` preset and ``wgan-gp-knee`` without training to a FID.
 
 Recipes: ``dcgan-knee-cpu`` (the demo's, DiffAugment + EMA) and ``wgan-gp-knee-small`` (the
 previous demo's: WGAN-GP, 3 critic steps, no augmentation; EMA as every preset now has).
@@ -27,6 +28,7 @@ import click
 import torch
 from _common import write_json
 from generator_forward import matmul_gflops
+from train_flops import step_flops
 
 from training.catalog.phantom import PhantomSpec
 from training.catalog.selection import load_tensors, publish_phantom
@@ -44,32 +46,6 @@ OUT = Path(__file__).resolve().parents[1] / "out" / "bench" / "time_to_quality.j
 RECIPES = ("dcgan-knee-cpu", "wgan-gp-knee-small")
 N = 300
 FACTOR = 5.0
-
-
-class _GlobalOnly:
-    """A stand-in for FlopCounterMode's ModuleTracker: no hooks, every FLOP counted as "Global"."""
-
-    parents = {"Global"}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-
-def step_flops(pair, loss, real, y, hp, augment) -> float:
-    """FLOPs of one ``train_step`` (all critic steps and the G step), counted, not estimated."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    # Totals only: FlopCounterMode's per-module breakdown (its ModuleTracker's backward hooks)
-    # fails inside WGAN-GP's autograd.grad ("A leaf node was passed to _will_engine_execute_node"),
-    # so the tracker is replaced by one that files every FLOP under "Global".
-    counter.mod_tracker = _GlobalOnly()
-    with counter:
-        train_step(pair, loss, real, y, hp, augment=augment)
-    return float(counter.get_total_flops())
 
 
 def run_recipe(arch: str, dataset: str, ref, floor, budget: float, check_every: int, seed: int) -> dict:

@@ -76,12 +76,35 @@ def test_fault_rows_pass_only_when_nothing_is_lost_or_half_written() -> None:
     assert run_all._faults({"serve": _faults()["serve"]})[0].measure.startswith("fault: Synthesizer")
 
 
-def test_inception_row_is_context_against_the_matmul_limit() -> None:
+def test_inception_row_is_the_extracted_layout_against_the_matmul_limit() -> None:
     report = {"size": 64, "batch": 50, "limit_img_s": 16.5, "matmul_gflops": 189.0, "gflop_per_image": 11.42,
-              "rows": {"inference_mode": {"img_s": 8.4, "ratio_to_limit": 0.51},
+              "extracted": "channels_last",
+              "rows": {"nchw": {"img_s": 8.4, "ratio_to_limit": 0.51},
                        "channels_last": {"img_s": 12.9, "ratio_to_limit": 0.78}}}
     (row,) = run_all._inception(report)
-    assert row.ratio == 0.51 and row.passed is None and "299" in row.measure and "11.42 GFLOP" in row.reference
+    assert row.ratio == 0.78 and row.passed is True and "channels_last" in row.measure
+    assert "299" in row.measure and "11.42 GFLOP" in row.reference and row.goal == "≥ 0.75"
+    report["rows"]["channels_last"]["ratio_to_limit"] = 0.74
+    assert run_all._inception(report)[0].passed is False
+    # JSON written before issue 30 (NCHW extraction, row "inference_mode") still tabulates
+    old = {**report, "rows": {"inference_mode": {"img_s": 8.4, "ratio_to_limit": 0.51}}}
+    del old["extracted"]
+    assert run_all._inception(old)[0].ratio == 0.51
+
+
+def test_train_limit_rows_are_fp32_against_the_step_flop_limit_with_variants_beside() -> None:
+    variants = {"fp32": {"img_s": 17.3, "ratio_to_limit": 0.52}, "channels_last": {"img_s": 20.1, "ratio_to_limit": 0.61},
+                "bf16": {"img_s": 30.2, "ratio_to_limit": 0.91}}
+    report = {"threads": 1, "matmul_gflops": 92.5, "rows": [
+        {"arch": "wgan-gp-knee-small", "batch": 32, "gflop_per_image": 2.801, "limit_img_s": 33.0, "variants": variants},
+        {"arch": "wgan-gp-knee", "batch": 8, "gflop_per_image": 40.0, "limit_img_s": 2.3,
+         "variants": {"fp32": {"img_s": 1.5, "ratio_to_limit": 0.65}}}]}
+    small, knee = run_all._train_limit(report)
+    assert small.ratio == 0.52 and small.passed is False and "wgan-gp-knee-small" in small.measure
+    assert "bf16 30.2 img/s = 0.91" in small.value and "channels_last 20.1 img/s = 0.61" in small.value
+    assert "2.801 GFLOP/image/step" in small.reference and "92 GFLOP/s" in small.reference
+    assert knee.passed is True and "batch 8" in knee.measure and knee.value == "1.5 img/s"
+    assert "train-limit" in run_all.BENCHES
 
 
 def test_nearcopy_rows_are_filtered_over_unfiltered_per_preset() -> None:

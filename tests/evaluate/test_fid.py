@@ -19,16 +19,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from PIL import Image
 
 from infra.compat import ensure_torchvision
-from training.evaluate.inception_weights import FidWeights, FidWeightsError, sha256_file, weights_path
+from training.evaluate.inception_weights import (
+    FidWeights,
+    FidWeightsError,
+    load_fid_inception,
+    sha256_file,
+    weights_path,
+)
 from infra.object_store import ObjectStore
 from infra.settings import Settings, get_settings
 from training.evaluate.fid import (
+    EXTRACTION_RULE,
     RESIZE_RULE,
     FidResult,
     compute_fid,
@@ -152,6 +160,29 @@ def test_features_equal_pytorch_fid_loader(
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
 
 
+def test_extraction_rule_2_features_match_the_clis_nchw_network(
+    images: dict[str, np.ndarray], folders: dict[str, Path], model, weights: FidWeights
+) -> None:
+    """Extraction rule 2 (channels_last) against what the CLI itself runs: pytorch-fid's loader
+    into a freshly loaded NCHW network. Not bit-identical (other oneDNN kernels): measured max
+    |diff| 9e-6 on pool3 features of magnitude up to ~5, so 1e-4 absolute leaves a margin for other
+    BLAS builds; the FID-level contract is test_fid_matches_cli below."""
+    ensure_torchvision()
+    from pytorch_fid.fid_score import get_activations
+
+    assert "channels_last" in EXTRACTION_RULE and "/2" in EXTRACTION_RULE
+    first_conv = next(model.parameters())  # (32, 3, 3, 3): the two layouts differ in strides
+    assert first_conv.is_contiguous(memory_format=torch.channels_last) and not first_conv.is_contiguous()
+    nchw = load_fid_inception(weights.path, 2048).eval()  # the CLI's network, pytorch-fid's layout
+    assert next(nchw.parameters()).is_contiguous()
+    files = sorted(folders["rgb40x52"].glob("*.png"))  # RGB, 40x52: upsampled, odd aspect
+    ref = get_activations(files, nchw, batch_size=BATCH, dims=2048, device="cpu", num_workers=0)
+    got = features(images["rgb40x52"], model, batch_size=BATCH)
+    diff = np.abs(got - ref).max()
+    print(f"rule 2 vs NCHW max |diff| {diff:.3g} (max |feature| {np.abs(ref).max():.3g})")
+    assert 0 <= diff <= 1e-4
+
+
 def test_fid_matches_cli(ours: tuple[FidResult, list], cli_fid: float) -> None:
     result, _ = ours
     diff = abs(result.fid - cli_fid)
@@ -189,6 +220,7 @@ def test_result_fields(ours: tuple[FidResult, list], weights: FidWeights) -> Non
     assert result.weights_sha256 == sha256_file(weights_path(get_settings().torch_home))
     assert result.weights_uri is None  # no store given
     assert result.resize_rule == RESIZE_RULE and "bilinear 299x299" in RESIZE_RULE
+    assert result.extraction_rule == EXTRACTION_RULE
     assert result.method == "eigh" and result.reference_key is None and result.bootstrap == 0
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.fid = 0.0  # type: ignore[misc]

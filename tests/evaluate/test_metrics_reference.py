@@ -21,6 +21,7 @@ from infra.object_store import ObjectStore
 from infra.settings import Settings
 from training.catalog.selection import publish_phantom
 from training.evaluate import (
+    EXTRACTION_RULE,
     RESIZE_RULE,
     compute_fid,
     evaluate,
@@ -105,9 +106,41 @@ def test_key_is_content_not_name(dataset: str, stack: Settings) -> None:
     variants = [
         {**spec, "n": 21}, {**spec, "labels": [0]}, {**spec, "subset": "gan-train"}, {**spec, "split": None},
         {**spec, "dims": 2048}, {**spec, "weights_sha256": "0" * 64}, {**spec, "resize_rule": "other"},
-        {**spec, "manifest_sha": "f" * 16},
+        {**spec, "manifest_sha": "f" * 16}, {**spec, "extraction_rule": "other"},
     ]
     assert len({reference_key(v) for v in [spec, *variants]}) == len(variants) + 1
+
+
+def test_old_and_new_extraction_rules_never_share_a_cache_entry(
+    dataset: str, stack: Settings, store: ObjectStore
+) -> None:
+    """Statistics cached before extraction rule 2 (NCHW, spec format /2 without the rule) sit
+    under another key: a rule-2 lookup never reads them, even with an entry planted there."""
+    ref = reference_statistics(dataset, split="train", n=20, dims=DIMS, settings=stack)
+    assert ref.spec["extraction_rule"] == EXTRACTION_RULE == ref.extraction_rule
+    assert ref.spec["format"] == "synthray-fid-reference/3"
+    old_spec = {k: v for k, v in ref.spec.items() if k != "extraction_rule"} | {"format": "synthray-fid-reference/2"}
+    old_key = reference_key(old_spec)
+    assert old_key != ref.key
+    rule1 = reference_key({**ref.spec, "extraction_rule": "synthray-fid-extract/1: NCHW"})
+    assert len({old_key, rule1, ref.key}) == 3
+    # Plant a well-formed "old" entry (shifted statistics, same images) under the old key.
+    planted = reference_module._encode(
+        ref.features + 1, ref.mu + 1, ref.sigma, _records(ref, stack), old_spec, ref.image_size, ref.dataset)
+    store.put_bytes(old_key, planted, metadata={"sha256": hashlib.sha256(planted).hexdigest()})
+    shas = list(ref.image_sha256)
+    again = reference_statistics(dataset, split="train", n=20, dims=DIMS, settings=stack)
+    assert again.cached and again.key == ref.key
+    np.testing.assert_array_equal(again.mu, ref.mu)  # not the planted mu + 1
+    assert reference_module._load(store, ref.key, old_spec, shas) is None  # the new entry names its rule
+    store.delete_prefix(old_key)
+
+
+def _records(ref, stack: Settings):
+    from training.catalog.store import Catalog
+
+    manifest = Catalog(ObjectStore(stack)).manifest(ref.dataset)
+    return reference_module.selected_records(manifest, "train", None, None, ref.n)
 
 
 def test_fid_against_itself_is_zero_and_equals_the_direct_path(dataset: str, stack: Settings) -> None:

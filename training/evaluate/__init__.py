@@ -26,6 +26,7 @@ from training.evaluate.diversity import (
 )
 from training.evaluate.scores import evaluate, kid_to_reference, precision_recall_to_reference
 from training.evaluate.fid import (
+    EXTRACTION_RULE,
     RESIZE_RULE,
     FidResult,
     compute_fid,
@@ -51,6 +52,7 @@ from training.evaluate.ssim import ms_ssim, ssim
 
 __all__ = [
     "METRICS",
+    "EXTRACTION_RULE",
     "RESIZE_RULE",
     "ClassifierScores",
     "Diversity",

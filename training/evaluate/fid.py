@@ -36,6 +36,19 @@ gray channel is replicated to 3, each batch becomes a contiguous float32 NCHW te
 the CLI. Features are pool3 (2048-d), float64, as in ``get_activations``. With the same batch
 size they are bit-identical to pytorch-fid's loader on PNGs of the same pixels (tested).
 
+The extraction rule (how the network runs; versioned)
+-----------------------------------------------------
+:data:`EXTRACTION_RULE` names the memory layout the network runs in. Rule 2 (2026-11-30, issue
+30): the cached model's 4-D weights and every input batch are **channels_last** (NHWC). On this
+2-CPU VM the 64² → 299² forward runs at 78 % of the fp32 matmul limit that way, against 51 %
+in pytorch-fid's NCHW (``benchmarks/inception_forward.py``, ``docs/benchmarks.md``). Another
+layout runs other oneDNN kernels, so features differ from the NCHW ones by float round-off
+(max 9e-6 absolute on features of magnitude ~5, measured) and the FID from the CLI's by far less
+than the 1e-4 relative contract (pinned in ``tests/evaluate/test_fid.py``). Because the numbers
+are not bit-identical, the rule string is part of every cached reference's key
+(:func:`training.evaluate.reference.reference_spec`) and of every :class:`FidResult`: statistics
+extracted under rule 1 (NCHW, every cache written before) are never mixed with rule-2 ones.
+
 Only uint8 is accepted: the reference sees 8-bit files, so quantising generator output
 (e.g. ``[-1, 1]`` floats) to uint8 is part of the caller's rule, not something to guess here.
 
@@ -79,6 +92,7 @@ if TYPE_CHECKING:
     from pytorch_fid.inception import InceptionV3
 
 __all__ = [
+    "EXTRACTION_RULE",
     "FID_DIMS",
     "RESIZE_RULE",
     "WEIGHTS_PREFIX",
@@ -103,6 +117,9 @@ RESIZE_RULE = (
     "pytorch-fid-0.3.0-folder: uint8 gray->RGB replicate, ToTensor /255 float32, "
     "InceptionV3 bilinear 299x299 align_corners=False, 2x-1"
 )
+#: Version and text of how Inception runs (module docstring, "The extraction rule"). 1 was
+#: pytorch-fid's NCHW; 2 is channels_last. Change the text whenever the numbers may change.
+EXTRACTION_RULE = "synthray-fid-extract/2: channels_last weights and batches, float32, inference_mode"
 WEIGHTS_PREFIX = STORE_PREFIX
 FID_DIMS = (64, 192, 768, 2048)  # pytorch-fid's InceptionV3 output blocks; 2048 = FID
 
@@ -127,6 +144,7 @@ class FidResult:
     ci_high: float | None = None
     confidence: float | None = None
     bootstrap: int = 0  # number of bootstrap draws behind the interval; 0 = none
+    extraction_rule: str = EXTRACTION_RULE  # how Inception ran (layout); see the module docstring
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -170,7 +188,8 @@ def inception(
     settings: Settings | None = None, dims: int = 2048, device: str | torch.device = "cpu"
 ) -> InceptionV3:
     """pytorch-fid's ``InceptionV3`` for ``dims`` features, with the provisioned weights, in eval
-    mode; one instance per (weights sha256, dims, device) per process.
+    mode and channels_last (:data:`EXTRACTION_RULE`); one instance per (weights sha256, dims,
+    device) per process.
 
     Built through :func:`training.evaluate.inception_weights.load_fid_inception` (strict load of that exact file),
     so no process-wide TORCH_HOME change is needed and nothing is ever downloaded.
@@ -183,6 +202,7 @@ def inception(
         model = _model_cache.get(key)
         if model is None:
             model = load_fid_inception(weights.path, dims).to(device).eval()
+            model = model.to(memory_format=torch.channels_last)  # EXTRACTION_RULE 2
             _model_cache[key] = model
         return model
 
@@ -222,10 +242,11 @@ def _check_images(images: np.ndarray) -> np.ndarray:
 
 
 def _to_batch(chunk: np.ndarray) -> torch.Tensor:
-    """uint8 (B,H,W) or (B,H,W,3) -> float32 (B,3,H,W) in [0,1]: ``convert("RGB")`` + ToTensor."""
+    """uint8 (B,H,W) or (B,H,W,3) -> float32 (B,3,H,W) in [0,1]: ``convert("RGB")`` + ToTensor,
+    in channels_last memory (:data:`EXTRACTION_RULE`; the values are those of ToTensor)."""
     x = torch.from_numpy(np.ascontiguousarray(chunk))
     x = x.unsqueeze(1).expand(-1, 3, -1, -1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
-    return x.to(torch.float32).div(255).contiguous()
+    return x.to(torch.float32).div(255).contiguous(memory_format=torch.channels_last)
 
 
 def _counter(total: int, progress: CountProgress | None) -> Callable[[int], None]:

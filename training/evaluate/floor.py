@@ -203,7 +203,7 @@ def derive_reference(superset, n: int, settings: Settings | None = None):
         mu=mu, sigma=sigma, n=n, key=key, weights_sha256=superset.weights_sha256,
         resize_rule=superset.resize_rule, image_size=superset.image_size, cached=False, dims=superset.dims,
         dataset=superset.dataset, spec=spec, features=feats, image_sha256=tuple(shas),
-        labels=superset.labels[:n],
+        labels=superset.labels[:n], extraction_rule=superset.extraction_rule,
     )
 
 

@@ -10,7 +10,9 @@ The cache key is content, never a name
 ``fid/reference/<sha256>.npz`` where the sha256 is over the canonical JSON of
 :func:`reference_spec`: the manifest hash (a dataset version *is* the hash of its manifest,
 so a bare ``name`` is first resolved to it), the selection (split, subset, sorted labels),
-``n``, the Inception weights' sha256, the resize rule and the feature dims. Anything that
+``n``, the Inception weights' sha256, the resize rule, the extraction rule (the layout Inception
+ran in: :data:`training.evaluate.fid.EXTRACTION_RULE`; statistics of an older rule sit under
+another key and are never read) and the feature dims. Anything that
 changes the numbers changes the key; a renamed or re-pointed dataset cannot serve stale
 statistics. The npz repeats the spec and the ordered image hashes, and the object carries
 the npz's sha256: a read checks all three and recomputes (and overwrites) on any mismatch.
@@ -40,6 +42,7 @@ from training.catalog.store import Catalog, ImageRecord, Manifest
 from infra.object_store import ObjectNotFoundError, ObjectStore
 from infra.settings import Settings, get_settings
 from training.evaluate.fid import (
+    EXTRACTION_RULE,
     FID_DIMS,
     RESIZE_RULE,
     FidResult,
@@ -74,7 +77,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 REFERENCE_PREFIX = "fid/reference/"
-SPEC_FORMAT = "synthray-fid-reference/2"  # /2: records in image-hash order (was manifest order)
+# /2: records in image-hash order (was manifest order); /3: the extraction rule is in the spec
+SPEC_FORMAT = "synthray-fid-reference/3"
 _CHUNK = 512  # records read and pushed through Inception at a time (bounded memory)
 
 
@@ -96,6 +100,7 @@ class ReferenceStats:
     features: np.ndarray | None = None  # (n, dims) float32, row i = image_sha256[i]
     image_sha256: tuple[str, ...] = ()
     labels: np.ndarray | None = None  # (n,) int class index per row
+    extraction_rule: str = EXTRACTION_RULE  # how Inception ran (part of the key)
 
     @cached_property
     def sqrt_sigma(self) -> np.ndarray:
@@ -144,6 +149,7 @@ def reference_spec(
     weights_sha256: str,
     dims: int = 2048,
     resize_rule: str = RESIZE_RULE,
+    extraction_rule: str = EXTRACTION_RULE,
 ) -> dict:
     """Everything the cached numbers depend on, and nothing else (no dataset name)."""
     return {
@@ -155,6 +161,7 @@ def reference_spec(
         "n": int(n),
         "weights_sha256": weights_sha256,
         "resize_rule": resize_rule,
+        "extraction_rule": extraction_rule,
         "dims": int(dims),
     }
 
@@ -223,6 +230,7 @@ def _load(store: ObjectStore, key: str, spec: dict, shas: Sequence[str]) -> Refe
         image_size=tuple(meta["image_size"]), cached=True, dims=spec["dims"],
         dataset=meta["dataset"], spec=spec, features=arrays["features"],
         image_sha256=tuple(str(s) for s in arrays["image_sha256"]), labels=arrays["labels"],
+        extraction_rule=spec["extraction_rule"],
     )
 
 
@@ -364,6 +372,7 @@ def fid_from_reference_features(
     return FidResult(
         fid=fid, n_real=ref.n, n_fake=len(feats), dims=ref.dims, weights_sha256=ref.weights_sha256,
         weights_uri=None, resize_rule=ref.resize_rule, reference_key=ref.key, method="eigh",
+        extraction_rule=ref.extraction_rule,
         ci_low=ci[0] if ci else None, ci_high=ci[1] if ci else None,
         confidence=confidence if ci else None, bootstrap=bootstrap,
     )
