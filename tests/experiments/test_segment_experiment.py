@@ -274,7 +274,8 @@ def test_best_validation_dice_is_the_registered_champion(ran: Ran, stack: Settin
 
     client = configure(stack).MlflowClient()
     champion = client.get_model_version_by_alias("segmenter-seg-exp-test", "champion")
-    assert re.search(rf"^segmenter: models:/segmenter-seg-exp-test/{champion.version} \(champion\)$", ran.output, re.M)
+    assert re.search(rf"^segmenter: models:/segmenter-seg-exp-test/{champion.version} "
+                     r"\(models:/segmenter-seg-exp-test@champion\)$", ran.output, re.M)
     children = client.search_runs([client.get_run(ran.parent_run_id).info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{ran.parent_run_id}'")
     best = max(c.data.metrics["best_val_dice"] for c in children)
