@@ -176,13 +176,15 @@ def test_plan_pools_resize_pairs_and_take_prefixes(stack: Settings, knee, tmp_pa
 @pytest.mark.stack
 @pytest.mark.parametrize(("kind", "message"), [
     ("unknown", r"generators\.A: .*no-such-gan"),
+    ("missing", r"generators\.A: no GAN checkpoint at s3://\S+/no-such-checkpoint"),
     ("no-masks", r"generators\.A: s3://\S+ makes images without masks"),
     ("classes", r"generators\.A: s3://\S+ makes masks of classes \['background', 'bone'\], the dataset's are"),
-], ids=["unknown", "no-masks", "classes"])
+], ids=["unknown", "missing", "no-masks", "classes"])
 def test_bad_generator_is_one_line_naming_the_field_before_training(stack: Settings, knee, tmp_path: Path,
                                                                      kind: str, message: str) -> None:
     manifest, generators = knee
     source = {"unknown": "no-such-gan@champion",
+              "missing": f"s3://{stack.bucket}/{stack.ray_results_prefix}/no-such-checkpoint",
               "no-masks": lambda: _write_checkpoint(stack, manifest, None, seed=2),
               "classes": lambda: _write_checkpoint(stack, manifest, ["background", "bone"], seed=2)}[kind]
     path = _write(tmp_path, manifest, {"A": source if isinstance(source, str) else source()})

@@ -42,7 +42,8 @@ class SegmentCell(_Strict):
     """One row of the segmentation table."""
 
     name: str
-    real: float = Field(1.0, ge=0, le=1, description="fraction of the real training pairs")
+    real: float = Field(1.0, ge=0, le=1, description="fraction of the real training pairs (the first ones, "
+                        "in class-then-manifest order)")
     synthetic: float = Field(0.0, ge=0, le=100, description="synthetic pairs per real training pair of the pool")
     generators: str | None = Field(None, description="generator set of the synthetic pairs")
 
