@@ -27,7 +27,7 @@ from scipy.stats import bootstrap, permutation_test
 from training.evaluate.classification import check_inputs, get_metric
 from infra.errors import BadInput
 
-__all__ = ["MeanCI", "PairedTest", "mean_ci", "paired_permutation_test"]
+__all__ = ["MeanCI", "PairedTest", "mean_ci", "paired_permutation_test", "paired_score_test"]
 
 
 @dataclass(frozen=True)
@@ -127,3 +127,29 @@ def paired_permutation_test(y_true: Sequence[int], proba_candidate: np.ndarray, 
     res = permutation_test((order, order + n), statistic, permutation_type="samples", vectorized=False,
                            n_resamples=n_resamples, alternative="two-sided", rng=seed)
     return PairedTest(metric, float(res.statistic), float(res.pvalue), int(len(res.null_distribution)), n)
+
+
+def paired_score_test(candidate: Sequence[float], baseline: Sequence[float], n_resamples: int = 1000, seed: int = 0,
+                      metric: str = "score") -> PairedTest:
+    """Two-sided paired permutation test of ``mean(candidate) - mean(baseline)`` for per-unit scores.
+
+    For metrics that are means of per-unit scores (segmentation Dice per image): unit ``i``'s
+    two scores are exchangeable under H0, so each permutation swaps them
+    (``scipy.stats.permutation_test``, ``permutation_type="samples"``), exactly as
+    :func:`paired_permutation_test` swaps probability rows. Exact when ``n_resamples >= 2**N``.
+
+    Args:
+        candidate, baseline: ``N`` scores of the same units in the same order.
+        n_resamples: random swap patterns.
+        seed: the permutations' seed.
+        metric: the name reported in :class:`PairedTest`.
+    """
+    a, b = np.asarray(candidate, np.float64).ravel(), np.asarray(baseline, np.float64).ravel()
+    if a.shape != b.shape or a.size == 0:
+        raise BadInput(f"candidate ({a.size}) and baseline ({b.size}) must be the same non-empty units")
+    if n_resamples < 1:
+        raise BadInput(f"n_resamples must be >= 1, got {n_resamples}")
+    res = permutation_test((a, b), lambda x, y, axis: np.mean(x, axis=axis) - np.mean(y, axis=axis),
+                           permutation_type="samples", vectorized=True, n_resamples=n_resamples,
+                           alternative="two-sided", rng=seed)
+    return PairedTest(metric, float(res.statistic), float(res.pvalue), int(len(res.null_distribution)), int(a.size))

@@ -149,28 +149,42 @@ class ExperimentConfig(_Strict):
     @classmethod
     def load(cls, path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
         """Read a YAML config; errors name the file and the field."""
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except OSError as err:
-            raise BadInput(f"--config {path}: {err.strerror}") from None
-        except yaml.YAMLError as err:
-            raise BadInput(f"--config {path}: not valid YAML ({str(err).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise BadInput(f"--config {path}: expected a mapping at the top level")
-        for dotted, value in (overrides or {}).items():
-            node = raw
-            *parents, leaf = dotted.split(".")
-            for key in parents:
-                node = node.setdefault(key, {})
-            node[leaf] = value
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as err:
-            first = err.errors()[0]
-            message = first["msg"].removeprefix("Value error, ")  # cross-field checks name their fields
-            where = ".".join(str(p) for p in first["loc"])
-            raise BadInput(f"{path}: {where}: {message}" if where else f"{path}: {message}") from None
+        return load_config(cls, path, overrides)
+
+
+def load_config(cls: type[BaseModel], path: str | Path, overrides: dict | None = None):
+    """Read a YAML experiment config into ``cls``; errors name the file and the field.
+
+    Args:
+        cls: the config model (:class:`ExperimentConfig`, ``SegmentExperimentConfig``).
+        path: the YAML file.
+        overrides: dotted field paths (``classifier.epochs``) → values, set before validation.
+
+    Raises:
+        BadInput: unreadable file, invalid YAML, or a field that fails validation.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as err:
+        raise BadInput(f"--config {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise BadInput(f"--config {path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise BadInput(f"--config {path}: expected a mapping at the top level")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        message = first["msg"].removeprefix("Value error, ")  # cross-field checks name their fields
+        where = ".".join(str(p) for p in first["loc"])
+        raise BadInput(f"{path}: {where}: {message}" if where else f"{path}: {message}") from None
 
 
 # -- grids -----------------------------------------------------------------------------------

@@ -107,7 +107,7 @@ def resolve_sources(cfg: ExperimentConfig, cells: list[Cell], classes: list[str]
     return sources, versions
 
 
-def _fit_size(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def fit_size(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize uint8 images to the real images' size (bilinear, antialiased, as the classifier does)."""
     if images.shape[1:] == size:
         return images
@@ -143,7 +143,7 @@ def synthesize(cfg: ExperimentConfig, cells: list[Cell], sources: dict, pools: R
         images = gen.generate(n, seed, label=source.label)
         progress(f"synthesize: {n} x {source.class_name} from {source.model} "
                  f"({n / max(time.perf_counter() - started, 1e-9):.0f} img/s)")
-        return _fit_size(images, size)
+        return fit_size(images, size)
 
     for key, source in sources.items():
         n = max(c.synthetic.get(key[1], 0) for c in cells if c.generators == key[0])

@@ -35,15 +35,22 @@ class Lineage:
 
 def lineage(version, catalog: Catalog) -> Lineage:
     """The training records of a registered generator version (from its ``dataset*`` tags)."""
-    from training.catalog.selection import select_records
-
     model = version_uri(version.name, version.version)
     tags = version.tags or {}
     if "dataset" not in tags or "dataset.selection" not in tags:
         raise LeakageError(f"{model} has no dataset lineage tags (dataset, dataset.selection): cannot show its "
                            "training data is disjoint from the test set; register it from a training run")
-    selection = json.loads(tags["dataset.selection"])
-    manifest = catalog.manifest(tags["dataset"])
+    return selection_lineage(model, tags["dataset"], json.loads(tags["dataset.selection"]), catalog)
+
+
+def selection_lineage(model: str, dataset: str, selection: dict, catalog: Catalog) -> Lineage:
+    """The records ``select_records(dataset, **selection)`` picks: a generator's training data.
+
+    Used for registered versions (their tags) and for training-run checkpoints (their config).
+    """
+    from training.catalog.selection import select_records
+
+    manifest = catalog.manifest(dataset)
     return Lineage(model, str(manifest.ref), selection, select_records(manifest, **selection))
 
 

@@ -47,19 +47,28 @@ def mask_data(manifest, splits: tuple[str, str, str] = ("train", "val", "test"),
     """
     from training.catalog.selection import catalog
 
+    pools = [manifest.select(split=s) for s in splits]
+    check_masks(manifest, dict(zip(splits, pools, strict=True)))
+    cat = catalog(settings)
+    arrays = [(cat.read_pixels(records), cat.read_masks(records)) for records in pools]
+    return SegmenterData(arrays[0][0], arrays[0][1], arrays[1][0], arrays[1][1], arrays[2][0], arrays[2][1])
+
+
+def check_masks(manifest, splits: dict) -> None:
+    """Every split (name → records of ``manifest``) has images, and every image has a mask.
+
+    Raises:
+        BadInput: naming the dataset, the split and an example image.
+    """
     if not manifest.mask_classes:
         raise BadInput(f"dataset {manifest.ref} has no masks (ingest it with masks, e.g. "
                        f"`synthray catalog phantom --masks`)", field="dataset")
-    pools = [manifest.select(split=s) for s in splits]
-    for split, records in zip(splits, pools, strict=True):
+    for split, records in splits.items():
         if not records:
             raise BadInput(f"dataset {manifest.ref} has no images in split {split!r}", field="dataset")
         if missing := [r.source_path for r in records if r.mask_sha256 is None]:
             raise BadInput(f"dataset {manifest.ref}: {len(missing)} image(s) of split {split!r} have no mask "
                            f"(e.g. {missing[0]})", field="dataset")
-    cat = catalog(settings)
-    arrays = [(cat.read_pixels(records), cat.read_masks(records)) for records in pools]
-    return SegmenterData(arrays[0][0], arrays[0][1], arrays[1][0], arrays[1][1], arrays[2][0], arrays[2][1])
 
 
 def fit_segmenters(
