@@ -87,7 +87,10 @@ def _config(**kwargs):
 def _register(run_id: str, checkpoint: str | None = None) -> None:
     from training.registry.generators import register_run
 
-    reg = register_run(run_id, checkpoint=checkpoint, progress=say)
+    _announce(register_run(run_id, checkpoint=checkpoint, progress=say))
+
+
+def _announce(reg) -> None:
     click.echo(f"model: {reg.version_uri} (alias {reg.alias}); promote with "
                f"`synthray registry promote {reg.name} --version {reg.version}`")
 
@@ -153,13 +156,24 @@ def train_gan_cmd(register: bool, growth_batch: tuple, **kwargs) -> None:
 @click.option("--client-cpus", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
               help="Ray CPUs per simulated site")
 @click.option("--resume", default=None, metavar="RUN_ID", help="continue a run after its last finished round")
-@click.option("--drill-fail", default=None, hidden=True, help="SITE@ROUND: that site fails mid-round (drill)")
+@click.option("--register/--no-register", default=True, show_default=True,
+              help="register the global generator as the challenger (lineage: every site's selection)")
+@click.option("--drill-fail", default=None, hidden=True,
+              help="SITE@ROUND (SITE an index or 'any'): that site's process is killed mid-round (drill)")
 def train_federated_cmd(dataset, arch, sites, fraction, rounds, local_iters, average, min_fit_clients, batch_size,
-                        fid_every, fid_dims, augment, split, seed, client_cpus, resume, drill_fail) -> None:
+                        fid_every, fid_dims, augment, split, seed, client_cpus, resume, register, drill_fail) -> None:
     """Federated GAN training (FedAvg with Flower): each site trains on its own images, only weights move."""
+    from infra.errors import BadInput
     from training.federated.config import FederatedConfig
     from training.federated.server import train_federated
     from training.gan.config import GanTrainConfig
+
+    if register and fid_every == 0:  # before any work: the version states the global FID
+        raise BadInput("--register states the global FID against the pooled site statistics: use --fid-every >= 1 "
+                       "or --no-register", field="fid_every")
+    if register and average == "d":
+        raise BadInput("--average d keeps every generator at its site: there is no global generator to register; "
+                       "use --no-register", field="average")
 
     gan = GanTrainConfig(dataset=dataset, arch=arch, batch_size=batch_size, augment=augment, split=split, seed=seed,
                          fid_every=0)
@@ -170,6 +184,10 @@ def train_federated_cmd(dataset, arch, sites, fraction, rounds, local_iters, ave
     fid = f", FID {result.fid[max(result.fid)]:.2f} at round {max(result.fid)}" if result.fid else ""
     click.echo(f"run: {result.run_id} ({len(result.site_run_ids)} site runs), {result.rounds} rounds{fid}\n"
                f"checkpoint: {result.checkpoint_key}")
+    if register:
+        from training.registry.federated import register_federated
+
+        _announce(register_federated(result.run_id, progress=say))
 
 
 @train.command("methods")

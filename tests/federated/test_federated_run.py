@@ -1,8 +1,11 @@
-"""A federated GAN run on the real stack: 2 phantom sites, Flower FedAvg of G and D, a site failing.
+"""A federated GAN run on the real stack: 4 phantom sites, Flower FedAvg of G and D, a site killed.
 
-One run (2 sites, fraction 1.0, 2 rounds, 2 local iterations, min_fit_clients 1; site-1 fails
-mid-round 2) is shared by the tests; a resume through the CLI adds round 3. Small on purpose:
-every Flower simulation starts its Ray actors afresh (most of the runtime).
+One run (issue 27's make-test run: 4 sites, fraction 0.5, 3 rounds, the small preset; 2 local
+iterations, min_fit_clients 1, FID at the last round), then its registration, is shared by the
+tests. In round 2 the drill SIGKILLs the process of the lowest-numbered sampled site (``any@2``:
+Flower samples at random); the round goes on with the other. A resume through the CLI adds
+round 4. Small on purpose: every Flower simulation starts its Ray actors afresh (most of the
+runtime).
 """
 
 from __future__ import annotations
@@ -25,14 +28,15 @@ from training.federated.server import SITE_TAG, checkpoint_key, latest_checkpoin
 from training.federated.sites import site_subsets
 from training.federated.stats import GaussianStats
 from training.gan.config import GanTrainConfig
+from training.registry.federated import register_federated
 
 pytestmark = pytest.mark.stack
-SITES, ROUNDS, DIMS = 2, 2, 64
+SITES, ROUNDS, DIMS, ITERS, KILL_ROUND = 4, 3, 64, 2, 2
 
 
 @pytest.fixture(scope="module")
 def sited(stack: Settings) -> str:
-    """A phantom version with site-0 and site-1, declared through the CLI."""
+    """A phantom version with site-0 … site-3, declared through the CLI."""
     from services.cli.main import main
 
     manifest = publish_phantom(40, PhantomSpec(size=64, seed=11), name="phantom-fed-test", settings=stack,
@@ -44,8 +48,8 @@ def sited(stack: Settings) -> str:
 
 def _cfg(dataset: str, **kw) -> FederatedConfig:
     gan = GanTrainConfig(dataset=dataset, arch="wgan-gp-knee-small", batch_size=8, grid_size=4, fid_every=0)
-    return FederatedConfig(gan=gan, sites=SITES, fraction=1.0, rounds=ROUNDS, local_iters=2, min_fit_clients=1,
-                           fid_every=2, fid_dims=DIMS, **kw)
+    return FederatedConfig(gan=gan, sites=SITES, fraction=0.5, rounds=ROUNDS, local_iters=ITERS, min_fit_clients=1,
+                           fid_every=ROUNDS, fid_dims=DIMS, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +64,13 @@ def run(stack: Settings, sited: str):
         reads.append(key)
         return get_bytes(self, key)
 
+    say = lambda line: lines.append(f"{time.monotonic() - t0:5.1f}s {line}")  # noqa: E731
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ObjectStore, "get_bytes", recorded)
-        result = train_federated(_cfg(sited, drill_fail=f"1@{ROUNDS}"), settings=stack,
-                                 progress=lambda line: lines.append(f"{time.monotonic() - t0:5.1f}s {line}"))
+        result = train_federated(_cfg(sited, drill_fail=f"any@{KILL_ROUND}"), settings=stack, progress=say)
+        registered = register_federated(result.run_id, settings=stack, progress=say)
     print("\n".join(lines))
-    return result, lines, reads
+    return result, lines, reads, registered
 
 
 @pytest.fixture(scope="module")
@@ -77,32 +82,41 @@ def client(stack: Settings):
 
 def test_sites_split_by_patient_through_the_cli(stack: Settings, sited: str) -> None:
     manifest = catalog(stack).manifest(sited)
-    assert site_subsets(manifest) == ["site-0", "site-1"]
+    assert site_subsets(manifest) == [f"site-{i}" for i in range(SITES)]
     members = [set(manifest.subset(s)) for s in site_subsets(manifest)]
     train = {r.sha256 for r in manifest.records if r.split == "train"}
     assert set().union(*members) == train and sum(map(len, members)) == len(train)
     patients = [{r.patient_id for r in manifest.records if r.sha256 in m} for m in members]
-    assert not patients[0] & patients[1] and all(patients)
+    assert all(patients) and sum(map(len, patients)) == len(set().union(*patients))  # pairwise disjoint
 
 
-def test_a_failed_site_is_dropped_and_the_run_finishes(run, client) -> None:
-    result, lines, _ = run
-    assert result.rounds == ROUNDS
-    assert result.participants == {1: ["site-0", "site-1"], 2: ["site-0"]}
-    assert result.dropped == {1: [], 2: ["site-1"]}
-    logged = json.loads(client.download_artifacts(result.run_id, "rounds/round-0002.json") and
-                        open(client.download_artifacts(result.run_id, "rounds/round-0002.json")).read())
-    assert logged["dropped"] == ["site-1"] and "drill: site-1 fails mid-round 2" in logged["errors"][0]
+def test_a_killed_site_is_dropped_and_the_run_finishes(run, client) -> None:
+    """The drill SIGKILLs the lowest-numbered site sampled in round 2; the round's other site trains."""
+    result, lines, _, _ = run
+    assert result.rounds == ROUNDS and sorted(result.participants) == list(range(1, ROUNDS + 1))
+    for rnd in range(1, ROUNDS + 1):  # int(4 · 0.5) = 2 sites sampled per round
+        assert len(result.participants[rnd]) + len(result.dropped[rnd]) == 2
+    sampled = sorted(result.participants[KILL_ROUND] + result.dropped[KILL_ROUND], key=lambda s: int(s[5:]))
+    killed = sampled[0]
+    assert result.dropped == {rnd: [killed] if rnd == KILL_ROUND else [] for rnd in range(1, ROUNDS + 1)}
+    path = client.download_artifacts(result.run_id, f"rounds/round-{KILL_ROUND:04d}.json")
+    logged = json.loads(open(path).read())
+    assert logged["participants"] == sampled[1:] and killed not in logged["participants"]
+    # the process died (Ray reports its actor unavailable), it did not raise an exception of its own
+    assert logged["dropped"] == [killed] and "ray.exceptions.Actor" in logged["errors"][0], logged["errors"]
+    assert "drill:" not in logged["errors"][0]
     history = {m.step: m.value for m in client.get_metric_history(result.run_id, "round/participants")}
-    assert history == {1: 2.0, 2: 1.0}
-    assert any("dropped site-1" in line for line in lines)
+    assert history == {1: 2.0, 2: 1.0, 3: 2.0}
+    assert any(f"dropped {killed}" in line for line in lines)
     assert client.get_run(result.run_id).info.status == "FINISHED"
 
 
 def test_the_server_process_reads_no_image_blob(run) -> None:
-    """The server (this process) read manifests only; every image read happened at a site (Ray actor)."""
-    _, _, reads = run
+    """The server (this process: the run and the registration) read manifests, checkpoints and model
+    files only; every image read happened at a site (Ray actor)."""
+    _, _, reads, _ = run
     assert any("/versions/" in key for key in reads), reads  # the instrument sees the manifest reads
+    assert any(key.startswith("federated/") for key in reads), reads  # … and the registration's checkpoint read
     assert not [key for key in reads if "/blobs/" in key], reads
 
 
@@ -139,30 +153,35 @@ def test_a_site_reads_only_its_own_blobs(run, stack: Settings, client, sited: st
 
 
 def test_sites_ran_as_actors_on_the_stacks_ray_cluster(run, stack: Settings) -> None:
-    """Flower kept the driver's Ray connection (infra.ray_runtime.connect): its site actors are the stack's."""
+    """Flower kept the driver's Ray connection (infra.ray_runtime.connect): its site actors are the stack's,
+    and the killed site's actor process was restarted by Ray (``max_restarts=-1``) for the next rounds."""
     from ray.util.state import list_actors
 
     from infra.ray_runtime import connect
 
     connect(stack)  # Flower's backend shut this process's Ray connection down at the run's end
     actors = list_actors(address=stack.ray_address, filters=[("class_name", "=", "ClientAppActor")], limit=100,
-                         raise_on_missing_output=False)
+                         detail=True, raise_on_missing_output=False)
     assert 1 <= len(actors) <= stack.ray_num_cpus  # one per client_cpus=1 CPU of the stack's head
+    assert sum(int(a.num_restarts) for a in actors) == 1  # exactly one site process died (the drill)
 
 
 def test_parent_and_site_child_runs(run, client, sited: str, tmp_path) -> None:
-    result, _, _ = run
+    result, _, _, _ = run
     parent = client.get_run(result.run_id)
     assert parent.data.params["dataset"] == sited and parent.data.params["average"] == "g+d"
     assert parent.data.params["sampled_per_round"] == "2"
-    manifest_sizes = {s: len(catalog().manifest(sited).select(split="train", subset=s)) for s in
-                      ("site-0", "site-1")}
+    manifest_sizes = {s: len(catalog().manifest(sited).select(split="train", subset=s)) for s in site_subsets(
+        catalog().manifest(sited))}
+    assert len(result.site_run_ids) == SITES
     for i, run_id in enumerate(result.site_run_ids):
         child = client.get_run(run_id)
         assert child.data.tags["mlflow.parentRunId"] == result.run_id and child.data.tags[SITE_TAG] == f"site-{i}"
         assert child.data.metrics["n_images"] == manifest_sizes[f"site-{i}"]
         steps = {m.step for m in client.get_metric_history(run_id, "step/loss_d")}
-        assert steps == ({1, 2} if i == 1 else {1, 2, 3, 4})  # site-1 died in round 2: nothing logged
+        trained = [rnd for rnd, sites in result.participants.items() if f"site-{i}" in sites]
+        # the site's steps are its rounds' local iterations; the killed site logged nothing in its round
+        assert steps == {(rnd - 1) * ITERS + k for rnd in trained for k in range(1, ITERS + 1)}
         assert client.list_artifacts(run_id) == []  # never images
     grids = sorted(f.path for f in client.list_artifacts(result.run_id, "images")
                    if "global_samples" in f.path and f.path.endswith(".png"))
@@ -174,13 +193,45 @@ def test_parent_and_site_child_runs(run, client, sited: str, tmp_path) -> None:
 
 
 def test_global_checkpoint_every_round_and_fid_on_pooled_statistics(run, stack: Settings) -> None:
-    result, _, _ = run
+    result, _, _, _ = run
     store = ObjectStore(stack)
     for rnd in range(1, ROUNDS + 1):
         assert store.exists(checkpoint_key(result.run_id, rnd))
     rnd, state = latest_checkpoint(result.run_id, stack)
-    assert rnd == ROUNDS and state["participants"][ROUNDS] == ["site-0"]
+    assert rnd == ROUNDS and state["participants"] == result.participants
     assert set(result.fid) == {ROUNDS} and math.isfinite(result.fid[ROUNDS]) and result.fid[ROUNDS] > 0
+    assert state["fid"]["fid"] == result.fid[ROUNDS] and state["fid"]["n_real"] == result.pooled.n
+
+
+def test_global_generator_registered_with_every_site_in_its_lineage(run, stack: Settings, client,
+                                                                     sited: str) -> None:
+    """Registered like any GAN (kind, FID, card, challenger alias); its lineage is the four sites'
+    selections, which the augmentation experiments' leakage guard reads as their union."""
+    from training.experiments.guard import LeakageError, check_disjoint, lineage
+    from training.registry.generators import CHALLENGER, load_generator
+
+    result, _, _, registered = run
+    version = client.get_model_version(registered.name, registered.version)
+    tags = version.tags
+    assert tags["synthray.kind"] == "gan-generator" and version.run_id == result.run_id
+    assert client.get_model_version_by_alias(registered.name, CHALLENGER).version == version.version
+    assert json.loads(tags["dataset.sites"]) == [{"split": "train", "subset": f"site-{i}"} for i in range(SITES)]
+    assert "dataset.selection" not in tags  # one lineage, never two that could disagree
+    assert float(tags["fid"]) == pytest.approx(result.fid[ROUNDS], abs=1e-6)
+    assert int(tags["fid.n_real"]) == result.pooled.n and tags["fid.reference_key"].endswith("pooled-statistics.npz")
+    assert "never leave their site" in tags["kid.skipped"] and "memorization.skipped" in tags
+    assert "federated sites" in version.description and "site-3" in version.description
+
+    manifest = catalog(stack).manifest(sited)
+    trained = lineage(version, catalog(stack))
+    assert {r.sha256 for r in trained.records} == {sha for s in site_subsets(manifest) for sha in manifest.subset(s)}
+    test = [r for r in manifest.records if r.split == "test"]
+    assert "disjoint from test" in check_disjoint([trained], {"test": test})[0]
+    site3 = manifest.select(split="train", subset=f"site-{SITES - 1}")  # the last site's images are in it
+    with pytest.raises(LeakageError, match="shares data"):
+        check_disjoint([trained], {"test": site3[:1]})
+    images = load_generator(registered.version_uri, stack).generate(2, seed=5)
+    assert images.shape == (2, 64, 64) and images.dtype == np.uint8
 
 
 def test_pooled_statistics_merged_from_sites_equal_the_pooled_computation(run, stack: Settings, sited: str) -> None:
@@ -190,7 +241,7 @@ def test_pooled_statistics_merged_from_sites_equal_the_pooled_computation(run, s
     batches moves each feature by float32 round-off (~6e-8 measured), which is Inception's, not the merge's."""
     from training.evaluate.reference import reference_statistics
 
-    result, _, _ = run
+    result, _, _, _ = run
     sites = [reference_statistics(sited, split="train", subset=f"site-{i}", dims=DIMS, settings=stack)
              for i in range(SITES)]
     assert all(s.cached for s in sites)  # the sites' own census computed and stored them
@@ -203,18 +254,20 @@ def test_pooled_statistics_merged_from_sites_equal_the_pooled_computation(run, s
 def test_resume_continues_after_the_last_finished_round(run, stack: Settings, client, sited: str) -> None:
     from services.cli.main import main
 
-    result, _, _ = run
+    result, _, _, _ = run
     before = latest_checkpoint(result.run_id, stack)[1]["generator"]
-    out = CliRunner().invoke(main, ["train", "federated", "--dataset", sited, "--sites", str(SITES), "--fraction", "0.5",
-                                    "--rounds", str(ROUNDS + 1), "--local-iters", "1", "--batch-size", "8",
-                                    "--fid-every", "0", "--resume", result.run_id])
+    args = ["train", "federated", "--dataset", sited, "--sites", str(SITES), "--fraction", "0.25",
+            "--rounds", str(ROUNDS + 1), "--local-iters", "1", "--batch-size", "8", "--fid-every", "0"]
+    refused = CliRunner().invoke(main, [*args, "--resume", result.run_id])  # registering needs the FID
+    assert refused.exit_code == 1 and "--fid-every >= 1 or --no-register" in refused.output
+    out = CliRunner().invoke(main, [*args, "--no-register", "--resume", result.run_id])
     assert out.exit_code == 0, out.output
     rnd, state = latest_checkpoint(result.run_id, stack)
     assert rnd == ROUNDS + 1 and list(state["participants"]) == [ROUNDS + 1]
-    assert len(state["participants"][ROUNDS + 1]) == 1  # int(2 · 0.5) = 1 site sampled
+    assert len(state["participants"][ROUNDS + 1]) == 1  # int(4 · 0.25) = 1 site sampled
     assert any(not torch.equal(before[k], state["generator"][k]) for k in before if before[k].is_floating_point())
     history = {m.step for m in client.get_metric_history(result.run_id, "round/participants")}
-    assert history == {1, 2, 3}
+    assert history == set(range(1, ROUNDS + 2))
 
 
 def test_fewer_returns_than_min_fit_clients_stop_the_run(stack: Settings, client, sited: str) -> None:

@@ -3,8 +3,9 @@
 A registered generator records its training data's lineage in version tags (``dataset`` =
 ``name@version`` and ``dataset.selection`` = the split/class/subset/limit arguments), so the
 guard rebuilds that exact selection from the catalog and intersects it with the experiment's
-real evaluation sets by patient id and image hash. A generator without lineage is refused:
-nothing could show it is safe.
+real evaluation sets by patient id and image hash. A federated generator records every site's
+selection instead (``dataset.sites``, a list of such selections); its training data is their
+union. A generator without lineage is refused: nothing could show it is safe.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from training.catalog.store import Catalog, ImageRecord
 from training.catalog.splits import overlap
 from infra.errors import BadInput
 from training.registry.refs import version_uri
+from training.registry.tags import DATASET_SITES
 
 
 class LeakageError(BadInput):
@@ -37,6 +39,10 @@ def lineage(version, catalog: Catalog) -> Lineage:
     """The training records of a registered generator version (from its ``dataset*`` tags)."""
     model = version_uri(version.name, version.version)
     tags = version.tags or {}
+    if "dataset" in tags and DATASET_SITES in tags:  # federated: the union of the sites' selections
+        sites = [selection_lineage(model, tags["dataset"], s, catalog) for s in json.loads(tags[DATASET_SITES])]
+        return Lineage(model, sites[0].dataset, {"sites": "; ".join(_describe(s.selection) for s in sites)},
+                       [r for s in sites for r in s.records])
     if "dataset" not in tags or "dataset.selection" not in tags:
         raise LeakageError(f"{model} has no dataset lineage tags (dataset, dataset.selection): cannot show its "
                            "training data is disjoint from the test set; register it from a training run")

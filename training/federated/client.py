@@ -12,6 +12,10 @@ Every message carries the global arrays of the averaged networks (``g.*`` / ``d.
   to its MLflow child run, and replies with the updated arrays and ``num-examples`` = its image
   count, FedAvg's weight (McMahan et al. 2017, eq. in Algorithm 1: n_k / n).
 
+The failure drill (``drill_fail``): the server names the round's victim in the train config
+(``drill-site``); that site SIGKILLs its own Ray actor process halfway through its local
+iterations, so the round loses it exactly as it would lose a crashed hospital node.
+
 A network that is not averaged (``--average g`` or ``d``) stays at the site between rounds, in
 the node's Flower state. Adam starts fresh at every site each round (the paper is silent;
 moments of another site's optimizer mean nothing to this one); the LR schedule continues from
@@ -20,6 +24,8 @@ the updates the round's site would have made had it trained every round.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from functools import lru_cache
 
@@ -30,6 +36,7 @@ from training.federated.config import FederatedConfig
 from training.federated.sites import site_name
 
 PARTS = {"g": ("g",), "d": ("d",), "g+d": ("g", "d")}
+DRILL_KEY = "drill-site"  # train config: the site the server's failure drill kills this round (-1: none)
 
 
 def pack(gen: torch.nn.Module | None, critic: torch.nn.Module | None, parts: tuple[str, ...]):
@@ -115,13 +122,13 @@ def train_site(cfg: FederatedConfig, site: int, arrays, config, state) -> tuple:
     n = len(data.images)
     batch = min(hp["batch_size"], n)
     torch.manual_seed(epoch_seed(gan.seed, site, rnd))
-    drill = cfg.drill()
+    drilled = int(config.get(DRILL_KEY, -1)) == site
     history: dict[str, list[float]] = {}
     order = torch.cat([torch.randperm(n) for _ in range(-(-cfg.local_iters * batch // n))])
     started = time.perf_counter()
     for i in range(cfg.local_iters):
-        if drill == (site, rnd) and i == cfg.local_iters // 2:
-            raise RuntimeError(f"drill: {site_name(site)} fails mid-round {rnd}")
+        if drilled and i == cfg.local_iters // 2:
+            _die(f"drill: {site_name(site)} killed mid-round {rnd}")
         idx = order[i * batch:(i + 1) * batch]
         scalars = train_step(pair, loss, data.images[idx], data.labels[idx], hp, augment=augment)
         for key, value in scalars.items():
@@ -142,6 +149,20 @@ def train_site(cfg: FederatedConfig, site: int, arrays, config, state) -> tuple:
         state["local"] = pack(pair.gen, pair.critic, tuple(local))
     metrics = MetricRecord({"num-examples": n, "site": site, "loss_d": means["loss_d"], "loss_g": means["loss_g"]})
     return pack(pair.gen, pair.critic, parts), metrics, state
+
+
+def _die(reason: str) -> None:
+    """The failure drill: this site's process dies at once (SIGKILL, no cleanup, nothing sent).
+
+    Only inside a Ray actor (a simulated site); called anywhere else (a test running
+    :func:`train_site` in its own process) it raises instead of killing that process.
+    """
+    import ray
+
+    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+        raise RuntimeError(f"{reason} (not in a site actor: raised instead of killing this process)")
+    print(reason, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def make_client_app(cfg: FederatedConfig):

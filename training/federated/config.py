@@ -18,7 +18,7 @@ from infra.errors import BadInput
 from training.gan.config import GanTrainConfig
 
 Average = Literal["g", "d", "g+d"]
-_DRILL = re.compile(r"^(\d+)@(\d+)$")
+_DRILL = re.compile(r"^(\d+|any)@(\d+)$")
 
 
 class FederatedConfig(BaseModel):
@@ -37,8 +37,9 @@ class FederatedConfig(BaseModel):
     fid_every: int = Field(1, ge=0, description="global FID every k rounds (and at the last); 0 disables")
     fid_dims: Literal[64, 192, 768, 2048] = Field(2048, description="pytorch-fid feature dims (2048 = FID)")
     client_cpus: float = Field(1.0, gt=0, description="Ray CPUs per simulated site (Flower's client_resources)")
-    drill_fail: str | None = Field(None, description="failure drill: 'SITE@ROUND' makes that site's ClientApp "
-                                   "die in that round (tests, rehearsals)")
+    drill_fail: str | None = Field(None, description="failure drill: 'SITE@ROUND' kills that site's client "
+                                   "process mid-round (SIGKILL of its Ray actor) when it is sampled in that round; "
+                                   "SITE 'any' = the lowest-numbered site sampled (tests, rehearsals)")
 
     @model_validator(mode="after")
     def _check(self) -> FederatedConfig:
@@ -53,15 +54,17 @@ class FederatedConfig(BaseModel):
             raise BadInput(f"--min-fit-clients {self.min_fit_clients} exceeds --sites {self.sites}",
                            field="min_fit_clients")
         if self.drill_fail is not None and not _DRILL.match(self.drill_fail):
-            raise BadInput(f"drill_fail must be SITE@ROUND, got {self.drill_fail!r}", field="drill_fail")
+            raise BadInput(f"drill_fail must be SITE@ROUND (SITE an index or 'any'), got {self.drill_fail!r}",
+                           field="drill_fail")
         return self
 
     def sampled_per_round(self) -> int:
         """Flower's FedAvg sample size: max(int(K·C), min_fit_clients)."""
         return max(int(self.sites * self.fraction), self.min_fit_clients)
 
-    def drill(self) -> tuple[int, int] | None:
+    def drill(self) -> tuple[int | None, int] | None:
+        """(site or None for 'any', round) of the failure drill, or None."""
         if self.drill_fail is None:
             return None
         site, rnd = _DRILL.match(self.drill_fail).groups()
-        return int(site), int(rnd)
+        return None if site == "any" else int(site), int(rnd)

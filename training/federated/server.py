@@ -19,6 +19,17 @@ sites per round). :class:`SiteFedAvg` adds only what the platform needs around i
   logged to the MLflow parent run; the global model's sample grid; the global checkpoint in S3
   (``federated/{run_id}/round-NNNN.pt`` and ``latest.json``); FID every k rounds.
 
+A site whose process dies (crash, OOM kill; the drill SIGKILLs it): Flower 1.32's Ray backend
+turns the in-flight ``ray.get``'s ``RayActorError`` into an error reply (dropped as above) and
+puts the actor back in its pool (``BasicActorPool.add_actor_back_to_pool``) without replacing
+it. With Ray's default ``max_restarts=0`` that actor stays dead and every later message it is
+given fails too; the actors are therefore created with ``max_restarts=-1`` (passed through
+``client_resources``, which Flower hands to ``ClientAppActor.options``), so Ray restarts the
+process and the next rounds run on it. Tasks already in flight are not retried
+(``max_task_retries=0``): the round loses the site, it does not train it twice. A message given
+to an actor while it restarts fails too (``ActorUnavailableError``), so each round first waits
+for restarting site actors (:meth:`SiteFedAvg.await_site_actors`, Ray's state API).
+
 MLflow: one parent run (params, per-round metrics, grids, FID) and one child run per site
 (its losses and image count, never images).
 """
@@ -37,7 +48,7 @@ import torch
 
 from infra.errors import BadInput, NotFound, Unavailable
 from infra.settings import Settings, get_settings
-from training.federated.client import PARTS, load_into, make_client_app, pack, unpack
+from training.federated.client import DRILL_KEY, PARTS, load_into, make_client_app, pack, unpack
 from training.federated.config import FederatedConfig
 from training.federated.sites import site_name, site_subsets
 from training.federated.stats import GaussianStats, merge
@@ -46,6 +57,11 @@ EXPERIMENT = "synthray-federated"
 KIND = "federated-gan-training"
 SITE_TAG = "synthray.federated.site"
 CHECKPOINT_PREFIX = "federated/"
+
+
+def pooled_key(run_id: str) -> str:
+    """Object-store key of a run's pooled reference statistics (``np.savez``: n, mu, sigma)."""
+    return f"{CHECKPOINT_PREFIX}{run_id}/pooled-statistics.npz"
 
 
 def checkpoint_key(run_id: str, rnd: int | None = None) -> str:
@@ -76,6 +92,7 @@ class SiteFedAvg:
         self.participants: dict[int, list[str]] = {}
         self.dropped: dict[int, list[str]] = {}
         self.fid: dict[int, float] = {}
+        self.fid_results: dict[int, dict] = {}  # FidResult.as_dict() of the rounds with FID
         self.pooled: GaussianStats | None = None
         self.reference = None
         from mlflow import MlflowClient
@@ -113,6 +130,7 @@ class SiteFedAvg:
         if stats:
             self.pooled = merge(stats)
             self.reference = self._reference(size, counts)
+            self._store_pooled()
 
     def _reference(self, size, counts):
         from training.evaluate.fid import RESIZE_RULE, fid_weights
@@ -120,10 +138,18 @@ class SiteFedAvg:
 
         p = self.pooled
         return ReferenceStats(
-            mu=p.mu, sigma=p.sigma, n=p.n, key=f"{CHECKPOINT_PREFIX}{self.run_id}/pooled-statistics",
+            mu=p.mu, sigma=p.sigma, n=p.n, key=pooled_key(self.run_id),
             weights_sha256=fid_weights(self.settings).sha256, resize_rule=RESIZE_RULE, image_size=size,
             cached=False, dims=self.cfg.fid_dims, dataset=self.cfg.gan.dataset,
             labels=np.repeat(np.arange(self.num_classes), counts))
+
+    def _store_pooled(self) -> None:
+        """The merged (n, μ, Σ) beside the checkpoints: the FID reference the registration names."""
+        from infra.object_store import ObjectStore
+
+        buf = io.BytesIO()
+        np.savez(buf, n=self.pooled.n, mu=self.pooled.mu, sigma=self.pooled.sigma)
+        ObjectStore(self.settings).put_bytes(pooled_key(self.run_id), buf.getvalue())
 
     # -- Flower strategy ------------------------------------------------------------------
     def strategy(self):
@@ -134,13 +160,50 @@ class SiteFedAvg:
         class _Strategy(FedAvg):
             def configure_train(self, server_round, arrays, config, grid):
                 config["round"] = server.offset + server_round
-                return super().configure_train(server_round, arrays, config, grid)
+                server.await_site_actors()
+                messages = list(super().configure_train(server_round, arrays, config, grid))
+                # the messages share this config record: the drill's victim is set once, after sampling
+                config[DRILL_KEY] = server.drill_victim(server.offset + server_round,
+                                                        [m.metadata.dst_node_id for m in messages])
+                return messages
 
             def aggregate_train(self, server_round, replies):
                 return super().aggregate_train(server_round, server.admit(server.offset + server_round, replies))
 
         return _Strategy(fraction_train=self.cfg.fraction, fraction_evaluate=0.0,
                          min_train_nodes=self.cfg.min_fit_clients, min_available_nodes=self.cfg.sites)
+
+    def await_site_actors(self, timeout: float = 120.0) -> None:
+        """Wait (at most ``timeout`` s) while Ray restarts a site actor whose process died.
+
+        A message handed to an actor that is restarting fails at once (``ActorUnavailableError``:
+        Flower's actor tasks are at-most-once), so without this wait a site could be dropped from
+        the next round because another site's process died in this one (measured: it was).
+        """
+        import ray
+        from ray.util.state import list_actors
+
+        job = ray.get_runtime_context().get_job_id()
+        filters = [("class_name", "=", "ClientAppActor"), ("job_id", "=", job), ("state", "=", "RESTARTING")]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if not list_actors(address=self.settings.ray_address, filters=filters, raise_on_missing_output=False):
+                    return
+            except Exception as exc:  # noqa: BLE001 - no state API (no dashboard): the round goes on unwaited
+                self.progress(f"federated: cannot list the site actors ({str(exc).splitlines()[0]}); not waiting")
+                return
+            time.sleep(0.5)
+
+    def drill_victim(self, rnd: int, sampled: list[int]) -> int:
+        """The site the failure drill kills in round ``rnd`` (-1: none): the named site when it was
+        sampled, or with ``any@ROUND`` the lowest-numbered sampled site (Flower samples at random)."""
+        drill = self.cfg.drill()
+        if drill is None or drill[1] != rnd:
+            return -1
+        sites = sorted(self.node_site[n] for n in sampled)
+        victim = sites[0] if drill[0] is None else drill[0]
+        return victim if victim in sites else -1
 
     def admit(self, rnd: int, replies) -> list:
         """The round's successful replies; failures are logged and dropped while min_fit_clients holds."""
@@ -184,7 +247,8 @@ class SiteFedAvg:
             self._grid(gen, rnd)
             last = rnd == self.cfg.rounds
             if self.reference is not None and (rnd % self.cfg.fid_every == 0 or last):
-                metrics["fid"] = self.fid[rnd] = self._fid(gen)
+                self.fid_results[rnd] = self._fid(gen)
+                metrics["fid"] = self.fid[rnd] = self.fid_results[rnd]["fid"]
                 self.progress(f"federated: round {rnd}: FID {metrics['fid']:.2f} against the pooled statistics "
                               f"of {self.reference.n} images")
         self._checkpoint(rnd, gen, critic)
@@ -200,7 +264,7 @@ class SiteFedAvg:
         y = grid_conditions(self.cfg.gan.grid_size, self.num_classes) if self.cfg.gan.preset().conditional else None
         self.tracker.log_image(self.run_id, sample_grid(gen, z, y), key="global_samples", step=rnd)
 
-    def _fid(self, gen) -> float:
+    def _fid(self, gen) -> dict:
         from training.evaluate import fid_to_reference
         from training.evaluate.generator import fakes_like
         from training.nets.sampler import GeneratorSampler
@@ -209,7 +273,7 @@ class SiteFedAvg:
         sampler = GeneratorSampler(gen, preset.latent_dim,
                                    num_classes=self.num_classes if preset.conditional else None)
         fake, _ = fakes_like(sampler, self.reference, seed=self.cfg.gan.seed + 1, settings=self.settings)
-        return fid_to_reference(fake, self.reference, self.settings).fid
+        return fid_to_reference(fake, self.reference, self.settings).as_dict()
 
     def _checkpoint(self, rnd: int, gen, critic) -> None:
         from infra.object_store import ObjectStore
@@ -219,7 +283,8 @@ class SiteFedAvg:
                  "critic": critic.state_dict() if "d" in parts else None,
                  "round": rnd, "epoch": rnd, "config": self.cfg.gan.model_dump(), "federated": self.cfg.model_dump(),
                  "num_classes": self.num_classes, "multilabel": False, "run_id": self.run_id,
-                 "participants": self.participants, "dropped": self.dropped}
+                 "participants": self.participants, "dropped": self.dropped, "fid": self.fid_results.get(rnd),
+                 "eval_seed": self.cfg.gan.seed + 1}
         buf = io.BytesIO()
         torch.save(state, buf)
         store = ObjectStore(self.settings)
@@ -357,7 +422,8 @@ def train_federated(cfg: FederatedConfig, settings: Settings | None = None, resu
     try:
         with _quiet_flower():
             run_simulation(server_app=app, client_app=make_client_app(cfg), num_supernodes=cfg.sites,
-                           backend_config={"client_resources": {"num_cpus": cfg.client_cpus, "num_gpus": 0.0}})
+                           backend_config={"client_resources": {"num_cpus": cfg.client_cpus, "num_gpus": 0.0,
+                                                                "max_restarts": -1}})
         status = "FINISHED"
     finally:
         for rid in [*site_runs, run_id]:

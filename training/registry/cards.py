@@ -46,6 +46,7 @@ class CardFacts:
     membership: dict | None = None  # training.evaluate.membership summary, or {"skipped": why}
     near_copy: dict | None = None  # {"threshold", "n_indexed", "filter_default"} of the packed index
     mask_classes: list[str] | None = None  # a paired generator's mask classes (background first)
+    sites: list[dict] | None = None  # federated: every site's selection (the lineage instead of ``selection``)
 
 
 def _augmentation(hp: dict) -> str:
@@ -117,6 +118,8 @@ def render_card(f: CardFacts, version: str | None = None) -> str:
             ("dataset", f"`{f.dataset}`"),
             ("manifest sha256", f"`{f.manifest_sha256}`"),
             ("selection", ", ".join(f"{k}={v}" for k, v in f.selection.items() if v not in (None, "none"))),
+            *((("federated sites", "; ".join(", ".join(f"{k}={v}" for k, v in s.items() if v is not None)
+                                             for s in f.sites)),) if f.sites else ()),
             ("training images", str(f.n_train)),
         ]),
         "## Training\n" + _kv([
@@ -131,8 +134,9 @@ def render_card(f: CardFacts, version: str | None = None) -> str:
         ]),
         "## Metrics\n" + _kv([
             ("FID", f"{f.fid['fid']:.3f} (n_real = {f.fid['n_real']}, n_fake = {f.fid['n_fake']}, {f.fid['dims']}-d)"),
-            ("KID", f"{kid['kid']:.5f}, {100 * (kid.get('confidence') or 0):.0f} % CI "
-                    f"[{kid['ci_low']:.5f}, {kid['ci_high']:.5f}] ({kid['bootstrap']} bootstrap draws)"
+            ("KID", f"not computed: {kid['skipped']}" if "skipped" in kid else
+             f"{kid['kid']:.5f}, {100 * (kid.get('confidence') or 0):.0f} % CI "
+             f"[{kid['ci_low']:.5f}, {kid['ci_high']:.5f}] ({kid['bootstrap']} bootstrap draws)"
              if kid.get("ci_low") is not None else f"{kid['kid']:.5f}"),
             *((("real-vs-real floor", f"{f.floor['fid']:.3f} at n = {f.floor['n']} ({f.floor['method']}; "
                 f"FID / floor = {f.fid['fid'] / f.floor['fid']:.2f})"),) if f.floor and f.floor["fid"] > 0 else ()),
@@ -140,6 +144,7 @@ def render_card(f: CardFacts, version: str | None = None) -> str:
             ("Inception weights sha256", f"`{f.fid['weights_sha256']}`"),
             ("evaluation seed", str(f.eval_seed)),
         ]),
+        f"## Privacy audit (memorization)\nNot run: {mem['skipped']}" if "skipped" in mem else
         "## Privacy audit (memorization)\n"
         "Nearest training image of every synthetic one in Inception space, against the training "
         "set's own spacing (real→nearest-other-real).\n\n" + _kv([

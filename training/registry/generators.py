@@ -139,18 +139,23 @@ def _version_tags(facts: CardFacts, sampler: GeneratorSampler) -> dict[str, str]
     tags = {
         tag.KIND: tag.GENERATOR_KIND, "arch": facts.arch, "contract": CONTRACT,
         "dataset": facts.dataset, "dataset.manifest_sha256": facts.manifest_sha256,
-        "dataset.selection": json.dumps(facts.selection, sort_keys=True),
+        # lineage: one selection, or (federated) every site's selection, never both (training.experiments.guard)
+        **({tag.DATASET_SITES: json.dumps(facts.sites, sort_keys=True)} if facts.sites is not None
+           else {"dataset.selection": json.dumps(facts.selection, sort_keys=True)}),
         "image_size": facts.image_size, "latent_dim": facts.latent_dim,
         "conditional": facts.conditional, "classes": json.dumps(facts.classes),
         "class": facts.class_name or "",
         "fid": f"{fid['fid']:.6f}", "fid.n_real": fid["n_real"], "fid.n_fake": fid["n_fake"],
         "fid.weights_sha256": fid["weights_sha256"], "fid.reference_key": fid["reference_key"],
-        "kid": f"{kid['kid']:.8f}", "kid.ci_low": kid["ci_low"], "kid.ci_high": kid["ci_high"],
-        "kid.confidence": kid["confidence"], "kid.n_real": kid["n_real"], "kid.n_fake": kid["n_fake"],
-        "memorization.fraction_below_real_p1": f"{mem['fraction_below_real_p1']:.6f}",
-        "memorization.n_below_real_p1": mem["n_below_real_p1"], "memorization.n_fake": mem["n_fake"],
-        "memorization.real_nn_p1": f"{mem['real_nn_p1']:.6f}", "memorization.min_distance": f"{mem['min_distance']:.6f}",
-        "memorization.summary": mem["artifacts"]["summary.json"],
+        **({"kid.skipped": kid["skipped"]} if "skipped" in kid else {
+            "kid": f"{kid['kid']:.8f}", "kid.ci_low": kid["ci_low"], "kid.ci_high": kid["ci_high"],
+            "kid.confidence": kid["confidence"], "kid.n_real": kid["n_real"], "kid.n_fake": kid["n_fake"]}),
+        **({"memorization.skipped": mem["skipped"]} if "skipped" in mem else {
+            "memorization.fraction_below_real_p1": f"{mem['fraction_below_real_p1']:.6f}",
+            "memorization.n_below_real_p1": mem["n_below_real_p1"], "memorization.n_fake": mem["n_fake"],
+            "memorization.real_nn_p1": f"{mem['real_nn_p1']:.6f}",
+            "memorization.min_distance": f"{mem['min_distance']:.6f}",
+            "memorization.summary": mem["artifacts"]["summary.json"]}),
         "epoch": facts.epoch, "run_id": facts.run_id, "git_commit": facts.git_commit,
         "checkpoint": facts.checkpoint, "eval_seed": facts.eval_seed,
         "augment": facts.hyperparameters.get("augment", "none"), "ema": facts.ema,

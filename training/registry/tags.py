@@ -25,6 +25,9 @@ DATASET = "synthray.dataset"
 DATASET_MANIFEST_SHA256 = "synthray.dataset.manifest_sha256"
 DATASET_MANIFEST_KEY = "synthray.dataset.manifest_key"
 FID_REFERENCE_KEY = "synthray.fid.reference_key"
+# version tag of a federated generator: JSON list of every site's selection (select_records kwargs);
+# it replaces "dataset.selection", and the leakage guard unions the sites (training/experiments/guard.py)
+DATASET_SITES = "dataset.sites"
 
 # -- checkpoints --------------------------------------------------------------------------------------
 CHECKPOINT = "synthray.checkpoint"  # the selected (best) checkpoint a version is registered from
