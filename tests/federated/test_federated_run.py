@@ -1,18 +1,22 @@
 """A federated GAN run on the real stack: 4 phantom sites, Flower FedAvg of G and D, a site killed.
 
-One run (issue 27's make-test run: 4 sites, fraction 0.5, 3 rounds, the small preset; 2 local
-iterations, min_fit_clients 1, FID at the last round), then its registration, is shared by the
-tests. In round 2 the drill SIGKILLs the process of the lowest-numbered sampled site (``any@2``:
-Flower samples at random); the round goes on with the other. A resume through the CLI adds
-round 4. Small on purpose: every Flower simulation starts its Ray actors afresh (most of the
-runtime).
+Issue 27's make-test run, shared by the tests: 4 sites, fraction 0.5, 3 rounds, the small preset
+(2 local iterations, batch 8, min_fit_clients 1). Rounds 1-2 run in one simulation without FID;
+in round 1 the drill SIGKILLs the process of the lowest-numbered sampled site (``any@1``: Flower
+samples at random) and round 2 runs on the restarted actor. Round 3 is a CLI ``--resume``: its
+census collects the sites' Inception statistics, it scores FID against their merge and registers
+the global generator (the default). Two simulations, not three, and Inception once per site and
+once at the server: every simulation starts its Ray actors afresh (most of the runtime).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import re
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -24,14 +28,20 @@ from infra.settings import Settings
 from training.catalog.phantom import PhantomSpec
 from training.catalog.selection import catalog, publish_phantom
 from training.federated.config import FederatedConfig
-from training.federated.server import SITE_TAG, checkpoint_key, latest_checkpoint, train_federated
+from training.federated.server import (
+    SITE_TAG,
+    FederatedResult,
+    checkpoint_key,
+    latest_checkpoint,
+    pooled_key,
+    train_federated,
+)
 from training.federated.sites import site_subsets
 from training.federated.stats import GaussianStats
 from training.gan.config import GanTrainConfig
-from training.registry.federated import register_federated
 
 pytestmark = pytest.mark.stack
-SITES, ROUNDS, DIMS, ITERS, KILL_ROUND = 4, 3, 64, 2, 2
+SITES, ROUNDS, FIRST, KILL_ROUND, DIMS, ITERS = 4, 3, 2, 1, 64, 2  # FIRST: rounds before the resume
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +58,32 @@ def sited(stack: Settings) -> str:
 
 def _cfg(dataset: str, **kw) -> FederatedConfig:
     gan = GanTrainConfig(dataset=dataset, arch="wgan-gp-knee-small", batch_size=8, grid_size=4, fid_every=0)
-    return FederatedConfig(gan=gan, sites=SITES, fraction=0.5, rounds=ROUNDS, local_iters=ITERS, min_fit_clients=1,
-                           fid_every=ROUNDS, fid_dims=DIMS, **kw)
+    return FederatedConfig(**{"gan": gan, "sites": SITES, "fraction": 0.5, "rounds": ROUNDS, "local_iters": ITERS,
+                              "min_fit_clients": 1, "fid_every": ROUNDS, "fid_dims": DIMS, **kw})
+
+
+def _resume_args(dataset: str, run_id: str, *extra: str) -> list[str]:
+    return ["train", "federated", "--dataset", dataset, "--sites", str(SITES), "--fraction", "0.5", "--rounds",
+            str(ROUNDS), "--local-iters", str(ITERS), "--batch-size", "8", "--fid-every", str(ROUNDS),
+            "--fid-dims", str(DIMS), *extra, "--resume", run_id]
+
+
+@dataclass(frozen=True)
+class Run:
+    first: FederatedResult  # rounds 1..FIRST (the kill in round KILL_ROUND)
+    lines: list[str]  # progress of both parts
+    reads: list[str]  # every object-store key this process (the server) read, both parts
+    model: str  # models:/NAME/VERSION registered by the resume
+
+    @property
+    def run_id(self) -> str:
+        return self.first.run_id
 
 
 @pytest.fixture(scope="module")
-def run(stack: Settings, sited: str):
+def run(stack: Settings, sited: str) -> Run:
+    from services.cli.main import main
+
     lines: list[str] = []
     t0 = time.monotonic()
     # Instrument (not mock) this process's object-store reads: the server runs here, the sites in Ray actors.
@@ -64,13 +94,27 @@ def run(stack: Settings, sited: str):
         reads.append(key)
         return get_bytes(self, key)
 
-    say = lambda line: lines.append(f"{time.monotonic() - t0:5.1f}s {line}")  # noqa: E731
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ObjectStore, "get_bytes", recorded)
-        result = train_federated(_cfg(sited, drill_fail=f"any@{KILL_ROUND}"), settings=stack, progress=say)
-        registered = register_federated(result.run_id, settings=stack, progress=say)
+        first = train_federated(_cfg(sited, rounds=FIRST, fid_every=0, drill_fail=f"any@{KILL_ROUND}"), settings=stack,
+                                progress=lambda line: lines.append(f"{time.monotonic() - t0:5.1f}s {line}"))
+        out = CliRunner().invoke(main, _resume_args(sited, first.run_id))  # round 3, FID, registration
+    lines += [f"{time.monotonic() - t0:5.1f}s (resume) {line}" for line in out.output.splitlines()]
     print("\n".join(lines))
-    return result, lines, reads, registered
+    assert out.exit_code == 0, out.output
+    return Run(first, lines, reads, re.search(r"^model: (models:/\S+)", out.output, re.M).group(1))
+
+
+def _pooled(stack: Settings, run_id: str) -> GaussianStats:
+    """The pooled statistics the server merged from the sites' (n, μ, Σ) and stored for the registration."""
+    stored = np.load(io.BytesIO(ObjectStore(stack).get_bytes(pooled_key(run_id))))
+    return GaussianStats(int(stored["n"]), stored["mu"], stored["sigma"])
+
+
+def _rounds(client, run_id: str, tmp_path) -> dict[int, dict]:
+    """The per-round records the server logged: participants, dropped sites, errors."""
+    return {rnd: json.loads(open(client.download_artifacts(run_id, f"rounds/round-{rnd:04d}.json",
+                                                           str(tmp_path))).read()) for rnd in range(1, ROUNDS + 1)}
 
 
 @pytest.fixture(scope="module")
@@ -90,34 +134,33 @@ def test_sites_split_by_patient_through_the_cli(stack: Settings, sited: str) -> 
     assert all(patients) and sum(map(len, patients)) == len(set().union(*patients))  # pairwise disjoint
 
 
-def test_a_killed_site_is_dropped_and_the_run_finishes(run, client) -> None:
-    """The drill SIGKILLs the lowest-numbered site sampled in round 2; the round's other site trains."""
-    result, lines, _, _ = run
-    assert result.rounds == ROUNDS and sorted(result.participants) == list(range(1, ROUNDS + 1))
-    for rnd in range(1, ROUNDS + 1):  # int(4 · 0.5) = 2 sites sampled per round
-        assert len(result.participants[rnd]) + len(result.dropped[rnd]) == 2
-    sampled = sorted(result.participants[KILL_ROUND] + result.dropped[KILL_ROUND], key=lambda s: int(s[5:]))
+def test_a_killed_site_is_dropped_and_the_run_finishes(run, client, tmp_path) -> None:
+    """The drill SIGKILLs the lowest-numbered site sampled in round 1; the round's other site trains, and
+    round 2 (same simulation, on the restarted actor) trains both of its sampled sites again."""
+    first = run.first
+    assert first.rounds == FIRST and client.get_run(run.run_id).info.status == "FINISHED"
+    rounds = _rounds(client, run.run_id, tmp_path)
+    for rnd, logged in rounds.items():  # int(4 · 0.5) = 2 sites sampled per round
+        assert len(logged["participants"]) + len(logged["dropped"]) == 2, (rnd, logged)
+    logged = rounds[KILL_ROUND]
+    sampled = sorted(logged["participants"] + logged["dropped"], key=lambda s: int(s.removeprefix("site-")))
     killed = sampled[0]
-    assert result.dropped == {rnd: [killed] if rnd == KILL_ROUND else [] for rnd in range(1, ROUNDS + 1)}
-    path = client.download_artifacts(result.run_id, f"rounds/round-{KILL_ROUND:04d}.json")
-    logged = json.loads(open(path).read())
-    assert logged["participants"] == sampled[1:] and killed not in logged["participants"]
-    # the process died (Ray reports its actor unavailable), it did not raise an exception of its own
-    assert logged["dropped"] == [killed] and "ray.exceptions.Actor" in logged["errors"][0], logged["errors"]
-    assert "drill:" not in logged["errors"][0]
-    history = {m.step: m.value for m in client.get_metric_history(result.run_id, "round/participants")}
-    assert history == {1: 2.0, 2: 1.0, 3: 2.0}
-    assert any(f"dropped {killed}" in line for line in lines)
-    assert client.get_run(result.run_id).info.status == "FINISHED"
+    assert logged["participants"] == sampled[1:] and logged["dropped"] == [killed]
+    # the process died (Ray reports its actor unavailable); it raised no exception of its own
+    assert "ray.exceptions.Actor" in logged["errors"][0] and "drill:" not in logged["errors"][0], logged["errors"]
+    assert {rnd: r["dropped"] for rnd, r in rounds.items()} == {1: [killed], 2: [], 3: []}
+    assert first.participants[KILL_ROUND] == logged["participants"] and first.dropped[KILL_ROUND] == [killed]
+    history = {m.step: m.value for m in client.get_metric_history(run.run_id, "round/participants")}
+    assert history == {1: 1.0, 2: 2.0, 3: 2.0}
+    assert any(f"dropped {killed}" in line for line in run.lines)
 
 
 def test_the_server_process_reads_no_image_blob(run) -> None:
-    """The server (this process: the run and the registration) read manifests, checkpoints and model
-    files only; every image read happened at a site (Ray actor)."""
-    _, _, reads, _ = run
-    assert any("/versions/" in key for key in reads), reads  # the instrument sees the manifest reads
-    assert any(key.startswith("federated/") for key in reads), reads  # … and the registration's checkpoint read
-    assert not [key for key in reads if "/blobs/" in key], reads
+    """The server (this process: two simulations and the registration) read manifests, checkpoints and
+    model files only; every image read happened at a site (Ray actor)."""
+    assert any("/versions/" in key for key in run.reads), run.reads  # the instrument sees the manifest reads
+    assert checkpoint_key(run.run_id) in run.reads  # … the resume's and the registration's checkpoint reads
+    assert not [key for key in run.reads if "/blobs/" in key], run.reads
 
 
 def test_a_site_reads_only_its_own_blobs(run, stack: Settings, client, sited: str) -> None:
@@ -154,7 +197,7 @@ def test_a_site_reads_only_its_own_blobs(run, stack: Settings, client, sited: st
 
 def test_sites_ran_as_actors_on_the_stacks_ray_cluster(run, stack: Settings) -> None:
     """Flower kept the driver's Ray connection (infra.ray_runtime.connect): its site actors are the stack's,
-    and the killed site's actor process was restarted by Ray (``max_restarts=-1``) for the next rounds."""
+    and the killed site's actor process was restarted by Ray (``max_restarts=-1``) for the next round."""
     from ray.util.state import list_actors
 
     from infra.ray_runtime import connect
@@ -162,45 +205,46 @@ def test_sites_ran_as_actors_on_the_stacks_ray_cluster(run, stack: Settings) -> 
     connect(stack)  # Flower's backend shut this process's Ray connection down at the run's end
     actors = list_actors(address=stack.ray_address, filters=[("class_name", "=", "ClientAppActor")], limit=100,
                          detail=True, raise_on_missing_output=False)
-    assert 1 <= len(actors) <= stack.ray_num_cpus  # one per client_cpus=1 CPU of the stack's head
+    assert 2 <= len(actors) <= 2 * stack.ray_num_cpus  # two simulations, one actor per client_cpus=1 CPU each
     assert sum(int(a.num_restarts) for a in actors) == 1  # exactly one site process died (the drill)
 
 
 def test_parent_and_site_child_runs(run, client, sited: str, tmp_path) -> None:
-    result, _, _, _ = run
-    parent = client.get_run(result.run_id)
+    parent = client.get_run(run.run_id)
     assert parent.data.params["dataset"] == sited and parent.data.params["average"] == "g+d"
     assert parent.data.params["sampled_per_round"] == "2"
-    manifest_sizes = {s: len(catalog().manifest(sited).select(split="train", subset=s)) for s in site_subsets(
-        catalog().manifest(sited))}
-    assert len(result.site_run_ids) == SITES
-    for i, run_id in enumerate(result.site_run_ids):
+    manifest = catalog().manifest(sited)
+    sizes = {s: len(manifest.select(split="train", subset=s)) for s in site_subsets(manifest)}
+    rounds = _rounds(client, run.run_id, tmp_path)
+    assert len(run.first.site_run_ids) == SITES
+    for i, run_id in enumerate(run.first.site_run_ids):
         child = client.get_run(run_id)
-        assert child.data.tags["mlflow.parentRunId"] == result.run_id and child.data.tags[SITE_TAG] == f"site-{i}"
-        assert child.data.metrics["n_images"] == manifest_sizes[f"site-{i}"]
+        assert child.data.tags["mlflow.parentRunId"] == run.run_id and child.data.tags[SITE_TAG] == f"site-{i}"
+        assert child.data.metrics["n_images"] == sizes[f"site-{i}"]
         steps = {m.step for m in client.get_metric_history(run_id, "step/loss_d")}
-        trained = [rnd for rnd, sites in result.participants.items() if f"site-{i}" in sites]
-        # the site's steps are its rounds' local iterations; the killed site logged nothing in its round
+        trained = [rnd for rnd, logged in rounds.items() if f"site-{i}" in logged["participants"]]
+        # the site's steps are its rounds' local iterations (the resume kept the same child run);
+        # the killed site logged nothing in its round
         assert steps == {(rnd - 1) * ITERS + k for rnd in trained for k in range(1, ITERS + 1)}
         assert client.list_artifacts(run_id) == []  # never images
-    grids = sorted(f.path for f in client.list_artifacts(result.run_id, "images")
+    grids = sorted(f.path for f in client.list_artifacts(run.run_id, "images")
                    if "global_samples" in f.path and f.path.endswith(".png"))
     assert len(grids) == ROUNDS
     from PIL import Image
 
-    last = np.asarray(Image.open(client.download_artifacts(result.run_id, grids[-1], str(tmp_path))))
-    assert last.std() > 5  # a grid of 4 samples, not a blank image (kept under pytest's tmp dir to look at)
+    last = np.asarray(Image.open(client.download_artifacts(run.run_id, grids[-1], str(tmp_path))))
+    assert last.std() > 5  # a grid of samples, not a blank image (kept under pytest's tmp dir to look at)
 
 
-def test_global_checkpoint_every_round_and_fid_on_pooled_statistics(run, stack: Settings) -> None:
-    result, _, _, _ = run
+def test_global_checkpoint_every_round_and_fid_on_pooled_statistics(run, stack: Settings, client) -> None:
     store = ObjectStore(stack)
     for rnd in range(1, ROUNDS + 1):
-        assert store.exists(checkpoint_key(result.run_id, rnd))
-    rnd, state = latest_checkpoint(result.run_id, stack)
-    assert rnd == ROUNDS and state["participants"] == result.participants
-    assert set(result.fid) == {ROUNDS} and math.isfinite(result.fid[ROUNDS]) and result.fid[ROUNDS] > 0
-    assert state["fid"]["fid"] == result.fid[ROUNDS] and state["fid"]["n_real"] == result.pooled.n
+        assert store.exists(checkpoint_key(run.run_id, rnd))
+    rnd, state = latest_checkpoint(run.run_id, stack)
+    fid = {m.step: m.value for m in client.get_metric_history(run.run_id, "fid")}
+    assert rnd == ROUNDS and set(fid) == {ROUNDS} and math.isfinite(fid[ROUNDS]) and fid[ROUNDS] > 0
+    assert state["fid"]["fid"] == pytest.approx(fid[ROUNDS]) and state["fid"]["n_real"] == _pooled(stack, run.run_id).n
+    assert run.first.fid == {} and run.first.pooled is None  # the first part ran without FID
 
 
 def test_global_generator_registered_with_every_site_in_its_lineage(run, stack: Settings, client,
@@ -208,21 +252,23 @@ def test_global_generator_registered_with_every_site_in_its_lineage(run, stack: 
     """Registered like any GAN (kind, FID, card, challenger alias); its lineage is the four sites'
     selections, which the augmentation experiments' leakage guard reads as their union."""
     from training.experiments.guard import LeakageError, check_disjoint, lineage
-    from training.registry.generators import CHALLENGER, load_generator
+    from training.registry.generators import CHALLENGER, load_generator, resolve_version
 
-    result, _, _, registered = run
-    version = client.get_model_version(registered.name, registered.version)
+    version = resolve_version(client, run.model.removeprefix("models:/"))
     tags = version.tags
-    assert tags["synthray.kind"] == "gan-generator" and version.run_id == result.run_id
-    assert client.get_model_version_by_alias(registered.name, CHALLENGER).version == version.version
+    assert tags["synthray.kind"] == "gan-generator" and version.run_id == run.run_id
+    assert client.get_model_version_by_alias(version.name, CHALLENGER).version == version.version
     assert json.loads(tags["dataset.sites"]) == [{"split": "train", "subset": f"site-{i}"} for i in range(SITES)]
     assert "dataset.selection" not in tags  # one lineage, never two that could disagree
-    assert float(tags["fid"]) == pytest.approx(result.fid[ROUNDS], abs=1e-6)
-    assert int(tags["fid.n_real"]) == result.pooled.n and tags["fid.reference_key"].endswith("pooled-statistics.npz")
+    manifest = catalog(stack).manifest(sited)
+    fid = client.get_metric_history(run.run_id, "fid")[-1].value
+    assert float(tags["fid"]) == pytest.approx(fid, abs=1e-6) and tags["epoch"] == str(ROUNDS)
+    assert int(tags["fid.n_real"]) == _pooled(stack, run.run_id).n == sum(len(manifest.subset(s)) for s in
+                                                                          site_subsets(manifest))
+    assert tags["fid.reference_key"] == pooled_key(run.run_id)
     assert "never leave their site" in tags["kid.skipped"] and "memorization.skipped" in tags
     assert "federated sites" in version.description and "site-3" in version.description
 
-    manifest = catalog(stack).manifest(sited)
     trained = lineage(version, catalog(stack))
     assert {r.sha256 for r in trained.records} == {sha for s in site_subsets(manifest) for sha in manifest.subset(s)}
     test = [r for r in manifest.records if r.split == "test"]
@@ -230,44 +276,45 @@ def test_global_generator_registered_with_every_site_in_its_lineage(run, stack: 
     site3 = manifest.select(split="train", subset=f"site-{SITES - 1}")  # the last site's images are in it
     with pytest.raises(LeakageError, match="shares data"):
         check_disjoint([trained], {"test": site3[:1]})
-    images = load_generator(registered.version_uri, stack).generate(2, seed=5)
+    images = load_generator(run.model, stack).generate(2, seed=5)
     assert images.shape == (2, 64, 64) and images.dtype == np.uint8
 
 
 def test_pooled_statistics_merged_from_sites_equal_the_pooled_computation(run, stack: Settings, sited: str) -> None:
-    """The server's reference, merged from the sites' (n, μ, Σ), equals μ and Σ computed on the pooled
+    """The server's reference (stored beside the checkpoints), merged from the sites' (n, μ, Σ), equals μ and Σ
+    computed on the pooled
     images' features to 1e-10. The features are the ones each site extracted (read back from its cached
     statistics here, in the test, not by the server): Inception run again on the pooled images in other
     batches moves each feature by float32 round-off (~6e-8 measured), which is Inception's, not the merge's."""
     from training.evaluate.reference import reference_statistics
 
-    result, _, _, _ = run
     sites = [reference_statistics(sited, split="train", subset=f"site-{i}", dims=DIMS, settings=stack)
              for i in range(SITES)]
     assert all(s.cached for s in sites)  # the sites' own census computed and stored them
     pooled = GaussianStats.of(np.concatenate([s.features.astype(np.float64) for s in sites]))
-    assert result.pooled.n == pooled.n == sum(s.n for s in sites)
-    np.testing.assert_allclose(result.pooled.mu, pooled.mu, rtol=0, atol=1e-10)
-    np.testing.assert_allclose(result.pooled.sigma, pooled.sigma, rtol=0, atol=1e-10)
+    merged = _pooled(stack, run.run_id)
+    assert merged.n == pooled.n == sum(s.n for s in sites)
+    np.testing.assert_allclose(merged.mu, pooled.mu, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(merged.sigma, pooled.sigma, rtol=0, atol=1e-10)
 
 
 def test_resume_continues_after_the_last_finished_round(run, stack: Settings, client, sited: str) -> None:
+    """The CLI resume trained round 3 only, from round 2's global weights; registering with no FID is refused."""
     from services.cli.main import main
 
-    result, _, _, _ = run
-    before = latest_checkpoint(result.run_id, stack)[1]["generator"]
-    args = ["train", "federated", "--dataset", sited, "--sites", str(SITES), "--fraction", "0.25",
-            "--rounds", str(ROUNDS + 1), "--local-iters", "1", "--batch-size", "8", "--fid-every", "0"]
-    refused = CliRunner().invoke(main, [*args, "--resume", result.run_id])  # registering needs the FID
-    assert refused.exit_code == 1 and "--fid-every >= 1 or --no-register" in refused.output
-    out = CliRunner().invoke(main, [*args, "--no-register", "--resume", result.run_id])
-    assert out.exit_code == 0, out.output
-    rnd, state = latest_checkpoint(result.run_id, stack)
-    assert rnd == ROUNDS + 1 and list(state["participants"]) == [ROUNDS + 1]
-    assert len(state["participants"][ROUNDS + 1]) == 1  # int(4 · 0.25) = 1 site sampled
+    store = ObjectStore(stack)
+    before = torch.load(io.BytesIO(store.get_bytes(checkpoint_key(run.run_id, FIRST))), weights_only=False)
+    before = before["generator"]
+    rnd, state = latest_checkpoint(run.run_id, stack)
+    assert rnd == ROUNDS and list(state["participants"]) == [ROUNDS]  # the resumed part's rounds only
+    assert len(state["participants"][ROUNDS]) == 2
     assert any(not torch.equal(before[k], state["generator"][k]) for k in before if before[k].is_floating_point())
-    history = {m.step for m in client.get_metric_history(result.run_id, "round/participants")}
-    assert history == set(range(1, ROUNDS + 2))
+    history = {m.step for m in client.get_metric_history(run.run_id, "round/participants")}
+    assert history == set(range(1, ROUNDS + 1))
+    args = _resume_args(sited, run.run_id)
+    args[args.index("--fid-every") + 1] = "0"
+    refused = CliRunner().invoke(main, args)  # before any work: the version states the global FID
+    assert refused.exit_code == 1 and "--fid-every >= 1 or --no-register" in refused.output
 
 
 def test_fewer_returns_than_min_fit_clients_stop_the_run(stack: Settings, client, sited: str) -> None:

@@ -20,8 +20,8 @@ sites per round). :class:`SiteFedAvg` adds only what the platform needs around i
   (``federated/{run_id}/round-NNNN.pt`` and ``latest.json``); FID every k rounds.
 
 A site whose process dies (crash, OOM kill; the drill SIGKILLs it): Flower 1.32's Ray backend
-turns the in-flight ``ray.get``'s ``RayActorError`` into an error reply (dropped as above) and
-puts the actor back in its pool (``BasicActorPool.add_actor_back_to_pool``) without replacing
+turns the in-flight ``ray.get``'s ``RayActorError`` (measured: ``ActorUnavailableError``) into an
+error reply (dropped as above) and puts the actor back in its pool (``BasicActorPool.add_actor_back_to_pool``) without replacing
 it. With Ray's default ``max_restarts=0`` that actor stays dead and every later message it is
 given fails too; the actors are therefore created with ``max_restarts=-1`` (passed through
 ``client_resources``, which Flower hands to ``ClientAppActor.options``), so Ray restarts the

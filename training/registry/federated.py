@@ -92,10 +92,11 @@ def register_federated(run_id: str, *, name: str | None = None, alias: str = CHA
     facts = replace(facts, name=name)
     tags = _version_tags(facts, sampler) | privacy_tags(facts.membership, None) | {
         "federated.sites": str(cfg.sites), "federated.rounds": str(rnd)}
+    card = render_card(facts)
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / CARD_FILE).write_text(render_card(facts))
+        (Path(tmp) / CARD_FILE).write_text(card)
         (Path(tmp) / GRID_FILE).write_bytes(_sample_grid(sampler, facts.eval_seed))
-        reg = log_generator(sampler, name, run_id=run_id, alias=alias, tags=tags, description=render_card(facts),
+        reg = log_generator(sampler, name, run_id=run_id, alias=alias, tags=tags, description=card,
                             card_dir=Path(tmp), settings=settings)
     progress(f"register: {name} version {reg.version} (alias {alias}) from round {rnd} of federated run {run_id}, "
              f"FID {fid['fid']:.2f} against the pooled statistics of {fid['n_real']} images at {cfg.sites} sites; "
