@@ -1,13 +1,16 @@
 """Image + mask GAN training on the real stack (issue 26): phantom with masks → 1 + K channel
 DCGAN on Ray Train → S3 checkpoint with the mask classes, MLflow pair grid → the checkpoint's
-sampler gives the same image + mask pairs. (Registration's card and tags: tests/registry;
-serving the pairs over HTTP: tests/serving/test_serve.py.)
+sampler gives the same image + mask pairs → registration scores mask realism against the
+dataset's champion segmenter and puts it on the card. (The card's other pair facts:
+tests/registry; serving the pairs over HTTP: tests/serving/test_serve.py.)
 
-One tiny run (64 px, 1 worker, 1 epoch of 2 steps, no FID) serves every test here.
+One tiny run (64 px, 1 worker, 1 epoch of 2 steps, no FID in training; fid_n = 8 keeps
+registration's scoring small) serves every test here.
 """
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -35,7 +38,7 @@ def masked(stack: Settings):
 @pytest.fixture(scope="module")
 def run(stack: Settings, masked):
     cfg = GanTrainConfig(dataset=str(masked.ref), arch="dcgan-fracture-small", masks=True, epochs=1, workers=1,
-                         batch_size=16, steps_per_epoch=2, grid_size=4, fid_every=0, keep_checkpoints=1)
+                         batch_size=16, steps_per_epoch=2, grid_size=4, fid_every=0, fid_n=8, keep_checkpoints=1)
     return train_gan(cfg, settings=stack, progress=lambda _: None)
 
 
@@ -93,3 +96,67 @@ def test_masks_on_the_wrong_dataset_fail_fast_with_one_line(stack: Settings, mas
     assert result.exit_code == 1, result.output
     assert re.search(message, result.output), result.output
     assert result.output.count("Error:") == 1 and "Traceback" not in result.output
+
+
+@pytest.fixture(scope="module")
+def champion_segmenter(stack: Settings, masked):
+    """A seeded, untrained MONAI U-Net registered as the dataset's champion: the numbers are checked, not its skill."""
+    import torch
+
+    from training.nets.segmenter import get_segmenter_preset
+    from training.registry.segmenters import log_segmenter, segmenter_name
+
+    torch.manual_seed(0)
+    return log_segmenter(get_segmenter_preset("unet-small").build(list(MASK_CLASSES)),
+                         segmenter_name(str(masked.ref), "unet-small"), alias="champion", settings=stack,
+                         tags={"dataset": str(masked.ref)})
+
+
+def test_registration_scores_mask_realism_with_the_dataset_champion(run, champion_segmenter, stack: Settings
+                                                                     ) -> None:
+    import torch
+    from mlflow import MlflowClient
+    from monai.metrics import DiceMetric
+    from monai.networks.utils import one_hot
+
+    from services.cli.main import main
+    from training.registry.generators import load_generator, model_card, register_run
+    from training.registry.segmenters import load_segmenter
+
+    import time; t0 = time.time()
+    reg = register_run(run.run_id, mask_n=12, settings=stack, progress=lambda m: print(f"{time.time()-t0:6.1f} {m}"))  # no --segmenter: auto
+    print(f"{time.time()-t0:6.1f} registered")
+    tags = reg.tags
+    assert tags["mask_realism.segmenter"] == champion_segmenter.uri
+    assert tags["mask_realism.segmenter_choice"] == "dataset champion" and tags["mask_realism.n"] == "12"
+    dice = float(tags["mask_realism.dice"])
+    assert 0 <= float(tags["mask_realism.dice.ci_low"]) <= dice <= float(tags["mask_realism.dice.ci_high"]) <= 1
+
+    # by hand: the registered generator's pairs at the evaluation seed, the segmenter's reading, MONAI DiceMetric
+    images, masks = load_generator(reg.version_uri, stack).generate_pairs(12, seed=int(tags["eval_seed"]))
+    pred = np.stack(load_segmenter(champion_segmenter.uri, stack).predict(list(images)))
+    hot = [one_hot(torch.as_tensor(a.astype(np.int64))[:, None], len(MASK_CLASSES), dim=1) for a in (pred, masks)]
+    per = DiceMetric(include_background=False, reduction="none", ignore_empty=False)(*hot).numpy()  # (12, 3)
+    assert dice == pytest.approx(per.mean(), abs=1e-6)
+    for c, name in enumerate(MASK_CLASSES[1:]):
+        assert float(tags[f"mask_realism.dice.{name}"]) == pytest.approx(per[:, c].mean(), abs=1e-6)
+    metrics = MlflowClient(stack.mlflow_tracking_uri).get_run(run.run_id).data.metrics
+    assert metrics["mask_dice"] == pytest.approx(dice, abs=1e-6)
+
+    card = model_card(f"{reg.name}/{reg.version}", stack)
+    assert "## Mask realism" in card and f"`{champion_segmenter.uri}` (dataset champion)" in card
+    assert f"| Dice (mean over classes) | {dice:.3f}, 95 % CI" in card and "(mask_realism.png)" in card
+
+    # on demand, with the card's defaults: the same number; bad references are one line naming the option
+    out = CliRunner().invoke(main, ["eval", "mask-realism", "--model", f"{reg.name}/{reg.version}",
+                                    "--segmenter", champion_segmenter.uri, "--json"])
+    assert out.exit_code == 0, out.output
+    again = json.loads(out.stdout)
+    assert again["dice"] == pytest.approx(dice, abs=1e-6) and again["choice"] == "given" and again["n"] == 12
+    for segmenter, message in ((f"nope-{reg.name}@champion", r"--segmenter: model .* not found"),
+                               (reg.name + "/" + reg.version, r"--segmenter: .* is a gan-generator, not a segmenter"),
+                               ("not a ref!", r"--segmenter: model must be")):
+        bad = CliRunner().invoke(main, ["eval", "mask-realism", "--model", f"{reg.name}/{reg.version}",
+                                        "--segmenter", segmenter])
+        assert bad.exit_code == 1 and re.search(message, bad.output), bad.output
+        assert bad.output.count("Error:") == 1 and "Traceback" not in bad.output

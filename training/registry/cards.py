@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 CARD_FILE = "model_card.md"
 GRID_FILE = "sample_grid.png"
+MASK_REALISM_FILE = "mask_realism.png"  # generated masks (green) vs the segmenter's reading (red)
+MASK_DICE_LIMIT = 0.5  # below this mean mask-realism Dice the card lists the masks as a known limit
 FID_RELIABLE_N = 2048  # below this FID is biased upwards (pytorch-fid's 2048-d features)
 
 
@@ -46,6 +48,7 @@ class CardFacts:
     membership: dict | None = None  # training.evaluate.membership summary, or {"skipped": why}
     near_copy: dict | None = None  # {"threshold", "n_indexed", "filter_default"} of the packed index
     mask_classes: list[str] | None = None  # a paired generator's mask classes (background first)
+    mask_realism: dict | None = None  # registry.generators.measure_mask_realism summary, or {"skipped": why}
 
 
 def _augmentation(hp: dict) -> str:
@@ -83,6 +86,13 @@ def known_limits(f: CardFacts) -> list[str]:
     if "auc" in mia and mia["auc_ci"][0] > 0.5:
         limits.append(f"The membership-inference attack ({mia['worst_attack']}) beats chance: AUC {mia['auc']:.2f}, "
                       f"CI low {mia['auc_ci'][0]:.2f} > 0.5; training patients can be told from held-out ones.")
+    realism = f.mask_realism or {}
+    if f.mask_classes and "skipped" in realism:
+        limits.append(f"Mask realism was not measured ({realism['skipped']}): nothing checks that a generated mask "
+                      "matches its image.")
+    elif "dice" in realism and realism["dice"] < MASK_DICE_LIMIT:
+        limits.append(f"Generated masks disagree with the segmenter's reading of their images (mask realism Dice "
+                      f"{realism['dice']:.2f} < {MASK_DICE_LIMIT}): inspect the pairs before using the masks as labels.")
     if f.epoch < 10:
         limits.append(f"Only {f.epoch} epoch(s) of training: expect visible artefacts.")
     return limits
@@ -150,11 +160,34 @@ def render_card(f: CardFacts, version: str | None = None) -> str:
             *((f"contact sheet {k.removeprefix('contact-').removesuffix('.png')}", f"`{v}`")
               for k, v in mem.get("artifacts", {}).items() if k.startswith("contact-")),
         ]),
+        *mask_realism_section(f),
         *privacy_sections(f),
         f"## Samples\n![samples (fixed seed {f.eval_seed})]({GRID_FILE})",
         "## Known limits\n" + "\n".join(f"- {line}" for line in known_limits(f)),
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def mask_realism_section(f: CardFacts) -> list[str]:
+    """The "Mask realism" section of an image + mask generator (empty for an image-only one)."""
+    r = f.mask_realism
+    if not f.mask_classes or r is None:
+        return []
+    head = ("## Mask realism\nDoes each generated mask match its generated image? A registered segmenter reads the "
+            "image; its label map is scored against the generated mask with MONAI `DiceMetric` per image and "
+            "foreground class (a class absent from both scores 1, drawn by one side only 0), then averaged over "
+            "images with a 95 % bootstrap CI. Low Dice: the masks do not match the images, or the segmenter fails "
+            "on synthetic images (compare its own test Dice on real images).")
+    if "skipped" in r:
+        return [f"{head}\n\nNot measured: {r['skipped']}."]
+    ci = lambda row: f"{row['dice']:.3f}, 95 % CI [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"  # noqa: E731
+    own = r.get("segmenter_test_dice")
+    rows = [("segmenter", f"`{r['segmenter']}` ({r['choice']})"),
+            ("segmenter's test Dice on real images", f"{own:.3f}" if own is not None else "not recorded"),
+            ("generated pairs", f"{r['n']} (seed {r['seed']})"),
+            ("Dice (mean over classes)", ci({"dice": r["dice"], "ci_low": r["dice_ci"][0], "ci_high": r["dice_ci"][1]})),
+            *((f"Dice `{name}`", ci(row)) for name, row in r["per_class"].items())]
+    return [f"{head}\n\n{_kv(rows)}\n\n![generated masks (green) vs the segmenter (red)]({MASK_REALISM_FILE})"]
 
 
 def privacy_sections(f: CardFacts) -> list[str]:
