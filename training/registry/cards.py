@@ -8,6 +8,7 @@ a card cannot claim more than was measured.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 CARD_FILE = "model_card.md"
@@ -160,7 +161,8 @@ def render_card(f: CardFacts, version: str | None = None) -> str:
             *((f"contact sheet {k.removeprefix('contact-').removesuffix('.png')}", f"`{v}`")
               for k, v in mem.get("artifacts", {}).items() if k.startswith("contact-")),
         ]),
-        *mask_realism_section(f),
+        *((section,) if f.mask_classes and (section := mask_realism_section(mask_realism_tags(f.mask_realism or {})))
+          else ()),
         *privacy_sections(f),
         f"## Samples\n![samples (fixed seed {f.eval_seed})]({GRID_FILE})",
         "## Known limits\n" + "\n".join(f"- {line}" for line in known_limits(f)),
@@ -168,26 +170,53 @@ def render_card(f: CardFacts, version: str | None = None) -> str:
     return "\n\n".join(sections) + "\n"
 
 
-def mask_realism_section(f: CardFacts) -> list[str]:
-    """The "Mask realism" section of an image + mask generator (empty for an image-only one)."""
-    r = f.mask_realism
-    if not f.mask_classes or r is None:
-        return []
+def mask_realism_tags(summary: dict) -> dict[str, str]:
+    """``mask_realism.*`` version tags of a mask realism summary
+    (:func:`training.registry.generators.measure_mask_realism`), or its ``skipped`` reason."""
+    if "dice" not in summary:
+        return {"mask_realism.skipped": summary["skipped"]} if "skipped" in summary else {}
+    tags = {"mask_realism.dice": summary["dice"], "mask_realism.dice.ci_low": summary["dice_ci"][0],
+            "mask_realism.dice.ci_high": summary["dice_ci"][1]}
+    for name, row in summary["per_class"].items():
+        tags |= {f"mask_realism.dice.{name}": row["dice"], f"mask_realism.dice.{name}.ci_low": row["ci_low"],
+                 f"mask_realism.dice.{name}.ci_high": row["ci_high"]}
+    tags = {k: f"{v:.6f}" for k, v in tags.items()}
+    tags |= {"mask_realism.n": str(summary["n"]), "mask_realism.seed": str(summary["seed"]),
+             "mask_realism.segmenter": summary["segmenter"], "mask_realism.segmenter_choice": summary["choice"],
+             "mask_realism.classes": json.dumps(list(summary["per_class"]))}
+    if summary.get("segmenter_test_dice") is not None:
+        tags["mask_realism.segmenter_test_dice"] = f"{summary['segmenter_test_dice']:.6f}"
+    return tags
+
+
+def mask_realism_section(tags: dict[str, str]) -> str | None:
+    """The "Mask realism" section from a version's ``mask_realism.*`` tags (None when it has none).
+
+    Rendered from the tags (not from :class:`CardFacts`) so the stored card and ``registry show``
+    of a version logged without it say the same thing.
+    """
+    if not any(k.startswith("mask_realism.") for k in tags):
+        return None
     head = ("## Mask realism\nDoes each generated mask match its generated image? A registered segmenter reads the "
             "image; its label map is scored against the generated mask with MONAI `DiceMetric` per image and "
             "foreground class (a class absent from both scores 1, drawn by one side only 0), then averaged over "
             "images with a 95 % bootstrap CI. Low Dice: the masks do not match the images, or the segmenter fails "
             "on synthetic images (compare its own test Dice on real images).")
-    if "skipped" in r:
-        return [f"{head}\n\nNot measured: {r['skipped']}."]
-    ci = lambda row: f"{row['dice']:.3f}, 95 % CI [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"  # noqa: E731
-    own = r.get("segmenter_test_dice")
-    rows = [("segmenter", f"`{r['segmenter']}` ({r['choice']})"),
-            ("segmenter's test Dice on real images", f"{own:.3f}" if own is not None else "not recorded"),
-            ("generated pairs", f"{r['n']} (seed {r['seed']})"),
-            ("Dice (mean over classes)", ci({"dice": r["dice"], "ci_low": r["dice_ci"][0], "ci_high": r["dice_ci"][1]})),
-            *((f"Dice `{name}`", ci(row)) for name, row in r["per_class"].items())]
-    return [f"{head}\n\n{_kv(rows)}\n\n![generated masks (green) vs the segmenter (red)]({MASK_REALISM_FILE})"]
+    if "mask_realism.skipped" in tags:
+        return f"{head}\n\nNot measured: {tags['mask_realism.skipped']}."
+
+    def dice(prefix: str) -> str:
+        return (f"{float(tags[prefix]):.3f}, 95 % CI [{float(tags[prefix + '.ci_low']):.3f}, "
+                f"{float(tags[prefix + '.ci_high']):.3f}]")
+
+    own = tags.get("mask_realism.segmenter_test_dice")
+    rows = [("segmenter", f"`{tags['mask_realism.segmenter']}` ({tags['mask_realism.segmenter_choice']})"),
+            ("segmenter's test Dice on real images", f"{float(own):.3f}" if own else "not recorded"),
+            ("generated pairs", f"{tags['mask_realism.n']} (seed {tags['mask_realism.seed']})"),
+            ("Dice (mean over classes)", dice("mask_realism.dice")),
+            *((f"Dice `{name}`", dice(f"mask_realism.dice.{name}"))
+              for name in json.loads(tags.get("mask_realism.classes", "[]")))]
+    return f"{head}\n\n{_kv(rows)}\n\n![generated masks (green) vs the segmenter (red)]({MASK_REALISM_FILE})"
 
 
 def privacy_sections(f: CardFacts) -> list[str]:

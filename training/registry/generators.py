@@ -32,7 +32,16 @@ from typing import TYPE_CHECKING
 
 from infra.settings import Settings, get_settings
 from infra.tracking import configure, run_url
-from training.registry.cards import CARD_FILE, GRID_FILE, MASK_REALISM_FILE, CardFacts, cas_section, render_card
+from training.registry.cards import (
+    CARD_FILE,
+    GRID_FILE,
+    MASK_REALISM_FILE,
+    CardFacts,
+    cas_section,
+    mask_realism_section,
+    mask_realism_tags,
+    render_card,
+)
 from infra.names import safe_name
 from infra.errors import BadInput
 from training.registry import tags as tag
@@ -149,19 +158,6 @@ def _version_tags(facts: CardFacts, sampler: GeneratorSampler) -> dict[str, str]
         tags["mask_classes"] = json.dumps(sampler.mask_classes)
         tags |= mask_realism_tags(facts.mask_realism or {})
     return {k: str(v) for k, v in tags.items()}
-
-
-def mask_realism_tags(summary: dict) -> dict[str, str]:
-    """``mask_realism.*`` version tags of a :func:`measure_mask_realism` summary (or its ``skipped`` reason)."""
-    if "dice" not in summary:
-        return {"mask_realism.skipped": summary["skipped"]} if "skipped" in summary else {}
-    tags = {"mask_realism.dice": f"{summary['dice']:.6f}", "mask_realism.dice.ci_low": f"{summary['dice_ci'][0]:.6f}",
-            "mask_realism.dice.ci_high": f"{summary['dice_ci'][1]:.6f}", "mask_realism.n": str(summary["n"]),
-            "mask_realism.seed": str(summary["seed"]), "mask_realism.segmenter": summary["segmenter"],
-            "mask_realism.segmenter_choice": summary["choice"]}
-    for name, row in summary["per_class"].items():
-        tags[f"mask_realism.dice.{name}"] = f"{row['dice']:.6f}"
-    return tags
 
 
 def measure_mask_realism(sampler: GeneratorSampler, spec: str | None, dataset: str, *, n: int, seed: int,
@@ -450,7 +446,9 @@ def model_card(spec: str, settings: Settings | None = None) -> str:
         card = Path(repo.download_artifacts(f"extra_files/{CARD_FILE}", tmp)).read_text()
     from training.studies.card import study_section
 
-    for extra in (cas_section(version.tags or {}), study_section(version.tags or {})):
+    tags = version.tags or {}
+    realism = None if "## Mask realism" in card else mask_realism_section(tags)  # versions logged without it
+    for extra in (realism, cas_section(tags), study_section(tags)):
         if extra is not None:
             card = f"{card.rstrip()}\n\n{extra}"
     return card
