@@ -130,6 +130,8 @@ def test_mask_realism_with_the_dataset_champion_on_tags_card_and_cli(run, masked
 
     with pytest.raises(NotFound, match=r"^segmenter: model 'nope@champion': not found"):  # before any scoring
         register_run(run.run_id, segmenter="nope@champion", settings=stack, progress=lambda _: None)
+    nothing, _ = measure_mask_realism(run.sampler, None, "no-segmenter-here@1", n=2, seed=0, settings=stack)
+    assert "`segmenter-no-segmenter-here-*@champion`" in nothing["skipped"]  # the card says why, not a number
     summary, _ = measure_mask_realism(run.sampler, None, str(masked.ref), n=12, seed=3, settings=stack)
     assert summary["segmenter"] == champion_segmenter.uri and summary["choice"] == "dataset champion"
     dice = summary["dice"]

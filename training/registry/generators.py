@@ -191,7 +191,7 @@ def measure_mask_realism(sampler: GeneratorSampler, spec: str | None, dataset: s
     chosen = choose_segmenter(spec, dataset, sampler.mask_classes, field=field, settings=settings)
     if chosen is None:
         return {"skipped": f"no {field} given and no champion segmenter of {dataset.split('@')[0]} with these "
-                           f"classes is registered (`{segmenter_name(dataset, '*')}@champion`)"}, None
+                           f"classes is registered (`{segmenter_name(dataset, '')}*@champion`)"}, None
     try:
         result = mask_realism(sampler, chosen.model, n=n, seed=seed)
     except BadInput as exc:
