@@ -13,7 +13,8 @@ from infra.progress import say
 
 from infra.settings import get_settings
 
-LAYOUT_NAMES = ("imagefolder", "chen-kl", "mura", "csv", "dicom", "nifti", "nih-cxr14", "chexpert")
+LAYOUT_NAMES = ("imagefolder", "chen-kl", "mura", "csv", "image-mask", "dicom", "nifti", "nifti-mask", "nih-cxr14",
+                "chexpert")
 PRESET_NAMES = ("none", "knee", "radiograph")
 
 
@@ -142,6 +143,7 @@ def medical_options(fn):
 _MEDICAL_OPTIONS = {
     "dicom": ("window", "allow_burned_in", "label_by", "id_salt_file"),
     "nifti": ("slice_axis", "percentiles", "min_foreground", "patients_csv", "label_by", "id_salt_file"),
+    "nifti-mask": ("slice_axis", "percentiles", "min_foreground", "patients_csv", "label_by", "id_salt_file"),
     "chexpert": ("uncertain",),
 }
 
@@ -218,7 +220,8 @@ def catalog_phantom(n, phantom_size, seed, name, merges, masks, preset, size, fo
 @click.option("--truth", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="CSV with path + mirrored/inverted/blurred (0/1) to score the detectors")
 @click.option("--mask-classes", default=None, metavar="BACKGROUND,C1,…",
-              help="names of the mask values, value 0 first (default: masks/classes.txt of layout image-mask)")
+              help="names of the mask values, value 0 first (default: masks/classes.txt of layouts image-mask, "
+                   "nifti-mask)")
 @click.option("--require-mask", is_flag=True, help="every image needs a mask with at least one labelled pixel")
 @medical_options
 @click.option("--uncertain", type=click.Choice(("zeros", "ones", "ignore")), default=None,

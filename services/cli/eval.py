@@ -1,5 +1,5 @@
-"""``synthray eval …``: FID (+ KID, precision/recall), memorization audit, diversity, AM/Mode scores
-and membership inference.
+"""``synthray eval …``: FID (+ KID, precision/recall), memorization audit, diversity, AM/Mode scores,
+membership inference and mask realism.
 
 The synthetic side is a PNG folder (``--images DIR``) or a registered generator
 (``--model models:/NAME@alias``, sampled with ``--seed``); the real side is a catalog
@@ -300,3 +300,34 @@ def eval_membership(model, critic, bootstrap, as_json) -> None:
         ci = a["auc_ci"] or [float("nan")] * 2
         click.echo(f"  {name:<7} AUC {a['auc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]  TPR@1%FPR {a['tpr_at_1pct_fpr']:.3f}")
     click.echo(f"  summary: {summary['artifact']}")
+
+
+@eval_group.command("mask-realism")
+@click.option("--model", required=True, metavar="NAME@ALIAS|NAME/VERSION", help="registered image + mask generator")
+@click.option("--segmenter", default=None, metavar="NAME@ALIAS|NAME/VERSION",
+              help="registered segmenter of the same mask classes [default: the champion segmenter of the "
+                   "generator's dataset]")
+@click.option("--n", type=click.IntRange(1, 100_000), default=None,
+              help="pairs to generate [default: as on the version's card, else 64]")
+@click.option("--seed", type=click.IntRange(0), default=None,
+              help="sampling seed [default: the version's evaluation seed, as on its card]")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+def eval_mask_realism(model, segmenter, n, seed, as_json) -> None:
+    """Dice of generated masks against a segmenter's reading of the generated images (MONAI DiceMetric).
+
+    The defaults reproduce the "Mask realism" section of the version's model card."""
+    from training.registry.generators import version_mask_realism
+
+    result = version_mask_realism(model, segmenter, n=n, seed=seed, fields=("--model", "--segmenter"),
+                                  settings=get_settings())
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+        return
+    if "skipped" in result:
+        click.echo(f"{result['model']} v{result['version']}: mask realism not measured: {result['skipped']}")
+        return
+    low, high = result["dice_ci"]
+    click.echo(f"{result['model']} v{result['version']}: mask Dice {result['dice']:.4f} (95% CI {low:.4f}-{high:.4f}) "
+               f"over {result['n']} pairs (seed {result['seed']}) vs {result['segmenter']} ({result['choice']})")
+    for name, row in result["per_class"].items():
+        click.echo(f"  {name}: {row['dice']:.4f} ({row['ci_low']:.4f}-{row['ci_high']:.4f})")

@@ -70,11 +70,18 @@ def show_cmd(spec: str) -> None:
 @click.option("--name", default=None, help="registered model name (default: the naming rule)")
 @click.option("--filter-default", type=click.Choice(("none", "near-copy")), default="none", show_default=True,
               help="synthesis filter of this version when a request names none (shown on the card)")
-def register_cmd(run_id: str, checkpoint: str | None, name: str | None, filter_default: str) -> None:
+@click.option("--segmenter", default=None, metavar="NAME@ALIAS|NAME/VERSION|none",
+              help="image + mask generators: the segmenter that scores mask realism on the card "
+                   "[default: the champion segmenter of the generator's dataset, if registered]")
+@click.option("--mask-n", type=click.IntRange(1, 100_000), default=None,
+              help="generated pairs that mask realism scores [default: 64]")
+def register_cmd(run_id: str, checkpoint: str | None, name: str | None, filter_default: str, segmenter: str | None,
+                 mask_n: int | None) -> None:
     """Evaluate a training run's generator and register it as the challenger."""
     from training.registry.generators import register_run
 
-    reg = register_run(run_id, name=name, checkpoint=checkpoint, filter_default=filter_default, progress=say)
+    reg = register_run(run_id, name=name, checkpoint=checkpoint, filter_default=filter_default, segmenter=segmenter,
+                       mask_n=mask_n, progress=say)
     click.echo(f"model: {reg.version_uri} (alias {reg.alias})")
 
 

@@ -91,3 +91,68 @@ def test_reorientation_patients_csv_and_labels(tmp_path: Path) -> None:
     top = slice_of(volume.astype(np.float32), 2, 3)
     assert top.shape == (10, 12)  # rot90: rows = anterior → posterior, columns = right-ward x
     assert all("sub-0" not in i.rel_path for i in found.items)
+
+
+def _labels_of(prepared) -> np.ndarray:
+    from io import BytesIO
+
+    from PIL import Image
+
+    return np.asarray(Image.open(BytesIO(prepared.mask_png)))
+
+
+def test_label_volumes_pair_slice_by_slice_with_the_same_checks_as_image_masks(tmp_path: Path) -> None:
+    """``--layout nifti-mask``: images/ + masks/ volumes matched by stem, the label volume cut at the image's
+    kept slices after the same reorientation (stored LAS here), and one report line per failure."""
+    from training.catalog.ingest import MaskRule
+
+    rng = np.random.default_rng(1)
+    volume = np.zeros((12, 10, 8), np.int16)
+    volume[2:10, 2:8, 1:7] = rng.integers(100, 1000, (8, 6, 6))  # kept axial slices: 1..6
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[3:6, 3:5, 2:5] = 1
+    labels[7:9, 4:7, 3:6] = 2  # slices 1 and 6 are all background
+    ras = np.diag([2.0, 2.0, 3.0, 1.0])
+    las = ras.copy()
+    las[0, 0], las[0, 3] = -2.0, 22.0
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "masks" / "classes.txt").write_text("background\na\nb\n")
+    nib.save(nib.Nifti1Image(volume, ras), tmp_path / "images" / "case1.nii.gz")
+    nib.save(nib.Nifti1Image(labels[::-1].copy(), las), tmp_path / "masks" / "case1.nii")  # .nii pairs .nii.gz
+    nib.save(nib.Nifti1Image(volume, ras), tmp_path / "images" / "case2.nii.gz")  # no label volume
+    nib.save(nib.Nifti1Image(volume, ras), tmp_path / "images" / "case3.nii.gz")
+    nib.save(nib.Nifti1Image(labels[:, :, :7].copy(), ras), tmp_path / "masks" / "case3.nii.gz")  # one slice short
+    nib.save(nib.Nifti1Image(volume, ras), tmp_path / "images" / "case4.nii.gz")
+    nib.save(nib.Nifti1Image(labels.astype(np.float32) * 0.5, ras), tmp_path / "masks" / "case4.nii.gz")
+    nib.save(nib.Nifti1Image(labels, ras), tmp_path / "masks" / "orphan.nii.gz")
+
+    found = scan(tmp_path, "nifti-mask", salt=SALT)
+    assert found.mask_classes == ["background", "a", "b"] and found.layout == "nifti-mask"
+    volume_id = {stem: pseudonym(SALT, "volume", f"{stem}.nii.gz") for stem in ("case1", "case2", "case3", "case4")}
+    assert sorted((p.kind, p.rel_path) for p in found.problems) == sorted([
+        ("mask-size", volume_id["case3"]), ("mask-mode", volume_id["case4"]),
+        ("orphan-mask", pseudonym(SALT, "volume", "masks/orphan.nii.gz"))])
+    assert "12x10x7 after reorientation, the image volume 12x10x8" in str(found.problems)
+    by_volume: dict[str, list] = {}
+    for item in found.items:
+        by_volume.setdefault(item.attributes["volume"], []).append(item)
+    assert sorted(by_volume) == sorted([volume_id["case1"], volume_id["case2"]])  # case3/4: no slice ingested
+    paired, lone = by_volume[volume_id["case1"]], by_volume[volume_id["case2"]]
+    plain = scan(tmp_path / "images" / "case1.nii.gz", "nifti", salt=SALT).items
+    assert [i.attributes["slice_index"] for i in paired] == [i.attributes["slice_index"] for i in plain] \
+        == [str(k) for k in range(1, 7)]  # exactly the image's slice selection
+
+    pipe, rule = pipeline("none"), MaskRule(3)
+    for item, alone in zip(paired, plain, strict=True):
+        k = int(item.attributes["slice_index"])
+        out = _vet(item, pipe, rule)
+        assert out.png == _vet(alone, pipe).png  # the image slice is untouched by the pairing
+        np.testing.assert_array_equal(_labels_of(out), np.rot90(labels[:, :, k]))  # same grid as the image
+    assert _vet(lone[0], pipe, rule).mask_png is None
+    # the per-slice checks of the folder-pair layout, one report line each
+    assert _vet(paired[2], pipe, MaskRule(2)).kind == "mask-labels"  # slice 3 holds label 2; only 0..1 declared
+    required = MaskRule(3, required=True)
+    assert _vet(paired[0], pipe, required).kind == "mask-empty"  # slice 1: all background
+    assert _vet(lone[0], pipe, required).kind == "no-mask"
+    assert _vet(paired[1], pipe, required).mask_png is not None

@@ -59,3 +59,25 @@ def test_membership_critic_attack_is_skipped_for_pair_models() -> None:
 
     assert critic_from_state(state(masks=True, mask_classes=CLASSES)) is None
     assert critic_from_state(state()) is not None
+
+
+def test_card_shows_mask_realism_or_says_why_not() -> None:
+    """Measured: the segmenter, n, the mean and per-class Dice with CIs, the overlay; low Dice is a known limit.
+    Not measured: the reason, in the section and in the known limits."""
+    per_class = {c: {"dice": 0.25 * i, "ci_low": 0.25 * i - 0.05, "ci_high": 0.25 * i + 0.05}
+                 for i, c in enumerate(CLASSES[1:], 1)}
+    realism = {"dice": 0.5 - 1e-3, "dice_ci": [0.4, 0.6], "per_class": per_class, "n": 64, "seed": 1,
+               "segmenter": "models:/segmenter-d-unet-small/3", "choice": "dataset champion",
+               "segmenter_test_dice": 0.91}
+    facts = _facts(mask_classes=CLASSES, mask_realism=realism)
+    card = render_card(facts)
+    assert "| segmenter | `models:/segmenter-d-unet-small/3` (dataset champion) |" in card
+    assert "| segmenter's test Dice on real images | 0.910 |" in card and "| generated pairs | 64 (seed 1) |" in card
+    assert "| Dice (mean over classes) | 0.499, 95 % CI [0.400, 0.600] |" in card
+    assert "| Dice `tibia` | 0.500, 95 % CI [0.450, 0.550] |" in card and "(mask_realism.png)" in card
+    assert "mask realism Dice 0.50 < 0.5" in card  # a known limit
+    tags = _version_tags(facts, _sampler(paired=True))
+    assert tags["mask_realism.dice.fibula"] == "0.750000" and tags["mask_realism.segmenter_choice"] == "dataset champion"
+    skipped = render_card(_facts(mask_classes=CLASSES, mask_realism={"skipped": "no segmenter"}))
+    assert "Not measured: no segmenter." in skipped and "Mask realism was not measured (no segmenter)" in skipped
+    assert "## Mask realism" not in render_card(_facts())

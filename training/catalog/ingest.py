@@ -74,7 +74,7 @@ class IngestOptions:
         engine: ``threads`` (this process) or ``ray`` (Ray Data over the cluster) for read +
             preprocess; the result is the same either way (outputs are sorted by path).
         layout_options: keyword options of the medical layouts (``dicom``: window,
-            allow_burned_in, label_by; ``nifti``: slice_axis, …; both: id_salt_file), see
+            allow_burned_in, label_by; ``nifti`` and ``nifti-mask``: slice_axis, …; all: id_salt_file), see
             ``training.catalog.dicom`` / ``training.catalog.nifti``; recorded in the report.
         mask_classes: names of the mask values (index = value, 0 = background); None takes
             the ones the layout declares (``masks/classes.txt`` of the image-mask layout).
@@ -225,14 +225,7 @@ def read_mask(item: SourceItem, shape: tuple[int, ...], rule: MaskRule) -> np.nd
             raise BadFile("no-mask", f"{item.rel_path} has no mask (--require-mask)")
         return None
     what = f"mask of {item.rel_path}"
-    try:
-        mask, depth, _, _ = read_oriented(item.mask_path.read_bytes(), what)
-    except OSError as exc:
-        raise BadFile("mask-unreadable", f"{what} cannot be read: {exc.strerror or exc}") from None
-    except BadFile as bad:
-        raise BadFile("mask-mode" if bad.kind == "wrong-mode" else "mask-unreadable", bad.reason) from None
-    if depth != 8:
-        raise BadFile("mask-mode", f"{what} is {depth}-bit: a mask is an 8-bit label map")
+    mask = item.mask_reader(item) if item.mask_reader is not None else _mask_png(item, what)
     if mask.shape != tuple(shape[:2]):
         raise BadFile("mask-size", f"{what} is {mask.shape[1]}x{mask.shape[0]}, the image "
                                    f"{shape[1]}x{shape[0]}: they must be the same size")
@@ -243,6 +236,19 @@ def read_mask(item: SourceItem, shape: tuple[int, ...], rule: MaskRule) -> np.nd
     if rule.required and top == 0:
         raise BadFile("mask-empty", f"{what} is all background (--require-mask)")
     return np.ascontiguousarray(mask)
+
+
+def _mask_png(item: SourceItem, what: str) -> np.ndarray:
+    """The 8-bit grayscale label-map PNG at ``item.mask_path``, or raise BadFile."""
+    try:
+        mask, depth, _, _ = read_oriented(item.mask_path.read_bytes(), what)
+    except OSError as exc:
+        raise BadFile("mask-unreadable", f"{what} cannot be read: {exc.strerror or exc}") from None
+    except BadFile as bad:
+        raise BadFile("mask-mode" if bad.kind == "wrong-mode" else "mask-unreadable", bad.reason) from None
+    if depth != 8:
+        raise BadFile("mask-mode", f"{what} is {depth}-bit: a mask is an 8-bit label map")
+    return mask
 
 
 def _prepare(item: SourceItem, pipe: Pipeline, rule: MaskRule | None = None) -> Prepared:

@@ -47,6 +47,9 @@ class SourceItem:
     uncertain: tuple[str, ...] = ()
     #: The item's segmentation mask (uint8 label map PNG, same size), when the layout pairs one.
     mask_path: Path | None = None
+    #: Decodes the mask instead of the PNG reader (slices of NIfTI label volumes): a picklable
+    #: callable ``(item) -> uint8 (H, W) label map`` that raises BadFile (``mask-unreadable``).
+    mask_reader: Callable[[SourceItem], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -491,6 +494,7 @@ LAYOUTS: dict[str, Callable[..., Scan]] = {
     "image-mask": scan_image_mask,
     "dicom": _lazy("training.catalog.dicom", "scan_dicom"),
     "nifti": _lazy("training.catalog.nifti", "scan_nifti"),
+    "nifti-mask": _lazy("training.catalog.nifti", "scan_nifti_mask"),
     "nih-cxr14": _lazy("training.catalog.chest", "scan_nih"),
     "chexpert": _lazy("training.catalog.chest", "scan_chexpert"),
 }

@@ -120,7 +120,7 @@ def quantize(unit: np.ndarray, bits: int) -> np.ndarray:
     return np.rint(unit * 65535.0).astype(np.uint16)
 
 
-MEDICAL_LAYOUTS = ("dicom", "nifti")
+MEDICAL_LAYOUTS = ("dicom", "nifti", "nifti-mask")
 #: Options of the other layouts that take any: CheXpert's uncertain-label policy.
 PLAIN_LAYOUT_OPTIONS = {"chexpert": ("uncertain",)}
 

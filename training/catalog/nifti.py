@@ -15,6 +15,13 @@ relative to the CSV) maps volumes to patients. Patient ids and volume names ente
 catalog only as salted pseudonyms (``training.catalog.medical``); a record's
 ``source_path`` is ``VOLUME/zNNNN``. Spacing (mm, canonical axis order) and the volume's
 original orientation code (e.g. ``LAS``) are kept as attributes.
+
+``--layout nifti-mask`` (:func:`scan_nifti_mask`): ``SRC/images/`` holds the image volumes as
+above and ``SRC/masks/`` one label volume per image volume with the same stem
+(``images/case1.nii.gz`` + ``masks/case1.nii.gz``; ``.nii`` and ``.nii.gz`` match each other),
+``masks/classes.txt`` naming the label values (line 1 = value 0, the background). A label
+volume is reoriented the same way and cut at exactly the image's kept slices, so slice and
+mask share one grid; it is never windowed (labels are values, not intensities).
 """
 
 from __future__ import annotations
@@ -23,12 +30,12 @@ import csv
 import functools
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from training.catalog.layouts import LayoutError, Problem, Scan, SourceItem, _directory, _scan
+from training.catalog.layouts import MASK_CLASSES_FILE, LayoutError, Problem, Scan, SourceItem, _directory, _scan
 from training.catalog.medical import Decoded, frame_sha256, pseudonym, quantize, to_unit
 
 SUFFIXES = (".nii", ".nii.gz")
@@ -40,7 +47,7 @@ FOREGROUND_LEVEL = 0.05
 MIN_FOREGROUND = 0.01
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)  # image and label volume of a few volumes being sliced at once
 def _canonical(path: str, mtime_ns: int) -> tuple[np.ndarray, str, tuple[float, ...], str]:
     """(RAS+ float32 voxels, original axcodes, canonical spacing in mm, file sha256); cached
     so the readers of one volume's slices load it once."""
@@ -176,6 +183,106 @@ def scan_nifti(
                                     {**attributes, "slice_index": str(index)},
                                     reader=NiftiReader(slice_axis, index, low, high, (low_p, high_p))))
     return _scan(root, "nifti", items, sorted({i.label_name for i in items}), problems)
+
+
+@dataclass(frozen=True)
+class NiftiMaskReader:
+    """Slice ``index`` along ``axis`` of an item's label volume as a uint8 label map (picklable).
+
+    :func:`scan_nifti_mask` has checked the volume (readable, the image volume's shape, integer
+    labels 0..255); what :func:`training.catalog.ingest.read_mask` checks next is per slice.
+    """
+
+    axis: str
+    index: int
+
+    def __call__(self, item: SourceItem) -> np.ndarray:
+        from infra.errors import BadInput
+        from training.catalog.ingest import BadFile
+
+        try:
+            voxels = load_volume(item.mask_path)[0]
+        except BadInput as exc:
+            raise BadFile("mask-unreadable", f"label volume of {item.rel_path}: {exc}") from None
+        return np.ascontiguousarray(np.rint(slice_of(voxels, AXES[self.axis], self.index)).astype(np.uint8))
+
+
+def scan_nifti_mask(src: str | Path, patient_regex: str | None = None, **options) -> Scan:
+    """``SRC/images/`` NIfTI volumes sliced as :func:`scan_nifti` does, each slice paired with the
+    same slice of ``SRC/masks/<stem>.nii[.gz]`` (module docstring).
+
+    Takes :func:`scan_nifti`'s options; ``--label-by folder`` reads the first folder under
+    ``images/``. An image volume without a label volume still gives items (``--require-mask``
+    at ingest refuses them, one ``no-mask`` line per slice). One report line per volume, and
+    none of its slices ingested, when its label volume is unreadable (``mask-unreadable``), has
+    another shape than the image volume after reorientation (``mask-size``), or holds values
+    that are not integer labels 0..255 (``mask-mode``); a label volume without an image volume
+    (``orphan-mask``) and a stem used twice in ``masks/`` (``duplicate-mask``) are lines too.
+    Per slice, ingest then checks the size, that the labels are declared classes, and
+    ``--require-mask`` (:func:`training.catalog.ingest.read_mask`).
+    """
+    root = _directory(src)
+    images_dir, masks_dir = root / "images", root / "masks"
+    for folder in (images_dir, masks_dir):
+        if not folder.is_dir():
+            raise LayoutError(f"{src} has no {folder.name}/ folder (layout nifti-mask: images/ + masks/ of NIfTI "
+                              "volumes matched by stem)")
+    salt = options["salt"]
+    found = scan_nifti(images_dir, patient_regex, **options)
+    problems = list(found.problems)
+    masks: dict[str, Path] = {}
+    for path in _volumes(masks_dir):
+        rel = path.relative_to(root).as_posix()
+        if _stem(path) in masks:
+            problems.append(Problem(pseudonym(salt, "volume", rel), "duplicate-mask",
+                                    f"label volume stem {_stem(path)!r} is used twice in masks/"))
+        else:
+            masks[_stem(path)] = path
+    by_volume: dict[Path, list[SourceItem]] = {}
+    for item in found.items:
+        by_volume.setdefault(item.path, []).append(item)
+    items: list[SourceItem] = []
+    for path, slices in by_volume.items():
+        mask = masks.get(_stem(path))
+        why = _label_volume_problem(mask, path) if mask is not None else None
+        if why is not None:
+            problems.append(Problem(slices[0].attributes["volume"], *why))
+            continue
+        items += [replace(i, mask_path=mask, mask_reader=None if mask is None else
+                          NiftiMaskReader(i.attributes["slice_axis"], int(i.attributes["slice_index"])))
+                  for i in slices]
+    stems = {_stem(p) for p in _volumes(images_dir)}
+    problems += [Problem(pseudonym(salt, "volume", p.relative_to(root).as_posix()), "orphan-mask",
+                         "no image volume in images/ has this stem") for stem, p in sorted(masks.items())
+                 if stem not in stems]
+    listed = masks_dir / MASK_CLASSES_FILE
+    mask_classes = [line.strip() for line in listed.read_text().splitlines() if line.strip()] if listed.is_file() \
+        else None
+    scan = _scan(root, "nifti-mask", items, sorted({i.label_name for i in items}), problems)
+    return replace(scan, mask_classes=mask_classes)
+
+
+def _label_volume_problem(mask: Path, image: Path) -> tuple[str, str] | None:
+    """(kind, reason) when a label volume cannot pair with its image volume, else None."""
+    from infra.errors import BadInput
+
+    try:
+        labels = load_volume(mask)[0]
+    except BadInput as exc:
+        return "mask-unreadable", f"label volume: {exc}"
+    shape = load_volume(image)[0].shape  # readable: scan_nifti kept its slices
+    if labels.shape != shape:
+        return "mask-size", (f"label volume is {'x'.join(map(str, labels.shape))} after reorientation, the image "
+                             f"volume {'x'.join(map(str, shape))}: they must be the same size")
+    if not (np.all(labels == np.rint(labels)) and labels.min() >= 0 and labels.max() <= 255):
+        return "mask-mode", "label volume holds values that are not integer labels 0..255"
+    return None
+
+
+def _stem(path: Path) -> str:
+    """``case1`` of ``case1.nii.gz`` / ``case1.nii`` (any case of the suffix)."""
+    name = path.name
+    return next(name[: -len(s)] for s in sorted(SUFFIXES, key=len, reverse=True) if name.lower().endswith(s))
 
 
 def _volumes(root: Path) -> list[Path]:

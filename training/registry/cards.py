@@ -8,10 +8,13 @@ a card cannot claim more than was measured.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 CARD_FILE = "model_card.md"
 GRID_FILE = "sample_grid.png"
+MASK_REALISM_FILE = "mask_realism.png"  # generated masks (green) vs the segmenter's reading (red)
+MASK_DICE_LIMIT = 0.5  # below this mean mask-realism Dice the card lists the masks as a known limit
 FID_RELIABLE_N = 2048  # below this FID is biased upwards (pytorch-fid's 2048-d features)
 
 
@@ -46,6 +49,7 @@ class CardFacts:
     membership: dict | None = None  # training.evaluate.membership summary, or {"skipped": why}
     near_copy: dict | None = None  # {"threshold", "n_indexed", "filter_default"} of the packed index
     mask_classes: list[str] | None = None  # a paired generator's mask classes (background first)
+    mask_realism: dict | None = None  # registry.generators.measure_mask_realism summary, or {"skipped": why}
     sites: list[dict] | None = None  # federated: every site's selection (the lineage instead of ``selection``)
 
 
@@ -84,6 +88,13 @@ def known_limits(f: CardFacts) -> list[str]:
     if "auc" in mia and mia["auc_ci"][0] > 0.5:
         limits.append(f"The membership-inference attack ({mia['worst_attack']}) beats chance: AUC {mia['auc']:.2f}, "
                       f"CI low {mia['auc_ci'][0]:.2f} > 0.5; training patients can be told from held-out ones.")
+    realism = f.mask_realism or {}
+    if f.mask_classes and "skipped" in realism:
+        limits.append(f"Mask realism was not measured ({realism['skipped']}): nothing checks that a generated mask "
+                      "matches its image.")
+    elif "dice" in realism and realism["dice"] < MASK_DICE_LIMIT:
+        limits.append(f"Generated masks disagree with the segmenter's reading of their images (mask realism Dice "
+                      f"{realism['dice']:.2f} < {MASK_DICE_LIMIT}): inspect the pairs before using the masks as labels.")
     if f.epoch < 10:
         limits.append(f"Only {f.epoch} epoch(s) of training: expect visible artefacts.")
     return limits
@@ -155,11 +166,62 @@ def render_card(f: CardFacts, version: str | None = None) -> str:
             *((f"contact sheet {k.removeprefix('contact-').removesuffix('.png')}", f"`{v}`")
               for k, v in mem.get("artifacts", {}).items() if k.startswith("contact-")),
         ]),
+        *((section,) if f.mask_classes and (section := mask_realism_section(mask_realism_tags(f.mask_realism or {})))
+          else ()),
         *privacy_sections(f),
         f"## Samples\n![samples (fixed seed {f.eval_seed})]({GRID_FILE})",
         "## Known limits\n" + "\n".join(f"- {line}" for line in known_limits(f)),
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def mask_realism_tags(summary: dict) -> dict[str, str]:
+    """``mask_realism.*`` version tags of a mask realism summary
+    (:func:`training.registry.generators.measure_mask_realism`), or its ``skipped`` reason."""
+    if "dice" not in summary:
+        return {"mask_realism.skipped": summary["skipped"]} if "skipped" in summary else {}
+    tags = {"mask_realism.dice": summary["dice"], "mask_realism.dice.ci_low": summary["dice_ci"][0],
+            "mask_realism.dice.ci_high": summary["dice_ci"][1]}
+    for name, row in summary["per_class"].items():
+        tags |= {f"mask_realism.dice.{name}": row["dice"], f"mask_realism.dice.{name}.ci_low": row["ci_low"],
+                 f"mask_realism.dice.{name}.ci_high": row["ci_high"]}
+    tags = {k: f"{v:.6f}" for k, v in tags.items()}
+    tags |= {"mask_realism.n": str(summary["n"]), "mask_realism.seed": str(summary["seed"]),
+             "mask_realism.segmenter": summary["segmenter"], "mask_realism.segmenter_choice": summary["choice"],
+             "mask_realism.classes": json.dumps(list(summary["per_class"]))}
+    if summary.get("segmenter_test_dice") is not None:
+        tags["mask_realism.segmenter_test_dice"] = f"{summary['segmenter_test_dice']:.6f}"
+    return tags
+
+
+def mask_realism_section(tags: dict[str, str]) -> str | None:
+    """The "Mask realism" section from a version's ``mask_realism.*`` tags (None when it has none).
+
+    Rendered from the tags (not from :class:`CardFacts`) so the stored card and ``registry show``
+    of a version logged without it say the same thing.
+    """
+    if not any(k.startswith("mask_realism.") for k in tags):
+        return None
+    head = ("## Mask realism\nDoes each generated mask match its generated image? A registered segmenter reads the "
+            "image; its label map is scored against the generated mask with MONAI `DiceMetric` per image and "
+            "foreground class (a class absent from both scores 1, drawn by one side only 0), then averaged over "
+            "images with a 95 % bootstrap CI. Low Dice: the masks do not match the images, or the segmenter fails "
+            "on synthetic images (compare its own test Dice on real images).")
+    if "mask_realism.skipped" in tags:
+        return f"{head}\n\nNot measured: {tags['mask_realism.skipped']}."
+
+    def dice(prefix: str) -> str:
+        return (f"{float(tags[prefix]):.3f}, 95 % CI [{float(tags[prefix + '.ci_low']):.3f}, "
+                f"{float(tags[prefix + '.ci_high']):.3f}]")
+
+    own = tags.get("mask_realism.segmenter_test_dice")
+    rows = [("segmenter", f"`{tags['mask_realism.segmenter']}` ({tags['mask_realism.segmenter_choice']})"),
+            ("segmenter's test Dice on real images", f"{float(own):.3f}" if own else "not recorded"),
+            ("generated pairs", f"{tags['mask_realism.n']} (seed {tags['mask_realism.seed']})"),
+            ("Dice (mean over classes)", dice("mask_realism.dice")),
+            *((f"Dice `{name}`", dice(f"mask_realism.dice.{name}"))
+              for name in json.loads(tags.get("mask_realism.classes", "[]")))]
+    return f"{head}\n\n{_kv(rows)}\n\n![generated masks (green) vs the segmenter (red)]({MASK_REALISM_FILE})"
 
 
 def privacy_sections(f: CardFacts) -> list[str]:

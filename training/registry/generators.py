@@ -14,7 +14,8 @@ Anything outside ``[A-Za-z0-9_.-]`` becomes ``-``.
 
 Registration (:func:`register_run`) starts from a training run: its best-FID checkpoint is
 loaded, scored again with the training protocol (FID, KID with a bootstrap CI, memorization
-audit; :mod:`training.evaluate.generator`), and a version is created in one call carrying every tag and
+audit; :mod:`training.evaluate.generator`; for an image + mask generator also mask realism,
+:func:`measure_mask_realism`), and a version is created in one call carrying every tag and
 the model card as its description, so nothing about a version changes after it exists. The
 new version gets the ``challenger`` alias; ``champion`` moves only by promotion
 (:mod:`training.registry.promotion`).
@@ -31,9 +32,18 @@ from typing import TYPE_CHECKING
 
 from infra.settings import Settings, get_settings
 from infra.tracking import configure, run_url
-from training.registry.cards import CARD_FILE, GRID_FILE, CardFacts, cas_section, render_card
+from training.registry.cards import (
+    CARD_FILE,
+    GRID_FILE,
+    MASK_REALISM_FILE,
+    CardFacts,
+    cas_section,
+    mask_realism_section,
+    mask_realism_tags,
+    render_card,
+)
 from infra.names import safe_name
-from infra.errors import BadInput, classify
+from infra.errors import BadInput
 from training.registry import tags as tag
 from training.registry.models import (  # noqa: F401 - re-exported: the registry's public names
     CHALLENGER,
@@ -42,6 +52,7 @@ from training.registry.models import (  # noqa: F401 - re-exported: the registry
     PREVIOUS_CHAMPION,
     RegistryError,
     ensure_registered_model,
+    resolve_version,
 )
 from training.registry.refs import MODEL_REF_HELP, ModelReference, alias_uri, version_uri  # noqa: F401
 from infra.progress import Progress
@@ -85,23 +96,6 @@ class RegisteredGenerator:
 
 def _client(settings: Settings | None):
     return configure(settings or get_settings()).MlflowClient()
-
-
-def resolve_version(client, spec: str):
-    """The ``ModelVersion`` of ``NAME@alias`` or ``NAME/VERSION`` (a bare NAME means @champion)."""
-    from mlflow.exceptions import MlflowException
-
-    ref = ModelReference.parse(spec, default_alias=CHAMPION)
-    name, alias, version = ref.name, ref.alias, ref.version
-    try:
-        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
-    except MlflowException as exc:
-        # not found → NotFound (404 / "not found"), outage → Unavailable, else a RegistryError
-        known = classify(exc, f"model {spec!r}")
-        if known is not None:
-            raise known from None
-        reason = exc.message.removeprefix(f"{exc.error_code}: ").splitlines()[0]
-        raise RegistryError(f"model {spec!r}: {reason}") from None
 
 
 def version_by_alias(client, name: str, alias: str):
@@ -167,7 +161,56 @@ def _version_tags(facts: CardFacts, sampler: GeneratorSampler) -> dict[str, str]
         tags["num_classes"] = sampler.num_classes
     if sampler.paired:  # image + mask pairs: the names of the mask values, background first
         tags["mask_classes"] = json.dumps(sampler.mask_classes)
+        tags |= mask_realism_tags(facts.mask_realism or {})
     return {k: str(v) for k, v in tags.items()}
+
+
+def measure_mask_realism(sampler: GeneratorSampler, spec: str | None, dataset: str, *, n: int, seed: int,
+                         field: str = "segmenter", settings: Settings | None = None):
+    """Mask realism of a paired generator (:mod:`training.evaluate.mask_realism`), as a card/tag summary.
+
+    Args:
+        sampler: the generator; one that emits images only is refused when ``spec`` names a segmenter.
+        spec: the segmenter (``NAME@alias`` / ``NAME/VERSION``), ``"none"`` to skip, or None for
+            the champion segmenter of ``dataset`` (:func:`~training.registry.segmenters.choose_segmenter`).
+        dataset: the generator's dataset (``name@version``).
+        n, seed: pairs generated and their seed.
+        field: the CLI option / request field named in errors.
+
+    Returns:
+        ``(summary, MaskRealism | None)``. The summary is ``{"dice", "dice_ci", "per_class": {class:
+        {"dice", "ci_low", "ci_high"}}, "n", "seed", "segmenter", "choice", "segmenter_test_dice"}``,
+        or ``{"skipped": why}`` when no segmenter was chosen.
+
+    Raises:
+        BadInput / NotFound: a bad ``spec`` (naming ``field``), or a generator without masks.
+    """
+    from training.evaluate.mask_realism import mask_realism
+    from training.registry.segmenters import choose_segmenter, segmenter_name
+
+    if spec == "none":
+        return {"skipped": f"not requested ({field} none)"}, None
+    if not sampler.paired:
+        raise BadInput(f"{field}: mask realism needs an image + mask generator; this one emits images only",
+                       field=field)
+    chosen = choose_segmenter(spec, dataset, sampler.mask_classes, field=field, settings=settings)
+    if chosen is None:
+        return {"skipped": f"no {field} given and no champion segmenter of {dataset.split('@')[0]} with these "
+                           f"classes is registered (`{segmenter_name(dataset, '')}*@champion`)"}, None
+    try:
+        result = mask_realism(sampler, chosen.model, n=n, seed=seed)
+    except BadInput as exc:
+        raise BadInput(f"{field}: {exc.message}" if exc.field == "segmenter" else exc.message,
+                       field=field if exc.field == "segmenter" else exc.field) from None
+    m = result.metrics
+    summary = {
+        "dice": m["dice"], "dice_ci": [m["dice/ci_low"], m["dice/ci_high"]],
+        "per_class": {c: {"dice": m[f"dice/{c}"], "ci_low": m[f"dice/{c}/ci_low"], "ci_high": m[f"dice/{c}/ci_high"]}
+                      for c in sampler.mask_classes[1:]},
+        "n": n, "seed": seed, "segmenter": chosen.uri, "choice": chosen.choice,
+        "segmenter_test_dice": chosen.test_dice,
+    }
+    return summary, result
 
 
 def _signature(sampler: GeneratorSampler):
@@ -177,8 +220,9 @@ def _signature(sampler: GeneratorSampler):
     return infer_signature(z.numpy(), sampler(z).detach().numpy())
 
 
-def _facts(client, run_id: str, checkpoint: str | None, settings: Settings, progress: Progress):
-    """Load the run's checkpoint and score it: (sampler, CardFacts, near-copy index)."""
+def _facts(client, run_id: str, checkpoint: str | None, settings: Settings, progress: Progress,
+           segmenter: str | None = None, mask_n: int | None = None):
+    """Load the run's checkpoint and score it: (sampler, CardFacts, near-copy index, mask overlay PNG or None)."""
     from training.catalog.selection import catalog, select_records
     from training.gan.config import GanTrainConfig
     from training.evaluate.generator import evaluate_generator
@@ -200,8 +244,10 @@ def _facts(client, run_id: str, checkpoint: str | None, settings: Settings, prog
     sampler = sampler_from_state(state, classes=manifest.classes)
     records = select_records(manifest, **cfg.selection())
     n_train = len(records)
-    ref = reference_statistics(**reference_request(cfg, n_train), settings=settings)
     seed = cfg.seed + 1  # the training loop's FID seed: the registered FID is the checkpoint's FID
+    # before the slow scoring, so a bad --segmenter fails fast
+    realism, overlay = _registration_mask_realism(sampler, segmenter, cfg.dataset, mask_n, seed, settings, progress)
+    ref = reference_statistics(**reference_request(cfg, n_train), settings=settings)
     progress(f"register: scoring {checkpoint}: {ref.n} samples against {ref.key} (FID, KID, memorization)")
     evaluation = evaluate_generator(sampler, ref, seed=seed, settings=settings)
     floor = real_floor(ref, settings)  # cached by training; computed (and cached) otherwise
@@ -222,9 +268,27 @@ def _facts(client, run_id: str, checkpoint: str | None, settings: Settings, prog
         floor={"fid": floor.fid, "n": floor.n, "method": floor.method, "key": floor.key},
         ema=bool(state.get("generator_ema")),
         membership=membership, near_copy={"threshold": index.threshold(), "n_indexed": index.n, "filter_default": "none"},
-        mask_classes=sampler.mask_classes if sampler.paired else None,
+        mask_classes=sampler.mask_classes if sampler.paired else None, mask_realism=realism,
     )
-    return sampler, facts, index
+    return sampler, facts, index, overlay
+
+
+def _registration_mask_realism(sampler: GeneratorSampler, segmenter: str | None, dataset: str, n: int | None,
+                               seed: int, settings: Settings, progress: Progress) -> tuple[dict | None, bytes | None]:
+    """(card summary or None for an image-only generator, overlay PNG of up to 16 scored pairs or None)."""
+    if not sampler.paired and segmenter in (None, "none"):
+        return None, None
+    if n is None:
+        from training.evaluate.mask_realism import DEFAULT_N as n
+    realism, scored = measure_mask_realism(sampler, segmenter, dataset, n=n, seed=seed, settings=settings)
+    if scored is None:
+        progress(f"register: mask realism not measured: {realism['skipped']}")
+        return realism, None
+    from training.evaluate.segmentation import overlay_grid
+
+    progress(f"register: mask realism: Dice {realism['dice']:.3f} of {n} generated masks against "
+             f"{realism['segmenter']} ({realism['choice']})")
+    return realism, _png(overlay_grid(scored.images[:16], scored.masks[:16], scored.predictions[:16], per_row=8))
 
 
 def _privacy(cfg, ref, evaluation, state: dict, settings: Settings):
@@ -253,6 +317,8 @@ def register_run(
     checkpoint: str | None = None,
     alias: str = CHALLENGER,
     filter_default: str = "none",
+    segmenter: str | None = None,
+    mask_n: int | None = None,
     settings: Settings | None = None,
     progress: Progress = print,
 ) -> RegisteredGenerator:
@@ -270,8 +336,16 @@ def register_run(
         alias: alias the new version gets (``challenger``).
         filter_default: the version's default synthesis filter (``none`` or ``near-copy``), used by
             ``/v1/synthesize``, batches and ``synthray generate`` when a request names none.
+        segmenter: for an image + mask generator, the segmenter that scores mask realism
+            (:func:`measure_mask_realism`): a reference, ``"none"`` to skip, or None for the
+            champion segmenter of the generator's dataset when one is registered.
+        mask_n: generated pairs that mask realism scores (default
+            :data:`training.evaluate.mask_realism.DEFAULT_N`).
         settings: where MLflow and the object store are.
         progress: receives progress lines.
+
+    Raises:
+        BadInput / NotFound: a bad ``name``, ``filter_default`` or ``segmenter`` (naming the field).
     """
     from dataclasses import replace
 
@@ -284,7 +358,9 @@ def register_run(
         raise BadInput(f"filter_default must be one of {FILTERS}, got {filter_default!r}", field="filter_default")
     settings = settings or get_settings()
     client = _client(settings)
-    sampler, facts, index = _facts(client, run_id, checkpoint, settings, progress)
+    if mask_n is not None and mask_n < 1:
+        raise BadInput(f"mask_n must be at least 1, got {mask_n}", field="mask_n")
+    sampler, facts, index, overlay = _facts(client, run_id, checkpoint, settings, progress, segmenter, mask_n)
     name = name or registered_name(facts.dataset, facts.arch, facts.class_name)
     facts = replace(facts, name=name, near_copy=facts.near_copy | {"filter_default": filter_default})
     card = render_card(facts)
@@ -293,9 +369,13 @@ def register_run(
         (Path(tmp) / CARD_FILE).write_text(card)
         (Path(tmp) / GRID_FILE).write_bytes(_sample_grid(sampler, facts.eval_seed))
         (Path(tmp) / INDEX_FILE).write_bytes(index.to_bytes())
+        if overlay is not None:
+            (Path(tmp) / MASK_REALISM_FILE).write_bytes(overlay)
         reg = log_generator(sampler, name, run_id=run_id, alias=alias, tags=tags,
                             description=card, card_dir=Path(tmp), settings=settings)
     for key, value in membership_metrics(facts.membership or {}).items():
+        client.log_metric(run_id, key, value)
+    for key, value in mask_realism_metrics(facts.mask_realism or {}).items():
         client.log_metric(run_id, key, value)
     from training.evaluate.floor import RealFloor, with_floor
 
@@ -305,6 +385,13 @@ def register_run(
              + (f"membership AUC {facts.membership['auc']:.3f} ({facts.membership['worst_attack']})"
                 if "auc" in (facts.membership or {}) else f"membership audit skipped: {facts.membership['skipped']}"))
     return reg
+
+
+def mask_realism_metrics(summary: dict) -> dict[str, float]:
+    """MLflow metrics of a mask realism summary: ``mask_dice`` and ``mask_dice_{class}`` (none when skipped)."""
+    if "dice" not in summary:
+        return {}
+    return {"mask_dice": summary["dice"], **{f"mask_dice_{c}": row["dice"] for c, row in summary["per_class"].items()}}
 
 
 def log_generator(
@@ -364,10 +451,53 @@ def model_card(spec: str, settings: Settings | None = None) -> str:
         card = Path(repo.download_artifacts(f"extra_files/{CARD_FILE}", tmp)).read_text()
     from training.studies.card import study_section
 
-    for extra in (cas_section(version.tags or {}), study_section(version.tags or {})):
+    tags = version.tags or {}
+    realism = None if "## Mask realism" in card else mask_realism_section(tags)  # versions logged without it
+    for extra in (realism, cas_section(tags), study_section(tags)):
         if extra is not None:
             card = f"{card.rstrip()}\n\n{extra}"
     return card
+
+
+def version_mask_realism(model: str, segmenter: str | None = None, *, n: int | None = None, seed: int | None = None,
+                         fields: tuple[str, str] = ("model", "segmenter"), settings: Settings | None = None) -> dict:
+    """Mask realism of a registered image + mask generator, measured again (``synthray eval mask-realism``).
+
+    Args:
+        model: the generator, ``NAME@alias`` / ``NAME/VERSION`` (a bare NAME means ``@champion``).
+        segmenter: as :func:`measure_mask_realism`'s ``spec`` (None: the dataset's champion segmenter).
+        n, seed: default to what the version's card used (``mask_realism.n`` / its evaluation
+            seed), so the defaults reproduce the card's numbers.
+        fields: the names of the model and segmenter fields in errors (e.g. ``--model``).
+
+    Returns:
+        :func:`measure_mask_realism`'s summary plus ``model`` and ``version``.
+
+    Raises:
+        BadInput / NotFound: a bad reference (naming its field), or a generator without masks.
+    """
+    from infra.errors import SynthrayError
+    from training.evaluate.mask_realism import DEFAULT_N
+
+    client = _client(settings)
+    try:
+        version = resolve_version(client, model)
+    except SynthrayError as exc:
+        raise type(exc)(f"{fields[0]}: {exc.message}", field=fields[0]) from None
+    t = version.tags or {}
+    if t.get(tag.KIND, tag.GENERATOR_KIND) != tag.GENERATOR_KIND:
+        raise BadInput(f"{fields[0]}: {model!r} is a {t[tag.KIND]}, not a generator", field=fields[0])
+    if n is None:
+        n = int(t.get("mask_realism.n") or DEFAULT_N)
+    if seed is None:
+        seed = int(t.get("eval_seed") or 0)
+    sampler = load_generator(version_uri(version.name, version.version), settings)
+    if not sampler.paired:
+        raise BadInput(f"{fields[0]}: {model!r} emits images only; mask realism needs an image + mask generator",
+                       field=fields[0])
+    summary, _ = measure_mask_realism(sampler, segmenter, t.get("dataset", ""), n=n, seed=seed, field=fields[1],
+                                      settings=settings)
+    return {"model": version.name, "version": str(version.version), **summary}
 
 
 def load_generator(uri: str, settings: Settings | None = None) -> GeneratorSampler:

@@ -5,24 +5,37 @@ is logged with ``mlflow.pytorch`` and a version is created in one call carrying 
 registered model and each version carry ``synthray.kind = segmenter``, so Serve refuses to
 segment with a classifier or a generator; ``classes`` (JSON list, index = label value) says
 what the label maps mean without loading the model.
+
+:func:`choose_segmenter` picks the segmenter that judges an image + mask generator's masks
+(mask realism, :mod:`training.evaluate.mask_realism`): the one a user names, else the
+``champion`` of the generator's dataset (see its docstring for the rule).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from infra.errors import BadInput, SynthrayError
 from infra.settings import Settings, get_settings
 from infra.tracking import configure
 from training.registry import tags as tag
-from training.registry.models import CHAMPION, PIP_REQUIREMENTS, RegistryError, ensure_registered_model
+from training.registry.models import (
+    CHAMPION,
+    PIP_REQUIREMENTS,
+    RegistryError,
+    ensure_registered_model,
+    resolve_version,
+)
 from training.registry.refs import alias_uri, version_uri
 
 if TYPE_CHECKING:  # torch stays out of light importers
     from training.nets.segmenter import ImageSegmenter
 
-__all__ = ["CONTRACT", "SEGMENTER_KIND", "RegisteredSegmenter", "load_segmenter", "log_segmenter"]
+__all__ = ["CONTRACT", "SEGMENTER_KIND", "ChosenSegmenter", "RegisteredSegmenter", "choose_segmenter",
+           "load_segmenter", "log_segmenter", "segmenter_name"]
 
 SEGMENTER_KIND = tag.SEGMENTER_KIND
 CONTRACT = "predict(list of uint8 (H,W) | (H,W,3) images) -> list of uint8 (H,W) label maps, values index tag 'classes'"
@@ -111,3 +124,87 @@ def load_segmenter(uri: str, settings: Settings | None = None) -> ImageSegmenter
     if not isinstance(model, ImageSegmenter):
         raise RegistryError(f"{uri} holds a {type(model).__name__}, not an ImageSegmenter")
     return model.eval()
+
+
+def segmenter_name(dataset: str, arch: str) -> str:
+    """Registry name of a dataset's segmenter: ``segmenter-{dataset name}-{arch}``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"segmenter-{dataset.split('@')[0]}-{arch}")
+
+
+@dataclass(frozen=True)
+class ChosenSegmenter:
+    """The segmenter that judges a generator's masks.
+
+    Attributes:
+        model: the loaded network (CPU, eval mode).
+        uri: the concrete version, ``models:/NAME/VERSION``.
+        choice: ``given`` (named by the user) or ``dataset champion`` (found by :func:`choose_segmenter`).
+        test_dice: its own mean test Dice on real images (version tag ``test.dice``), if recorded.
+    """
+
+    model: ImageSegmenter
+    uri: str
+    choice: str
+    test_dice: float | None
+
+
+def choose_segmenter(spec: str | None, dataset: str, mask_classes: list[str], *, field: str = "segmenter",
+                     settings: Settings | None = None) -> ChosenSegmenter | None:
+    """The segmenter named by ``spec``, else the champion segmenter of ``dataset``, else None.
+
+    Without ``spec`` the choice is automatic (a generated mask that does not match its image
+    is a defect the card must show, so mask realism is measured whenever it can be): among the
+    registered models named ``segmenter-{dataset name}-*`` (:func:`segmenter_name`), those whose
+    ``champion`` is a segmenter of the same dataset name (any version: the task and classes are
+    the dataset's) with exactly ``mask_classes``; of several, the highest ``test.dice`` tag wins
+    (then the name). ``--segmenter none`` on the CLI skips the measurement instead.
+
+    Args:
+        spec: ``NAME@alias`` / ``NAME/VERSION`` (a bare NAME means ``@champion``), or None.
+        dataset: the generator's dataset, ``name@version``.
+        mask_classes: the generator's mask classes, background first; a named segmenter must
+            label exactly these, in this order.
+        field: the CLI option / request field named in errors.
+
+    Raises:
+        BadInput: ``spec`` is malformed, names no segmenter, or a segmenter of other classes.
+        NotFound: ``spec`` names no registered model or version.
+    """
+    client = configure(settings or get_settings()).MlflowClient()
+    if spec is None:
+        return _dataset_champion(client, dataset, mask_classes, settings)
+    try:
+        version = resolve_version(client, spec)
+    except SynthrayError as exc:  # BadInput (syntax), NotFound, Unavailable: the same class, naming the field
+        raise type(exc)(f"{field}: {exc.message}", field=field) from None
+    kind = (version.tags or {}).get(tag.KIND)
+    if kind != SEGMENTER_KIND:
+        raise BadInput(f"{field}: {spec!r} is a {kind or 'model of unknown kind'}, not a segmenter", field=field)
+    classes = json.loads(version.tags.get("classes", "[]"))
+    if classes != list(mask_classes):
+        raise BadInput(f"{field}: {spec!r} labels {classes}, the generator's masks {list(mask_classes)}: "
+                       "mask realism needs the same classes in the same order", field=field)
+    return _chosen(version, "given", settings)
+
+
+def _chosen(version, choice: str, settings: Settings | None) -> ChosenSegmenter:
+    uri = version_uri(version.name, version.version)
+    dice = (version.tags or {}).get("test.dice")
+    return ChosenSegmenter(load_segmenter(uri, settings), uri, choice, float(dice) if dice else None)
+
+
+def _dataset_champion(client, dataset: str, mask_classes: list[str], settings: Settings | None
+                      ) -> ChosenSegmenter | None:
+    prefix = segmenter_name(dataset, "")
+    name = dataset.split("@")[0]
+    found = []
+    # LIKE treats "_" as a wildcard: the prefix is checked again below
+    for model in client.search_registered_models(filter_string=f"name LIKE '{prefix}%'", max_results=1000):
+        if not model.name.startswith(prefix) or CHAMPION not in (model.aliases or {}):
+            continue
+        version = client.get_model_version_by_alias(model.name, CHAMPION)
+        t = version.tags or {}
+        if (t.get(tag.KIND) == SEGMENTER_KIND and t.get("dataset", "").split("@")[0] == name
+                and json.loads(t.get("classes", "[]")) == list(mask_classes)):
+            found.append((-float(t.get("test.dice") or "-inf"), model.name, version))
+    return _chosen(min(found, key=lambda f: f[:2])[2], "dataset champion", settings) if found else None

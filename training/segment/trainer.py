@@ -9,7 +9,6 @@ behind ``synthray train segmenter``.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import asdict, dataclass
 
@@ -22,6 +21,7 @@ from infra.settings import Settings, get_settings
 from infra.tracking import configure, run_url
 from infra.train_failures import fit_or_input_error, torch_trainer
 from training.registry import tags as tag
+from training.registry.segmenters import segmenter_name
 from training.segment.config import SegmenterTrainConfig
 from training.segment.loop import SegmenterData, SegmenterJob, SegmenterResult, build_segmenter, load_results, train_loop
 
@@ -31,11 +31,6 @@ class FitResult:
     results: dict[str, SegmenterResult]
     best_key: str
     best_state: dict
-
-
-def segmenter_name(dataset: str, arch: str) -> str:
-    """Registry name of a dataset's segmenter: ``segmenter-{dataset name}-{arch}``."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"segmenter-{dataset.split('@')[0]}-{arch}")
 
 
 def mask_data(manifest, splits: tuple[str, str, str] = ("train", "val", "test"), settings: Settings | None = None
