@@ -135,3 +135,33 @@ def catalog(stack: Settings):
     store = ObjectStore(stack)
     store.ensure_bucket()
     return Catalog(store)
+
+
+@pytest.fixture(scope="session")
+def free_cpus(stack: Settings):
+    """``free_cpus(n)``: wait (≤ 120 s) until the stack's Ray cluster has ``n`` CPUs free.
+
+    A test that needs the whole cluster (2 DDP workers, Flower's site actors) would otherwise
+    hang until pytest's timeout if an earlier test's actors were still being torn down, and say
+    nothing about why. On timeout it fails naming the live actors and what they hold.
+    """
+    import time
+
+    from infra.ray_runtime import connect
+
+    def wait(n: float, timeout_s: float = 120.0) -> None:
+        import ray
+
+        connect(stack)
+        deadline = time.monotonic() + timeout_s
+        while ray.available_resources().get("CPU", 0.0) < n:
+            if time.monotonic() > deadline:
+                from ray.util.state import list_actors
+
+                alive = [f"{a.class_name} (pid {a.pid}, {a.required_resources})"
+                         for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)]
+                pytest.fail(f"{ray.available_resources().get('CPU', 0.0)} of {n} CPUs free after {timeout_s:.0f} s; "
+                            f"live actors: {alive or 'none'}", pytrace=False)
+            time.sleep(1.0)
+
+    return wait

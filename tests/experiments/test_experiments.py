@@ -421,7 +421,7 @@ def test_pretrained_weights_load_from_the_object_store_after_a_hash_check(stack:
 
 
 @pytest.mark.stack
-def test_train_classifier_cli_on_two_ddp_workers(knee, stack: Settings) -> None:
+def test_train_classifier_cli_on_two_ddp_workers(knee, stack: Settings, free_cpus) -> None:
     """`synthray train classifier`: Ray Train with 2 workers (DDP over gloo), registered as champion."""
     import subprocess
     import sys
@@ -430,9 +430,14 @@ def test_train_classifier_cli_on_two_ddp_workers(knee, stack: Settings) -> None:
     from training.registry.classifiers import load_classifier
 
     manifest, _ = knee
-    proc = subprocess.run([sys.executable, "-m", "services.cli.main", "train", "classifier", "--dataset", str(manifest.ref),
-                           "--arch", "small-cnn", "--epochs", "2", "--batch-size", "32", "--workers", "2"],
-                          capture_output=True, text=True, timeout=900)  # own process: see the `ran` fixture
+    free_cpus(stack.ray_num_cpus)  # both workers hold a CPU: earlier tests' actors must be gone
+    try:  # own process: see the `ran` fixture. 600 s is under pytest's 900 s, so a hang shows its output
+        proc = subprocess.run([sys.executable, "-m", "services.cli.main", "train", "classifier", "--dataset",
+                               str(manifest.ref), "--arch", "small-cnn", "--epochs", "2", "--batch-size", "32",
+                               "--workers", "2"], capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired as hung:
+        pytest.fail(f"train classifier hung for 600 s:\n{(hung.stdout or b'')[-3000:]!r}\n{(hung.stderr or b'')[-3000:]!r}",
+                    pytrace=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert re.search(r"test: accuracy [\d.]+, balanced_accuracy [\d.]+, kappa -?[\d.]+, roc_auc [\d.]+", proc.stdout)
     # Rank 0's epochs reach the console only as the driver's bar; the workers' own log lines stay

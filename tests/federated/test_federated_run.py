@@ -81,8 +81,10 @@ class Run:
 
 
 @pytest.fixture(scope="module")
-def run(stack: Settings, sited: str) -> Run:
+def run(stack: Settings, sited: str, free_cpus) -> Run:
     from services.cli.main import main
+
+    free_cpus(stack.ray_num_cpus)  # Flower sizes its actor pool from the cluster: earlier actors must be gone
 
     lines: list[str] = []
     t0 = time.monotonic()

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from infra.errors import BadInput, NotFound, Unavailable
+from infra.errors import BadInput, NotFound, SynthrayError, Unavailable
 from infra.settings import Settings, get_settings
 from training.federated.client import DRILL_KEY, PARTS, load_into, make_client_app, pack, unpack
 from training.federated.config import FederatedConfig
@@ -425,12 +425,32 @@ def train_federated(cfg: FederatedConfig, settings: Settings | None = None, resu
                            backend_config={"client_resources": {"num_cpus": cfg.client_cpus, "num_gpus": 0.0,
                                                                 "max_restarts": -1}})
         status = "FINISHED"
+    except Exception as failure:  # noqa: BLE001 - re-raised below without Flower's frames
+        raise _detached(failure, run_id) from None
     finally:
         for rid in [*site_runs, run_id]:
             client.set_terminated(rid, status)
     done = max(server.participants, default=offset)
     return FederatedResult(run_id, site_runs, done, checkpoint_key(run_id, done), server.participants,
                            server.dropped, server.fid, server.pooled)
+
+
+def _detached(failure: Exception, run_id: str) -> Exception:
+    """``failure`` without its traceback: the error a caller may keep (pytest does) holds no frame.
+
+    Flower's simulation ends with ``ray.shutdown()`` in this process; the frames of a failed run
+    still reference its site actors' handles, and Ray handles outliving their session can crash
+    the interpreter when garbage-collected much later. A SynthrayError (the server's own refusal,
+    e.g. too few returns) keeps its type and message; anything else becomes Unavailable with the
+    cause's last lines.
+    """
+    import traceback
+
+    if isinstance(failure, SynthrayError):
+        failure.__traceback__ = failure.__cause__ = failure.__context__ = None
+        return failure
+    cause = "".join(traceback.format_exception(failure))[-2000:]
+    return Unavailable(f"federated run {run_id} stopped: {type(failure).__name__}: {failure}\n{cause}")
 
 
 def pack_state(state: dict, average: str):
