@@ -83,17 +83,11 @@ class FederatedExperimentResult:
 def plan_federated(cfg: FederatedExperimentConfig, settings: Settings | None = None) -> FederatedPlan:
     """Check the dataset's sites against the config; raises BadInput naming the field."""
     from training.catalog.selection import catalog
-    from training.federated.sites import site_name, site_subsets
+    from training.federated.sites import check_sites, site_name
 
     settings = settings or get_settings()
     manifest = catalog(settings).manifest(cfg.dataset)
-    found = site_subsets(manifest)
-    if len(found) != cfg.sites:
-        raise BadInput(f"dataset {manifest.ref} has {len(found)} site subsets, not sites {cfg.sites}: run "
-                       f"`synthray catalog split {manifest.ref} --sites {cfg.sites}` first", field="sites")
-    if manifest.multilabel:
-        raise BadInput(f"dataset {manifest.ref} is multi-label; federated training takes single-label versions",
-                       field="dataset")
+    found = check_sites(manifest, cfg.sites)
     train = {r.sha256 for r in manifest.select(split="train")}
     members = [set(manifest.subset(s)) for s in found]
     if set().union(*members) != train or sum(map(len, members)) != len(train):
