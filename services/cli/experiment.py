@@ -11,7 +11,7 @@ from infra.progress import say
 
 @click.group("experiment")
 def experiment() -> None:
-    """Does synthetic data help a classifier or a segmenter? Grids of runs with confidence intervals."""
+    """Does synthetic data help a classifier or a segmenter? Does federated GAN training match centralised? Grids of runs with confidence intervals."""
 
 
 def _grid_options(model: str, configs: str):
@@ -52,7 +52,7 @@ def _plan_or_run(cfg, plan, run, dry_run: bool, model: str) -> None:
         return
     result = run(cfg, progress=say)
     click.echo(f"parent run: {result.run_url}")
-    registered = getattr(result, model)
+    registered = getattr(result, model, None)
     if registered is not None:
         click.echo(f"{model}: {registered.uri} ({registered.alias_uri})")
 
@@ -79,3 +79,25 @@ def segment(config_path: Path, repeats, epochs, workers, use_gpu, register, dry_
 
     cfg = SegmentExperimentConfig.load(config_path, _overrides("segmenter", repeats, epochs, workers, use_gpu, register))
     _plan_or_run(cfg, plan_segment, run_segment_experiment, dry_run, "segmenter")
+
+
+@experiment.command("federated")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="experiment YAML (see training/experiments/configs/*-federated*.yaml)")
+@click.option("--repeats", type=click.IntRange(1, 1000), default=None, help="seeds per arm (config: repeats)")
+@click.option("--rounds", type=click.IntRange(1, 100_000), default=None, help="config: rounds")
+@click.option("--out", "output", type=click.Path(file_okay=False), default=None,
+              help="folder for the table and the plot (config: output; default out/experiments/NAME)")
+@click.option("--dry-run", is_flag=True, help="check the config and the dataset's sites; train nothing")
+def federated(config_path: Path, repeats, rounds, output, dry_run) -> None:
+    """Federated K × n vs centralised K·n vs one site's n: FID table and FID against rounds (chest paper)."""
+
+    from training.experiments.federated_config import FederatedExperimentConfig
+    from training.experiments.federated_runner import plan_federated, run_federated_experiment
+
+    given = {"repeats": repeats, "rounds": rounds, "output": output}
+    cfg = FederatedExperimentConfig.load(config_path, {k: v for k, v in given.items() if v is not None})
+    _plan_or_run(cfg, plan_federated, run_federated_experiment, dry_run, "generator")
+    if not dry_run:
+        out = cfg.output_dir()
+        click.echo(f"table: {out / 'results.md'}; plot: {out / 'fid_vs_rounds.png'}")

@@ -37,6 +37,23 @@ def site_subsets(manifest: Manifest) -> list[str]:
     return [name for _, name in found]
 
 
+def check_sites(manifest: Manifest, sites: int) -> list[str]:
+    """The version's ``sites`` site subsets, refusing another count or a multi-label version.
+
+    Raises:
+        BadInput: (field ``sites``) the version declares another number of sites; (``dataset``)
+            it is multi-label (federated training takes single-label versions).
+    """
+    found = site_subsets(manifest)
+    if len(found) != sites:
+        raise BadInput(f"dataset {manifest.ref} has {len(found)} site subsets, not sites {sites}: "
+                       f"run `synthray catalog split {manifest.ref} --sites {sites}` first", field="sites")
+    if manifest.multilabel:
+        raise BadInput(f"dataset {manifest.ref} is multi-label; federated training takes single-label versions",
+                       field="dataset")
+    return found
+
+
 def _patient(record: ImageRecord) -> str:
     return record.patient_id or f"image:{record.sha256}"
 

@@ -14,7 +14,7 @@ and the per-epoch ``checkpoint_path`` in Tune's history says which one was best.
 
 PBT (``scheduler="pbt"``) needs to hand a checkpoint from one trial to another, which
 ``TuneReportCallback`` does not forward; its trials therefore report through
-:class:`_PointerReport`, which adds a tiny Tune checkpoint holding the Train checkpoint's URI.
+:class:`PointerReport`, which adds a tiny Tune checkpoint holding the Train checkpoint's URI.
 An exploited trial warm-starts G and D from the donor's checkpoint with its new
 hyperparameters and trains for the epochs left (optimizer moments start fresh).
 """
@@ -241,7 +241,7 @@ def _pbt_trial(cfg: GanTrainConfig, kwargs: dict) -> None:
 
     def fit() -> None:
         try:
-            train_gan(cfg, progress=print, callbacks=[_PointerReport(queue)], **kwargs)
+            train_gan(cfg, progress=print, callbacks=[PointerReport(queue)], **kwargs)
         except BaseException as exc:  # re-raised in the trial thread, where Tune sees it
             failure.append(exc)
 
@@ -260,8 +260,10 @@ def _pbt_trial(cfg: GanTrainConfig, kwargs: dict) -> None:
         raise failure[0]
 
 
-class _PointerReport(UserCallback):
-    """Like ``TuneReportCallback``, but to a queue the PBT trial drains, so it can attach checkpoints."""
+class PointerReport(UserCallback):
+    """Like ``TuneReportCallback``, but to a queue (``ray.util.queue.Queue``) the caller drains: each
+    checkpointed report's metrics plus ``TRAIN_CHECKPOINT`` = its ``s3://`` URI (a PBT trial attaches
+    them to its Tune checkpoints; the federated experiment scores every epoch's generator)."""
 
     def __init__(self, queue) -> None:
         self.queue = queue

@@ -19,6 +19,7 @@ AUGMENTATION_EXPERIMENT_KIND = "augmentation-experiment"
 SEGMENTER_KIND = "segmenter"  # registered segmenters, and the parent run of `train segmenter`
 SEGMENTER_TRAINING_KIND = "segmenter-training"
 SEGMENTATION_EXPERIMENT_KIND = "segmentation-experiment"
+FEDERATED_EXPERIMENT_KIND = "federated-experiment"  # parent run of `experiment federated`
 
 # -- data lineage -----------------------------------------------------------------------------------
 DATASET = "synthray.dataset"
