@@ -50,7 +50,7 @@ from infra.errors import BadInput, NotFound, SynthrayError, Unavailable
 from infra.settings import Settings, get_settings
 from training.federated.client import DRILL_KEY, PARTS, load_into, make_client_app, pack, unpack
 from training.federated.config import FederatedConfig
-from training.federated.sites import site_name, site_subsets
+from training.federated.sites import check_sites, site_name
 from training.federated.stats import GaussianStats, merge
 
 EXPERIMENT = "synthray-federated"
@@ -349,13 +349,7 @@ def train_federated(cfg: FederatedConfig, settings: Settings | None = None, resu
 
     settings = settings or get_settings()
     manifest = catalog(settings).manifest(cfg.gan.dataset)
-    found = site_subsets(manifest)
-    if len(found) != cfg.sites:
-        raise BadInput(f"dataset {manifest.ref} has {len(found)} site subsets, not --sites {cfg.sites}: "
-                       f"run `synthray catalog split {manifest.ref} --sites {cfg.sites}` first", field="sites")
-    if manifest.multilabel:
-        raise BadInput(f"dataset {manifest.ref} is multi-label; federated training takes single-label versions",
-                       field="dataset")
+    found = check_sites(manifest, cfg.sites)
     offset, initial = 0, None
     if resume:
         last = latest_checkpoint(resume, settings)
