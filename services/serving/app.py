@@ -272,9 +272,7 @@ class Api:
         return ref
 
     def _synth(self, ref: ModelRef):
-        # By value (Serve's inter-deployment gRPC), not by reference: the packed images come
-        # back once over the socket instead of through Ray's object store (put, then get).
-        return self.synthesizer.options(multiplexed_model_id=ref.uri, _by_reference=False)
+        return self.synthesizer.options(multiplexed_model_id=ref.uri)
 
     # -- synthesis -----------------------------------------------------------------------------
     @api.post(f"{V1}/synthesize", response_class=Response, responses=_IMAGES_200, dependencies=AUTH)
