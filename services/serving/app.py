@@ -6,7 +6,9 @@ carry no options, so the config file is the one place to change them):
 * ``Api`` — FastAPI ingress (OpenAPI at ``/docs`` and ``/openapi.json``): API keys, body
   limits, validation into 4xx that name the field, response headers, Prometheus metrics.
   It never imports torch or MLflow, so it stays small.
-* ``ModelDirectory`` — alias → version map with registry polling (hot swaps; see there).
+* ``ModelDirectory`` — alias → version map with registry polling (hot swaps; see there). The
+  Api holds a copy it refreshes in the background (``DirectoryView``), so a request for a
+  model already resolved makes no call to it.
 * ``Synthesizer`` — generators (multiplexed), request batching by image count, latent tools.
 * ``FidScorer`` — one Inception network per replica, reference statistics from the cache.
 * ``Classifier`` — registered classifiers (multiplexed).
@@ -55,7 +57,7 @@ from services.serving.auth import require_key
 from services.serving.body_limit import BodyLimit
 from services.serving.classifier import Classifier
 from services.serving.fid_scorer import FidScorer
-from services.serving.model_directory import ModelDirectory, ModelRef
+from services.serving.model_directory import DirectoryView, ModelDirectory, ModelRef
 from services.serving.segmenter import Segmenter
 from services.serving.schemas import (
     API_VERSION,
@@ -238,6 +240,7 @@ class Api:
         self.segmenter = segmenter
         self.args = AppArgs.model_validate(args or {})
         self.settings = get_settings()
+        self.refs = DirectoryView(directory, self.args.alias_refresh_s)  # no directory round trip per request
         studies_routes.attach(directory, synthesizer)
 
     # -- probes and metrics ---------------------------------------------------------------------
@@ -262,7 +265,8 @@ class Api:
 
     # -- helpers -------------------------------------------------------------------------------
     async def _generator(self, model: str) -> ModelRef:
-        ref = await _call(self.directory.resolve.remote(model))
+        self.refs.ensure_refreshing()
+        ref = self.refs.cached(model) or await _call(self.directory.resolve.remote(model))
         if ref.kind and ref.kind != GENERATOR_KIND:
             raise field_error("model", f"{model!r} is a {ref.kind}, not a generator")
         return ref
@@ -438,7 +442,9 @@ class Api:
     @api.post(f"{V1}/admin/reload", responses=_ERRORS, dependencies=AUTH)
     async def reload(self) -> dict[str, Any]:
         """Re-read every registry alias now, instead of at the next poll."""
-        return await self.directory.reload.remote()
+        reloaded = await self.directory.reload.remote()
+        await self.refs.pull()  # requests after this response see the new map
+        return reloaded
 
 
 def build_app(args: dict[str, Any]) -> Application:

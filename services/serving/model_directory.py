@@ -11,6 +11,16 @@ reload drops those, and the next request for one is a 404.
 
 Requests are resolved to a concrete :class:`ModelRef` *before* any work starts and carry it
 through, so a request in flight during a swap finishes on the version it started with.
+
+**No round trip per request.** The ingress holds a :class:`DirectoryView`: a copy of every
+reference the directory has resolved (``NAME@alias`` and ``NAME/VERSION`` → ModelRef), which it
+pulls from :meth:`ModelDirectory.snapshot` every ``alias_refresh_s`` (serve_config.yaml) and
+at once after ``POST /v1/admin/reload``. A reference in that copy is answered in the ingress;
+anything else (a name or alias not seen yet, a dropped version) goes to the directory as
+before, so every error and every registry read happens there. A move seen by the directory's
+poll reaches the ingress within ``alias_refresh_s`` more; a reload through an ingress replica
+reaches that replica before the reload's response (another ingress replica, within
+``alias_refresh_s``).
 If the registry is unreachable during a poll, the last known map keeps serving (logged);
 only a name never seen before needs the registry there and then (else 503).
 
@@ -26,6 +36,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +49,9 @@ from training.registry.tags import KIND as KIND_TAG
 from training.registry.refs import version_uri
 
 log = logging.getLogger("ray.serve")
+
+# (name, alias, version) as parse_model gives it: exactly one of alias/version is set.
+RefKey = tuple[str, "str | None", "str | None"]
 
 # Version tags shown by GET /v1/models (generators' evaluation and classifiers' test metrics).
 KEY_METRICS = (
@@ -86,6 +100,10 @@ class ModelDirectory:
         self._models: dict[str, _Entry] = {}
         self._versions: dict[tuple[str, str], ModelRef] = {}
         self._poller: asyncio.Task | None = None
+        # snapshot() identity: a restarted directory has a new id, so an ingress never keeps a
+        # map because a fresh directory's counter happens to equal the one it last saw.
+        self._snapshot_id, self._epoch = uuid.uuid4().hex, 0
+        self._last: dict[RefKey, ModelRef] = {}
 
     # -- the registry (blocking calls, run in a thread) ----------------------------------------
     def _read_model(self, name: str) -> _Entry:
@@ -195,6 +213,26 @@ class ModelDirectory:
         self._ensure_poller()
         return await asyncio.to_thread(self._lookup, spec)
 
+    def _resolved(self) -> dict[RefKey, ModelRef]:
+        """Every reference :meth:`_lookup` would answer from memory right now, and its answer."""
+        refs: dict[RefKey, ModelRef] = {(name, None, version): ref for (name, version), ref in self._versions.items()}
+        for name, entry in self._models.items():
+            for alias, version in entry.aliases.items():
+                if (ref := self._versions.get((name, version))) is not None:
+                    refs[(name, alias, None)] = ref
+        return refs
+
+    async def snapshot(self, seen: tuple[str, int] | None = None
+                       ) -> tuple[tuple[str, int], dict[RefKey, ModelRef]] | None:
+        """The resolved map for a :class:`DirectoryView`, with its ``(id, epoch)``; None when
+        ``seen`` is already the current one (nothing moved, nothing to send)."""
+        self._ensure_poller()
+        refs = self._resolved()
+        if refs != self._last:
+            self._last, self._epoch = refs, self._epoch + 1
+        token = (self._snapshot_id, self._epoch)
+        return None if seen == token else (token, refs)
+
     async def reload(self) -> dict[str, Any]:
         """Re-read every alias now (``POST /v1/admin/reload``)."""
         self._ensure_poller()
@@ -240,3 +278,49 @@ class ModelDirectory:
             return await asyncio.to_thread(read)
         except MlflowException as exc:
             return Unavailable(f"model registry at {self._settings.mlflow_tracking_uri} unreachable: {exc.message}")
+
+
+class DirectoryView:
+    """The ingress's copy of the directory's resolved references (see the module docstring).
+
+    ``resolve`` answers a reference the directory has already resolved without a Ray call; a
+    miss (or a reference that does not parse) goes to :meth:`ModelDirectory.resolve`, which
+    returns the ModelRef or the error value exactly as before. ``pull`` refreshes the copy; a
+    background task pulls every ``refresh_s`` once the first request has arrived.
+    """
+
+    def __init__(self, directory: Any, refresh_s: float) -> None:
+        self._directory, self._refresh_s = directory, refresh_s
+        self._refs: dict[RefKey, ModelRef] = {}
+        self._token: tuple[str, int] | None = None
+        self._task: asyncio.Task | None = None
+
+    def cached(self, spec: str) -> ModelRef | None:
+        """The held answer for ``spec``, or None (ask the directory)."""
+        try:
+            key = parse_model(spec)
+        except ValueError:
+            return None  # the directory answers malformed references (as before)
+        return self._refs.get(key)
+
+    async def pull(self) -> None:
+        """Fetch the directory's map if it changed since the last pull."""
+        found = await self._directory.snapshot.remote(self._token)
+        if found is None:
+            return
+        token, refs = found
+        # A background pull and a reload's pull may cross: never go back to an older epoch.
+        if self._token is None or token[0] != self._token[0] or token[1] > self._token[1]:
+            self._token, self._refs = token, refs
+
+    def ensure_refreshing(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._refresh_forever())
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            try:
+                await self.pull()
+            except Exception as exc:  # noqa: BLE001 - a restarting directory: keep the last map, retry
+                log.warning("alias map refresh failed; keeping the last one: %s", str(exc).splitlines()[0])
+            await asyncio.sleep(self._refresh_s)

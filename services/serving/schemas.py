@@ -179,6 +179,10 @@ class AppArgs(BaseModel):
     # torch intra-op threads of the Synthesizer, FidScorer and Classifier replicas; 0 = every CPU
     # the process may use. Ray would otherwise leave a fractional-CPU replica on one thread.
     torch_threads: int = Field(default=0, ge=0, le=256)
+    # How often the ingress pulls the ModelDirectory's alias map (model_directory.DirectoryView):
+    # requests resolve from that copy without a round trip; an alias move reaches them within
+    # the registry poll plus this.
+    alias_refresh_s: float = Field(default=0.5, gt=0, le=60)
 
     @model_validator(mode="after")
     def _batch_holds_a_request(self) -> AppArgs:
