@@ -74,6 +74,7 @@ class Run:
     lines: list[str]  # progress of both parts
     reads: list[str]  # every object-store key this process (the server) read, both parts
     model: str  # models:/NAME/VERSION registered by the resume
+    earlier_actors: frozenset[str]  # site actors of other tests' simulations on the session's cluster
 
     @property
     def run_id(self) -> str:
@@ -85,6 +86,7 @@ def run(stack: Settings, sited: str, free_cpus) -> Run:
     from services.cli.main import main
 
     free_cpus(stack.ray_num_cpus)  # Flower sizes its actor pool from the cluster: earlier actors must be gone
+    earlier = frozenset(a.actor_id for a in _site_actors(stack))
 
     lines: list[str] = []
     t0 = time.monotonic()
@@ -104,7 +106,15 @@ def run(stack: Settings, sited: str, free_cpus) -> Run:
     lines += [f"{time.monotonic() - t0:5.1f}s (resume) {line}" for line in out.output.splitlines()]
     print("\n".join(lines))
     assert out.exit_code == 0, out.output
-    return Run(first, lines, reads, re.search(r"^model: (models:/\S+)", out.output, re.M).group(1))
+    return Run(first, lines, reads, re.search(r"^model: (models:/\S+)", out.output, re.M).group(1), earlier)
+
+
+def _site_actors(stack: Settings) -> list:
+    """Every Flower site actor the stack's Ray cluster has seen (alive or dead)."""
+    from ray.util.state import list_actors
+
+    return list_actors(address=stack.ray_address, filters=[("class_name", "=", "ClientAppActor")], limit=1000,
+                       detail=True, raise_on_missing_output=False)
 
 
 def _pooled(stack: Settings, run_id: str) -> GaussianStats:
@@ -200,13 +210,10 @@ def test_a_site_reads_only_its_own_blobs(run, stack: Settings, client, sited: st
 def test_sites_ran_as_actors_on_the_stacks_ray_cluster(run, stack: Settings) -> None:
     """Flower kept the driver's Ray connection (infra.ray_runtime.connect): its site actors are the stack's,
     and the killed site's actor process was restarted by Ray (``max_restarts=-1``) for the next round."""
-    from ray.util.state import list_actors
-
     from infra.ray_runtime import connect
 
     connect(stack)  # Flower's backend shut this process's Ray connection down at the run's end
-    actors = list_actors(address=stack.ray_address, filters=[("class_name", "=", "ClientAppActor")], limit=100,
-                         detail=True, raise_on_missing_output=False)
+    actors = [a for a in _site_actors(stack) if a.actor_id not in run.earlier_actors]
     assert 2 <= len(actors) <= 2 * stack.ray_num_cpus  # two simulations, one actor per client_cpus=1 CPU each
     assert sum(int(a.num_restarts) for a in actors) == 1  # exactly one site process died (the drill)
 
