@@ -68,8 +68,9 @@ class Settings(BaseSettings):
     batch_shard_size: int = Field(default=1000, ge=1, le=100_000)
     batch_max_images: int = Field(default=10_000_000, ge=1)
     batch_url_ttl_s: int = Field(default=3600, ge=60, le=7 * 86400)  # presigned URL lifetime
-    # CPUs Ray reserves per shard task (torch then runs max(1, int(cpus)) threads). 1 suits a
-    # cluster; on a 2-CPU laptop next to Serve only one 1-CPU shard fits, and 0.5 runs two.
+    # CPUs Ray reserves per shard task. 1 suits a cluster; on a 2-CPU laptop next to Serve only
+    # one 1-CPU shard fits, and 0.5 runs two. torch threads per shard: the node's usable CPUs ÷
+    # the shards that fit on it at once (services.batches.shard.shard_threads), at least ceil(cpus).
     batch_shard_cpus: float = Field(default=1.0, gt=0, le=64)
 
     # Local SeaweedFS ports (HTTP; gRPC is +10000).

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from typing import Any
 
@@ -51,6 +52,14 @@ def read_status(store: ObjectStore, batch_id: str) -> dict[str, Any] | None:
         return None
 
 
+def _shards_per_node(shard_cpus: float) -> int:
+    """Shard tasks Ray can run at once per node: the CPUs nobody has reserved (the Serve app's
+    replicas hold theirs) ÷ ``shard_cpus``, spread over the nodes that have CPUs."""
+    free = ray.available_resources().get("CPU", 0.0)
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive") and node.get("Resources", {}).get("CPU"))
+    return max(1, math.ceil(int(free // shard_cpus) / max(1, nodes)))
+
+
 def _reraise(done: set[asyncio.Future]) -> None:
     """Surface a coordinator error (e.g. S3 unreachable while recording a shard); shard failures are handled."""
     for future in done:
@@ -71,6 +80,7 @@ class Coordinator:
         self.shards = job.plan()
         self.results: dict[int, dict[str, Any]] = {}
         self.inflight: dict[int, ray.ObjectRef] = {}
+        self.per_node = 0  # shard tasks per node at once (torch threads per shard), set when shards start
         self.task: asyncio.Task | None = None
         self.generated = self.images_done = self.reused = 0  # running totals: 10^4 shards must not cost O(n^2)
         self.t0 = time.monotonic()
@@ -133,6 +143,7 @@ class Coordinator:
     async def _shards(self) -> None:
         """Bounded concurrency: about two tasks per CPU in flight, the rest not yet submitted."""
         limit = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        self.per_node = _shards_per_node(self.job.settings.batch_shard_cpus)
         pending: set[asyncio.Future] = set()
         for shard in self.shards:
             if self.state["state"] != RUNNING:
@@ -148,7 +159,7 @@ class Coordinator:
     async def _shard(self, shard: Shard) -> None:
         ref = generate_shard.options(name=f"{self.job.batch_id}/{shard.index}",
                                       num_cpus=self.job.settings.batch_shard_cpus).remote(
-            self.job, shard, self.fail_once)
+            self.job, shard, self.fail_once, self.per_node)
         self.inflight[shard.index] = ref
         try:
             result = await ref

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -131,13 +132,35 @@ def _maybe_fail_once(store: ObjectStore, job: Job, shard: Shard, fail_once: int 
     os._exit(1)
 
 
+def shard_threads(shard_cpus: float, concurrent_per_node: int) -> int:
+    """torch threads for a shard task: the node's usable CPUs shared among the shard tasks that
+    run on it at once, and never fewer than the CPUs Ray reserved for it.
+
+    Ray starts a task with ``OMP_NUM_THREADS`` = its reserved CPUs, which left a 1-CPU shard on
+    one thread while the other core of a 2-CPU head sat idle (the Serve app reserves 0.7 CPU
+    there but is quiet during a batch): half the speed of generation alone (docs/benchmarks.md).
+    """
+    from infra.cpus import available_cpus
+
+    return max(math.ceil(shard_cpus), available_cpus() // max(1, concurrent_per_node))
+
+
 @ray.remote(num_cpus=1, max_retries=SHARD_MAX_RETRIES, retry_exceptions=True)
-def generate_shard(job: Job, shard: Shard, fail_once: int | None = None) -> dict[str, Any]:
-    """Write one shard (or find it already written); returns its manifest row."""
+def generate_shard(job: Job, shard: Shard, fail_once: int | None = None, concurrent_per_node: int = 0
+                   ) -> dict[str, Any]:
+    """Write one shard (or find it already written); returns its manifest row.
+
+    ``concurrent_per_node``: how many shard tasks the coordinator expects on one node at once
+    (sets torch's threads, :func:`shard_threads`); 0 leaves Ray's thread count.
+    """
     store = ObjectStore(job.settings)
     if (done := _existing(store, job, shard)) is not None:
         return done
     _maybe_fail_once(store, job, shard, fail_once)
+    if concurrent_per_node:
+        from infra.cpus import set_torch_threads
+
+        set_torch_threads(shard_threads(job.settings.batch_shard_cpus, concurrent_per_node))
     images, report, masks = _images(job, shard)
     meta = {"model": job.model.name, "version": str(job.model.version), "run_id": job.model.run_id,
             "seed": job.seed, "batch_id": job.batch_id, "shard": shard.index, "class": shard.label, "k": shard.k,

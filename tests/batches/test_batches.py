@@ -67,6 +67,19 @@ def test_importing_the_module_does_not_import_torch() -> None:
     assert subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT).returncode == 0
 
 
+def test_shard_threads_share_the_node_among_the_shards_that_fit() -> None:
+    """A lone shard on a node uses every usable CPU (Ray would give it one thread per reserved
+    CPU); many shards on one node get their reserved CPUs' worth, never fewer."""
+    from infra.cpus import available_cpus
+    from services.batches.shard import shard_threads
+
+    cpus = available_cpus()
+    assert shard_threads(1.0, 1) == cpus
+    assert shard_threads(0.5, 2) == max(1, cpus // 2)
+    assert shard_threads(1.0, 10 * cpus) == 1
+    assert shard_threads(2.5, 10 * cpus) == 3
+
+
 # -- the real stack ------------------------------------------------------------------------------
 def _register(stack: Settings, name: str, arch: str, conditional: bool):
     import torch
