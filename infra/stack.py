@@ -335,4 +335,20 @@ def ray_env() -> dict[str, str]:
         "RAY_USAGE_STATS_ENABLED": "0",
         # Single-node mode: Ray resolves its node IP to loopback instead of the host NIC.
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        **SERVE_FAST_PATH_ENV,
     }
+
+
+# Ray Serve's request-path options (Ray's performance guide and "high throughput" KubeRay guide),
+# read by the proxy and every replica at start, so they must be in the head's environment (the
+# chart sets the same on its pods). Each removes a hop a request of /v1/synthesize paid:
+# proxy → Api and Api → Synthesizer over gRPC (the response bytes are sent, not put in the object
+# store and read back), and user code and the router on the replica's own event loop (not a thread
+# and a second loop). Direct ingress stays off: it moves HTTP onto the replicas' own ports.
+# Measured in docs/benchmarks.md (2026-12-01).
+SERVE_FAST_PATH_ENV = {
+    "RAY_SERVE_PROXY_USE_GRPC": "1",
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+}

@@ -78,8 +78,12 @@ _bearer = HTTPBearer(auto_error=False, description="An API key from SYNTHRAY_API
 _checker: KeyChecker | None = None
 
 
-def require_key(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
-    """FastAPI dependency of every keyed route (``/v1`` and the study owner's): 401 without a configured key."""
+async def require_key(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+    """FastAPI dependency of every keyed route (``/v1`` and the study owner's): 401 without a configured key.
+
+    ``async`` so FastAPI calls it on the event loop: a plain ``def`` dependency is sent to a
+    thread pool, a hop per request (the check is a few comparisons, and the key file is re-read
+    at most every few seconds)."""
     global _checker
     if _checker is None:
         _checker = KeyChecker(get_settings())

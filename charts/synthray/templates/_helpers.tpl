@@ -83,6 +83,15 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   value: {{ .Values.serve.logFormat | quote }}
 - name: RAY_SERVE_LOG_ENCODING
   value: {{ .Values.serve.logFormat | upper | quote }}
+{{- /* Serve's request fast path, as infra/stack.py SERVE_FAST_PATH_ENV (docs/benchmarks.md) */}}
+- name: RAY_SERVE_PROXY_USE_GRPC
+  value: "1"
+- name: RAY_SERVE_USE_GRPC_BY_DEFAULT
+  value: "1"
+- name: RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD
+  value: "0"
+- name: RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP
+  value: "0"
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
