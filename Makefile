@@ -8,7 +8,7 @@ LOCK   := requirements.lock
 WEIGHTS := .synthray/torch/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth
 PYTEST_ARGS ?=
 
-.PHONY: help setup lock dicom-tools demo test test-unit stack-up stack-down stack-status serve-up serve-down train-cluster bench bench-catalog bench-train bench-train-limit bench-fid clean
+.PHONY: help setup lock dicom-tools demo test test-unit stack-up stack-down stack-status serve-up serve-down train-cluster bench bench-catalog bench-train bench-train-limit bench-fid bench-gpu clean
 
 help:
 	@echo "make demo        set up, start the local stack, run the walking skeleton end to end"
@@ -109,6 +109,11 @@ bench-train-limit: setup
 # FID time and value vs the pytorch-fid CLI on 2 x 2,000 PNGs (no stack needed); JSON in out/bench-fid.json.
 bench-fid: setup
 	$(BIN)/python benchmarks/fid.py
+
+# The benchmarks' rows on one CUDA GPU (fp32, channels_last, bf16) and generation vs the chest paper's
+# P100; without a GPU it says why and exits 0. JSON in out/bench/gpu.json.
+bench-gpu: setup
+	$(BIN)/python benchmarks/gpu.py
 
 # Every benchmark in one run on this machine: one table of ratios (measure, value, limit or
 # reference, ratio, goal, pass) and bench-results.json. BENCH="--only generator --only http" picks.

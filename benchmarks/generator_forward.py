@@ -32,39 +32,55 @@ from training.nets.presets import get_preset
 BATCHES = (1, 16, 64)
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 8, clock=time.perf_counter) -> float:
-    """Best fp32 ``torch.mm`` rate of this process (all its intra-op threads), in GFLOP/s.
+def matmul_gflops(n: int = 2048, repeats: int = 8, clock=time.perf_counter, device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float32) -> float:
+    """Best ``torch.mm`` rate of this process (all its intra-op threads), in GFLOP/s.
 
     ``clock``: wall time by default; ``time.process_time`` (CPU seconds) for one-thread
     measurements on a shared machine, where another job's load would lower a wall-clock rate.
+    ``device``/``dtype``: the CPU in float32 by default; ``benchmarks/gpu.py`` reads a CUDA
+    device's float32/TF32 and bfloat16 rates (synchronised around each product, wall clock).
     """
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)  # warm-up: thread pool, caches
+    sync = _sync(device)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    torch.mm(a, b)  # warm-up: thread pool, caches (on a GPU: the cuBLAS handle and kernel choice)
+    sync()
     best = float("inf")
     for _ in range(repeats):
         t0 = clock()
         torch.mm(a, b)
+        sync()
         best = min(best, clock() - t0)
     return 2 * n**3 / best / 1e9
 
 
-def flops_per_image(generator: torch.nn.Module, latent_dim: int) -> float:
-    """FLOPs of one image's forward pass (FlopCounterMode over a batch of 4, divided by 4)."""
+def _sync(device: str | torch.device):
+    """A no-op on the CPU; ``torch.cuda.synchronize`` on a CUDA device (kernels run asynchronously)."""
+    return torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
+
+def flops_per_image(generator, latent_dim: int, device: str | torch.device = "cpu") -> float:
+    """FLOPs of one image's forward pass (FlopCounterMode over a batch of 4, divided by 4);
+    ``generator``: a module or any callable z (B, latent_dim) on ``device`` → images."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        generator(torch.randn(4, latent_dim))
+        generator(torch.randn(4, latent_dim, device=device))
     return counter.get_total_flops() / 4
 
 
-def best_img_s(fn, x: torch.Tensor, repeats: int) -> float:
-    """Best img/s of ``fn(x)`` over ``repeats`` passes (after one warm-up pass)."""
-    fn(x)
+def best_img_s(fn, x: torch.Tensor, repeats: int, sync=lambda: None, warmup: int = 1) -> float:
+    """Best img/s of ``fn(x)`` over ``repeats`` passes (after ``warmup`` passes); ``sync`` ends each
+    pass (``torch.cuda.synchronize`` on a GPU, where ``fn`` returns before its kernels finish)."""
+    for _ in range(warmup):
+        fn(x)
+    sync()
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn(x)
+        sync()
         best = min(best, time.perf_counter() - t0)
     return len(x) / best
 

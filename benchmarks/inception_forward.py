@@ -29,12 +29,13 @@ from infra.cpus import set_torch_threads
 from training.evaluate.fid import EXTRACTION_RULE, _to_batch, inception
 
 
-def gflop_per_image(model: torch.nn.Module, size: int) -> float:
+def gflop_per_image(model: torch.nn.Module, size: int, device: str | torch.device = "cpu") -> float:
+    """GFLOP of one ``size``² image through ``model`` (FlopCounterMode over 2 images, on ``device``)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
-        model(torch.rand(2, 3, size, size))
+        model(torch.rand(2, 3, size, size, device=device))
     return counter.get_total_flops() / 2 / 1e9
 
 

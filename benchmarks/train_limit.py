@@ -32,6 +32,7 @@ JSON in ``out/bench/train_limit.json``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 import time
@@ -53,32 +54,37 @@ ARCHS = (*sorted(name for name in PRESETS if name.endswith("-small")), "wgan-gp-
 VARIANTS = ("fp32", "channels_last", "bf16")
 
 
-def _bf16():
-    return torch.autocast("cpu", dtype=torch.bfloat16)
+def _bf16(device_type: str = "cpu"):
+    return torch.autocast(device_type, dtype=torch.bfloat16)
 
 
-def setup(arch: str, batch: int | None, variant: str = "fp32") -> tuple:
-    """(pair, loss, reals, labels, hp, augment, autocast) of one training step of ``arch``."""
+def setup(arch: str, batch: int | None, variant: str = "fp32", device: str | torch.device = "cpu") -> tuple:
+    """(pair, loss, reals, labels, hp, augment, autocast) of one training step of ``arch`` on ``device``.
+
+    ``variant``: ``fp32``, ``channels_last``, ``bf16`` or (``benchmarks/gpu.py``, what a GPU run
+    trains with ``GanTrainConfig.amp``) ``channels_last+bf16``; bf16 autocasts on ``device``'s type.
+    """
+    device = torch.device(device)
     cfg = GanTrainConfig(dataset="bench-train-limit", arch=arch, workers=1, seed=0)
     hp, preset = cfg.hyperparameters(), cfg.preset()
     if batch is not None:
         hp["batch_size"] = batch
     n, k = hp["batch_size"], preset.num_classes
     torch.manual_seed(0)
-    pair = build_pair(preset, hp, k)
+    pair = build_pair(preset, hp, k, prepare=lambda m: m.to(device))
     if preset.progressive:  # the last stage, faded in: the largest step of the run
         last = len(pair.gen.resolutions) - 1
         for module in (pair.gen, pair.critic):
             module.grow(last, 1.0)
-    reals = torch.rand(n, 1, preset.image_size, preset.image_size) * 2 - 1
-    if variant == "channels_last":
+    reals = (torch.rand(n, 1, preset.image_size, preset.image_size) * 2 - 1).to(device)
+    if "channels_last" in variant:
         pair.gen.to(memory_format=torch.channels_last)
         pair.critic.to(memory_format=torch.channels_last)
         reals = reals.contiguous(memory_format=torch.channels_last)
-    labels = torch.randint(0, k, (n,))
+    labels = torch.randint(0, k, (n,)).to(device)
     augment, _ = make_augment(hp)
     loss = make_loss(hp["loss"], hp["gp_lambda"], hp.get("drift", 0.0))
-    autocast = _bf16 if variant == "bf16" else contextlib.nullcontext
+    autocast = functools.partial(_bf16, device.type) if "bf16" in variant else contextlib.nullcontext
     return pair, loss, reals, labels, hp, augment, autocast
 
 
