@@ -112,14 +112,24 @@ def _ratio(http, arch: str, name: str, repeats: int) -> tuple[str, dict]:
 
     # Medians of interleaved rounds: on this VM the best-of-k of a 0.1 s forward swings by 50 %
     # from run to run (the two processes' OpenMP threads spin on the same two cores).
-    cases = {"in-process": lambda: sampler.generate(64, 1), "npz": lambda: post("npz"), "png-zip": lambda: post("png-zip")}
+    def hop():  # every hop of a synthesize request, no render: the Synthesizer answers 422 (unknown class)
+        assert http.post("/v1/synthesize", json={"model": model, "n": 1, "seed": 1, "class": "?"}).status_code == 422
+
+    cases = {"in-process": lambda: sampler.generate(64, 1), "npz": lambda: post("npz"), "png-zip": lambda: post("png-zip"),
+             "healthz": lambda: http.get("/healthz").raise_for_status(), "hop": hop}
     times = _interleaved(cases, repeats)
     median = {case: float(np.median(t)) for case, t in times.items()}
     best = {case: min(t) for case, t in times.items()}
+    # Where a request's time goes beyond the forward (medians, ms): client + proxy + Api
+    # (healthz), + the Api → Synthesizer call and back (hop), + the n=64 payload and render (npz).
+    hops_ms = {"healthz (client, proxy, Api)": 1e3 * median.pop("healthz"),
+               "hop (+ Api → Synthesizer → 422)": 1e3 * median.pop("hop")}
     in_process = median.pop("in-process")
     click.echo(f"{arch} n=64: in-process {in_process:.3f} s, HTTP npz {median['npz']:.3f} s, png-zip "
                f"{median['png-zip']:.3f} s (ratios {in_process / median['npz']:.3f}, {in_process / median['png-zip']:.3f})")
+    click.echo(f"  hops without a render (median ms): {', '.join(f'{k} {v:.1f}' for k, v in hops_ms.items())}")
     return model, {"arch": arch, "repeats": repeats, "in_process_s": in_process, "http_s": median, "best_s": best,
+                   "hops_ms": hops_ms,
                    "best_ratio_npz": best["in-process"] / best["npz"], "ratio_npz": in_process / median["npz"],
                    "ratio_png_zip": in_process / median["png-zip"]}
 

@@ -132,6 +132,13 @@ def _train_limit(r: dict) -> list[Row]:
     return rows
 
 
+def _train_profile(r: dict) -> list[Row]:
+    return [Row(f"training step profile, {row['arch']} (batch {row['batch']}, fp32, 1 thread; torch.profiler)",
+                ", ".join(f"{k} {v:.0%}" for k, v in list(row["shares"].items())[:4]),
+                f"top op: {row['top_ops'][0]['op']} {row['top_ops'][0]['share']:.0%}", None,
+                "context: where the time below 0.6 goes", None) for row in r["rows"]]
+
+
 def _catalog(r: dict) -> list[Row]:
     med = r["seconds_median"]
     ratio = r["ratios"]["catalog_read / raw_download"]
@@ -195,6 +202,7 @@ BENCHES: dict[str, tuple[list[str], Path, Callable[[dict], list[Row]]]] = {
     "train": (["benchmarks/train_gan.py"], OUT / "train_gan.json", _train),
     "overhead": (["benchmarks/train_overhead.py"], OUT / "train_overhead.json", _overhead),
     "train-limit": (["benchmarks/train_limit.py"], OUT / "train_limit.json", _train_limit),
+    "train-profile": (["benchmarks/train_profile.py"], OUT / "train_profile.json", _train_profile),
     "catalog": (["benchmarks/catalog_read.py"], OUT / "catalog_read.json", _catalog),
     "batch": (["benchmarks/batch_throughput.py"], OUT / "batch_throughput.json", _batch),
     # the paper's 210² generator at the default shard size: 2 shards of 1,000 (~2 min each side here)

@@ -33,6 +33,13 @@ def test_http_rows_judge_ratio_errors_and_backpressure() -> None:
     assert (npz.passed, png.passed, load.passed, overload.passed) == (True, False, True, True)
     report["overload"]["retry_after_on_503"] = 399  # one 503 without Retry-After fails the drill
     assert run_all._http(report)[3].passed is False
+    # issue 30: npz ≥ 0.9 and png-zip ≥ 0.85, and the same two rows for the knee generator
+    knee = {"arch": "wgan-gp-knee", "http_s": {"npz": 4.1, "png-zip": 4.3}, "in_process_s": 4.0,
+            "ratio_npz": 0.89, "ratio_png_zip": 0.93}
+    rows = run_all._http(report | {"ratio_png_zip": 0.85, "knee": knee})
+    assert [(r.goal, r.passed) for r in rows[:4]] == [("≥ 0.9", True), ("≥ 0.85", True), ("≥ 0.9", False),
+                                                      ("≥ 0.85", True)]
+    assert "(wgan-gp-knee)" in rows[2].measure and len(rows) == 6
 
 
 def test_markdown_table_has_one_row_per_measure() -> None:
