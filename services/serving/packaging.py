@@ -17,6 +17,7 @@ manifest; the same determinism rules hold for them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -108,7 +109,12 @@ def _png_text(meta: Mapping[str, Any], index: int) -> dict[str, str]:
     return text
 
 
-_ENCODERS: ThreadPoolExecutor | None = None
+@functools.cache
+def _encoders() -> ThreadPoolExecutor:
+    """One PNG-encoding pool per process, as many threads as usable CPUs."""
+    from infra.cpus import available_cpus
+
+    return ThreadPoolExecutor(available_cpus(), thread_name_prefix="png-encode")
 
 
 def _encode_in_parallel(encode: Callable[[range], list[T]], count: int) -> list[T]:
@@ -118,16 +124,13 @@ def _encode_in_parallel(encode: Callable[[range], list[T]], count: int) -> list[
     threads than on one (one chunk per thread; a task per image gained nothing, docs/benchmarks.md).
     The bytes do not depend on the chunking.
     """
-    global _ENCODERS
     from infra.cpus import available_cpus
 
     workers = min(available_cpus(), max(1, count // 8))
     if workers == 1:
         return encode(range(count))
-    if _ENCODERS is None:
-        _ENCODERS = ThreadPoolExecutor(available_cpus(), thread_name_prefix="png-encode")
     bounds = [count * k // workers for k in range(workers + 1)]
-    chunks = _ENCODERS.map(encode, [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+    chunks = _encoders().map(encode, [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
     return [item for chunk in chunks for item in chunk]
 
 

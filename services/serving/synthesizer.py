@@ -218,13 +218,11 @@ class Synthesizer:
                     ) -> bytes:
         from services.serving.packaging import to_dicom_zip, to_npz, to_png_zip
 
-        if masks is not None:  # png-zip or npz (synthesize refuses dicom-zip for pairs)
-            pack = to_png_zip if fmt == "png-zip" else to_npz
-            return await asyncio.to_thread(lambda: pack(images, meta, masks=masks))
         if fmt == "npz":  # stored npz: a copy and 64 hashes, well under a millisecond; a thread hop costs more
-            return to_npz(images, meta)
+            return to_npz(images, meta, masks=masks)
+        pairs = {} if masks is None else {"masks": masks}  # png-zip only: synthesize refuses dicom-zip for pairs
         pack = {"png-zip": to_png_zip, "dicom-zip": to_dicom_zip}[fmt]
-        return await asyncio.to_thread(pack, images, meta)
+        return await asyncio.to_thread(pack, images, meta, **pairs)
 
     async def synthesize(self, ref: ModelRef, n: int, seed: int, cls: str | int | None, fmt: str,
                          labels: Sequence[int] | None = None, filter: str = "none", percentile: float | None = None,

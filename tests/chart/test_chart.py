@@ -208,6 +208,10 @@ def test_settings_env_and_secrets_are_wired() -> None:
     assert env["SYNTHRAY_RAY_ADDRESS"]["value"] == "auto"
     # Structured logs in the cluster: synthray's records and Serve's own (serveConfigV2 is the local file).
     assert env["SYNTHRAY_LOG_FORMAT"]["value"] == "json" and env["RAY_SERVE_LOG_ENCODING"]["value"] == "JSON"
+    # Serve's request fast path: the same options as the local stack's Ray head (issue 30)
+    from infra.stack import SERVE_FAST_PATH_ENV
+
+    assert {name: env[name]["value"] for name in SERVE_FAST_PATH_ENV} == SERVE_FAST_PATH_ENV
     from infra.settings import Settings
 
     assert Settings(log_format=env["SYNTHRAY_LOG_FORMAT"]["value"]).log_format == "json"  # a value settings accepts
