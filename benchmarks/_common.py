@@ -15,6 +15,21 @@ def write_json(path: Path, report: dict) -> None:
     os.replace(tmp, path)
 
 
+def require_stack() -> None:
+    """Stop with one clear line, not an MLflow or S3 traceback, when the local stack is not ready.
+
+    Raises:
+        click.ClickException: a service of ``synthray stack status`` is not ``ready``.
+    """
+    import click
+
+    from infra.stack import LocalStack
+
+    down = [f"{row['service']} {row['state']}" for row in LocalStack().status() if row["state"] != "ready"]
+    if down:
+        raise click.ClickException(f"this benchmark needs the local stack ({', '.join(down)}): run `make stack-up`")
+
+
 def bench_generator(arch: str, name: str):
     """Register an untrained ``arch`` generator as ``name@champion`` (the work per image is what
     matters, not what it draws) and return (``name@champion``, the sampler loaded back from MLflow)."""
@@ -25,6 +40,7 @@ def bench_generator(arch: str, name: str):
     from training.nets.presets import get_preset
     from training.nets.sampler import GeneratorSampler
 
+    require_stack()
     settings = get_settings()
     torch.manual_seed(0)
     preset = get_preset(arch)
@@ -42,6 +58,7 @@ def serve_client(timeout: float = 300):
     from services.serving import deploy as serve
     from services.serving.auth import client_key
 
+    require_stack()
     settings = get_settings()
     url = serve.up(settings, progress=click.echo)
     headers = {"Authorization": f"Bearer {client_key(settings)}"}
@@ -53,6 +70,7 @@ def bench_dataset(n: int, size: int) -> str:
     from training.catalog.selection import catalog, publish_phantom
     from training.catalog.phantom import PhantomSpec
 
+    require_stack()
     name = f"bench-train-{size}"
     cat = catalog()
     if name in cat.datasets():

@@ -112,7 +112,7 @@ def _ratio(http, arch: str, name: str, repeats: int) -> tuple[str, dict]:
 
     # Medians of interleaved rounds: on this VM the best-of-k of a 0.1 s forward swings by 50 %
     # from run to run (the two processes' OpenMP threads spin on the same two cores).
-    def hop():  # every hop of a synthesize request, no render: the Synthesizer answers 422 (unknown class)
+    def hop():  # a synthesize request's whole path without a render: the generator's code answers 422 (unknown class)
         assert http.post("/v1/synthesize", json={"model": model, "n": 1, "seed": 1, "class": "?"}).status_code == 422
 
     cases = {"in-process": lambda: sampler.generate(64, 1), "npz": lambda: post("npz"), "png-zip": lambda: post("png-zip"),
@@ -121,9 +121,10 @@ def _ratio(http, arch: str, name: str, repeats: int) -> tuple[str, dict]:
     median = {case: float(np.median(t)) for case, t in times.items()}
     best = {case: min(t) for case, t in times.items()}
     # Where a request's time goes beyond the forward (medians, ms): client + proxy + Api
-    # (healthz), + the Api → Synthesizer call and back (hop), + the n=64 payload and render (npz).
+    # (healthz), + validation, the renderer's 422 and its error body (hop; with render_in_ingress off this
+    # includes the Api → Synthesizer call), + the n=64 payload and render (npz).
     hops_ms = {"healthz (client, proxy, Api)": 1e3 * median.pop("healthz"),
-               "hop (+ Api → Synthesizer → 422)": 1e3 * median.pop("hop")}
+               "hop (+ synthesize path → 422)": 1e3 * median.pop("hop")}
     in_process = median.pop("in-process")
     click.echo(f"{arch} n=64: in-process {in_process:.3f} s, HTTP npz {median['npz']:.3f} s, png-zip "
                f"{median['png-zip']:.3f} s (ratios {in_process / median['npz']:.3f}, {in_process / median['png-zip']:.3f})")

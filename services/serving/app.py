@@ -5,11 +5,14 @@ carry no options, so the config file is the one place to change them):
 
 * ``Api`` — FastAPI ingress (OpenAPI at ``/docs`` and ``/openapi.json``): API keys, body
   limits, validation into 4xx that name the field, response headers, Prometheus metrics.
-  It never imports torch or MLflow, so it stays small.
+  With ``render_in_ingress`` (the default) it renders ``POST /v1/synthesize`` itself with the
+  Synthesizer's code, one process hop fewer on the hot path; every other route that needs a
+  generator calls the Synthesizer deployment.
 * ``ModelDirectory`` — alias → version map with registry polling (hot swaps; see there). The
   Api holds a copy it refreshes in the background (``DirectoryView``), so a request for a
   model already resolved makes no call to it.
-* ``Synthesizer`` — generators (multiplexed), request batching by image count, latent tools.
+* ``Synthesizer`` — generators (multiplexed), request batching by image count, latent tools;
+  ``/v1/synthesize`` too when ``render_in_ingress`` is off (a GPU worker group).
 * ``FidScorer`` — one Inception network per replica, reference statistics from the cache.
 * ``Classifier`` — registered classifiers (multiplexed).
 * ``Segmenter`` — registered segmenters (multiplexed), label maps for ``POST segment``.
@@ -263,7 +266,21 @@ class Api:
         self.args = AppArgs.model_validate(args or {})
         self.settings = get_settings()
         self.refs = DirectoryView(directory, self.args.alias_refresh_s)  # no directory round trip per request
+        self.renderer = self._ingress_renderer() if self.args.render_in_ingress else None
         studies_routes.attach(directory, synthesizer)
+
+    def _ingress_renderer(self) -> Synthesizer:
+        """The Synthesizer's own code, run in this replica for ``POST /v1/synthesize``.
+
+        Same multiplexed generator cache, image-count batching, torch thread and packing, so the
+        bytes are those of the deployment. A batch is capped at the requests this replica admits
+        (``max_ongoing_requests``), the bound Ray itself checks a ``@serve.batch`` against: the Api
+        keeps its own admission limit, so overload is still refused at the door with a 503.
+        """
+        admitted = serve.get_replica_context()._deployment_config.max_ongoing_requests  # what Ray's check reads
+        return Synthesizer.func_or_class(max_batch_images=min(self.args.max_batch_images, admitted),
+                                         batch_wait_timeout_s=self.args.batch_wait_timeout_s,
+                                         torch_threads=self.args.torch_threads)
 
     # -- probes and metrics ---------------------------------------------------------------------
     @api.get("/healthz")
@@ -305,8 +322,9 @@ class Api:
                                    f"submit larger sets to {BATCHES_PATH}", body.n, "less_than_equal")
         ref = await self._generator(body.model)
         filter_name, percentile = _raise_bad(resolve_filter(ref, body.filter, body.filter_percentile))
-        data, report = await _call(self._synth(ref).synthesize.remote(ref, body.n, body.seed, body.cls, body.format,
-                                                                      body.labels, filter_name, percentile))
+        args = (ref, body.n, body.seed, body.cls, body.format, body.labels, filter_name, percentile)
+        data, report = await _call(self.renderer.synthesize(*args) if self.renderer
+                                   else self._synth(ref).synthesize.remote(*args))
         metrics.IMAGES.labels(ref.name, ref.version, "synthesize").inc(body.n)
         return _images_response(data, body.format, ref, f"{ref.name}-v{ref.version}-seed{body.seed}-n{body.n}",
                                 {"X-Seed": str(body.seed)} | _filter_headers(report))

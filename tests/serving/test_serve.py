@@ -458,6 +458,24 @@ class TestHttp:
         assert one.content == two.content
         assert other.content != one.content
 
+    @pytest.mark.parametrize("fmt", ["png-zip", "npz"])
+    def test_ingress_render_equals_the_synthesizer_deployment(self, served, http, stack, fmt) -> None:
+        """``render_in_ingress`` (the default) and the Synthesizer deployment (what ``render_in_ingress:
+        false`` calls) answer the same request with the same bytes and filter report."""
+        from ray import serve
+
+        from infra.ray_runtime import connect
+
+        connect(stack)
+        ref = serve.get_deployment_handle("ModelDirectory", "synthray").resolve.remote(f"{NAME}@champion").result(
+            timeout_s=120)
+        synthesizer = serve.get_deployment_handle("Synthesizer", "synthray").options(multiplexed_model_id=ref.uri)
+        data, report = synthesizer.synthesize.remote(ref, N, SEED, None, fmt).result(timeout_s=120)
+        response = _post(http, format=fmt)
+        assert response.status_code == 200, response.text
+        assert response.content == data and len(data) > 1000
+        assert report == {"filter": "none", "rejected": 0} and response.headers["x-filter"] == "none"
+
     def test_concurrent_requests_are_batched_yet_byte_identical(self, served, http, stack) -> None:
         # Many small requests at once share Serve batches; each must still equal its solo render.
         seeds = list(range(100, 112))
@@ -652,13 +670,14 @@ class TestHttp:
         assert record["model_version"] == served[2].version and record["model"] == NAME
         assert record["status"] == 200 and record["path_template"] == "/v1/synthesize"
         assert 0 < record["duration_ms"] < 300_000 and record["deployment"] == "synthray_Api"
-        # The batching warning is fixed at its cause: the Synthesizer replicas (which set
-        # max_batch_size at start) never logged it.
+        # The batching warning is fixed at its cause: neither the Synthesizer replicas nor the Api
+        # (which renders /v1/synthesize with a batch capped at its max_ongoing_requests) logged it.
         from infra.stack import ray_temp_dir
 
-        logs = sorted((ray_temp_dir(stack.state_dir) / "session_latest" / "logs" / "serve").glob(
-            "replica_synthray_Synthesizer_*.log"))
-        assert logs and not [p for p in logs if "larger than `max_ongoing_requests`" in p.read_text(errors="replace")]
+        serve_logs = ray_temp_dir(stack.state_dir) / "session_latest" / "logs" / "serve"
+        for deployment in ("Synthesizer", "Api"):
+            logs = sorted(serve_logs.glob(f"replica_synthray_{deployment}_*.log"))
+            assert logs and not [p for p in logs if "larger than `max_ongoing_requests`" in p.read_text(errors="replace")]
 
     def test_alias_swap_under_concurrent_load(self, http, stack) -> None:
         """champion moves while requests run: none fails, each answer is wholly one version."""
