@@ -102,17 +102,26 @@ def _interleaved(cases: dict, repeats: int) -> dict[str, list[float]]:
     return times
 
 
+def _server_timing(header: str) -> dict[str, float]:
+    """``Server-Timing: render;dur=57.7, pack;dur=0.8`` → {"render": 57.7, "pack": 0.8} (ms)."""
+    entries = (entry.strip().split(";") for entry in header.split(","))
+    return {name: float(dur.removeprefix("dur=")) for name, dur in entries}
+
+
 def _ratio(http, arch: str, name: str, repeats: int) -> tuple[str, dict]:
     """``name@champion`` (an untrained ``arch``) and phase 1's medians and ratios for it."""
     model, sampler = bench_generator(arch, name)
 
+    timings: dict[str, list[dict[str, float]]] = {"npz": [], "png-zip": []}
+
     def post(fmt: str):
         r = http.post("/v1/synthesize", json={"model": model, "n": 64, "seed": 1, "format": fmt})
         r.raise_for_status()
+        timings[fmt].append(_server_timing(r.headers["server-timing"]))
 
     # Medians of interleaved rounds: on this VM the best-of-k of a 0.1 s forward swings by 50 %
     # from run to run (the two processes' OpenMP threads spin on the same two cores).
-    def hop():  # a synthesize request's whole path without a render: the generator's code answers 422 (unknown class)
+    def hop():  # every hop of a synthesize request, no render: the Synthesizer answers 422 (unknown class)
         assert http.post("/v1/synthesize", json={"model": model, "n": 1, "seed": 1, "class": "?"}).status_code == 422
 
     cases = {"in-process": lambda: sampler.generate(64, 1), "npz": lambda: post("npz"), "png-zip": lambda: post("png-zip"),
@@ -121,16 +130,24 @@ def _ratio(http, arch: str, name: str, repeats: int) -> tuple[str, dict]:
     median = {case: float(np.median(t)) for case, t in times.items()}
     best = {case: min(t) for case, t in times.items()}
     # Where a request's time goes beyond the forward (medians, ms): client + proxy + Api
-    # (healthz), + validation, the renderer's 422 and its error body (hop; with render_in_ingress off this
-    # includes the Api → Synthesizer call), + the n=64 payload and render (npz).
+    # (healthz), + the Api → Synthesizer call and back (hop), + the n=64 payload and render (npz).
     hops_ms = {"healthz (client, proxy, Api)": 1e3 * median.pop("healthz"),
-               "hop (+ synthesize path → 422)": 1e3 * median.pop("hop")}
+               "hop (+ Api → Synthesizer → 422)": 1e3 * median.pop("hop")}
+    # Inside the request (the Api's Server-Timing, ms): Serve's body callback to the proxy, the
+    # Synthesizer's render (queue + forward) and pack, the Api's whole window; the client's time
+    # minus that window is the client, the proxy and the transfer.
+    server_ms = {}
+    for fmt, seen in timings.items():
+        server_ms[fmt] = {name: float(np.median([t[name] for t in seen[1:]])) for name in seen[-1]}  # [0]: warm-up
+        server_ms[fmt]["client, proxy, transfer"] = 1e3 * median[fmt] - server_ms[fmt]["api"]
     in_process = median.pop("in-process")
     click.echo(f"{arch} n=64: in-process {in_process:.3f} s, HTTP npz {median['npz']:.3f} s, png-zip "
                f"{median['png-zip']:.3f} s (ratios {in_process / median['npz']:.3f}, {in_process / median['png-zip']:.3f})")
     click.echo(f"  hops without a render (median ms): {', '.join(f'{k} {v:.1f}' for k, v in hops_ms.items())}")
+    for fmt, parts in server_ms.items():
+        click.echo(f"  {fmt} Server-Timing (median ms): {', '.join(f'{k} {v:.2f}' for k, v in parts.items())}")
     return model, {"arch": arch, "repeats": repeats, "in_process_s": in_process, "http_s": median, "best_s": best,
-                   "hops_ms": hops_ms,
+                   "hops_ms": hops_ms, "server_timing_ms": server_ms,
                    "best_ratio_npz": best["in-process"] / best["npz"], "ratio_npz": in_process / median["npz"],
                    "ratio_png_zip": in_process / median["png-zip"]}
 

@@ -5,14 +5,11 @@ carry no options, so the config file is the one place to change them):
 
 * ``Api`` — FastAPI ingress (OpenAPI at ``/docs`` and ``/openapi.json``): API keys, body
   limits, validation into 4xx that name the field, response headers, Prometheus metrics.
-  With ``render_in_ingress`` (the default) it renders ``POST /v1/synthesize`` itself with the
-  Synthesizer's code, one process hop fewer on the hot path; every other route that needs a
-  generator calls the Synthesizer deployment.
+  It never imports torch or MLflow, so it stays small.
 * ``ModelDirectory`` — alias → version map with registry polling (hot swaps; see there). The
   Api holds a copy it refreshes in the background (``DirectoryView``), so a request for a
   model already resolved makes no call to it.
-* ``Synthesizer`` — generators (multiplexed), request batching by image count, latent tools;
-  ``/v1/synthesize`` too when ``render_in_ingress`` is off (a GPU worker group).
+* ``Synthesizer`` — generators (multiplexed), request batching by image count, latent tools.
 * ``FidScorer`` — one Inception network per replica, reference statistics from the cache.
 * ``Classifier`` — registered classifiers (multiplexed).
 * ``Segmenter`` — registered segmenters (multiplexed), label maps for ``POST segment``.
@@ -108,6 +105,11 @@ _ERRORS = {
 api.include_router(studies_routes.router)  # reader studies: /v1/studies (key) and /study/{token} (reader link)
 
 
+def server_timing(durations: dict[str, float]) -> str:
+    """A ``Server-Timing`` header value (W3C Server Timing): ``name;dur=ms`` entries, comma-separated."""
+    return ", ".join(f"{name};dur={ms:.2f}" for name, ms in durations.items())
+
+
 class _CountRequests:
     """Requests and latency by route template (not raw path, so ids don't explode labels).
 
@@ -118,6 +120,13 @@ class _CountRequests:
 
     A plain ASGI middleware: Starlette's ``@app.middleware("http")`` runs every request through an
     extra task and memory streams, a measurable share of a small request's time here.
+
+    A route's ``Server-Timing`` header (ms; only ``/v1/synthesize`` sends one: its ``render`` and
+    ``pack``) is completed here with ``request-body`` (until the body had arrived: a Serve replica
+    pulls it from the proxy with a call back) and ``api`` (this replica's first look at the request
+    to its response start); the client's time minus ``api`` is the client, the proxy and the
+    transfer. Other routes get none: a reader study's image responses must not differ by
+    provenance, and timing would.
     """
 
     def __init__(self, app) -> None:
@@ -130,13 +139,23 @@ class _CountRequests:
         start = time.perf_counter()
         seen: dict[str, Any] = {}
 
+        async def receive_and_time():
+            message = await receive()
+            seen.setdefault("body_ms", 1e3 * (time.perf_counter() - start))
+            return message
+
         async def send_and_see(message) -> None:
             if message["type"] == "http.response.start":
                 seen["status"] = message["status"]
-                seen["headers"] = message.get("headers") or []
+                seen["headers"] = message["headers"] = [
+                    (name, value + b", " + server_timing(
+                        ({"request-body": seen["body_ms"]} if "body_ms" in seen else {})
+                        | {"api": 1e3 * (time.perf_counter() - start)}).encode())
+                    if name.lower() == b"server-timing" else (name, value)
+                    for name, value in message.get("headers") or []]
             await send(message)
 
-        await self.app(scope, receive, send_and_see)
+        await self.app(scope, receive_and_time, send_and_see)
         elapsed = time.perf_counter() - start
         route = getattr(scope.get("route"), "path", "unmatched")
         status = seen.get("status", 500)
@@ -248,7 +267,7 @@ def _valid_batch_id(batch_id: str) -> bool:
 _IMAGES_200 = {
     200: {"description": "The images (X-Model-Version, X-MLflow-Run-Id, X-Seed, X-Request-Id headers; /v1/synthesize "
                          "adds X-Filter and, with filter=near-copy, X-Near-Copy-Rejected and "
-                         "X-Near-Copy-Replacement-Seed).",
+                         "X-Near-Copy-Replacement-Seed and Server-Timing in ms: render, pack, request-body, api).",
           "content": {media: {} for media in MEDIA_TYPES.values()}},
 } | _ERRORS
 
@@ -266,21 +285,7 @@ class Api:
         self.args = AppArgs.model_validate(args or {})
         self.settings = get_settings()
         self.refs = DirectoryView(directory, self.args.alias_refresh_s)  # no directory round trip per request
-        self.renderer = self._ingress_renderer() if self.args.render_in_ingress else None
         studies_routes.attach(directory, synthesizer)
-
-    def _ingress_renderer(self) -> Synthesizer:
-        """The Synthesizer's own code, run in this replica for ``POST /v1/synthesize``.
-
-        Same multiplexed generator cache, image-count batching, torch thread and packing, so the
-        bytes are those of the deployment. A batch is capped at the requests this replica admits
-        (``max_ongoing_requests``), the bound Ray itself checks a ``@serve.batch`` against: the Api
-        keeps its own admission limit, so overload is still refused at the door with a 503.
-        """
-        admitted = serve.get_replica_context()._deployment_config.max_ongoing_requests  # what Ray's check reads
-        return Synthesizer.func_or_class(max_batch_images=min(self.args.max_batch_images, admitted),
-                                         batch_wait_timeout_s=self.args.batch_wait_timeout_s,
-                                         torch_threads=self.args.torch_threads)
 
     # -- probes and metrics ---------------------------------------------------------------------
     @api.get("/healthz")
@@ -322,12 +327,12 @@ class Api:
                                    f"submit larger sets to {BATCHES_PATH}", body.n, "less_than_equal")
         ref = await self._generator(body.model)
         filter_name, percentile = _raise_bad(resolve_filter(ref, body.filter, body.filter_percentile))
-        args = (ref, body.n, body.seed, body.cls, body.format, body.labels, filter_name, percentile)
-        data, report = await _call(self.renderer.synthesize(*args) if self.renderer
-                                   else self._synth(ref).synthesize.remote(*args))
+        data, report, timing = await _call(self._synth(ref).synthesize.remote(
+            ref, body.n, body.seed, body.cls, body.format, body.labels, filter_name, percentile))
         metrics.IMAGES.labels(ref.name, ref.version, "synthesize").inc(body.n)
         return _images_response(data, body.format, ref, f"{ref.name}-v{ref.version}-seed{body.seed}-n{body.n}",
-                                {"X-Seed": str(body.seed)} | _filter_headers(report))
+                                {"X-Seed": str(body.seed), "Server-Timing": server_timing(timing)}
+                                | _filter_headers(report))
 
     @api.post(f"{V1}/latent/interpolate", response_class=Response, responses=_IMAGES_200, dependencies=AUTH)
     async def interpolate(self, body: InterpolateRequest) -> Response:

@@ -183,11 +183,6 @@ class AppArgs(BaseModel):
     # requests resolve from that copy without a round trip; an alias move reaches them within
     # the registry poll plus this.
     alias_refresh_s: float = Field(default=0.5, gt=0, le=60)
-    # POST /v1/synthesize renders in the ingress replica (its own generator cache, batching and
-    # torch thread) instead of calling the Synthesizer deployment: one process hop and two copies
-    # of the image bytes fewer per request (docs/benchmarks.md, 2026-12-01). Set false where the
-    # Synthesizer has hardware the ingress lacks (GPU worker groups): then the request goes there.
-    render_in_ingress: bool = True
 
     @model_validator(mode="after")
     def _batch_holds_a_request(self) -> AppArgs:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -226,10 +227,13 @@ class Synthesizer:
 
     async def synthesize(self, ref: ModelRef, n: int, seed: int, cls: str | int | None, fmt: str,
                          labels: Sequence[int] | None = None, filter: str = "none", percentile: float | None = None,
-                         ) -> tuple[bytes, dict[str, Any]] | SynthrayError:
+                         ) -> tuple[bytes, dict[str, Any], dict[str, float]] | SynthrayError:
         """``n`` images of ``ref`` from ``seed`` (optionally of class ``cls``, or with multi-hot
-        ``labels``), packaged as ``fmt``, and the filter's report (``filter``/``percentile`` as
-        resolved by :func:`resolve_filter`)."""
+        ``labels``), packaged as ``fmt``; the filter's report (``filter``/``percentile`` as
+        resolved by :func:`resolve_filter`); and where the time went, in ms: ``render`` (the batch
+        queue and the forward pass; with near-copy also the filter) and ``pack`` (the container),
+        which the Api returns as ``Server-Timing``."""
+        started = time.perf_counter()
         masks, mask_meta = None, {}
         if filter == "near-copy":
             found = await self._filtered(ref, n, seed, cls, labels, percentile)
@@ -249,7 +253,9 @@ class Synthesizer:
         # unfiltered responses keep their manifest (and bytes) as before the filter existed
         extra = ({"class": cls} if cls is not None else {}) | ({"labels": list(labels)} if labels is not None else {})
         meta = _meta(ref, seed=seed, **extra, **mask_meta, **({"filter": report} if filter == "near-copy" else {}))
-        return await self._pack(images, meta, fmt, masks), report
+        rendered = time.perf_counter()
+        data = await self._pack(images, meta, fmt, masks)
+        return data, report, {"render": 1e3 * (rendered - started), "pack": 1e3 * (time.perf_counter() - rendered)}
 
     async def _filtered(self, ref: ModelRef, n: int, seed: int, cls: str | int | None,
                         labels: Sequence[int] | None, percentile: float | None
