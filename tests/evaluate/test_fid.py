@@ -41,6 +41,7 @@ from training.evaluate.fid import (
     FidResult,
     compute_fid,
     features,
+    fold_batchnorm,
     fid_weights,
     inception,
     publish_weights,
@@ -160,27 +161,61 @@ def test_features_equal_pytorch_fid_loader(
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
 
 
-def test_extraction_rule_2_features_match_the_clis_nchw_network(
+def test_extraction_rule_features_match_the_clis_nchw_network(
     images: dict[str, np.ndarray], folders: dict[str, Path], model, weights: FidWeights
 ) -> None:
-    """Extraction rule 2 (channels_last) against what the CLI itself runs: pytorch-fid's loader
-    into a freshly loaded NCHW network. Not bit-identical (other oneDNN kernels): measured max
-    |diff| 9e-6 on pool3 features of magnitude up to ~5, so 1e-4 absolute leaves a margin for other
-    BLAS builds; the FID-level contract is test_fid_matches_cli below."""
+    """Extraction rule 3 (channels_last, BatchNorm folded) against what the CLI itself runs:
+    pytorch-fid's loader into a freshly loaded NCHW network. Not bit-identical (other oneDNN
+    kernels, folded affine): measured max |diff| 7e-6–9e-6 on pool3 features of magnitude up to ~5,
+    so 1e-4 absolute leaves a margin for other BLAS builds; the FID-level contract is
+    test_fid_matches_cli below."""
     ensure_torchvision()
     from pytorch_fid.fid_score import get_activations
 
-    assert "channels_last" in EXTRACTION_RULE and "/2" in EXTRACTION_RULE
+    assert "channels_last" in EXTRACTION_RULE and "BatchNorm folded" in EXTRACTION_RULE and "/3" in EXTRACTION_RULE
     first_conv = next(model.parameters())  # (32, 3, 3, 3): the two layouts differ in strides
     assert first_conv.is_contiguous(memory_format=torch.channels_last) and not first_conv.is_contiguous()
+    # rule 3: no BatchNorm is left, every BasicConv2d's conv carries the folded bias
+    assert not [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    folded = [m.conv for m in model.modules() if hasattr(m, "conv") and hasattr(m, "bn")]
+    assert len(folded) == 94 and all(conv.bias is not None for conv in folded)
     nchw = load_fid_inception(weights.path, 2048).eval()  # the CLI's network, pytorch-fid's layout
     assert next(nchw.parameters()).is_contiguous()
     files = sorted(folders["rgb40x52"].glob("*.png"))  # RGB, 40x52: upsampled, odd aspect
     ref = get_activations(files, nchw, batch_size=BATCH, dims=2048, device="cpu", num_workers=0)
     got = features(images["rgb40x52"], model, batch_size=BATCH)
     diff = np.abs(got - ref).max()
-    print(f"rule 2 vs NCHW max |diff| {diff:.3g} (max |feature| {np.abs(ref).max():.3g})")
+    print(f"rule 3 vs NCHW max |diff| {diff:.3g} (max |feature| {np.abs(ref).max():.3g})")
     assert 0 <= diff <= 1e-4
+
+
+class _ConvBn(torch.nn.Module):
+    """The shape of pytorch-fid's BasicConv2d: conv (no bias) → BN → ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, bias=False)
+        self.bn = torch.nn.BatchNorm2d(4, eps=0.001)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.conv(x)))
+
+
+def test_fold_batchnorm_keeps_the_function_and_refuses_training_mode() -> None:
+    torch.manual_seed(0)
+    block = _ConvBn()
+    with torch.no_grad():  # non-trivial running statistics and affine, as trained weights have
+        block.bn.running_mean.uniform_(-1, 1), block.bn.running_var.uniform_(0.5, 2)
+        block.bn.weight.uniform_(0.5, 2), block.bn.bias.uniform_(-1, 1)
+    with pytest.raises(ValueError, match="eval-mode"):
+        fold_batchnorm(block)
+    block.eval()
+    x = torch.randn(2, 3, 9, 9)
+    with torch.inference_mode():
+        before = block(x)
+        folded = fold_batchnorm(block)
+        assert folded is block and isinstance(block.bn, torch.nn.Identity) and block.conv.bias is not None
+        torch.testing.assert_close(block(x), before, rtol=1e-5, atol=1e-6)
 
 
 def test_fid_matches_cli(ours: tuple[FidResult, list], cli_fid: float) -> None:

@@ -114,8 +114,9 @@ def test_key_is_content_not_name(dataset: str, stack: Settings) -> None:
 def test_old_and_new_extraction_rules_never_share_a_cache_entry(
     dataset: str, stack: Settings, store: ObjectStore
 ) -> None:
-    """Statistics cached before extraction rule 2 (NCHW, spec format /2 without the rule) sit
-    under another key: a rule-2 lookup never reads them, even with an entry planted there."""
+    """Statistics cached before extraction rule 2 (NCHW, spec format /2 without the rule), or under
+    rules 1 and 2, sit under other keys: a lookup under today's rule never reads them, even with an
+    entry planted there."""
     ref = reference_statistics(dataset, split="train", n=20, dims=DIMS, settings=stack)
     assert ref.spec["extraction_rule"] == EXTRACTION_RULE == ref.extraction_rule
     assert ref.spec["format"] == "synthray-fid-reference/3"
@@ -123,7 +124,9 @@ def test_old_and_new_extraction_rules_never_share_a_cache_entry(
     old_key = reference_key(old_spec)
     assert old_key != ref.key
     rule1 = reference_key({**ref.spec, "extraction_rule": "synthray-fid-extract/1: NCHW"})
-    assert len({old_key, rule1, ref.key}) == 3
+    rule2 = reference_key({**ref.spec, "extraction_rule": "synthray-fid-extract/2: channels_last weights and "
+                                                          "batches, float32, inference_mode"})
+    assert len({old_key, rule1, rule2, ref.key}) == 4
     # Plant a well-formed "old" entry (shifted statistics, same images) under the old key.
     planted = reference_module._encode(
         ref.features + 1, ref.mu + 1, ref.sigma, _records(ref, stack), old_spec, ref.image_size, ref.dataset)
