@@ -28,8 +28,19 @@ def test_demo_end_to_end(stack: Settings, tmp_path: Path) -> None:
         "--fid-n", "24", "--batch-n", "4", "--seed", "7", "--out", str(out), "--max-floor-ratio", "1000",
     ]
     # stderr merged into stdout, in order, as a CI log (not a terminal) records them.
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy(),
-                          timeout=900)
+    try:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy(),
+                              timeout=900)
+        _check_demo(proc, out, stack)
+    finally:
+        # Serve holds about a CPU of the 2-CPU test cluster: left up by a failed check, it would
+        # starve the later tests that need the whole cluster (DDP workers, Flower's site actors).
+        from services.serving import deploy as serve
+
+        serve.down(stack, progress=lambda _: None)
+
+
+def _check_demo(proc: subprocess.CompletedProcess, out: Path, stack: Settings) -> None:
     log = proc.stdout
     assert proc.returncode == 0, log[-4000:]
 
@@ -74,7 +85,3 @@ def test_demo_end_to_end(stack: Settings, tmp_path: Path) -> None:
 
     expected = load_generator("models:/gan-phantom-knee-dcgan-knee-cpu@champion", settings=stack).generate(4, 7)
     assert np.array_equal(np.stack(images), expected)
-
-    from services.serving import deploy as serve
-
-    serve.down(stack, progress=lambda _: None)
