@@ -32,6 +32,8 @@ import numpy as np
 import psutil
 from _common import bench_generator, serve_client, write_json
 
+from services.serving.app import parse_server_timing
+
 NS = (1, 4, 16, 64)
 
 
@@ -102,12 +104,6 @@ def _interleaved(cases: dict, repeats: int) -> dict[str, list[float]]:
     return times
 
 
-def _server_timing(header: str) -> dict[str, float]:
-    """``Server-Timing: render;dur=57.7, pack;dur=0.8`` → {"render": 57.7, "pack": 0.8} (ms)."""
-    entries = (entry.strip().split(";") for entry in header.split(","))
-    return {name: float(dur.removeprefix("dur=")) for name, dur in entries}
-
-
 def _ratio(http, arch: str, name: str, repeats: int) -> tuple[str, dict]:
     """``name@champion`` (an untrained ``arch``) and phase 1's medians and ratios for it."""
     model, sampler = bench_generator(arch, name)
@@ -117,7 +113,7 @@ def _ratio(http, arch: str, name: str, repeats: int) -> tuple[str, dict]:
     def post(fmt: str):
         r = http.post("/v1/synthesize", json={"model": model, "n": 64, "seed": 1, "format": fmt})
         r.raise_for_status()
-        timings[fmt].append(_server_timing(r.headers["server-timing"]))
+        timings[fmt].append(parse_server_timing(r.headers["server-timing"]))
 
     # Medians of interleaved rounds: on this VM the best-of-k of a 0.1 s forward swings by 50 %
     # from run to run (the two processes' OpenMP threads spin on the same two cores).

@@ -110,6 +110,12 @@ def server_timing(durations: dict[str, float]) -> str:
     return ", ".join(f"{name};dur={ms:.2f}" for name, ms in durations.items())
 
 
+def parse_server_timing(header: str) -> dict[str, float]:
+    """The inverse of :func:`server_timing`: ``"render;dur=57.70, pack;dur=0.80"`` → ``{"render": 57.7, "pack": 0.8}`` (ms)."""
+    entries = (entry.strip().split(";") for entry in header.split(","))
+    return {name: float(dur.removeprefix("dur=")) for name, dur in entries}
+
+
 class _CountRequests:
     """Requests and latency by route template (not raw path, so ids don't explode labels).
 
@@ -147,11 +153,11 @@ class _CountRequests:
         async def send_and_see(message) -> None:
             if message["type"] == "http.response.start":
                 seen["status"] = message["status"]
+                ours = ({"request-body": seen["body_ms"]} if "body_ms" in seen else {}) | {
+                    "api": 1e3 * (time.perf_counter() - start)}
+                suffix = b", " + server_timing(ours).encode()
                 seen["headers"] = message["headers"] = [
-                    (name, value + b", " + server_timing(
-                        ({"request-body": seen["body_ms"]} if "body_ms" in seen else {})
-                        | {"api": 1e3 * (time.perf_counter() - start)}).encode())
-                    if name.lower() == b"server-timing" else (name, value)
+                    (name, value + suffix if name.lower() == b"server-timing" else value)
                     for name, value in message.get("headers") or []]
             await send(message)
 

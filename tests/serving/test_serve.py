@@ -26,6 +26,7 @@ import torch
 
 from infra.settings import Settings
 from services.serving import deploy as serve_ops
+from services.serving.app import parse_server_timing
 from services.serving.packaging import read_images, read_manifest
 
 NAME = "gan-serve-test-wgan-gp-knee-small"
@@ -494,8 +495,7 @@ class TestHttp:
         response = _post(http, n=8, format="npz")
         client_ms = 1e3 * (time.perf_counter() - started)
         assert response.status_code == 200, response.text
-        timing = {name: float(dur.removeprefix("dur=")) for name, dur in
-                  (entry.strip().split(";") for entry in response.headers["server-timing"].split(","))}
+        timing = parse_server_timing(response.headers["server-timing"])
         assert set(timing) == {"render", "pack", "request-body", "api"}, timing
         assert all(ms > 0 for ms in timing.values()), timing
         assert timing["request-body"] + timing["render"] + timing["pack"] < timing["api"] < client_ms, timing
