@@ -73,11 +73,13 @@ demo: setup
 	@$(BIN)/synthray demo
 
 # Exit code 5 ("no tests collected") fails the target like any other failure.
+# PYTHONFAULTHANDLER: pytest turns its own fault handler off when it finishes; this keeps one on
+# through interpreter exit, so a crash in a native library's teardown prints every thread's stack.
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	PYTHONFAULTHANDLER=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: setup
-	$(BIN)/python -m pytest -m "not stack" $(PYTEST_ARGS)
+	PYTHONFAULTHANDLER=1 $(BIN)/python -m pytest -m "not stack" $(PYTEST_ARGS)
 
 stack-up: setup
 	$(BIN)/synthray stack up

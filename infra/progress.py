@@ -11,9 +11,10 @@ and one facility draws long work: :func:`bar` (``rich.progress``, the one progre
 the project). Bars go to stderr, as tqdm's do, so stdout carries results only (``--json | jq``
 works). On a terminal a bar is live; when stderr is not a terminal (CI, a log file, ``2>&1 |
 tee``) the same bar prints a few plain lines instead: at most one per :data:`LINE_EVERY_S`
-seconds, and only after at least :data:`LINE_EVERY_FRACTION` more of the total is done, plus
-one when the work ends. Work shorter than :data:`LINE_EVERY_S` prints no line at all (its
-caller's result line follows), and a bar prints at most five lines however long it runs.
+seconds (``SYNTHRAY_PROGRESS_LINE_EVERY_S`` sets it), and only after at least
+:data:`LINE_EVERY_FRACTION` more of the total is done, plus one when the work ends. Work shorter
+than that interval prints no line at all (its caller's result line follows), and a bar prints at
+most five lines however long it runs.
 
 Verbosity (``synthray --quiet`` / ``--verbose``, or ``SYNTHRAY_VERBOSITY``):
 
@@ -35,7 +36,8 @@ from typing import Literal, Protocol
 
 Verbosity = Literal["quiet", "normal", "verbose"]
 VERBOSITIES: tuple[Verbosity, ...] = ("quiet", "normal", "verbose")
-#: Non-terminal output: at most one line per this many seconds while a bar runs ...
+#: Non-terminal output: at most one line per this many seconds while a bar runs (the default of
+#: the ``progress_line_every_s`` setting) ...
 LINE_EVERY_S = 30.0
 #: ... and only after at least this fraction more of the total is done (the end always prints).
 LINE_EVERY_FRACTION = 0.2
@@ -227,7 +229,9 @@ def bar(description: str, total: int | None = None, unit: str = "it") -> Iterato
     elif level == "verbose":  # everything: a line per update of at least 5 %, at once
         handle = _Lines(description, total, unit, every_s=0.0, fraction=VERBOSE_LINE_FRACTION)
     else:
-        handle = _Lines(description, total, unit)
+        from infra.settings import get_settings
+
+        handle = _Lines(description, total, unit, every_s=get_settings().progress_line_every_s)
     try:
         yield handle
     finally:

@@ -93,6 +93,7 @@ def stack() -> Settings:
 
 
 def _disconnect_ray() -> None:
+    stop_serve_router_loop()
     try:
         import ray
 
@@ -100,6 +101,59 @@ def _disconnect_ray() -> None:
             ray.shutdown()
     except ImportError:
         pass
+
+
+def stop_serve_router_loop(timeout_s: float = 10.0) -> bool:
+    """Stop the event loop thread that a ``DeploymentHandle`` call starts in this process.
+
+    Serve runs a driver's handle calls on one daemon thread (``SingletonThreadRouter``) that
+    ``serve.shutdown()`` and ``ray.shutdown()`` leave running: every 5 s it records Ray metrics
+    (``EventLoopMonitor``) and its long-poll client calls the controller, through whichever core
+    worker this process has at that moment. Across the test session's Ray shutdowns and reconnects
+    (Flower's simulation ends with ``ray.shutdown()``) that is the pattern of ray-project/ray#31145,
+    and CI's stop 35 ended in a segfault at interpreter exit after "1106 passed" with this thread
+    alive. There is no public API for it (Ray 2.60), so this stops it through the class's loop.
+
+    Returns:
+        whether a loop was running and is now stopped.
+    """
+    import asyncio
+    import threading
+
+    try:
+        from ray.serve._private.router import SingletonThreadRouter
+    except ImportError:
+        return False
+    with SingletonThreadRouter._asyncio_loop_creation_lock:
+        loop = SingletonThreadRouter._asyncio_loop
+        if loop is None:
+            return False
+        SingletonThreadRouter._asyncio_loop = None
+        SingletonThreadRouter._event_loop_monitor = None
+
+    async def cancel_all() -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(timeout=timeout_s)
+    loop.call_soon_threadsafe(loop.stop)
+    for thread in threading.enumerate():
+        if thread.name.endswith("(_run_router_event_loop)"):
+            thread.join(timeout=timeout_s)
+            if thread.is_alive():
+                raise RuntimeError(f"Serve's router loop thread {thread.name} did not stop in {timeout_s} s")
+    loop.close()
+    return True
+
+
+@pytest.fixture
+def driver_handles(stack: Settings):
+    """For a test that calls Serve through a ``DeploymentHandle`` in this process: afterwards,
+    Serve's router loop thread is stopped (see :func:`stop_serve_router_loop` for why)."""
+    yield
+    stop_serve_router_loop()
 
 
 @pytest.fixture(scope="session")

@@ -27,10 +27,13 @@ def test_demo_end_to_end(stack: Settings, tmp_path: Path) -> None:
         sys.executable, "-m", "services.cli.main", "demo", "--images", "96", "--epochs", "1", "--steps-per-epoch", "3",
         "--fid-n", "24", "--batch-n", "4", "--seed", "7", "--out", str(out), "--max-floor-ratio", "1000",
     ]
-    # stderr merged into stdout, in order, as a CI log (not a terminal) records them.
+    # stderr merged into stdout, in order, as a CI log (not a terminal) records them. Off a
+    # terminal a bar prints only once its work has run SYNTHRAY_PROGRESS_LINE_EVERY_S (30 s by
+    # default); the demo's training bar runs about 30 s here, so the default would make the bar's
+    # line below a coin toss (CI, stop 35). 5 s is far below any Ray Train start.
+    env = {**os.environ, "SYNTHRAY_PROGRESS_LINE_EVERY_S": "5"}
     try:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy(),
-                              timeout=900)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=900)
         _check_demo(proc, out, stack)
     finally:
         # Serve holds about a CPU of the 2-CPU test cluster: left up by a failed check, it would

@@ -120,3 +120,18 @@ def test_periodic_lines_every_30_s_and_20_percent(monkeypatch, capsys) -> None:
     lines = _lines_of([(0.01 * i, i) for i in range(1, 1001)], 1000, monkeypatch, capsys, "verbose")
     assert lines == [f"work: {50 * k}/1000 img ({5 * k} %)" for k in range(1, 21)]
     assert _lines_of([(0.01 * i, i) for i in range(1, 1001)], 1000, monkeypatch, capsys, "quiet") == []
+
+
+def test_the_line_interval_is_a_setting(monkeypatch, capsys) -> None:
+    from infra.settings import get_settings
+
+    monkeypatch.setenv("SYNTHRAY_PROGRESS_LINE_EVERY_S", "5")
+    get_settings.cache_clear()
+    try:
+        # 10 s of work: silent under the default 30 s; under 5 s, a line at 5 s and one at the end.
+        lines = _lines_of([(0.5 * i, i) for i in range(1, 21)], 20, monkeypatch, capsys)
+    finally:
+        monkeypatch.delenv("SYNTHRAY_PROGRESS_LINE_EVERY_S")
+        get_settings.cache_clear()
+    assert lines == ["work: 10/20 img (50 %)", "work: 20/20 img (100 %)"], lines
+    assert _lines_of([(0.5 * i, i) for i in range(1, 21)], 20, monkeypatch, capsys) == []

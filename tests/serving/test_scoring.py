@@ -455,7 +455,7 @@ def test_multiplexed_loader_needs_a_replica(tmp_path) -> None:
 
 
 @pytest.mark.stack
-def test_classifier_deployment_on_real_serve(stack, classifiers) -> None:
+def test_classifier_deployment_on_real_serve(stack, classifiers, driver_handles) -> None:
     """The real thing once: multiplexed loading in a replica, routing by the concrete uri."""
     from ray import serve
 
