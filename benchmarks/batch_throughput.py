@@ -4,7 +4,10 @@ Both sides make the same images: the shards of one batch, ``sampler.generate(cou
 for every shard of the plan (:func:`services.batches.ids.plan_shards`).
 
 * ``generation alone``: those calls in this process, one after another, torch on every usable
-  CPU; nothing is encoded or stored.
+  CPU; nothing is encoded or stored. Half the shards (every other one) run just before the
+  batch and half just after it, and their times add up: this machine's speed drifts by up to
+  a third within minutes (in-process ``generate(1000)`` medians of 0.70-0.98 s on an idle stack,
+  2026-12-01), and a reference taken only before a two-minute batch read that drift as batch cost.
 * ``batch job``: ``POST /v1/batches`` on the running Serve app, then ``GET`` until it succeeds.
   Shard tasks generate, pack npz (with per-image hashes), and PUT to S3; the coordinator
   writes status and, last, the manifest. Wall time from the POST to ``succeeded``.
@@ -73,13 +76,20 @@ def main(arch: str, n: int, timeout_s: float, out: Path) -> None:
     seed = int(time.time())
     settings = get_settings()
     shards = plan_shards("b-bench", n, seed, None, settings.batch_shard_size)
-    alone = generation_alone(sampler, shards)
-    click.echo(f"generation alone: {n} images in {alone:.1f} s = {n / alone:.1f} img/s ({threads} threads)")
+    before, after = shards[0::2], shards[1::2]
+    before_s = generation_alone(sampler, before)
     batch_s, status = run_batch(http, model, n, seed, timeout_s)
+    after_s = generation_alone(sampler, after)
+    alone = before_s + after_s
+    rates = [sum(x.count for x in half) / sec for half, sec in ((before, before_s), (after, after_s)) if half]
+    halves = ", ".join(f"{rate:.1f} img/s {when}" for rate, when in zip(rates, ("before", "after")))
+    click.echo(f"generation alone: {n} images in {alone:.1f} s = {n / alone:.1f} img/s ({threads} threads; "
+               f"{halves} the batch)")
     count = http.get(status["urls"]["manifest"]).json()["count"] if "urls" in status else None
     report = {
         "bench": "batch_throughput", "arch": arch, "n": n, "shard_size": status["shard_size"],
         "shards": len(shards), "generation_alone_s": alone, "generation_alone_img_s": n / alone, "threads": threads,
+        "generation_alone_img_s_before_after": rates,
         "batch_s": batch_s, "batch_img_s": n / batch_s, "coordinator_img_s": status["progress"]["images_per_s"],
         "ratio": alone / batch_s, "manifest_count": count, "batch_id": status["batch_id"],
         "cpus": os.cpu_count(), "machine": platform.platform(), "date": time.strftime("%Y-%m-%d"),
