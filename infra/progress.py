@@ -34,11 +34,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal, Protocol
 
+from infra.settings import PROGRESS_LINE_EVERY_S
+
 Verbosity = Literal["quiet", "normal", "verbose"]
 VERBOSITIES: tuple[Verbosity, ...] = ("quiet", "normal", "verbose")
 #: Non-terminal output: at most one line per this many seconds while a bar runs (the default of
 #: the ``progress_line_every_s`` setting) ...
-LINE_EVERY_S = 30.0
+LINE_EVERY_S = PROGRESS_LINE_EVERY_S
 #: ... and only after at least this fraction more of the total is done (the end always prints).
 LINE_EVERY_FRACTION = 0.2
 #: ``--verbose`` off a terminal: a line per update that adds at least this fraction, without the time gate.

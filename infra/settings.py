@@ -23,9 +23,10 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from infra.errors import BadInput
-from infra.progress import LINE_EVERY_S
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: Off a terminal, seconds between a progress bar's plain lines (infra.progress.LINE_EVERY_S).
+PROGRESS_LINE_EVERY_S = 30.0
 
 
 class Settings(BaseSettings):
@@ -91,7 +92,7 @@ class Settings(BaseSettings):
     verbosity: Literal["quiet", "normal", "verbose"] = "normal"
     # Off a terminal (CI, a log file) a progress bar prints a plain line at most once per this
     # many seconds, and work shorter than it prints none (infra.progress). 0 prints from the start.
-    progress_line_every_s: float = Field(default=LINE_EVERY_S, ge=0.0)
+    progress_line_every_s: float = Field(default=PROGRESS_LINE_EVERY_S, ge=0.0)
     # Log records of the services (Serve app, batch coordinator): "text", or "json" for one JSON
     # object per line (request id, model version, timing) that a log collector parses; the
     # Helm chart sets json.
