@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal, Protocol
 
-from infra.settings import PROGRESS_LINE_EVERY_S
+from infra.settings import PROGRESS_LINE_EVERY_S, get_settings
 
 Verbosity = Literal["quiet", "normal", "verbose"]
 VERBOSITIES: tuple[Verbosity, ...] = ("quiet", "normal", "verbose")
@@ -73,8 +73,6 @@ def verbosity() -> Verbosity:
     """The process's verbosity: :func:`set_verbosity`'s, else ``SYNTHRAY_VERBOSITY`` (settings)."""
     if _chosen:
         return _chosen[0]
-    from infra.settings import get_settings
-
     return get_settings().verbosity
 
 
@@ -231,8 +229,6 @@ def bar(description: str, total: int | None = None, unit: str = "it") -> Iterato
     elif level == "verbose":  # everything: a line per update of at least 5 %, at once
         handle = _Lines(description, total, unit, every_s=0.0, fraction=VERBOSE_LINE_FRACTION)
     else:
-        from infra.settings import get_settings
-
         handle = _Lines(description, total, unit, every_s=get_settings().progress_line_every_s)
     try:
         yield handle
